@@ -1,0 +1,27 @@
+use thiserror::Error;
+
+/// Why a config was refused. Every variant names what the user has to fix.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown field or a wrong type; the message carries line and field.
+    #[error("invalid config: {0}")]
+    Syntax(String),
+    /// A value that parses but breaks a rule; `field` is a path such as
+    /// `upstreams[0] (id "demo").nodes`.
+    #[error("invalid config: {field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+impl ConfigError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}

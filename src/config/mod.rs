@@ -1,0 +1,31 @@
+//! The configuration file as the user writes it: APISIX's object model (routes, services,
+//! upstreams) in TOML, with APISIX's field names and defaults.
+//!
+//! These types are plain data. They are checked and turned into the runtime form by
+//! [`crate::snapshot::Snapshot::compile`], which is where every semantic rule lives; serde only
+//! catches unknown fields and wrong types, and its messages already name the field and line.
+
+mod error;
+mod model;
+
+pub use error::ConfigError;
+pub use model::*;
+
+use std::path::Path;
+
+impl Config {
+    /// Reads and parses a TOML config file. Semantic validation happens in
+    /// [`crate::snapshot::Snapshot::compile`].
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses TOML text into a config.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))
+    }
+}

@@ -1,0 +1,263 @@
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Built-in demo backends, so the shipped config answers without any other server.
+    #[serde(default)]
+    pub demo: Option<DemoConfig>,
+}
+
+/// Process-wide settings: listeners, workers, client-side limits and timeouts.
+/// Defaults follow nginx as APISIX configures it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    pub listen: Vec<String>,
+    /// 0 = one worker per available core.
+    pub workers: usize,
+    pub pin_cores: bool,
+    /// Explicit CPU list to pin workers to (worker i on `cpus[i % len]`); empty = cores 0..n.
+    pub cpus: Vec<usize>,
+    /// "stdout", "stderr", "off" or a file path.
+    pub access_log: String,
+    /// "text" (nginx-like line) or "json".
+    pub access_log_format: String,
+    /// Seconds to receive a whole request head (nginx `client_header_timeout`).
+    pub client_header_timeout: f64,
+    /// Seconds between two reads of a request body (nginx `client_body_timeout`).
+    pub client_body_timeout: f64,
+    /// Seconds an idle keep-alive client connection is kept (nginx `keepalive_timeout`).
+    pub keepalive_timeout: f64,
+    /// Seconds between two writes to a client (nginx `send_timeout`).
+    pub send_timeout: f64,
+    /// Longest request line accepted; longer gets 414.
+    pub max_request_line: usize,
+    /// Largest request head (request line + headers) accepted; larger gets 431.
+    pub max_header_size: usize,
+    /// Most header fields accepted in one request; more gets 431.
+    pub max_headers: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    pub graceful_shutdown_timeout: f64,
+    /// "auto" (io_uring, falling back to epoll), "io_uring" or "epoll".
+    pub driver: String,
+    /// Set IORING_SETUP_COOP_TASKRUN + SINGLE_ISSUER (+ DEFER_TASKRUN) on the rings.
+    pub io_uring_flags: bool,
+    /// io_uring submission queue entries per worker.
+    pub io_uring_entries: u32,
+    /// Reload automatically when the config file's contents change (checked every second).
+    pub watch_config: bool,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: vec!["0.0.0.0:9080".into()],
+            workers: 0,
+            pin_cores: true,
+            cpus: Vec::new(),
+            access_log: "stdout".into(),
+            access_log_format: "text".into(),
+            client_header_timeout: 60.0,
+            client_body_timeout: 60.0,
+            keepalive_timeout: 60.0,
+            send_timeout: 60.0,
+            max_request_line: 8192,
+            max_header_size: 32 * 1024,
+            max_headers: 100,
+            graceful_shutdown_timeout: 30.0,
+            driver: "auto".into(),
+            io_uring_flags: true,
+            io_uring_entries: 1024,
+            watch_config: true,
+        }
+    }
+}
+
+/// An upstream: nodes plus everything about talking to them (APISIX `schema_def.upstream`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    #[serde(default, deserialize_with = "opt_id")]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub desc: Option<String>,
+    #[serde(default = "default_lb_type", rename = "type")]
+    pub lb_type: String,
+    pub nodes: NodesConfig,
+    /// Absent = number of nodes - 1.
+    #[serde(default)]
+    pub retries: Option<i64>,
+    /// Seconds; absent or 0 = no limit.
+    #[serde(default)]
+    pub retry_timeout: Option<f64>,
+    #[serde(default)]
+    pub timeout: Option<TimeoutConfig>,
+    #[serde(default)]
+    pub keepalive_pool: Option<KeepalivePoolConfig>,
+    #[serde(default = "default_pass_host")]
+    pub pass_host: String,
+    #[serde(default)]
+    pub upstream_host: Option<String>,
+    #[serde(default = "default_scheme")]
+    pub scheme: String,
+}
+
+fn default_lb_type() -> String {
+    "roundrobin".into()
+}
+fn default_pass_host() -> String {
+    "pass".into()
+}
+fn default_scheme() -> String {
+    "http".into()
+}
+
+/// Nodes in either of APISIX's two forms.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum NodesConfig {
+    /// `{ "127.0.0.1:9001" = 3 }`
+    Map(BTreeMap<String, i64>),
+    /// `[{ host = "127.0.0.1", port = 9001, weight = 3 }]`
+    List(Vec<NodeConfig>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub host: String,
+    #[serde(default)]
+    pub port: Option<i64>,
+    pub weight: i64,
+    #[serde(default)]
+    pub priority: i64,
+}
+
+/// Per-phase timeouts in seconds (fractions allowed); all three are required, as in APISIX.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutConfig {
+    pub connect: f64,
+    pub send: f64,
+    pub read: f64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeepalivePoolConfig {
+    pub size: i64,
+    pub idle_timeout: f64,
+    pub requests: i64,
+}
+
+impl Default for KeepalivePoolConfig {
+    fn default() -> Self {
+        KeepalivePoolConfig {
+            size: 320,
+            idle_timeout: 60.0,
+            requests: 1000,
+        }
+    }
+}
+
+/// A service: a reusable upstream (and later plugins) that routes point to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    #[serde(default, deserialize_with = "opt_id")]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub desc: Option<String>,
+    #[serde(default, deserialize_with = "opt_id")]
+    pub upstream_id: Option<String>,
+    #[serde(default)]
+    pub upstream: Option<UpstreamConfig>,
+    #[serde(default)]
+    pub hosts: Option<Vec<String>>,
+}
+
+/// A route: what to match and where to send it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    #[serde(default, deserialize_with = "opt_id")]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub desc: Option<String>,
+    #[serde(default)]
+    pub uri: Option<String>,
+    #[serde(default)]
+    pub uris: Option<Vec<String>>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub hosts: Option<Vec<String>>,
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub vars: Option<Vec<Vec<serde_json::Value>>>,
+    #[serde(default)]
+    pub priority: i64,
+    /// 1 = enabled, 0 = disabled (never matched).
+    #[serde(default = "default_status")]
+    pub status: i64,
+    #[serde(default)]
+    pub timeout: Option<TimeoutConfig>,
+    #[serde(default, deserialize_with = "opt_id")]
+    pub service_id: Option<String>,
+    #[serde(default, deserialize_with = "opt_id")]
+    pub upstream_id: Option<String>,
+    #[serde(default)]
+    pub upstream: Option<UpstreamConfig>,
+}
+
+fn default_status() -> i64 {
+    1
+}
+
+/// Demo backends started by the gateway process itself (`[[demo.backends]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoConfig {
+    pub backends: Vec<DemoBackendConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoBackendConfig {
+    pub listen: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// APISIX ids are strings or positive integers; both are compared as strings.
+fn opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        S(String),
+        I(i64),
+    }
+    Ok(match Option::<Id>::deserialize(d)? {
+        None => None,
+        Some(Id::S(s)) => Some(s),
+        Some(Id::I(i)) => Some(i.to_string()),
+    })
+}

@@ -1,0 +1,129 @@
+//! HTTP/1.1 framing of our own: httparse for heads, strict validation on top, a streaming
+//! chunked scanner, and the header rules a proxy applies when it rewrites a head.
+//! (monoio-http's h1 codec buffers whole bodies and mis-frames HEAD/304; see the README.)
+
+pub mod chunked;
+pub mod error_page;
+pub mod request;
+pub mod response;
+
+use std::ops::Range;
+
+/// A header field as byte ranges into the buffer its head was parsed from.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderRange {
+    pub name: Range<usize>,
+    pub value: Range<usize>,
+}
+
+#[inline]
+pub fn eq_ignore_case(a: &[u8], b: &[u8]) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+/// Trims optional whitespace (SP / HTAB) at both ends.
+pub fn trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |i| i + 1);
+    &v[start..end]
+}
+
+/// Whether a comma-separated header value contains `token` (case-insensitive).
+pub fn contains_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| eq_ignore_case(trim(t), token))
+}
+
+/// Parses a Content-Length value: 1*DIGIT, or a list of identical 1*DIGIT values
+/// (RFC 9110 §8.6). Signs, spaces inside numbers, empty values and overflow are refused.
+pub fn parse_content_length(v: &[u8]) -> Option<u64> {
+    let mut result: Option<u64> = None;
+    for part in v.split(|&b| b == b',') {
+        let part = trim(part);
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = part
+            .iter()
+            .fold(0u64, |acc, &d| acc * 10 + (d - b'0') as u64);
+        if result.is_some_and(|r| r != n) {
+            return None;
+        }
+        result = Some(n);
+    }
+    result
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the framing headers the proxy re-frames itself.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 8] = [
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+        b"proxy-authenticate",
+    ];
+    HOP.iter().any(|h| eq_ignore_case(name, h))
+        || (name.len() > 6 && eq_ignore_case(&name[..6], b"proxy-"))
+}
+
+/// Standard reason phrase for a status code.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        204 => "No Content",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_length_rules() {
+        assert_eq!(parse_content_length(b"42"), Some(42));
+        assert_eq!(parse_content_length(b"42, 42"), Some(42));
+        assert_eq!(parse_content_length(b"42, 43"), None);
+        assert_eq!(parse_content_length(b"+42"), None);
+        assert_eq!(parse_content_length(b""), None);
+        assert_eq!(parse_content_length(b"4 2"), None);
+        assert_eq!(parse_content_length(b"99999999999999999999"), None);
+    }
+
+    #[test]
+    fn hop_by_hop() {
+        assert!(is_hop_by_hop(b"Keep-Alive"));
+        assert!(is_hop_by_hop(b"Proxy-Authorization"));
+        assert!(!is_hop_by_hop(b"Proxy"));
+        assert!(!is_hop_by_hop(b"Content-Type"));
+    }
+}

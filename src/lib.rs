@@ -1,0 +1,21 @@
+//! Shardgate: an API gateway and reverse proxy built as a sharded thread-per-core io_uring
+//! proxy, with Apache APISIX's object model (routes, services, upstreams).
+//!
+//! Where things live:
+//! - [`config`]: the TOML file as the user writes it (APISIX field names and defaults);
+//! - [`snapshot`]: validation and compilation into the immutable form every core reads;
+//! - [`control`]: the control plane (load, reload on SIGHUP, graceful shutdown);
+//! - [`worker`]: the data plane, one pinned monoio runtime per core;
+//! - [`http`]: HTTP/1.1 framing (heads, chunked bodies, header rules);
+//! - [`route`]: the router; [`upstream`]: balancers, keepalive pool;
+//! - [`log`]: access and event logs; [`demo`]: built-in demo backends.
+
+pub mod config;
+pub mod control;
+pub mod demo;
+pub mod http;
+pub mod log;
+pub mod route;
+pub mod snapshot;
+pub mod upstream;
+pub mod worker;

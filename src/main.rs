@@ -1,0 +1,58 @@
+//! The `shardgate` command: `run` the gateway, `check` a config, print the `version`.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "shardgate", version, about = "A thread-per-core io_uring API gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// Config file.
+        #[arg(short, long, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file (like `nginx -t`): exit 0 if it would load, 1 with the reason if not.
+    Check {
+        #[arg(short, long, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => ExitCode::from(shardgate::control::run(config) as u8),
+        Command::Check { config } => match shardgate::control::check(&config) {
+            Ok(s) => {
+                println!(
+                    "shardgate: the configuration file {} syntax is ok ({} routes, {} upstreams)",
+                    config.display(),
+                    s.router.len(),
+                    s.upstreams.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("shardgate: {}: {e}", config.display());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Version => {
+            println!("shardgate {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The router: picks the route for a request the way APISIX's `radixtree_host_uri` does.
+//!
+//! Order of preference:
+//! 1. routes that name hosts are tried before routes that do not (a host-bound route wins
+//!    whatever its priority);
+//! 2. within each group, exact-path routes before prefix routes (`/api/*`), longer prefixes
+//!    before shorter ones;
+//! 3. within one path, higher `priority` first, then config order.
+//!
+//! A candidate must also pass its host, method and `vars` checks; the first that passes wins.
+//!
+//! Lookup is a hash probe per distinct prefix length in use rather than a scan of all routes,
+//! so the cost grows with how many different prefix lengths the config has, not with how many
+//! routes it has.
+
+pub mod vars;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use vars::{Condition, VarSource};
+
+/// Methods APISIX accepts in `methods`, each a bit in [`Route::methods`].
+pub const METHODS: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE",
+];
+
+/// Bit for a request method; unknown methods get no bit and match only method-less routes.
+pub fn method_bit(method: &[u8]) -> u32 {
+    METHODS
+        .iter()
+        .position(|m| m.as_bytes() == method)
+        .map_or(0, |i| 1 << i)
+}
+
+/// A host pattern: exact (`api.example.com`) or wildcard (`*.example.org`).
+#[derive(Debug, Clone)]
+pub enum HostPattern {
+    Exact(String),
+    /// Stored as the suffix including the dot: `.example.org`.
+    Suffix(String),
+}
+
+impl HostPattern {
+    pub fn parse(p: &str) -> HostPattern {
+        let p = p.to_ascii_lowercase();
+        match p.strip_prefix('*') {
+            Some(suffix) => HostPattern::Suffix(suffix.to_string()),
+            None => HostPattern::Exact(p),
+        }
+    }
+
+    /// `host` must already be lower-case and without port.
+    pub fn matches(&self, host: &[u8]) -> bool {
+        match self {
+            HostPattern::Exact(h) => h.as_bytes() == host,
+            HostPattern::Suffix(s) => host.len() >= s.len() && host.ends_with(s.as_bytes()),
+        }
+    }
+}
+
+/// A compiled route. `upstream` indexes the snapshot's upstream table.
+#[derive(Debug)]
+pub struct Route {
+    pub id: Arc<str>,
+    pub hosts: Vec<HostPattern>,
+    /// Bit set of allowed methods; 0 = any.
+    pub methods: u32,
+    pub vars: Vec<Condition>,
+    pub priority: i64,
+    /// Index into the snapshot's upstreams; `None` = the route has no upstream (503).
+    pub upstream: Option<usize>,
+    /// Route-level timeout override (APISIX: route `timeout` beats the upstream's).
+    pub timeout: Option<crate::upstream::Timeouts>,
+}
+
+/// What the router needs to know about a request.
+pub struct MatchInput<'a> {
+    pub path: &'a [u8],
+    /// Lower-case, without port.
+    pub host: &'a [u8],
+    pub method: &'a [u8],
+    pub vars: &'a dyn VarSource,
+}
+
+impl Route {
+    fn accepts(&self, input: &MatchInput<'_>) -> bool {
+        (self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(input.host)))
+            && (self.methods == 0 || self.methods & method_bit(input.method) != 0)
+            && self.vars.iter().all(|c| c.matches(input.vars))
+    }
+}
+
+/// Route indices by path, for one host group.
+#[derive(Debug, Default)]
+struct PathIndex {
+    exact: HashMap<Box<[u8]>, Vec<u32>>,
+    prefix: HashMap<Box<[u8]>, Vec<u32>>,
+    /// Distinct prefix lengths, longest first.
+    prefix_lens: Vec<usize>,
+}
+
+impl PathIndex {
+    fn insert(&mut self, uri: &str, route: u32) {
+        match uri.strip_suffix('*') {
+            Some(prefix) => self
+                .prefix
+                .entry(prefix.as_bytes().into())
+                .or_default()
+                .push(route),
+            None => self.exact.entry(uri.as_bytes().into()).or_default().push(route),
+        }
+    }
+
+    fn finish(&mut self, routes: &[Route]) {
+        let by_priority = |ids: &mut Vec<u32>| {
+            // Stable: equal priorities keep config order.
+            ids.sort_by_key(|&i| std::cmp::Reverse(routes[i as usize].priority));
+            ids.dedup();
+        };
+        self.exact.values_mut().for_each(by_priority);
+        self.prefix.values_mut().for_each(by_priority);
+        let mut lens: Vec<usize> = self.prefix.keys().map(|k| k.len()).collect();
+        lens.sort_unstable_by(|a, b| b.cmp(a));
+        lens.dedup();
+        self.prefix_lens = lens;
+    }
+
+    fn find(&self, routes: &[Route], input: &MatchInput<'_>) -> Option<u32> {
+        let pick = |ids: &Vec<u32>| {
+            ids.iter()
+                .copied()
+                .find(|&i| routes[i as usize].accepts(input))
+        };
+        if let Some(found) = self.exact.get(input.path).and_then(pick) {
+            return Some(found);
+        }
+        for &len in &self.prefix_lens {
+            if len > input.path.len() {
+                continue;
+            }
+            if let Some(found) = self.prefix.get(&input.path[..len]).and_then(pick) {
+                return Some(found);
+            }
+        }
+        None
+    }
+}
+
+/// All routes of one config snapshot, indexed for matching.
+#[derive(Debug, Default)]
+pub struct Router {
+    routes: Vec<Route>,
+    with_hosts: PathIndex,
+    without_hosts: PathIndex,
+}
+
+impl Router {
+    /// Builds the index; `uris[i]` are the paths of `routes[i]`.
+    pub fn new(routes: Vec<Route>, uris: Vec<Vec<String>>) -> Router {
+        let mut router = Router {
+            routes,
+            ..Default::default()
+        };
+        for (i, paths) in uris.iter().enumerate() {
+            let index = if router.routes[i].hosts.is_empty() {
+                &mut router.without_hosts
+            } else {
+                &mut router.with_hosts
+            };
+            for p in paths {
+                index.insert(p, i as u32);
+            }
+        }
+        router.with_hosts.finish(&router.routes);
+        router.without_hosts.finish(&router.routes);
+        router
+    }
+
+    pub fn find(&self, input: &MatchInput<'_>) -> Option<&Route> {
+        self.with_hosts
+            .find(&self.routes, input)
+            .or_else(|| self.without_hosts.find(&self.routes, input))
+            .map(|i| &self.routes[i as usize])
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vars::Var;
+
+    struct NoVars;
+    impl VarSource for NoVars {
+        fn var(&self, _: &Var) -> Option<&[u8]> {
+            None
+        }
+    }
+
+    fn route(id: &str, hosts: &[&str], methods: &[&str], priority: i64) -> Route {
+        Route {
+            id: id.into(),
+            hosts: hosts.iter().map(|h| HostPattern::parse(h)).collect(),
+            methods: methods.iter().map(|m| method_bit(m.as_bytes())).fold(0, |a, b| a | b),
+            vars: vec![],
+            priority,
+            upstream: None,
+            timeout: None,
+        }
+    }
+
+    fn find<'a>(r: &'a Router, path: &str, host: &str, method: &str) -> Option<&'a str> {
+        r.find(&MatchInput {
+            path: path.as_bytes(),
+            host: host.as_bytes(),
+            method: method.as_bytes(),
+            vars: &NoVars,
+        })
+        .map(|r| &*r.id)
+    }
+
+    #[test]
+    fn precedence() {
+        let r = Router::new(
+            vec![
+                route("prefix", &[], &[], 0),
+                route("longer", &[], &[], 0),
+                route("exact", &[], &[], 0),
+                route("hosted", &["*.example.org"], &[], -5),
+                route("post", &[], &["POST"], 10),
+                route("prio", &[], &[], 5),
+            ],
+            vec![
+                vec!["/api/*".into()],
+                vec!["/api/v2/*".into()],
+                vec!["/api/v2/x".into()],
+                vec!["/*".into()],
+                vec!["/api/v2/*".into()],
+                vec!["/api/*".into()],
+            ],
+        );
+        assert_eq!(find(&r, "/api/v2/x", "a.com", "GET"), Some("exact"));
+        assert_eq!(find(&r, "/api/v2/y", "a.com", "GET"), Some("longer"));
+        assert_eq!(find(&r, "/api/v2/y", "a.com", "POST"), Some("post"));
+        assert_eq!(find(&r, "/api/v1", "a.com", "GET"), Some("prio"));
+        assert_eq!(find(&r, "/api/v1", "x.example.org", "GET"), Some("hosted"));
+        assert_eq!(find(&r, "/api", "a.com", "GET"), None);
+        assert_eq!(find(&r, "/other", "example.org", "GET"), None);
+    }
+}

@@ -1,0 +1,202 @@
+//! Route `vars` conditions: APISIX's lua-resty-expr DSL, `[var, op, value]` or
+//! `[var, "!", op, value]`, all conditions of a route ANDed.
+//!
+//! Conditions are compiled once per config (regexes included); evaluating one reads a request
+//! variable as a byte slice and compares, without allocating.
+
+use regex::bytes::Regex;
+use serde_json::Value;
+
+/// A request variable, named as in nginx/APISIX.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Var {
+    Uri,
+    RequestUri,
+    QueryString,
+    Host,
+    RemoteAddr,
+    RequestMethod,
+    Scheme,
+    ServerPort,
+    /// `arg_NAME`: query argument.
+    Arg(String),
+    /// `http_NAME`: request header, NAME lower-case with `-` written as `_`.
+    Http(String),
+    /// `cookie_NAME`.
+    Cookie(String),
+}
+
+impl Var {
+    pub fn parse(name: &str) -> Result<Var, String> {
+        Ok(match name {
+            "uri" => Var::Uri,
+            "request_uri" => Var::RequestUri,
+            "query_string" | "args" => Var::QueryString,
+            "host" => Var::Host,
+            "remote_addr" => Var::RemoteAddr,
+            "request_method" => Var::RequestMethod,
+            "scheme" => Var::Scheme,
+            "server_port" => Var::ServerPort,
+            _ => {
+                if let Some(a) = name.strip_prefix("arg_") {
+                    Var::Arg(a.to_string())
+                } else if let Some(h) = name.strip_prefix("http_") {
+                    Var::Http(h.to_ascii_lowercase())
+                } else if let Some(c) = name.strip_prefix("cookie_") {
+                    Var::Cookie(c.to_string())
+                } else {
+                    return Err(format!("unknown variable '{name}'"));
+                }
+            }
+        })
+    }
+}
+
+/// Where condition evaluation reads variables from (implemented by the connection).
+pub trait VarSource {
+    fn var(&self, var: &Var) -> Option<&[u8]>;
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Eq(Vec<u8>),
+    Ne(Vec<u8>),
+    Gt(f64),
+    Lt(f64),
+    Ge(f64),
+    Le(f64),
+    Regex(Regex),
+    In(Vec<Vec<u8>>),
+    Has(Vec<u8>),
+}
+
+/// One compiled `[var, op, value]` condition.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    var: Var,
+    negate: bool,
+    op: Op,
+}
+
+fn value_string(v: &Value) -> Result<String, String> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        _ => Err("value must be a string or a number".into()),
+    }
+}
+
+fn value_number(v: &Value) -> Result<f64, String> {
+    match v {
+        Value::Number(n) => n.as_f64().ok_or_else(|| "bad number".to_string()),
+        Value::String(s) => s
+            .parse()
+            .map_err(|_| format!("'{s}' is not a number")),
+        _ => Err("value must be a number".into()),
+    }
+}
+
+impl Condition {
+    /// Compiles one condition; the error says what is wrong with it.
+    pub fn compile(items: &[Value]) -> Result<Condition, String> {
+        let (var, negate, op, value) = match items {
+            [Value::String(var), Value::String(bang), Value::String(op), value] if bang == "!" => {
+                (var, true, op.as_str(), value)
+            }
+            [Value::String(var), Value::String(op), value] => (var, false, op.as_str(), value),
+            _ => {
+                return Err(
+                    "expected [variable, operator, value] or [variable, \"!\", operator, value]"
+                        .into(),
+                )
+            }
+        };
+        let var = Var::parse(var)?;
+        let op = match op {
+            "==" => Op::Eq(value_string(value)?.into_bytes()),
+            "~=" => Op::Ne(value_string(value)?.into_bytes()),
+            ">" => Op::Gt(value_number(value)?),
+            "<" => Op::Lt(value_number(value)?),
+            ">=" => Op::Ge(value_number(value)?),
+            "<=" => Op::Le(value_number(value)?),
+            "~~" | "~*" => {
+                let mut pattern = value_string(value)?;
+                if op == "~*" {
+                    pattern = format!("(?i){pattern}");
+                }
+                Op::Regex(Regex::new(&pattern).map_err(|e| format!("invalid regex: {e}"))?)
+            }
+            "in" => match value {
+                Value::Array(items) => Op::In(
+                    items
+                        .iter()
+                        .map(|v| value_string(v).map(String::into_bytes))
+                        .collect::<Result<_, _>>()?,
+                ),
+                _ => return Err("operator 'in' needs an array value".into()),
+            },
+            "has" => Op::Has(value_string(value)?.into_bytes()),
+            other => return Err(format!("invalid operator '{other}'")),
+        };
+        Ok(Condition { var, negate, op })
+    }
+
+    pub fn matches(&self, src: &dyn VarSource) -> bool {
+        let v = src.var(&self.var);
+        let result = match (&self.op, v) {
+            (Op::Ne(_), None) => true,
+            (_, None) => false,
+            (Op::Eq(want), Some(v)) => v == want.as_slice(),
+            (Op::Ne(want), Some(v)) => v != want.as_slice(),
+            (Op::Gt(n), Some(v)) => as_number(v).is_some_and(|x| x > *n),
+            (Op::Lt(n), Some(v)) => as_number(v).is_some_and(|x| x < *n),
+            (Op::Ge(n), Some(v)) => as_number(v).is_some_and(|x| x >= *n),
+            (Op::Le(n), Some(v)) => as_number(v).is_some_and(|x| x <= *n),
+            (Op::Regex(re), Some(v)) => re.is_match(v),
+            (Op::In(set), Some(v)) => set.iter().any(|s| s.as_slice() == v),
+            (Op::Has(item), Some(v)) => v
+                .split(|&b| b == b',')
+                .any(|t| crate::http::trim(t) == item.as_slice()),
+        };
+        result != self.negate
+    }
+}
+
+fn as_number(v: &[u8]) -> Option<f64> {
+    std::str::from_utf8(v).ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    struct Src;
+    impl VarSource for Src {
+        fn var(&self, var: &Var) -> Option<&[u8]> {
+            match var {
+                Var::Http(h) if h == "x_env" => Some(b"canary"),
+                Var::Arg(a) if a == "age" => Some(b"20"),
+                _ => None,
+            }
+        }
+    }
+
+    fn cond(v: serde_json::Value) -> Condition {
+        Condition::compile(v.as_array().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn operators() {
+        assert!(cond(json!(["http_x_env", "==", "canary"])).matches(&Src));
+        assert!(!cond(json!(["http_x_env", "~=", "canary"])).matches(&Src));
+        assert!(cond(json!(["arg_age", ">", 18])).matches(&Src));
+        assert!(!cond(json!(["arg_age", "!", ">", 18])).matches(&Src));
+        assert!(cond(json!(["http_x_env", "~~", "^can"])).matches(&Src));
+        assert!(cond(json!(["http_x_env", "in", ["a", "canary"]])).matches(&Src));
+        assert!(!cond(json!(["http_missing", "==", "x"])).matches(&Src));
+        assert!(cond(json!(["http_missing", "~=", "x"])).matches(&Src));
+        assert!(Condition::compile(json!(["uri", "=", "x"]).as_array().unwrap()).is_err());
+    }
+}

@@ -1,0 +1,652 @@
+//! Compiling a [`Config`] into an immutable [`Snapshot`]: every reference resolved, every rule
+//! checked, the router built. The control plane does this once per (re)load and hands the
+//! same `Arc<Snapshot>` to every core; nothing in it is mutated afterwards.
+//!
+//! All semantic validation lives here, so `shardgate check` and a live reload refuse exactly
+//! the same configs, with errors that name the offending field.
+
+use crate::config::{
+    Config, ConfigError, GatewayConfig, NodesConfig, RouteConfig, TimeoutConfig, UpstreamConfig,
+};
+use crate::http::request::Limits;
+use crate::route::{self, vars::Condition, HostPattern, Route, Router};
+use crate::upstream::{BalancerKind, KeepalivePolicy, Node, PassHost, Timeouts, UpstreamSpec};
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Client-side settings every connection reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub limits: Limits,
+    pub client_header_timeout: Duration,
+    pub client_body_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub send_timeout: Duration,
+}
+
+/// One immutable, validated configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases with every successful (re)load.
+    pub version: u64,
+    pub settings: Settings,
+    pub router: Router,
+    pub upstreams: Vec<Arc<UpstreamSpec>>,
+    pub listen: Vec<SocketAddr>,
+}
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+fn seconds(field: &str, v: f64, allow_zero: bool) -> Result<Duration> {
+    if !v.is_finite() || v < 0.0 || (!allow_zero && v == 0.0) {
+        let bound = if allow_zero { "at least 0" } else { "greater than 0" };
+        return Err(ConfigError::invalid(
+            field,
+            format!("expected {v} to be {bound}"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// `upstreams[0] (id "demo")`: how errors point at an object.
+fn object_name(kind: &str, index: usize, id: Option<&str>) -> String {
+    match id {
+        Some(id) => format!("{kind}[{index}] (id \"{id}\")"),
+        None => format!("{kind}[{index}]"),
+    }
+}
+
+impl Snapshot {
+    /// Validates and compiles `config`. `version` is stamped on the result.
+    pub fn compile(config: &Config, version: u64) -> Result<Snapshot> {
+        let (settings, listen) = compile_gateway(&config.gateway)?;
+
+        let mut upstreams: Vec<Arc<UpstreamSpec>> = Vec::new();
+        let mut upstream_ids: HashMap<&str, usize> = HashMap::new();
+        for (i, u) in config.upstreams.iter().enumerate() {
+            let name = object_name("upstreams", i, u.id.as_deref());
+            let id = u
+                .id
+                .as_deref()
+                .ok_or_else(|| ConfigError::invalid(&name, "missing id"))?;
+            check_id(&format!("{name}.id"), id)?;
+            if upstream_ids.insert(id, upstreams.len()).is_some() {
+                return Err(ConfigError::invalid(
+                    format!("{name}.id"),
+                    "duplicate upstream id",
+                ));
+            }
+            upstreams.push(Arc::new(compile_upstream(&name, id, u)?));
+        }
+
+        // Services: their upstream resolved to an index (possibly a new inline one).
+        let mut services: HashMap<&str, (Option<usize>, Option<&Vec<String>>)> = HashMap::new();
+        for (i, s) in config.services.iter().enumerate() {
+            let name = object_name("services", i, s.id.as_deref());
+            let id = s
+                .id
+                .as_deref()
+                .ok_or_else(|| ConfigError::invalid(&name, "missing id"))?;
+            check_id(&format!("{name}.id"), id)?;
+            let upstream = if let Some(uid) = s.upstream_id.as_deref() {
+                Some(lookup_upstream(&upstream_ids, &format!("{name}.upstream_id"), uid)?)
+            } else if let Some(u) = &s.upstream {
+                let key = format!("service:{id}");
+                upstreams.push(Arc::new(compile_upstream(
+                    &format!("{name}.upstream"),
+                    &key,
+                    u,
+                )?));
+                Some(upstreams.len() - 1)
+            } else {
+                None
+            };
+            if let Some(hosts) = &s.hosts {
+                if hosts.is_empty() {
+                    return Err(ConfigError::invalid(
+                        format!("{name}.hosts"),
+                        "expect array to have at least 1 items",
+                    ));
+                }
+            }
+            if services.insert(id, (upstream, s.hosts.as_ref())).is_some() {
+                return Err(ConfigError::invalid(
+                    format!("{name}.id"),
+                    "duplicate service id",
+                ));
+            }
+        }
+
+        let mut routes = Vec::with_capacity(config.routes.len());
+        let mut uris = Vec::with_capacity(config.routes.len());
+        let mut route_ids: HashMap<String, ()> = HashMap::new();
+        for (i, r) in config.routes.iter().enumerate() {
+            let name = object_name("routes", i, r.id.as_deref());
+            let id = r.id.clone().unwrap_or_else(|| format!("arr_{}", i + 1));
+            check_id(&format!("{name}.id"), &id)?;
+            if route_ids.insert(id.clone(), ()).is_some() {
+                return Err(ConfigError::invalid(format!("{name}.id"), "duplicate route id"));
+            }
+            let (route, paths) = compile_route(&name, &id, r, &upstream_ids, &services, &mut upstreams)?;
+            if r.status == 1 {
+                routes.push(route);
+                uris.push(paths);
+            }
+        }
+
+        Ok(Snapshot {
+            version,
+            settings,
+            router: Router::new(routes, uris),
+            upstreams,
+            listen,
+        })
+    }
+}
+
+fn check_id(field: &str, id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            field,
+            format!("'{id}' must be 1-64 characters of [a-zA-Z0-9-_.]"),
+        ))
+    }
+}
+
+fn lookup_upstream(ids: &HashMap<&str, usize>, field: &str, id: &str) -> Result<usize> {
+    ids.get(id).copied().ok_or_else(|| {
+        ConfigError::invalid(field, format!("upstream \"{id}\" does not exist"))
+    })
+}
+
+fn compile_gateway(g: &GatewayConfig) -> Result<(Settings, Vec<SocketAddr>)> {
+    if g.listen.is_empty() {
+        return Err(ConfigError::invalid("gateway.listen", "needs at least one address"));
+    }
+    let mut listen = Vec::new();
+    for (i, l) in g.listen.iter().enumerate() {
+        let addr: SocketAddr = l.parse().map_err(|_| {
+            ConfigError::invalid(
+                format!("gateway.listen[{i}]"),
+                format!("'{l}' is not an ip:port address"),
+            )
+        })?;
+        listen.push(addr);
+    }
+    if !matches!(g.access_log_format.as_str(), "text" | "json") {
+        return Err(ConfigError::invalid(
+            "gateway.access_log_format",
+            "must be \"text\" or \"json\"",
+        ));
+    }
+    if !matches!(g.driver.as_str(), "auto" | "io_uring" | "epoll") {
+        return Err(ConfigError::invalid(
+            "gateway.driver",
+            "must be \"auto\", \"io_uring\" or \"epoll\"",
+        ));
+    }
+    if g.io_uring_entries < 256 {
+        return Err(ConfigError::invalid("gateway.io_uring_entries", "must be at least 256"));
+    }
+    for (field, v) in [
+        ("gateway.max_request_line", g.max_request_line),
+        ("gateway.max_header_size", g.max_header_size),
+        ("gateway.max_headers", g.max_headers),
+    ] {
+        if v == 0 {
+            return Err(ConfigError::invalid(field, "must be greater than 0"));
+        }
+    }
+    if g.max_headers > 128 {
+        return Err(ConfigError::invalid("gateway.max_headers", "must be at most 128"));
+    }
+    if g.max_header_size < g.max_request_line {
+        return Err(ConfigError::invalid(
+            "gateway.max_header_size",
+            "must be at least gateway.max_request_line",
+        ));
+    }
+    seconds("gateway.graceful_shutdown_timeout", g.graceful_shutdown_timeout, true)?;
+    let settings = Settings {
+        limits: Limits {
+            max_request_line: g.max_request_line,
+            max_header_size: g.max_header_size,
+            max_headers: g.max_headers,
+        },
+        client_header_timeout: seconds("gateway.client_header_timeout", g.client_header_timeout, false)?,
+        client_body_timeout: seconds("gateway.client_body_timeout", g.client_body_timeout, false)?,
+        keepalive_timeout: seconds("gateway.keepalive_timeout", g.keepalive_timeout, false)?,
+        send_timeout: seconds("gateway.send_timeout", g.send_timeout, false)?,
+    };
+    Ok((settings, listen))
+}
+
+fn compile_timeouts(field: &str, t: &TimeoutConfig) -> Result<Timeouts> {
+    Ok(Timeouts {
+        connect: seconds(&format!("{field}.connect"), t.connect, false)?,
+        send: seconds(&format!("{field}.send"), t.send, false)?,
+        read: seconds(&format!("{field}.read"), t.read, false)?,
+    })
+}
+
+/// Splits `host[:port]` / `[v6]:port` into host and port.
+fn split_host_port(s: &str) -> std::result::Result<(String, Option<u16>), String> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let end = rest.find(']').ok_or("unclosed '[' in IPv6 address")?;
+        let host = &rest[..end];
+        let after = &rest[end + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(parse_port(p)?),
+            None if after.is_empty() => None,
+            None => return Err("unexpected characters after ']'".into()),
+        };
+        return Ok((format!("[{host}]"), port));
+    }
+    match s.rsplit_once(':') {
+        Some((h, _)) if h.contains(':') => {
+            Err("IPv6 address must be enclosed with '[' and ']'".into())
+        }
+        Some((h, p)) => Ok((h.to_string(), Some(parse_port(p)?))),
+        None => Ok((s.to_string(), None)),
+    }
+}
+
+fn parse_port(p: &str) -> std::result::Result<u16, String> {
+    match p.parse::<u32>() {
+        Ok(n) if (1..=65535).contains(&n) => Ok(n as u16),
+        _ => Err(format!("invalid port {p}")),
+    }
+}
+
+fn valid_host_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':'))
+}
+
+/// Resolves a node host in the control plane (workers never do DNS).
+fn resolve(host: &str, port: u16) -> std::result::Result<SocketAddr, String> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve '{host}': {e}"))?
+        .next()
+        .ok_or_else(|| format!("'{host}' resolved to no address"))
+}
+
+fn node(field: &str, host: &str, port: Option<u16>, weight: i64, priority: i64) -> Result<Node> {
+    if !valid_host_name(host) {
+        return Err(ConfigError::invalid(field, format!("invalid host '{host}'")));
+    }
+    if !(0..=u32::MAX as i64).contains(&weight) {
+        return Err(ConfigError::invalid(
+            field,
+            format!("weight {weight} must be an integer of at least 0"),
+        ));
+    }
+    let port = port.unwrap_or(80);
+    let addr = resolve(host, port).map_err(|e| ConfigError::invalid(field, e))?;
+    let host_port: Arc<str> = if port == 80 {
+        host.into()
+    } else {
+        format!("{host}:{port}").into()
+    };
+    Ok(Node {
+        host_port,
+        addr,
+        weight: weight as u32,
+        priority,
+    })
+}
+
+fn compile_upstream(name: &str, key: &str, u: &UpstreamConfig) -> Result<UpstreamSpec> {
+    let kind = match u.lb_type.as_str() {
+        "roundrobin" => BalancerKind::RoundRobin,
+        "chash" | "least_conn" | "ewma" => {
+            return Err(ConfigError::invalid(
+                format!("{name}.type"),
+                format!("\"{}\" is not implemented yet; use \"roundrobin\"", u.lb_type),
+            ))
+        }
+        other => {
+            return Err(ConfigError::invalid(
+                format!("{name}.type"),
+                format!("unknown balancer \"{other}\" (expected roundrobin)"),
+            ))
+        }
+    };
+    if u.scheme != "http" {
+        return Err(ConfigError::invalid(
+            format!("{name}.scheme"),
+            format!("\"{}\" is not supported yet; use \"http\"", u.scheme),
+        ));
+    }
+    let nodes_field = format!("{name}.nodes");
+    let nodes = match &u.nodes {
+        NodesConfig::Map(map) => map
+            .iter()
+            .map(|(k, &w)| {
+                let field = format!("{nodes_field}.\"{k}\"");
+                let (host, port) =
+                    split_host_port(k).map_err(|e| ConfigError::invalid(&field, e))?;
+                node(&field, &host, port, w, 0)
+            })
+            .collect::<Result<Vec<_>>>()?,
+        NodesConfig::List(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let field = format!("{nodes_field}[{i}]");
+                if n.host.contains(':') && !n.host.starts_with('[') {
+                    return Err(ConfigError::invalid(
+                        format!("{field}.host"),
+                        "IPv6 address must be enclosed with '[' and ']'",
+                    ));
+                }
+                let port = match n.port {
+                    None => None,
+                    Some(p) if (1..=65535).contains(&p) => Some(p as u16),
+                    Some(p) => {
+                        return Err(ConfigError::invalid(
+                            format!("{field}.port"),
+                            format!("expected {p} to be between 1 and 65535"),
+                        ))
+                    }
+                };
+                node(&field, &n.host, port, n.weight, n.priority)
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
+    let retries = match u.retries {
+        None => nodes.len().saturating_sub(1) as u32,
+        Some(r) if r >= 0 => r.min(u32::MAX as i64) as u32,
+        Some(r) => {
+            return Err(ConfigError::invalid(
+                format!("{name}.retries"),
+                format!("expected {r} to be at least 0"),
+            ))
+        }
+    };
+    let retry_timeout = match u.retry_timeout {
+        None => None,
+        Some(t) => {
+            let d = seconds(&format!("{name}.retry_timeout"), t, true)?;
+            (!d.is_zero()).then_some(d)
+        }
+    };
+    let timeouts = match &u.timeout {
+        Some(t) => compile_timeouts(&format!("{name}.timeout"), t)?,
+        None => Timeouts::default(),
+    };
+    let kp = u.keepalive_pool.unwrap_or_default();
+    let kp_field = format!("{name}.keepalive_pool");
+    if kp.size < 1 {
+        return Err(ConfigError::invalid(
+            format!("{kp_field}.size"),
+            format!("expected {} to be at least 1", kp.size),
+        ));
+    }
+    if kp.requests < 1 {
+        return Err(ConfigError::invalid(
+            format!("{kp_field}.requests"),
+            format!("expected {} to be at least 1", kp.requests),
+        ));
+    }
+    let keepalive = KeepalivePolicy {
+        size: kp.size as usize,
+        idle_timeout: seconds(&format!("{kp_field}.idle_timeout"), kp.idle_timeout, true)?,
+        requests: kp.requests.min(u32::MAX as i64) as u32,
+    };
+    let pass_host = match (u.pass_host.as_str(), &u.upstream_host) {
+        ("pass", _) => PassHost::Pass,
+        ("node", _) => PassHost::Node,
+        ("rewrite", Some(h)) if !h.is_empty() => {
+            if !valid_host_name(h) {
+                return Err(ConfigError::invalid(
+                    format!("{name}.upstream_host"),
+                    format!("invalid host '{h}'"),
+                ));
+            }
+            PassHost::Rewrite(h.as_str().into())
+        }
+        ("rewrite", _) => {
+            return Err(ConfigError::invalid(
+                format!("{name}.upstream_host"),
+                "`upstream_host` can't be empty when `pass_host` is `rewrite`",
+            ))
+        }
+        (other, _) => {
+            return Err(ConfigError::invalid(
+                format!("{name}.pass_host"),
+                format!("\"{other}\" matches none of the enum values (pass, node, rewrite)"),
+            ))
+        }
+    };
+    Ok(UpstreamSpec {
+        key: key.into(),
+        kind,
+        nodes,
+        retries,
+        retry_timeout,
+        timeouts,
+        keepalive,
+        pass_host,
+    })
+}
+
+type Services<'a> = HashMap<&'a str, (Option<usize>, Option<&'a Vec<String>>)>;
+
+fn compile_route(
+    name: &str,
+    id: &str,
+    r: &RouteConfig,
+    upstream_ids: &HashMap<&str, usize>,
+    services: &Services<'_>,
+    upstreams: &mut Vec<Arc<UpstreamSpec>>,
+) -> Result<(Route, Vec<String>)> {
+    let paths = match (&r.uri, &r.uris) {
+        (Some(u), None) => vec![u.clone()],
+        (None, Some(us)) if !us.is_empty() => us.clone(),
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                format!("{name}.uris"),
+                "expect array to have at least 1 items",
+            ))
+        }
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(name, "only one of uri or uris is allowed"))
+        }
+        (None, None) => return Err(ConfigError::invalid(name, "missing uri or uris")),
+    };
+    for p in &paths {
+        if !p.starts_with('/') || p.len() > 4096 {
+            return Err(ConfigError::invalid(
+                format!("{name}.uri"),
+                format!("'{p}' must start with '/' (at most 4096 characters)"),
+            ));
+        }
+        if p[..p.len() - 1].contains('*') {
+            return Err(ConfigError::invalid(
+                format!("{name}.uri"),
+                format!("'{p}': '*' is only allowed at the end (prefix match)"),
+            ));
+        }
+    }
+    if let Some(status) = Some(r.status).filter(|s| *s != 0 && *s != 1) {
+        return Err(ConfigError::invalid(
+            format!("{name}.status"),
+            format!("{status} matches none of the enum values (0, 1)"),
+        ));
+    }
+
+    let service = match r.service_id.as_deref() {
+        Some(sid) => Some(services.get(sid).ok_or_else(|| {
+            ConfigError::invalid(
+                format!("{name}.service_id"),
+                format!("service \"{sid}\" does not exist"),
+            )
+        })?),
+        None => None,
+    };
+
+    let host_list: Option<Vec<String>> = match (&r.host, &r.hosts) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(name, "only one of host or hosts is allowed"))
+        }
+        (Some(h), None) => Some(vec![h.clone()]),
+        (None, Some(hs)) if hs.is_empty() => {
+            return Err(ConfigError::invalid(
+                format!("{name}.hosts"),
+                "expect array to have at least 1 items",
+            ))
+        }
+        (None, Some(hs)) => Some(hs.clone()),
+        (None, None) => service.and_then(|s| s.1.cloned()),
+    };
+    let mut hosts = Vec::new();
+    for h in host_list.unwrap_or_default() {
+        let plain = h.strip_prefix('*').unwrap_or(&h);
+        if h.is_empty() || !valid_host_name(plain) || plain.contains(':') {
+            return Err(ConfigError::invalid(
+                format!("{name}.hosts"),
+                format!("invalid host pattern '{h}'"),
+            ));
+        }
+        hosts.push(HostPattern::parse(&h));
+    }
+
+    let mut methods = 0u32;
+    for (i, m) in r.methods.iter().flatten().enumerate() {
+        let bit = route::method_bit(m.as_bytes());
+        if bit == 0 {
+            return Err(ConfigError::invalid(
+                format!("{name}.methods[{i}]"),
+                format!("\"{m}\" matches none of the enum values ({})", route::METHODS.join(", ")),
+            ));
+        }
+        methods |= bit;
+    }
+
+    let mut vars = Vec::new();
+    for (i, v) in r.vars.iter().flatten().enumerate() {
+        vars.push(Condition::compile(v).map_err(|e| {
+            ConfigError::invalid(
+                format!("{name}.vars[{i}]"),
+                format!("failed to validate the 'vars' expression: {e}"),
+            )
+        })?);
+    }
+
+    // APISIX precedence: route upstream_id > route upstream > service's upstream.
+    let upstream = if let Some(uid) = r.upstream_id.as_deref() {
+        Some(lookup_upstream(upstream_ids, &format!("{name}.upstream_id"), uid)?)
+    } else if let Some(u) = &r.upstream {
+        upstreams.push(Arc::new(compile_upstream(
+            &format!("{name}.upstream"),
+            &format!("route:{id}"),
+            u,
+        )?));
+        Some(upstreams.len() - 1)
+    } else {
+        service.and_then(|s| s.0)
+    };
+    if r.upstream_id.is_none() && r.upstream.is_none() && r.service_id.is_none() {
+        return Err(ConfigError::invalid(
+            name,
+            "needs one of upstream_id, upstream or service_id",
+        ));
+    }
+    let timeout = match &r.timeout {
+        Some(t) => Some(compile_timeouts(&format!("{name}.timeout"), t)?),
+        None => None,
+    };
+    Ok((
+        Route {
+            id: id.into(),
+            hosts,
+            methods,
+            vars,
+            priority: r.priority,
+            upstream,
+            timeout,
+        },
+        paths,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile(text: &str) -> Result<Snapshot> {
+        Snapshot::compile(&Config::parse(text)?, 1)
+    }
+
+    #[test]
+    fn shipped_config_compiles() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
+        let s = compile(&text).unwrap();
+        assert!(!s.router.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let base = "[[upstreams]]\nid = \"u\"\nnodes = { \"127.0.0.1:1\" = 1 }\n";
+        let cases = [
+            ("[[upstreams]]\nid = \"u\"\nnodes = { \"127.0.0.1:1\" = -1 }\n", "upstreams[0] (id \"u\").nodes.\"127.0.0.1:1\""),
+            ("[[upstreams]]\nid = \"u\"\nnodes = { \"127.0.0.1:99999\" = 1 }\n", "invalid port 99999"),
+            ("[[upstreams]]\nid = \"u\"\nretries = -1\nnodes = { \"127.0.0.1:1\" = 1 }\n", "upstreams[0] (id \"u\").retries"),
+            ("[[upstreams]]\nid = \"u\"\npass_host = \"rewrite\"\nnodes = { \"127.0.0.1:1\" = 1 }\n", "upstream_host"),
+            ("[[upstreams]]\nid = \"u\"\ntimeout = { connect = 0, send = 1, read = 1 }\nnodes = { \"127.0.0.1:1\" = 1 }\n", "timeout.connect"),
+            (&format!("{base}[[routes]]\nid = \"r\"\nuri = \"/\"\nupstream_id = \"nope\"\n"), "routes[0] (id \"r\").upstream_id"),
+            (&format!("{base}[[routes]]\nid = \"r\"\nuri = \"/\"\nupstream_id = \"u\"\nmethods = [\"GIT\"]\n"), "routes[0] (id \"r\").methods[0]"),
+            (&format!("{base}[[routes]]\nid = \"r\"\nuri = \"/\"\nupstream_id = \"u\"\nvars = [[\"uri\", \"=\", \"x\"]]\n"), "routes[0] (id \"r\").vars[0]"),
+            (&format!("{base}[[routes]]\nid = \"r\"\nuri = \"/\"\nupstream_id = \"u\"\nbogus = 1\n"), "bogus"),
+            ("[gateway]\nlisten = [\"nope\"]\n", "gateway.listen[0]"),
+        ];
+        for (text, want) in cases {
+            let err = compile(text).err().expect(text).to_string();
+            assert!(err.contains(want), "{err:?} should mention {want:?}");
+        }
+    }
+
+    #[test]
+    fn service_and_route_upstream_precedence() {
+        let text = r#"
+[[upstreams]]
+id = "a"
+nodes = { "127.0.0.1:1" = 1 }
+[[upstreams]]
+id = "b"
+nodes = [{ host = "127.0.0.1", port = 2, weight = 1 }]
+[[services]]
+id = "s"
+upstream_id = "a"
+hosts = ["svc.test"]
+[[routes]]
+id = "r1"
+uri = "/x"
+service_id = "s"
+[[routes]]
+id = "r2"
+uri = "/y"
+service_id = "s"
+upstream_id = "b"
+"#;
+        let s = compile(text).unwrap();
+        assert_eq!(s.upstreams[1].nodes[0].addr.port(), 2);
+        assert_eq!(s.upstreams[0].retries, 0);
+    }
+}

@@ -1,0 +1,93 @@
+//! Upstreams in their compiled, runtime form: resolved nodes, timeouts, retry budget,
+//! keepalive policy and Host handling. Built by the control plane, read by every core.
+
+pub mod balancer;
+pub mod pool;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which balancing algorithm an upstream uses (its `type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalancerKind {
+    RoundRobin,
+}
+
+/// One backend address.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// `host:port` as configured (a domain stays a domain); used for `pass_host = "node"`.
+    pub host_port: Arc<str>,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub priority: i64,
+}
+
+impl Node {
+    #[cfg(test)]
+    pub fn for_test(port: u16, weight: u32) -> Node {
+        Node {
+            host_port: format!("127.0.0.1:{port}").into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            weight,
+            priority: 0,
+        }
+    }
+}
+
+/// Per-phase timeouts. Each maps to 504 when it fires.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Longest wait for one write to the upstream to make progress.
+    pub send: Duration,
+    /// Longest wait between two reads from the upstream (the response head included).
+    pub read: Duration,
+}
+
+impl Default for Timeouts {
+    /// nginx's defaults, which APISIX inherits when no timeout is configured.
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(60),
+            send: Duration::from_secs(60),
+            read: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Keepalive pool policy for connections to this upstream's nodes.
+#[derive(Debug, Clone, Copy)]
+pub struct KeepalivePolicy {
+    /// Most idle connections kept per node, per core.
+    pub size: usize,
+    pub idle_timeout: Duration,
+    /// Requests served on one connection before it is closed.
+    pub requests: u32,
+}
+
+/// What Host header the upstream sees.
+#[derive(Debug, Clone)]
+pub enum PassHost {
+    /// The client's Host.
+    Pass,
+    /// The picked node's `host[:port]` (port left out when it is 80).
+    Node,
+    /// A fixed value (`upstream_host`).
+    Rewrite(Arc<str>),
+}
+
+/// A compiled upstream.
+#[derive(Debug)]
+pub struct UpstreamSpec {
+    /// `upstreams[i].id`, or `route:<id>` / `service:<id>` for inline upstreams.
+    pub key: Arc<str>,
+    pub kind: BalancerKind,
+    pub nodes: Vec<Node>,
+    pub retries: u32,
+    pub retry_timeout: Option<Duration>,
+    pub timeouts: Timeouts,
+    pub keepalive: KeepalivePolicy,
+    pub pass_host: PassHost,
+}

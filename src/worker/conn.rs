@@ -1,0 +1,985 @@
+//! One client connection: read a request head, route it, forward it to an upstream node with
+//! retries, relay the response back, log it, and go round again while keep-alive allows.
+//!
+//! Bodies are streamed in both directions through the two connections' buffers (bounded:
+//! at most one buffer's worth of a body is in memory at a time). The request is sent
+//! completely before the response is read, as nginx does with its default buffering.
+//!
+//! Framing is never guessed: a request whose framing is in doubt gets a 4xx and the
+//! connection closes; an upstream response whose framing is in doubt is a 502 (before any
+//! byte reached the client) or a closed client connection (after), so no byte of it can be
+//! read as part of the next response.
+
+use super::io::{read_more_timeout, write_all, write_range, IoFail};
+use super::state::{Local, Worker};
+use super::vars::RequestVars;
+use crate::http::chunked::ChunkedScanner;
+use crate::http::error_page::write_error;
+use crate::http::request::{BodyFraming, Parsed, RequestError, RequestHead};
+use crate::http::response::{self, ResponseFraming, ResponseHead};
+use crate::http::{eq_ignore_case, is_hop_by_hop};
+use crate::log::access::Entry;
+use crate::route::{MatchInput, Route};
+use crate::upstream::balancer::PickContext;
+use crate::upstream::pool::{UpstreamConn, UPSTREAM_BUF};
+use crate::upstream::{Node, PassHost, Timeouts, UpstreamSpec};
+use monoio::net::TcpStream;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Initial size of a client connection's read buffer.
+const CLIENT_BUF: usize = 16 * 1024;
+/// Read chunk while streaming a request body.
+const BODY_CHUNK: usize = 64 * 1024;
+/// A response head and body are sent in one write when together they fit in this.
+const COALESCE_LIMIT: usize = 64 * 1024;
+
+/// Accepts a connection and serves requests on it until it closes.
+pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
+    let local_port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+    let mut conn = Conn {
+        worker,
+        stream,
+        buf: Vec::with_capacity(CLIENT_BUF),
+        out: Vec::with_capacity(4096),
+        head: RequestHead::default(),
+        resp: ResponseHead::default(),
+        host_lc: Vec::with_capacity(64),
+        peer_ip: peer.ip().to_string(),
+        local_port: local_port.to_string(),
+        tried: Vec::with_capacity(4),
+    };
+    conn.run().await;
+}
+
+struct Conn {
+    worker: Rc<Worker>,
+    stream: TcpStream,
+    /// Received bytes; the current request's head starts at 0.
+    buf: Vec<u8>,
+    /// Scratch for heads the gateway writes (to the upstream and to the client).
+    out: Vec<u8>,
+    head: RequestHead,
+    resp: ResponseHead,
+    host_lc: Vec<u8>,
+    peer_ip: String,
+    local_port: String,
+    tried: Vec<usize>,
+}
+
+/// What happened to one request, for the access log and the keep-alive decision.
+#[derive(Default)]
+struct Outcome {
+    status: u16,
+    bytes: u64,
+    keep_alive: bool,
+    route: Option<Rc<str>>,
+    upstream: Option<SocketAddr>,
+    upstream_status: Option<u16>,
+    upstream_latency: Option<Duration>,
+    retries: u32,
+    /// End of this request's bytes (head and body) in the client buffer.
+    consumed: usize,
+}
+
+/// Why an attempt at an upstream node failed before a response head arrived.
+#[derive(Debug)]
+enum Failure {
+    ConnectTimeout,
+    Connect(std::io::Error),
+    SendTimeout,
+    Send(std::io::Error),
+    ReadTimeout,
+    Read(std::io::Error),
+    /// The upstream closed the connection before a complete response head.
+    Closed,
+    Invalid(&'static str),
+}
+
+impl Failure {
+    fn status(&self) -> u16 {
+        match self {
+            Failure::ConnectTimeout | Failure::SendTimeout | Failure::ReadTimeout => 504,
+            _ => 502,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Failure::ConnectTimeout => "upstream connect timed out".into(),
+            Failure::Connect(e) => format!("upstream connect failed: {e}"),
+            Failure::SendTimeout => "upstream send timed out".into(),
+            Failure::Send(e) => format!("upstream send failed: {e}"),
+            Failure::ReadTimeout => "upstream read timed out".into(),
+            Failure::Read(e) => format!("upstream read failed: {e}"),
+            Failure::Closed => "upstream closed the connection prematurely".into(),
+            Failure::Invalid(why) => format!("invalid upstream response: {why}"),
+        }
+    }
+
+    /// Failures where nothing reached the upstream, so any request may be retried.
+    fn nothing_sent(&self) -> bool {
+        matches!(self, Failure::ConnectTimeout | Failure::Connect(_))
+    }
+
+    /// A reused pooled connection that turned out dead: worth one fresh connection.
+    fn stale_connection(&self) -> bool {
+        matches!(self, Failure::Send(_) | Failure::Read(_) | Failure::Closed)
+    }
+}
+
+/// The request is over; the connection must close (client gone, or framing lost).
+struct Abort;
+
+/// How a request's body sits in the client buffer when forwarding starts.
+struct BodyState {
+    /// The whole body is already in `buf[head.len..end]`: it can be replayed on a retry.
+    complete: bool,
+    /// End of the body bytes in `buf` (when complete) or of what has arrived so far.
+    end: usize,
+    /// For a chunked body not yet complete, where its scan stands.
+    scanner: Option<ChunkedScanner>,
+    /// For a Content-Length body not yet complete, bytes still to come after `end`.
+    remaining: u64,
+}
+
+impl Conn {
+    /// Client-side settings of the current snapshot (small and `Copy`).
+    fn settings(&self) -> crate::snapshot::Settings {
+        self.worker.current().shared.settings
+    }
+
+    async fn run(&mut self) {
+        let mut first = true;
+        loop {
+            match self.read_head(first).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    self.refuse(e).await;
+                    return;
+                }
+            }
+            first = false;
+            self.worker.request_started();
+            let keep = self.handle().await;
+            self.worker.request_finished();
+            if !keep || self.worker.stopping() {
+                return;
+            }
+        }
+    }
+
+    /// Waits for a complete request head. `Ok(false)`: the client closed or went idle.
+    async fn read_head(&mut self, first: bool) -> Result<bool, RequestError> {
+        let (header_timeout, idle_timeout, limits) = {
+            let s = self.settings();
+            (s.client_header_timeout, s.keepalive_timeout, s.limits)
+        };
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if !self.buf.is_empty() {
+                if let Parsed::Complete = self.head.parse(&self.buf, &limits)? {
+                    return Ok(true);
+                }
+                deadline.get_or_insert_with(|| Instant::now() + header_timeout);
+            }
+            let limit = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None if first => header_timeout,
+                None => idle_timeout,
+            };
+            match read_more_timeout(&mut self.stream, &mut self.buf, 4096, limit).await {
+                Ok(0) | Err(IoFail::Io(_)) => return Ok(false),
+                Ok(_) => {}
+                Err(IoFail::Timeout) if self.buf.is_empty() => return Ok(false),
+                Err(IoFail::Timeout) => {
+                    return Err(RequestError {
+                        status: 408,
+                        reason: "timed out reading the request head",
+                    })
+                }
+            }
+        }
+    }
+
+    /// Answers a request refused at the head stage, then the connection closes.
+    async fn refuse(&mut self, e: RequestError) {
+        let start = Instant::now();
+        self.out.clear();
+        write_error(&mut self.out, e.status, e.reason, true, false);
+        let bytes = self.out.len() as u64;
+        let send = self.settings().send_timeout;
+        let _ = write_all(&mut self.stream, &mut self.out, send).await;
+        if self.worker.log.enabled() {
+            let line_end = self.buf.iter().position(|&b| b == b'\r' || b == b'\n');
+            let line = &self.buf[..line_end.unwrap_or(self.buf.len()).min(256)];
+            self.worker.log.log(&Entry {
+                remote: &self.peer_ip,
+                method: b"-",
+                uri: line,
+                minor_version: 1,
+                host: b"",
+                status: e.status,
+                bytes,
+                latency: start.elapsed(),
+                route: None,
+                upstream: None,
+                upstream_status: None,
+                upstream_latency: None,
+                retries: 0,
+            });
+        }
+    }
+
+    /// Serves the request whose head is parsed. Returns whether the connection stays open.
+    async fn handle(&mut self) -> bool {
+        let start = Instant::now();
+        let local = self.worker.current();
+        self.host_lc.clear();
+        {
+            let host = &self.buf[self.head.host.clone()];
+            let without_port = match host.last() {
+                _ if host.first() == Some(&b'[') => host,
+                _ => match host.iter().rposition(|&b| b == b':') {
+                    Some(i) => &host[..i],
+                    None => host,
+                },
+            };
+            self.host_lc
+                .extend(without_port.iter().map(|b| b.to_ascii_lowercase()));
+        }
+        let route = {
+            let vars = RequestVars {
+                buf: &self.buf,
+                head: &self.head,
+                host: &self.host_lc,
+                remote_ip: &self.peer_ip,
+                server_port: &self.local_port,
+            };
+            local.shared.router.find(&MatchInput {
+                path: self.head.path(&self.buf),
+                host: &self.host_lc,
+                method: &self.buf[self.head.method.clone()],
+                vars: &vars,
+            })
+        };
+
+        let outcome = match route {
+            None => self.local_error(404, "404 Route Not Found").await,
+            Some(route) => match route.upstream {
+                None => {
+                    let mut o = self
+                        .local_error(503, "missing upstream configuration in Route or Service")
+                        .await;
+                    o.route = Some(Rc::from(&*route.id));
+                    o
+                }
+                Some(ui) => {
+                    let mut o = self.proxy(&local, route, ui).await;
+                    o.route = Some(Rc::from(&*route.id));
+                    o
+                }
+            },
+        };
+
+        if self.worker.log.enabled() {
+            let target_end = if self.head.target.start == usize::MAX {
+                0
+            } else {
+                self.head.target.end
+            };
+            let uri = if target_end == 0 {
+                &b"/"[..]
+            } else {
+                &self.buf[self.head.target.start.min(target_end)..target_end]
+            };
+            self.worker.log.log(&Entry {
+                remote: &self.peer_ip,
+                method: &self.buf[self.head.method.clone()],
+                uri,
+                minor_version: self.head.minor_version,
+                host: &self.host_lc,
+                status: outcome.status,
+                bytes: outcome.bytes,
+                latency: start.elapsed(),
+                route: outcome.route.as_deref(),
+                upstream: outcome.upstream,
+                upstream_status: outcome.upstream_status,
+                upstream_latency: outcome.upstream_latency,
+                retries: outcome.retries,
+            });
+        }
+        // The head (and the body, when forwarded) are consumed; keep what follows.
+        if outcome.keep_alive {
+            let consumed = outcome.consumed.max(self.head.len).min(self.buf.len());
+            self.buf.drain(..consumed);
+        }
+        outcome.keep_alive
+    }
+
+    /// Answers with a gateway-made error. The connection stays open only if no request body
+    /// is pending (it would otherwise have to be read and discarded).
+    async fn local_error(&mut self, status: u16, msg: &str) -> Outcome {
+        let keep = self.head.body == BodyFraming::None && !self.head.close && !self.worker.stopping();
+        self.out.clear();
+        write_error(&mut self.out, status, msg, !keep, self.head.is_head);
+        let bytes = self.out.len() as u64;
+        let send = self.settings().send_timeout;
+        let ok = write_all(&mut self.stream, &mut self.out, send).await.is_ok();
+        Outcome {
+            status,
+            bytes,
+            keep_alive: keep && ok,
+            ..Default::default()
+        }
+    }
+
+    /// Writes the request head for `node` into `self.out`.
+    fn build_upstream_head(&mut self, up: &UpstreamSpec, node: &Node) {
+        let buf = &self.buf;
+        let head = &self.head;
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(&buf[head.method.clone()]);
+        out.push(b' ');
+        out.extend_from_slice(head.target(buf));
+        out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        let client_host = &buf[head.host.clone()];
+        match &up.pass_host {
+            PassHost::Pass if !client_host.is_empty() => out.extend_from_slice(client_host),
+            PassHost::Pass | PassHost::Node => out.extend_from_slice(node.host_port.as_bytes()),
+            PassHost::Rewrite(h) => out.extend_from_slice(h.as_bytes()),
+        }
+        out.extend_from_slice(b"\r\n");
+        let mut xff: Option<usize> = None;
+        for (i, h) in head.headers.iter().enumerate() {
+            let name = &buf[h.name.clone()];
+            if is_hop_by_hop(name)
+                || eq_ignore_case(name, b"host")
+                || eq_ignore_case(name, b"content-length")
+                || eq_ignore_case(name, b"expect")
+                || eq_ignore_case(name, b"x-real-ip")
+                || eq_ignore_case(name, b"x-forwarded-proto")
+                || eq_ignore_case(name, b"x-forwarded-host")
+                || eq_ignore_case(name, b"x-forwarded-port")
+                || head.listed_in_connection(buf, name)
+            {
+                continue;
+            }
+            if eq_ignore_case(name, b"x-forwarded-for") {
+                xff.get_or_insert(i);
+                continue;
+            }
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(&buf[h.value.clone()]);
+            out.extend_from_slice(b"\r\n");
+        }
+        match head.body {
+            BodyFraming::None => {}
+            BodyFraming::Length(n) => {
+                let _ = write!(out, "Content-Length: {n}\r\n");
+            }
+            BodyFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        }
+        out.extend_from_slice(b"X-Forwarded-For: ");
+        if xff.is_some() {
+            for h in &head.headers {
+                if eq_ignore_case(&buf[h.name.clone()], b"x-forwarded-for") {
+                    out.extend_from_slice(crate::http::trim(&buf[h.value.clone()]));
+                    out.extend_from_slice(b", ");
+                }
+            }
+        }
+        out.extend_from_slice(self.peer_ip.as_bytes());
+        out.extend_from_slice(b"\r\nX-Real-IP: ");
+        out.extend_from_slice(self.peer_ip.as_bytes());
+        out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
+        out.extend_from_slice(client_host);
+        out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
+        out.extend_from_slice(self.local_port.as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
+    }
+
+    /// How much of the body is already here.
+    fn body_state(&self) -> Result<BodyState, RequestError> {
+        let start = self.head.len;
+        let avail = self.buf.len() - start;
+        Ok(match self.head.body {
+            BodyFraming::None => BodyState {
+                complete: true,
+                end: start,
+                scanner: None,
+                remaining: 0,
+            },
+            BodyFraming::Length(n) if n <= avail as u64 => BodyState {
+                complete: true,
+                end: start + n as usize,
+                scanner: None,
+                remaining: 0,
+            },
+            BodyFraming::Length(n) => BodyState {
+                complete: false,
+                end: self.buf.len(),
+                scanner: None,
+                remaining: n - avail as u64,
+            },
+            BodyFraming::Chunked => {
+                let mut s = ChunkedScanner::new();
+                let used = s.advance(&self.buf[start..], |_| {}).map_err(|_| RequestError {
+                    status: 400,
+                    reason: "invalid chunked request body",
+                })?;
+                let done = s.is_done();
+                BodyState {
+                    complete: done,
+                    end: start + used,
+                    scanner: (!done).then_some(s),
+                    remaining: 0,
+                }
+            }
+        })
+    }
+
+    /// Forwards the request to the route's upstream (with retries) and relays the response.
+    async fn proxy(&mut self, local: &Rc<Local>, route: &Route, ui: usize) -> Outcome {
+        let up = local.shared.upstreams[ui].clone();
+        if up.nodes.is_empty() {
+            return self.local_error(503, "no valid upstream node").await;
+        }
+        let timeouts: Timeouts = route.timeout.unwrap_or(up.timeouts);
+        let mut body = match self.body_state() {
+            Ok(b) => b,
+            Err(e) => {
+                let mut o = self.local_error(e.status, e.reason).await;
+                o.keep_alive = false;
+                return o;
+            }
+        };
+        let start = Instant::now();
+        let retry_deadline = up.retry_timeout.map(|t| start + t);
+        self.tried.clear();
+        let mut retries_done = 0u32;
+        let mut fresh_retry: Option<usize> = None;
+        let mut streamed = false;
+        let mut outcome = Outcome::default();
+
+        loop {
+            // Pick the node: the same one again for the invisible stale-connection retry.
+            let node_idx = match fresh_retry {
+                Some(i) => i,
+                None => {
+                    let picked = local.balancers[ui].borrow_mut().pick(
+                        &up.nodes,
+                        &PickContext {
+                            tried: &self.tried,
+                        },
+                    );
+                    match picked {
+                        Some(i) => i,
+                        None => {
+                            let mut o = self
+                                .local_error(502, "all upstream nodes tried or none available")
+                                .await;
+                            o.retries = retries_done;
+                            o.upstream = outcome.upstream;
+                            return o;
+                        }
+                    }
+                }
+            };
+            let node = &up.nodes[node_idx];
+            if fresh_retry.is_none() {
+                self.tried.push(node_idx);
+            }
+            outcome.upstream = Some(node.addr);
+            let attempt_start = Instant::now();
+
+            let pooled = if fresh_retry.take().is_some() {
+                None
+            } else {
+                self.worker.pool.take(node.addr)
+            };
+            let result = match pooled {
+                Some(c) => Ok(c),
+                None => connect(node.addr, timeouts.connect).await,
+            };
+            let mut upc = match result {
+                Ok(c) => c,
+                Err(f) => {
+                    match self.after_failure(&f, &up, retries_done, retry_deadline, &body, streamed, false) {
+                        Retry::Fresh | Retry::Other => {
+                            retries_done += 1;
+                            continue;
+                        }
+                        Retry::No => return self.fail(f, outcome, retries_done).await,
+                    }
+                }
+            };
+            let reused = upc.reused;
+
+            let sent = self.send_request(&mut upc, &up, node, &mut body, &timeouts, &mut streamed).await;
+            let sent = match sent {
+                Ok(()) => self.read_response_head(&mut upc, timeouts.read).await,
+                Err(SendError::Upstream(f)) => Err(f),
+                Err(SendError::Client(status, reason)) => {
+                    if status == 0 {
+                        return Outcome {
+                            status: 499,
+                            keep_alive: false,
+                            retries: retries_done,
+                            ..outcome
+                        };
+                    }
+                    let mut o = self.local_error(status, reason).await;
+                    o.keep_alive = false;
+                    o.upstream = outcome.upstream;
+                    return o;
+                }
+            };
+            match sent {
+                Ok(()) => {
+                    outcome.upstream_latency = Some(attempt_start.elapsed());
+                    outcome.retries = retries_done;
+                    outcome.consumed = body.end;
+                    return self
+                        .relay_response(upc, &up, node.addr, &timeouts, outcome)
+                        .await;
+                }
+                Err(f) => {
+                    let decision =
+                        self.after_failure(&f, &up, retries_done, retry_deadline, &body, streamed, reused);
+                    match decision {
+                        Retry::Fresh => {
+                            fresh_retry = Some(node_idx);
+                            continue;
+                        }
+                        Retry::Other => {
+                            retries_done += 1;
+                            continue;
+                        }
+                        Retry::No => return self.fail(f, outcome, retries_done).await,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decides whether and how to retry after `f`.
+    #[allow(clippy::too_many_arguments)]
+    fn after_failure(
+        &self,
+        f: &Failure,
+        up: &UpstreamSpec,
+        retries_done: u32,
+        deadline: Option<Instant>,
+        body: &BodyState,
+        streamed: bool,
+        reused: bool,
+    ) -> Retry {
+        let replayable = body.complete && !streamed;
+        if reused && f.stale_connection() && replayable {
+            return Retry::Fresh;
+        }
+        if retries_done >= up.retries || deadline.is_some_and(|d| Instant::now() >= d) {
+            return Retry::No;
+        }
+        if f.nothing_sent() || (replayable && self.head.idempotent) {
+            Retry::Other
+        } else {
+            Retry::No
+        }
+    }
+
+    async fn fail(&mut self, f: Failure, outcome: Outcome, retries: u32) -> Outcome {
+        let status = f.status();
+        let mut o = self.local_error(status, &f.message()).await;
+        o.upstream = outcome.upstream;
+        o.upstream_status = Some(status);
+        o.retries = retries;
+        // A body we did not finish reading leaves the connection's framing unknown.
+        o
+    }
+
+    /// Sends head and body on `upc`. Body bytes beyond what is buffered are streamed from the
+    /// client, after which the request can no longer be replayed.
+    async fn send_request(
+        &mut self,
+        upc: &mut UpstreamConn,
+        up: &UpstreamSpec,
+        node: &Node,
+        body: &mut BodyState,
+        t: &Timeouts,
+        streamed: &mut bool,
+    ) -> Result<(), SendError> {
+        self.build_upstream_head(up, node);
+        let body_start = self.head.len;
+        self.out.extend_from_slice(&self.buf[body_start..body.end]);
+        upc.served += 1;
+        write_all(&mut upc.stream, &mut self.out, t.send)
+            .await
+            .map_err(|e| SendError::Upstream(send_failure(e)))?;
+        if body.complete {
+            return Ok(());
+        }
+
+        // Streaming: the rest of the body comes from the client as we forward it.
+        *streamed = true;
+        let (body_timeout, send_timeout) = {
+            let s = self.settings();
+            (s.client_body_timeout, s.send_timeout)
+        };
+        if self.head.expect_continue {
+            self.out.clear();
+            self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            write_all(&mut self.stream, &mut self.out, send_timeout)
+                .await
+                .map_err(|_| SendError::Client(0, ""))?;
+        }
+        self.buf.truncate(body_start);
+        loop {
+            match read_more_timeout(&mut self.stream, &mut self.buf, BODY_CHUNK, body_timeout).await {
+                Ok(0) | Err(IoFail::Io(_)) => return Err(SendError::Client(0, "")),
+                Err(IoFail::Timeout) => {
+                    return Err(SendError::Client(408, "timed out reading the request body"))
+                }
+                Ok(_) => {}
+            }
+            let new = &self.buf[body_start..];
+            let (take, done) = match &mut body.scanner {
+                Some(s) => {
+                    let used = s
+                        .advance(new, |_| {})
+                        .map_err(|_| SendError::Client(400, "invalid chunked request body"))?;
+                    (used, s.is_done())
+                }
+                None => {
+                    let take = (new.len() as u64).min(body.remaining) as usize;
+                    body.remaining -= take as u64;
+                    (take, body.remaining == 0)
+                }
+            };
+            write_range(&mut upc.stream, &mut self.buf, body_start, body_start + take, t.send)
+                .await
+                .map_err(|e| SendError::Upstream(send_failure(e)))?;
+            // Drop the forwarded bytes; anything after them is the next request.
+            self.buf.drain(body_start..body_start + take);
+            if done {
+                body.complete = true;
+                body.end = body_start;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads the response head into `upc.buf` and parses it into `self.resp`, skipping
+    /// interim 1xx responses.
+    async fn read_response_head(&mut self, upc: &mut UpstreamConn, read: Duration) -> Result<(), Failure> {
+        let max = self.settings().limits.max_header_size;
+        loop {
+            if !upc.buf.is_empty() {
+                match self.resp.parse(&upc.buf, self.head.is_head, max) {
+                    Ok(response::Parsed::Complete) => {
+                        if self.resp.status == 101 {
+                            return Err(Failure::Invalid("unexpected 101 Switching Protocols"));
+                        }
+                        if (100..200).contains(&self.resp.status) {
+                            let n = self.resp.len;
+                            upc.buf.drain(..n);
+                            continue;
+                        }
+                        return Ok(());
+                    }
+                    Ok(response::Parsed::Partial) => {}
+                    Err(why) => return Err(Failure::Invalid(why)),
+                }
+            }
+            match read_more_timeout(&mut upc.stream, &mut upc.buf, 4096, read).await {
+                Ok(0) => return Err(Failure::Closed),
+                Ok(_) => {}
+                Err(IoFail::Timeout) => return Err(Failure::ReadTimeout),
+                Err(IoFail::Io(e)) => return Err(Failure::Read(e)),
+            }
+        }
+    }
+
+    /// Sends the response head and relays the body. Returns the request's outcome; the
+    /// upstream connection goes back to the pool when the exchange ended cleanly.
+    async fn relay_response(
+        &mut self,
+        mut upc: UpstreamConn,
+        up: &UpstreamSpec,
+        addr: SocketAddr,
+        t: &Timeouts,
+        mut outcome: Outcome,
+    ) -> Outcome {
+        let framing = self.resp.framing();
+        let http10 = self.head.minor_version == 0;
+        let dechunk = http10 && framing == ResponseFraming::Chunked;
+        let client_keep = !self.head.close
+            && !self.worker.stopping()
+            && match framing {
+                ResponseFraming::None | ResponseFraming::Length(_) => true,
+                ResponseFraming::Chunked => !http10,
+                ResponseFraming::UntilClose => false,
+            };
+        let mut upstream_reusable = !self.resp.close;
+        outcome.status = self.resp.status;
+        outcome.upstream_status = Some(self.resp.status);
+        self.build_client_head(&upc.buf, framing, dechunk, client_keep, http10);
+        let head_len = self.resp.len;
+        upc.buf.drain(..head_len);
+        let send = self.settings().send_timeout;
+
+        let result: Result<(), Abort> = match framing {
+            ResponseFraming::None => {
+                if !upc.buf.is_empty() {
+                    upstream_reusable = false;
+                    upc.buf.clear();
+                }
+                self.send_out(send, &mut outcome).await
+            }
+            ResponseFraming::Length(n) => {
+                self.relay_length(&mut upc, n, t.read, send, &mut outcome, &mut upstream_reusable)
+                    .await
+            }
+            ResponseFraming::Chunked => {
+                self.relay_chunked(&mut upc, dechunk, t.read, send, &mut outcome, &mut upstream_reusable)
+                    .await
+            }
+            ResponseFraming::UntilClose => {
+                upstream_reusable = false;
+                self.relay_until_close(&mut upc, t.read, send, &mut outcome).await
+            }
+        };
+        match result {
+            Ok(()) => {
+                if upstream_reusable && upc.buf.is_empty() {
+                    upc.reused = false;
+                    self.worker.pool.put(addr, upc, &up.keepalive);
+                }
+                outcome.keep_alive = client_keep;
+            }
+            Err(Abort) => outcome.keep_alive = false,
+        }
+        outcome
+    }
+
+    /// Writes `self.out` (a response head, possibly with body bytes) to the client.
+    async fn send_out(&mut self, send: Duration, outcome: &mut Outcome) -> Result<(), Abort> {
+        outcome.bytes += self.out.len() as u64;
+        write_all(&mut self.stream, &mut self.out, send)
+            .await
+            .map_err(|_| Abort)?;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Writes `upc.buf[..n]` to the client, prefixed by the pending head in `self.out` when
+    /// there is one (coalesced into one write when small).
+    async fn send_body(
+        &mut self,
+        upc: &mut UpstreamConn,
+        n: usize,
+        send: Duration,
+        outcome: &mut Outcome,
+    ) -> Result<(), Abort> {
+        if !self.out.is_empty() {
+            if self.out.len() + n <= COALESCE_LIMIT {
+                self.out.extend_from_slice(&upc.buf[..n]);
+                upc.buf.drain(..n);
+                return self.send_out(send, outcome).await;
+            }
+            self.send_out(send, outcome).await?;
+        }
+        outcome.bytes += n as u64;
+        write_range(&mut self.stream, &mut upc.buf, 0, n, send)
+            .await
+            .map_err(|_| Abort)?;
+        upc.buf.drain(..n);
+        Ok(())
+    }
+
+    async fn relay_length(
+        &mut self,
+        upc: &mut UpstreamConn,
+        total: u64,
+        read: Duration,
+        send: Duration,
+        outcome: &mut Outcome,
+        reusable: &mut bool,
+    ) -> Result<(), Abort> {
+        let mut remaining = total;
+        loop {
+            if upc.buf.len() as u64 > remaining {
+                // More bytes than announced: never relay them, never reuse the connection.
+                *reusable = false;
+                upc.buf.truncate(remaining as usize);
+            }
+            let n = upc.buf.len();
+            if n > 0 || !self.out.is_empty() {
+                self.send_body(upc, n, send, outcome).await?;
+                remaining -= n as u64;
+            }
+            if remaining == 0 {
+                return Ok(());
+            }
+            match read_more_timeout(&mut upc.stream, &mut upc.buf, UPSTREAM_BUF, read).await {
+                Ok(0) | Err(_) => return Err(Abort),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    async fn relay_chunked(
+        &mut self,
+        upc: &mut UpstreamConn,
+        dechunk: bool,
+        read: Duration,
+        send: Duration,
+        outcome: &mut Outcome,
+        reusable: &mut bool,
+    ) -> Result<(), Abort> {
+        let mut scanner = ChunkedScanner::new();
+        loop {
+            if !upc.buf.is_empty() {
+                let used = if dechunk {
+                    // HTTP/1.0 client: forward payload only, the connection close ends it.
+                    let out = &mut self.out;
+                    let data = &upc.buf;
+                    let used = scanner
+                        .advance(data, |r| out.extend_from_slice(&data[r]))
+                        .map_err(|_| Abort)?;
+                    upc.buf.drain(..used);
+                    if !self.out.is_empty() {
+                        self.send_out(send, outcome).await?;
+                    }
+                    used
+                } else {
+                    let used = scanner.advance(&upc.buf, |_| {}).map_err(|_| Abort)?;
+                    self.send_body(upc, used, send, outcome).await?;
+                    used
+                };
+                let _ = used;
+                if scanner.is_done() {
+                    if !upc.buf.is_empty() {
+                        *reusable = false;
+                        upc.buf.clear();
+                    }
+                    if !self.out.is_empty() {
+                        self.send_out(send, outcome).await?;
+                    }
+                    return Ok(());
+                }
+            } else if !self.out.is_empty() {
+                // Send the head now rather than after the first chunk arrives.
+                self.send_out(send, outcome).await?;
+            }
+            match read_more_timeout(&mut upc.stream, &mut upc.buf, UPSTREAM_BUF, read).await {
+                Ok(0) | Err(_) => return Err(Abort),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    async fn relay_until_close(
+        &mut self,
+        upc: &mut UpstreamConn,
+        read: Duration,
+        send: Duration,
+        outcome: &mut Outcome,
+    ) -> Result<(), Abort> {
+        loop {
+            let n = upc.buf.len();
+            if n > 0 || !self.out.is_empty() {
+                self.send_body(upc, n, send, outcome).await?;
+            }
+            match read_more_timeout(&mut upc.stream, &mut upc.buf, UPSTREAM_BUF, read).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(_) => return Err(Abort),
+            }
+        }
+    }
+
+    /// Writes the client-facing response head into `self.out`.
+    fn build_client_head(
+        &mut self,
+        src: &[u8],
+        framing: ResponseFraming,
+        dechunk: bool,
+        keep: bool,
+        http10: bool,
+    ) {
+        let out = &mut self.out;
+        let resp = &self.resp;
+        out.clear();
+        let _ = write!(out, "HTTP/1.1 {} ", resp.status);
+        out.extend_from_slice(&src[resp.reason.clone()]);
+        out.extend_from_slice(b"\r\n");
+        for h in &resp.headers {
+            let name = &src[h.name.clone()];
+            if is_hop_by_hop(name) || resp.listed_in_connection(src, name) {
+                continue;
+            }
+            if eq_ignore_case(name, b"content-length") && framing != ResponseFraming::None {
+                continue;
+            }
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(&src[h.value.clone()]);
+            out.extend_from_slice(b"\r\n");
+        }
+        match framing {
+            ResponseFraming::Length(n) => {
+                let _ = write!(out, "Content-Length: {n}\r\n");
+            }
+            ResponseFraming::Chunked if !dechunk => {
+                out.extend_from_slice(b"Transfer-Encoding: chunked\r\n")
+            }
+            _ => {}
+        }
+        if !keep {
+            out.extend_from_slice(b"Connection: close\r\n");
+        } else if http10 {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+enum Retry {
+    /// The same node on a fresh connection (the pooled one was stale); not counted.
+    Fresh,
+    /// Another node, counted against `retries`.
+    Other,
+    No,
+}
+
+enum SendError {
+    Upstream(Failure),
+    /// The client side failed: status 0 = it went away, else answer with this status.
+    Client(u16, &'static str),
+}
+
+fn send_failure(e: IoFail) -> Failure {
+    match e {
+        IoFail::Timeout => Failure::SendTimeout,
+        IoFail::Io(e) => Failure::Send(e),
+    }
+}
+
+async fn connect(addr: SocketAddr, limit: Duration) -> Result<UpstreamConn, Failure> {
+    match monoio::time::timeout(limit, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(UpstreamConn::new(stream))
+        }
+        Ok(Err(e)) => Err(Failure::Connect(e)),
+        Err(_) => Err(Failure::ConnectTimeout),
+    }
+}
+

@@ -1,0 +1,74 @@
+//! The data plane: one worker thread per core, each a single-threaded monoio runtime pinned to
+//! its core, with its own SO_REUSEPORT listeners, keepalive pool, balancer state and access log.
+//!
+//! A worker shares nothing mutable with other workers. It learns about new configs and
+//! shutdown through its own channel from the control plane, and switches snapshots between
+//! requests: a request holds an `Rc` of the snapshot it started on until it ends.
+
+mod conn;
+mod io;
+mod runtime;
+mod state;
+mod vars;
+
+pub use runtime::RuntimeOptions;
+pub use state::Worker;
+
+use crate::log::access::{AccessLog, AccessLogConfig};
+use crate::snapshot::Snapshot;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Messages from the control plane to a worker.
+pub enum ControlMsg {
+    /// Switch to this snapshot for every request that starts from now on.
+    Snapshot(Arc<Snapshot>),
+    /// Stop accepting, finish in-flight requests within `grace`, then exit.
+    Shutdown { grace: Duration },
+}
+
+/// The control plane's handle on a running worker.
+pub struct WorkerHandle {
+    pub tx: flume::Sender<ControlMsg>,
+    pub thread: JoinHandle<()>,
+}
+
+/// Everything a worker needs to start.
+pub struct WorkerSpec {
+    pub index: usize,
+    pub core: Option<core_affinity::CoreId>,
+    pub runtime: RuntimeOptions,
+    pub snapshot: Arc<Snapshot>,
+    /// Bound, listening, non-blocking sockets (SO_REUSEPORT), one per listen address.
+    pub listeners: Vec<std::net::TcpListener>,
+    pub access_log: AccessLogConfig,
+}
+
+/// Starts a worker thread.
+pub fn spawn(spec: WorkerSpec) -> std::io::Result<WorkerHandle> {
+    let (tx, rx) = flume::unbounded();
+    let log = AccessLog::open(&spec.access_log)?;
+    let thread = std::thread::Builder::new()
+        .name(format!("shardgate-w{}", spec.index))
+        .spawn(move || {
+            if let Some(core) = spec.core {
+                if !core_affinity::set_for_current(core) {
+                    crate::warn!("worker {}: could not pin to core {}", spec.index, core.id);
+                }
+            }
+            let mut rt = match runtime::build(&spec.runtime, spec.index) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    crate::error!("worker {}: cannot build runtime: {e}", spec.index);
+                    std::process::exit(1);
+                }
+            };
+            rt.block_on(async move {
+                let worker = Rc::new(Worker::new(spec.index, spec.snapshot, log));
+                state::run(worker, spec.listeners, rx).await;
+            });
+        })?;
+    Ok(WorkerHandle { tx, thread })
+}

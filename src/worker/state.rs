@@ -1,0 +1,209 @@
+//! A worker's own state and its top-level tasks: accept loops, the control-message loop, and
+//! housekeeping (pool sweeping, access-log flushing), plus the graceful-shutdown sequence.
+
+use super::ControlMsg;
+use crate::log::access::AccessLog;
+use crate::snapshot::Snapshot;
+use crate::upstream::balancer::{self, Balancer};
+use crate::upstream::pool::Pool;
+use monoio::net::TcpListener;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// A snapshot as one core sees it: the shared immutable config plus this core's balancer
+/// state for each of its upstreams. Built on the core when the snapshot arrives.
+pub struct Local {
+    pub shared: Arc<Snapshot>,
+    pub balancers: Vec<RefCell<Box<dyn Balancer>>>,
+}
+
+impl Local {
+    fn new(shared: Arc<Snapshot>) -> Local {
+        let balancers = shared
+            .upstreams
+            .iter()
+            .map(|u| RefCell::new(balancer::build(u.kind, &u.nodes)))
+            .collect();
+        Local { shared, balancers }
+    }
+}
+
+/// One core's worker.
+pub struct Worker {
+    pub index: usize,
+    current: RefCell<Rc<Local>>,
+    pub pool: Pool,
+    pub log: AccessLog,
+    /// Requests being served right now (from first head byte to last response byte).
+    busy: Cell<usize>,
+    stopping: Cell<bool>,
+    /// Wakes the accept loops and the shutdown waiter.
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl Worker {
+    pub fn new(index: usize, snapshot: Arc<Snapshot>, log: AccessLog) -> Worker {
+        Worker {
+            index,
+            current: RefCell::new(Rc::new(Local::new(snapshot))),
+            pool: Pool::default(),
+            log,
+            busy: Cell::new(0),
+            stopping: Cell::new(false),
+            wakers: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The snapshot new requests use.
+    pub fn current(&self) -> Rc<Local> {
+        self.current.borrow().clone()
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.get()
+    }
+
+    pub fn request_started(&self) {
+        self.busy.set(self.busy.get() + 1);
+    }
+
+    pub fn request_finished(&self) {
+        self.busy.set(self.busy.get() - 1);
+        if self.stopping.get() && self.busy.get() == 0 {
+            self.wake_all();
+        }
+    }
+
+    fn wake_all(&self) {
+        for w in self.wakers.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Resolves once shutdown has begun.
+    fn stop_signal(self: &Rc<Self>) -> Signal {
+        Signal {
+            worker: self.clone(),
+            until_idle: false,
+        }
+    }
+
+    /// Resolves once shutdown has begun and no request is in flight.
+    fn idle_signal(self: &Rc<Self>) -> Signal {
+        Signal {
+            worker: self.clone(),
+            until_idle: true,
+        }
+    }
+}
+
+/// A future over the worker's stop state (a handful of these exist per worker, not per
+/// connection, so a plain waker list is enough).
+struct Signal {
+    worker: Rc<Worker>,
+    until_idle: bool,
+}
+
+impl Future for Signal {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let w = &self.worker;
+        if w.stopping.get() && (!self.until_idle || w.busy.get() == 0) {
+            Poll::Ready(())
+        } else {
+            w.wakers.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+}
+
+/// Runs a worker until shutdown completes.
+pub async fn run(
+    worker: Rc<Worker>,
+    listeners: Vec<std::net::TcpListener>,
+    rx: flume::Receiver<ControlMsg>,
+) {
+    for l in listeners {
+        match TcpListener::from_std(l) {
+            Ok(l) => {
+                monoio::spawn(accept_loop(worker.clone(), l));
+            }
+            Err(e) => {
+                crate::error!("worker {}: cannot register listener: {e}", worker.index);
+                std::process::exit(1);
+            }
+        }
+    }
+    monoio::spawn(housekeeping(worker.clone()));
+
+    let mut grace = Duration::ZERO;
+    while let Ok(msg) = rx.recv_async().await {
+        match msg {
+            ControlMsg::Snapshot(s) => {
+                *worker.current.borrow_mut() = Rc::new(Local::new(s));
+            }
+            ControlMsg::Shutdown { grace: g } => {
+                grace = g;
+                break;
+            }
+        }
+    }
+
+    // Shutdown: accept loops stop (their listeners close), in-flight requests finish, idle
+    // keep-alive connections are dropped with the runtime.
+    worker.stopping.set(true);
+    worker.wake_all();
+    let deadline = Instant::now() + grace;
+    if monoio::time::timeout(grace, worker.idle_signal()).await.is_err() {
+        crate::warn!(
+            "worker {}: {} request(s) still in flight after the {:?} grace period",
+            worker.index,
+            worker.busy.get(),
+            grace
+        );
+    }
+    let _ = deadline;
+    worker.pool.clear();
+    worker.log.flush();
+}
+
+async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+    let mut stop = std::pin::pin!(worker.stop_signal());
+    loop {
+        monoio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    monoio::spawn(super::conn::serve(worker.clone(), stream, peer));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    crate::warn!("worker {}: accept failed: {e}", worker.index);
+                    monoio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+}
+
+/// Periodic per-core chores: flush the access log, close expired idle upstream connections.
+async fn housekeeping(worker: Rc<Worker>) {
+    let mut tick = 0u32;
+    loop {
+        monoio::time::sleep(Duration::from_millis(100)).await;
+        worker.log.flush();
+        tick = tick.wrapping_add(1);
+        if tick % 10 == 0 {
+            worker.pool.sweep();
+        }
+        if worker.stopping() && worker.busy.get() == 0 {
+            worker.log.flush();
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Request variables (`uri`, `http_x_env`, `arg_id`, `cookie_sid`, ...) read straight out of
+//! the connection's buffer for route `vars` conditions.
+
+use crate::http::request::RequestHead;
+use crate::http::trim;
+use crate::route::vars::{Var, VarSource};
+
+pub struct RequestVars<'a> {
+    pub buf: &'a [u8],
+    pub head: &'a RequestHead,
+    /// Lower-case host without port.
+    pub host: &'a [u8],
+    pub remote_ip: &'a str,
+    pub server_port: &'a str,
+}
+
+impl RequestVars<'_> {
+    fn header(&self, wanted: &str) -> Option<&[u8]> {
+        // `http_x_env` names header `X-Env`: compare case-insensitively with `_` for `-`.
+        self.head.headers.iter().find_map(|h| {
+            let name = &self.buf[h.name.clone()];
+            let same = name.len() == wanted.len()
+                && name.iter().zip(wanted.bytes()).all(|(&a, b)| {
+                    let a = a.to_ascii_lowercase();
+                    a == b || (a == b'-' && b == b'_')
+                });
+            same.then(|| trim(&self.buf[h.value.clone()]))
+        })
+    }
+
+    fn arg(&self, wanted: &str) -> Option<&[u8]> {
+        let q = if self.head.query.start == usize::MAX {
+            &[][..]
+        } else {
+            &self.buf[self.head.query.clone()]
+        };
+        q.split(|&b| b == b'&').find_map(|pair| {
+            let (k, v) = match pair.iter().position(|&b| b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (pair, &[][..]),
+            };
+            (k == wanted.as_bytes()).then_some(v)
+        })
+    }
+
+    fn cookie(&self, wanted: &str) -> Option<&[u8]> {
+        let cookies = self.header("cookie")?;
+        cookies.split(|&b| b == b';').find_map(|c| {
+            let c = trim(c);
+            let i = c.iter().position(|&b| b == b'=')?;
+            (&c[..i] == wanted.as_bytes()).then(|| &c[i + 1..])
+        })
+    }
+}
+
+impl VarSource for RequestVars<'_> {
+    fn var(&self, var: &Var) -> Option<&[u8]> {
+        match var {
+            Var::Uri => Some(self.head.path(self.buf)),
+            Var::RequestUri => Some(self.head.target(self.buf)),
+            Var::QueryString => Some(if self.head.query.start == usize::MAX {
+                &[]
+            } else {
+                &self.buf[self.head.query.clone()]
+            }),
+            Var::Host => Some(self.host),
+            Var::RemoteAddr => Some(self.remote_ip.as_bytes()),
+            Var::RequestMethod => Some(&self.buf[self.head.method.clone()]),
+            Var::Scheme => Some(b"http"),
+            Var::ServerPort => Some(self.server_port.as_bytes()),
+            Var::Arg(name) => self.arg(name),
+            Var::Http(name) => self.header(name),
+            Var::Cookie(name) => self.cookie(name),
+        }
+    }
+}
