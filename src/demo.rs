@@ -97,7 +97,9 @@ async fn serve(mut stream: TcpStream, name: Rc<str>, port: u16) {
             BodyFraming::Chunked => {
                 let mut s = ChunkedScanner::new();
                 loop {
-                    let Ok(used) = s.advance(&buf[pos..], |_| {}) else { return };
+                    let Ok(used) = s.advance(&buf[pos..], |_| {}) else {
+                        return;
+                    };
                     buf.drain(pos..pos + used);
                     if s.is_done() {
                         break;

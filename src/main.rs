@@ -8,7 +8,11 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "shardgate", version, about = "A thread-per-core io_uring API gateway")]
+#[command(
+    name = "shardgate",
+    version,
+    about = "A thread-per-core io_uring API gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -41,7 +41,11 @@ type Result<T> = std::result::Result<T, ConfigError>;
 
 fn seconds(field: &str, v: f64, allow_zero: bool) -> Result<Duration> {
     if !v.is_finite() || v < 0.0 || (!allow_zero && v == 0.0) {
-        let bound = if allow_zero { "at least 0" } else { "greater than 0" };
+        let bound = if allow_zero {
+            "at least 0"
+        } else {
+            "greater than 0"
+        };
         return Err(ConfigError::invalid(
             field,
             format!("expected {v} to be {bound}"),
@@ -67,10 +71,9 @@ impl Snapshot {
         let mut upstream_ids: HashMap<&str, usize> = HashMap::new();
         for (i, u) in config.upstreams.iter().enumerate() {
             let name = object_name("upstreams", i, u.id.as_deref());
-            let id = u
-                .id
-                .as_deref()
-                .ok_or_else(|| ConfigError::invalid(&name, "missing id"))?;
+            let id =
+                u.id.as_deref()
+                    .ok_or_else(|| ConfigError::invalid(&name, "missing id"))?;
             check_id(&format!("{name}.id"), id)?;
             if upstream_ids.insert(id, upstreams.len()).is_some() {
                 return Err(ConfigError::invalid(
@@ -85,13 +88,16 @@ impl Snapshot {
         let mut services: HashMap<&str, (Option<usize>, Option<&Vec<String>>)> = HashMap::new();
         for (i, s) in config.services.iter().enumerate() {
             let name = object_name("services", i, s.id.as_deref());
-            let id = s
-                .id
-                .as_deref()
-                .ok_or_else(|| ConfigError::invalid(&name, "missing id"))?;
+            let id =
+                s.id.as_deref()
+                    .ok_or_else(|| ConfigError::invalid(&name, "missing id"))?;
             check_id(&format!("{name}.id"), id)?;
             let upstream = if let Some(uid) = s.upstream_id.as_deref() {
-                Some(lookup_upstream(&upstream_ids, &format!("{name}.upstream_id"), uid)?)
+                Some(lookup_upstream(
+                    &upstream_ids,
+                    &format!("{name}.upstream_id"),
+                    uid,
+                )?)
             } else if let Some(u) = &s.upstream {
                 let key = format!("service:{id}");
                 upstreams.push(Arc::new(compile_upstream(
@@ -127,9 +133,13 @@ impl Snapshot {
             let id = r.id.clone().unwrap_or_else(|| format!("arr_{}", i + 1));
             check_id(&format!("{name}.id"), &id)?;
             if route_ids.insert(id.clone(), ()).is_some() {
-                return Err(ConfigError::invalid(format!("{name}.id"), "duplicate route id"));
+                return Err(ConfigError::invalid(
+                    format!("{name}.id"),
+                    "duplicate route id",
+                ));
             }
-            let (route, paths) = compile_route(&name, &id, r, &upstream_ids, &services, &mut upstreams)?;
+            let (route, paths) =
+                compile_route(&name, &id, r, &upstream_ids, &services, &mut upstreams)?;
             if r.status == 1 {
                 routes.push(route);
                 uris.push(paths);
@@ -163,14 +173,17 @@ fn check_id(field: &str, id: &str) -> Result<()> {
 }
 
 fn lookup_upstream(ids: &HashMap<&str, usize>, field: &str, id: &str) -> Result<usize> {
-    ids.get(id).copied().ok_or_else(|| {
-        ConfigError::invalid(field, format!("upstream \"{id}\" does not exist"))
-    })
+    ids.get(id)
+        .copied()
+        .ok_or_else(|| ConfigError::invalid(field, format!("upstream \"{id}\" does not exist")))
 }
 
 fn compile_gateway(g: &GatewayConfig) -> Result<(Settings, Vec<SocketAddr>)> {
     if g.listen.is_empty() {
-        return Err(ConfigError::invalid("gateway.listen", "needs at least one address"));
+        return Err(ConfigError::invalid(
+            "gateway.listen",
+            "needs at least one address",
+        ));
     }
     let mut listen = Vec::new();
     for (i, l) in g.listen.iter().enumerate() {
@@ -195,7 +208,10 @@ fn compile_gateway(g: &GatewayConfig) -> Result<(Settings, Vec<SocketAddr>)> {
         ));
     }
     if g.io_uring_entries < 256 {
-        return Err(ConfigError::invalid("gateway.io_uring_entries", "must be at least 256"));
+        return Err(ConfigError::invalid(
+            "gateway.io_uring_entries",
+            "must be at least 256",
+        ));
     }
     for (field, v) in [
         ("gateway.max_request_line", g.max_request_line),
@@ -207,7 +223,10 @@ fn compile_gateway(g: &GatewayConfig) -> Result<(Settings, Vec<SocketAddr>)> {
         }
     }
     if g.max_headers > 128 {
-        return Err(ConfigError::invalid("gateway.max_headers", "must be at most 128"));
+        return Err(ConfigError::invalid(
+            "gateway.max_headers",
+            "must be at most 128",
+        ));
     }
     if g.max_header_size < g.max_request_line {
         return Err(ConfigError::invalid(
@@ -215,14 +234,22 @@ fn compile_gateway(g: &GatewayConfig) -> Result<(Settings, Vec<SocketAddr>)> {
             "must be at least gateway.max_request_line",
         ));
     }
-    seconds("gateway.graceful_shutdown_timeout", g.graceful_shutdown_timeout, true)?;
+    seconds(
+        "gateway.graceful_shutdown_timeout",
+        g.graceful_shutdown_timeout,
+        true,
+    )?;
     let settings = Settings {
         limits: Limits {
             max_request_line: g.max_request_line,
             max_header_size: g.max_header_size,
             max_headers: g.max_headers,
         },
-        client_header_timeout: seconds("gateway.client_header_timeout", g.client_header_timeout, false)?,
+        client_header_timeout: seconds(
+            "gateway.client_header_timeout",
+            g.client_header_timeout,
+            false,
+        )?,
         client_body_timeout: seconds("gateway.client_body_timeout", g.client_body_timeout, false)?,
         keepalive_timeout: seconds("gateway.keepalive_timeout", g.keepalive_timeout, false)?,
         send_timeout: seconds("gateway.send_timeout", g.send_timeout, false)?,
@@ -269,8 +296,9 @@ fn parse_port(p: &str) -> std::result::Result<u16, String> {
 
 fn valid_host_name(h: &str) -> bool {
     !h.is_empty()
-        && h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':'))
+        && h.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':')
+        })
 }
 
 /// Resolves a node host in the control plane (workers never do DNS).
@@ -279,16 +307,26 @@ fn resolve(host: &str, port: u16) -> std::result::Result<SocketAddr, String> {
     if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
-    (host, port)
+    // One address per node, as APISIX does; IPv4 first, since `localhost` often lists ::1
+    // first while backends commonly listen on 127.0.0.1 only.
+    let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve '{host}': {e}"))?
-        .next()
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
         .ok_or_else(|| format!("'{host}' resolved to no address"))
 }
 
 fn node(field: &str, host: &str, port: Option<u16>, weight: i64, priority: i64) -> Result<Node> {
     if !valid_host_name(host) {
-        return Err(ConfigError::invalid(field, format!("invalid host '{host}'")));
+        return Err(ConfigError::invalid(
+            field,
+            format!("invalid host '{host}'"),
+        ));
     }
     if !(0..=u32::MAX as i64).contains(&weight) {
         return Err(ConfigError::invalid(
@@ -317,7 +355,10 @@ fn compile_upstream(name: &str, key: &str, u: &UpstreamConfig) -> Result<Upstrea
         "chash" | "least_conn" | "ewma" => {
             return Err(ConfigError::invalid(
                 format!("{name}.type"),
-                format!("\"{}\" is not implemented yet; use \"roundrobin\"", u.lb_type),
+                format!(
+                    "\"{}\" is not implemented yet; use \"roundrobin\"",
+                    u.lb_type
+                ),
             ))
         }
         other => {
@@ -466,7 +507,10 @@ fn compile_route(
             ))
         }
         (Some(_), Some(_)) => {
-            return Err(ConfigError::invalid(name, "only one of uri or uris is allowed"))
+            return Err(ConfigError::invalid(
+                name,
+                "only one of uri or uris is allowed",
+            ))
         }
         (None, None) => return Err(ConfigError::invalid(name, "missing uri or uris")),
     };
@@ -503,7 +547,10 @@ fn compile_route(
 
     let host_list: Option<Vec<String>> = match (&r.host, &r.hosts) {
         (Some(_), Some(_)) => {
-            return Err(ConfigError::invalid(name, "only one of host or hosts is allowed"))
+            return Err(ConfigError::invalid(
+                name,
+                "only one of host or hosts is allowed",
+            ))
         }
         (Some(h), None) => Some(vec![h.clone()]),
         (None, Some(hs)) if hs.is_empty() => {
@@ -533,7 +580,10 @@ fn compile_route(
         if bit == 0 {
             return Err(ConfigError::invalid(
                 format!("{name}.methods[{i}]"),
-                format!("\"{m}\" matches none of the enum values ({})", route::METHODS.join(", ")),
+                format!(
+                    "\"{m}\" matches none of the enum values ({})",
+                    route::METHODS.join(", ")
+                ),
             ));
         }
         methods |= bit;
@@ -551,7 +601,11 @@ fn compile_route(
 
     // APISIX precedence: route upstream_id > route upstream > service's upstream.
     let upstream = if let Some(uid) = r.upstream_id.as_deref() {
-        Some(lookup_upstream(upstream_ids, &format!("{name}.upstream_id"), uid)?)
+        Some(lookup_upstream(
+            upstream_ids,
+            &format!("{name}.upstream_id"),
+            uid,
+        )?)
     } else if let Some(u) = &r.upstream {
         upstreams.push(Arc::new(compile_upstream(
             &format!("{name}.upstream"),
@@ -596,7 +650,8 @@ mod tests {
 
     #[test]
     fn shipped_config_compiles() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
         let s = compile(&text).unwrap();
         assert!(!s.router.is_empty());
     }

@@ -14,11 +14,15 @@ const MAX_SIZE_DIGITS: u8 = 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Reading hex digits of a chunk size; `digits` counts them.
-    Size { digits: u8 },
+    Size {
+        digits: u8,
+    },
     /// After the size: optional whitespace and `;ext` until CR.
     Ext,
     /// Expecting the LF of a chunk-size line; `last` says the size was zero.
-    SizeLf { last: bool },
+    SizeLf {
+        last: bool,
+    },
     Data,
     DataCr,
     DataLf,
@@ -240,7 +244,11 @@ mod tests {
         let mut s = ChunkedScanner::new();
         let mut data = Vec::new();
         for i in 0..body.len() {
-            let n = s.advance(&body[i..i + 1], |r| data.extend_from_slice(&body[i..i + 1][r])).unwrap();
+            let n = s
+                .advance(&body[i..i + 1], |r| {
+                    data.extend_from_slice(&body[i..i + 1][r])
+                })
+                .unwrap();
             assert_eq!(n, 1);
         }
         assert!(s.is_done());

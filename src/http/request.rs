@@ -122,7 +122,7 @@ impl RequestHead {
                     reason: "too many header fields",
                 })
             }
-            Err(httparse::Error::Version) => {
+            Err(httparse::Error::Version) if well_formed_version(buf) => {
                 return Err(RequestError {
                     status: 505,
                     reason: "HTTP version not supported",
@@ -193,8 +193,8 @@ impl RequestHead {
                 }
                 host = Some(range_of(v));
             } else if eq_ignore_case(n, b"content-length") {
-                let cl = parse_content_length(v)
-                    .ok_or(RequestError::bad("invalid Content-Length"))?;
+                let cl =
+                    parse_content_length(v).ok_or(RequestError::bad("invalid Content-Length"))?;
                 if content_length.is_some_and(|prev| prev != cl) {
                     return Err(RequestError::bad("conflicting Content-Length headers"));
                 }
@@ -245,7 +245,9 @@ impl RequestHead {
                 ));
             }
             if self.minor_version == 0 {
-                return Err(RequestError::bad("Transfer-Encoding in an HTTP/1.0 request"));
+                return Err(RequestError::bad(
+                    "Transfer-Encoding in an HTTP/1.0 request",
+                ));
             }
             if !chunked {
                 return Err(RequestError::bad("empty Transfer-Encoding"));
@@ -343,6 +345,17 @@ impl RequestHead {
     }
 }
 
+/// Whether the request line ends in a syntactically valid `HTTP/d.d` (so a version error means
+/// an unsupported version rather than a malformed line).
+fn well_formed_version(buf: &[u8]) -> bool {
+    let line = &buf[..memchr(b'\n', buf).unwrap_or(buf.len())];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    matches!(parts.as_slice(), [m, t, v] if !m.is_empty() && !t.is_empty()
+        && v.len() == 8 && v.starts_with(b"HTTP/") && v[5].is_ascii_digit()
+        && v[6] == b'.' && v[7].is_ascii_digit())
+}
+
 fn strip_scheme(t: &[u8]) -> Option<&[u8]> {
     if t.len() > 7 && eq_ignore_case(&t[..7], b"http://") {
         Some(&t[7..])
@@ -437,7 +450,10 @@ mod tests {
             (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n", 400),
         ];
         for (raw, status) in cases {
-            let e = parse(raw).err().unwrap_or(RequestError { status: 0, reason: "accepted" });
+            let e = parse(raw).err().unwrap_or(RequestError {
+                status: 0,
+                reason: "accepted",
+            });
             assert_eq!(e.status, *status, "{}", String::from_utf8_lossy(raw));
         }
     }
@@ -446,7 +462,10 @@ mod tests {
     fn size_limits() {
         let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(200));
         assert_eq!(parse(long.as_bytes()).err().unwrap().status, 414);
-        let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "a".repeat(500));
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "a".repeat(500)
+        );
         assert_eq!(parse(big.as_bytes()).err().unwrap().status, 431);
     }
 }

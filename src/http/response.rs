@@ -56,7 +56,9 @@ impl ResponseHead {
                 }
                 return Ok(Parsed::Partial);
             }
-            Err(httparse::Error::TooManyHeaders) => return Err("too many upstream response headers"),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err("too many upstream response headers")
+            }
             Err(_) => return Err("malformed upstream response head"),
         };
         if len > max_size {
@@ -118,8 +120,9 @@ impl ResponseHead {
         if self.minor_version == 0 && !keep_alive {
             self.close = true;
         }
-        let bodiless =
-            request_is_head || (100..200).contains(&self.status) || matches!(self.status, 204 | 304);
+        let bodiless = request_is_head
+            || (100..200).contains(&self.status)
+            || matches!(self.status, 204 | 304);
         self.framing = Some(if bodiless {
             ResponseFraming::None
         } else if saw_te {
@@ -171,9 +174,17 @@ mod tests {
         assert_eq!(r.framing(), ResponseFraming::Length(5));
         let r = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).unwrap();
         assert_eq!(r.framing(), ResponseFraming::None);
-        let r = parse(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", false).unwrap();
+        let r = parse(
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+            false,
+        )
+        .unwrap();
         assert_eq!(r.framing(), ResponseFraming::None);
-        let r = parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false).unwrap();
+        let r = parse(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        )
+        .unwrap();
         assert_eq!(r.framing(), ResponseFraming::Chunked);
         let r = parse(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap();
         assert_eq!(r.framing(), ResponseFraming::UntilClose);
@@ -192,7 +203,11 @@ mod tests {
             b"garbage\r\n\r\n",
             b"HTTP/1.1 999 What\r\n\r\n",
         ] {
-            assert!(parse(raw, false).is_err(), "{}", String::from_utf8_lossy(raw));
+            assert!(
+                parse(raw, false).is_err(),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
         }
     }
 }

@@ -107,7 +107,11 @@ impl PathIndex {
                 .entry(prefix.as_bytes().into())
                 .or_default()
                 .push(route),
-            None => self.exact.entry(uri.as_bytes().into()).or_default().push(route),
+            None => self
+                .exact
+                .entry(uri.as_bytes().into())
+                .or_default()
+                .push(route),
         }
     }
 
@@ -208,7 +212,10 @@ mod tests {
         Route {
             id: id.into(),
             hosts: hosts.iter().map(|h| HostPattern::parse(h)).collect(),
-            methods: methods.iter().map(|m| method_bit(m.as_bytes())).fold(0, |a, b| a | b),
+            methods: methods
+                .iter()
+                .map(|m| method_bit(m.as_bytes()))
+                .fold(0, |a, b| a | b),
             vars: vec![],
             priority,
             upstream: None,

@@ -90,9 +90,7 @@ fn value_string(v: &Value) -> Result<String, String> {
 fn value_number(v: &Value) -> Result<f64, String> {
     match v {
         Value::Number(n) => n.as_f64().ok_or_else(|| "bad number".to_string()),
-        Value::String(s) => s
-            .parse()
-            .map_err(|_| format!("'{s}' is not a number")),
+        Value::String(s) => s.parse().map_err(|_| format!("'{s}' is not a number")),
         _ => Err("value must be a number".into()),
     }
 }

@@ -191,10 +191,11 @@ impl Conn {
                 None if first => header_timeout,
                 None => idle_timeout,
             };
+            let had_bytes = !self.buf.is_empty();
             match read_more_timeout(&mut self.stream, &mut self.buf, 4096, limit).await {
                 Ok(0) | Err(IoFail::Io(_)) => return Ok(false),
                 Ok(_) => {}
-                Err(IoFail::Timeout) if self.buf.is_empty() => return Ok(false),
+                Err(IoFail::Timeout) if !had_bytes => return Ok(false),
                 Err(IoFail::Timeout) => {
                     return Err(RequestError {
                         status: 408,
@@ -323,12 +324,15 @@ impl Conn {
     /// Answers with a gateway-made error. The connection stays open only if no request body
     /// is pending (it would otherwise have to be read and discarded).
     async fn local_error(&mut self, status: u16, msg: &str) -> Outcome {
-        let keep = self.head.body == BodyFraming::None && !self.head.close && !self.worker.stopping();
+        let keep =
+            self.head.body == BodyFraming::None && !self.head.close && !self.worker.stopping();
         self.out.clear();
         write_error(&mut self.out, status, msg, !keep, self.head.is_head);
         let bytes = self.out.len() as u64;
         let send = self.settings().send_timeout;
-        let ok = write_all(&mut self.stream, &mut self.out, send).await.is_ok();
+        let ok = write_all(&mut self.stream, &mut self.out, send)
+            .await
+            .is_ok();
         Outcome {
             status,
             bytes,
@@ -429,10 +433,12 @@ impl Conn {
             },
             BodyFraming::Chunked => {
                 let mut s = ChunkedScanner::new();
-                let used = s.advance(&self.buf[start..], |_| {}).map_err(|_| RequestError {
-                    status: 400,
-                    reason: "invalid chunked request body",
-                })?;
+                let used = s
+                    .advance(&self.buf[start..], |_| {})
+                    .map_err(|_| RequestError {
+                        status: 400,
+                        reason: "invalid chunked request body",
+                    })?;
                 let done = s.is_done();
                 BodyState {
                     complete: done,
@@ -472,12 +478,9 @@ impl Conn {
             let node_idx = match fresh_retry {
                 Some(i) => i,
                 None => {
-                    let picked = local.balancers[ui].borrow_mut().pick(
-                        &up.nodes,
-                        &PickContext {
-                            tried: &self.tried,
-                        },
-                    );
+                    let picked = local.balancers[ui]
+                        .borrow_mut()
+                        .pick(&up.nodes, &PickContext { tried: &self.tried });
                     match picked {
                         Some(i) => i,
                         None => {
@@ -510,7 +513,15 @@ impl Conn {
             let mut upc = match result {
                 Ok(c) => c,
                 Err(f) => {
-                    match self.after_failure(&f, &up, retries_done, retry_deadline, &body, streamed, false) {
+                    match self.after_failure(
+                        &f,
+                        &up,
+                        retries_done,
+                        retry_deadline,
+                        &body,
+                        streamed,
+                        false,
+                    ) {
                         Retry::Fresh | Retry::Other => {
                             retries_done += 1;
                             continue;
@@ -521,7 +532,9 @@ impl Conn {
             };
             let reused = upc.reused;
 
-            let sent = self.send_request(&mut upc, &up, node, &mut body, &timeouts, &mut streamed).await;
+            let sent = self
+                .send_request(&mut upc, &up, node, &mut body, &timeouts, &mut streamed)
+                .await;
             let sent = match sent {
                 Ok(()) => self.read_response_head(&mut upc, timeouts.read).await,
                 Err(SendError::Upstream(f)) => Err(f),
@@ -550,8 +563,15 @@ impl Conn {
                         .await;
                 }
                 Err(f) => {
-                    let decision =
-                        self.after_failure(&f, &up, retries_done, retry_deadline, &body, streamed, reused);
+                    let decision = self.after_failure(
+                        &f,
+                        &up,
+                        retries_done,
+                        retry_deadline,
+                        &body,
+                        streamed,
+                        reused,
+                    );
                     match decision {
                         Retry::Fresh => {
                             fresh_retry = Some(node_idx);
@@ -641,7 +661,8 @@ impl Conn {
         }
         self.buf.truncate(body_start);
         loop {
-            match read_more_timeout(&mut self.stream, &mut self.buf, BODY_CHUNK, body_timeout).await {
+            match read_more_timeout(&mut self.stream, &mut self.buf, BODY_CHUNK, body_timeout).await
+            {
                 Ok(0) | Err(IoFail::Io(_)) => return Err(SendError::Client(0, "")),
                 Err(IoFail::Timeout) => {
                     return Err(SendError::Client(408, "timed out reading the request body"))
@@ -662,9 +683,15 @@ impl Conn {
                     (take, body.remaining == 0)
                 }
             };
-            write_range(&mut upc.stream, &mut self.buf, body_start, body_start + take, t.send)
-                .await
-                .map_err(|e| SendError::Upstream(send_failure(e)))?;
+            write_range(
+                &mut upc.stream,
+                &mut self.buf,
+                body_start,
+                body_start + take,
+                t.send,
+            )
+            .await
+            .map_err(|e| SendError::Upstream(send_failure(e)))?;
             // Drop the forwarded bytes; anything after them is the next request.
             self.buf.drain(body_start..body_start + take);
             if done {
@@ -677,7 +704,11 @@ impl Conn {
 
     /// Reads the response head into `upc.buf` and parses it into `self.resp`, skipping
     /// interim 1xx responses.
-    async fn read_response_head(&mut self, upc: &mut UpstreamConn, read: Duration) -> Result<(), Failure> {
+    async fn read_response_head(
+        &mut self,
+        upc: &mut UpstreamConn,
+        read: Duration,
+    ) -> Result<(), Failure> {
         let max = self.settings().limits.max_header_size;
         loop {
             if !upc.buf.is_empty() {
@@ -743,16 +774,31 @@ impl Conn {
                 self.send_out(send, &mut outcome).await
             }
             ResponseFraming::Length(n) => {
-                self.relay_length(&mut upc, n, t.read, send, &mut outcome, &mut upstream_reusable)
-                    .await
+                self.relay_length(
+                    &mut upc,
+                    n,
+                    t.read,
+                    send,
+                    &mut outcome,
+                    &mut upstream_reusable,
+                )
+                .await
             }
             ResponseFraming::Chunked => {
-                self.relay_chunked(&mut upc, dechunk, t.read, send, &mut outcome, &mut upstream_reusable)
-                    .await
+                self.relay_chunked(
+                    &mut upc,
+                    dechunk,
+                    t.read,
+                    send,
+                    &mut outcome,
+                    &mut upstream_reusable,
+                )
+                .await
             }
             ResponseFraming::UntilClose => {
                 upstream_reusable = false;
-                self.relay_until_close(&mut upc, t.read, send, &mut outcome).await
+                self.relay_until_close(&mut upc, t.read, send, &mut outcome)
+                    .await
             }
         };
         match result {
@@ -982,4 +1028,3 @@ async fn connect(addr: SocketAddr, limit: Duration) -> Result<UpstreamConn, Fail
         Err(_) => Err(Failure::ConnectTimeout),
     }
 }
-

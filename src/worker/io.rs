@@ -21,7 +21,11 @@ pub enum IoFail {
 
 /// Reads more bytes after `buf.len()`, keeping at least `min_spare` free space.
 /// Returns 0 at end of stream.
-pub async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, min_spare: usize) -> io::Result<usize> {
+pub async fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    min_spare: usize,
+) -> io::Result<usize> {
     if buf.capacity() - buf.len() < min_spare {
         buf.reserve(min_spare);
     }
@@ -56,7 +60,9 @@ pub async fn write_range(
         return Ok(());
     }
     let fut = async {
-        let (res, slice) = stream.write_all(std::mem::take(buf).slice(start..end)).await;
+        let (res, slice) = stream
+            .write_all(std::mem::take(buf).slice(start..end))
+            .await;
         *buf = slice.into_inner();
         res
     };
@@ -68,7 +74,11 @@ pub async fn write_range(
 }
 
 /// Writes all of `buf`.
-pub async fn write_all(stream: &mut TcpStream, buf: &mut Vec<u8>, limit: Duration) -> Result<(), IoFail> {
+pub async fn write_all(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    limit: Duration,
+) -> Result<(), IoFail> {
     let end = buf.len();
     write_range(stream, buf, 0, end, limit).await
 }

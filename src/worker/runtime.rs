@@ -63,7 +63,11 @@ pub fn build(opts: &RuntimeOptions, index: usize) -> std::io::Result<WorkerRunti
             if index == 0 {
                 crate::info!(
                     "using the io_uring driver{}",
-                    if opts.uring_flags { " (COOP_TASKRUN, SINGLE_ISSUER)" } else { "" }
+                    if opts.uring_flags {
+                        " (COOP_TASKRUN, SINGLE_ISSUER)"
+                    } else {
+                        ""
+                    }
                 );
             }
             Ok(rt)

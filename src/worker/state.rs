@@ -159,7 +159,10 @@ pub async fn run(
     worker.stopping.set(true);
     worker.wake_all();
     let deadline = Instant::now() + grace;
-    if monoio::time::timeout(grace, worker.idle_signal()).await.is_err() {
+    if monoio::time::timeout(grace, worker.idle_signal())
+        .await
+        .is_err()
+    {
         crate::warn!(
             "worker {}: {} request(s) still in flight after the {:?} grace period",
             worker.index,

@@ -1,0 +1,191 @@
+//! Test harness: starts the real `shardgate` binary on a generated config, real backends on
+//! 127.0.0.1 ephemeral ports, and speaks HTTP to them over real sockets.
+
+pub mod backend;
+pub mod client;
+
+pub use backend::{Backend, Reply, Seen};
+pub use client::{Client, Response};
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh private directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("shardgate-test-{}-{tag}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_shardgate")
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    pub child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    gateway_section: String,
+}
+
+impl Gateway {
+    /// Starts a gateway with `body` (upstreams, services, routes) and one worker.
+    pub fn start(body: &str) -> Gateway {
+        Gateway::start_with(body, "workers = 1")
+    }
+
+    /// Starts a gateway; `gateway_extra` is added to the `[gateway]` section.
+    pub fn start_with(body: &str, gateway_extra: &str) -> Gateway {
+        let dir = temp_dir("gw");
+        let port = free_port();
+        let watch = if gateway_extra.contains("watch_config") {
+            ""
+        } else {
+            "watch_config = false\n"
+        };
+        let gateway_section = format!(
+            "[gateway]\nlisten = [\"127.0.0.1:{port}\"]\npin_cores = false\naccess_log = \"{}\"\n{watch}{gateway_extra}\n",
+            dir.join("access.log").display()
+        );
+        let config_path = dir.join("config.toml");
+        std::fs::write(&config_path, format!("{gateway_section}\n{body}")).unwrap();
+        let child = Command::new(bin())
+            .args(["run", "-c"])
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("events.log")).unwrap())
+            .spawn()
+            .expect("start shardgate");
+        let mut gw = Gateway {
+            child,
+            port,
+            dir,
+            config_path,
+            gateway_section,
+        };
+        gw.wait_ready();
+        gw
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("gateway exited early ({status}): {}", self.events());
+            }
+            if TcpStream::connect(self.addr()).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("gateway did not start listening: {}", self.events());
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr())
+    }
+
+    /// One request on a fresh connection.
+    pub fn get(&self, path: &str) -> Response {
+        self.client().get(path)
+    }
+
+    /// The gateway's event log (stderr) so far.
+    pub fn events(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.dir.join("events.log")) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// The access log so far (flushed every 100 ms by the workers).
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
+    }
+
+    /// Rewrites the config body (the `[gateway]` section is kept).
+    pub fn write_config(&self, body: &str) {
+        let tmp = self.dir.join("config.toml.tmp");
+        std::fs::write(&tmp, format!("{}\n{body}", self.gateway_section)).unwrap();
+        std::fs::rename(&tmp, &self.config_path).unwrap();
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Resident memory of the gateway process in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits until `pred(events)` holds (reloads are asynchronous).
+    pub fn wait_for_event(&self, pred: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if pred(&self.events()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Upstream TOML for `nodes` given as (address, weight).
+pub fn nodes_map(nodes: &[(&str, u32)]) -> String {
+    let inner: Vec<String> = nodes
+        .iter()
+        .map(|(a, w)| format!("\"{a}\" = {w}"))
+        .collect();
+    format!("{{ {} }}", inner.join(", "))
+}

@@ -1,0 +1,230 @@
+//! Process lifecycle: `check`, the shipped config with its demo backends, SIGHUP reload under
+//! traffic, refused reloads, SIGTERM draining in-flight requests.
+
+use crate::harness::*;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn repo_file(name: &str) -> String {
+    format!("{}/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn check_accepts_the_shipped_config_and_names_bad_fields() {
+    let out = Command::new(bin())
+        .args(["check", "-c", &repo_file("config.toml")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("syntax is ok"));
+
+    let dir = temp_dir("check");
+    let cases = [
+        (
+            "[[upstreams]]\nid = \"u\"\nretries = -1\nnodes = { \"127.0.0.1:1\" = 1 }\n",
+            "upstreams[0] (id \"u\").retries",
+        ),
+        (
+            "[[upstreams]]\nid = \"u\"\nnodes = { \"127.0.0.1:1\" = 1 }\n[[routes]]\nid = \"r\"\nuri = \"/\"\nupstream_id = \"missing\"\n",
+            "routes[0] (id \"r\").upstream_id",
+        ),
+        ("[gateway]\nworkerz = 2\n", "workerz"),
+        ("[[routes]]\nuri = \"/\"\nupstream_id = \n", "line 3"),
+    ];
+    for (text, want) in cases {
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(bin())
+            .args(["check", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{err:?} should name {want:?}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn shipped_config_answers_with_its_demo_backends() {
+    let mut child = Command::new(bin())
+        .args(["run", "-c", &repo_file("config.toml")])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9080));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "shipped config did not start");
+        assert!(child.try_wait().unwrap().is_none(), "gateway exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = Client::connect(addr);
+    let mut demo1 = 0;
+    for _ in 0..8 {
+        let r = c.get("/api/hello");
+        assert_eq!(r.status, 200);
+        let j = r.json();
+        assert_eq!(j["uri"], "/api/hello");
+        if j["backend"] == "demo-1" {
+            demo1 += 1;
+        }
+    }
+    assert_eq!(demo1, 6, "3:1 weights over 8 requests on one connection");
+    let r = c.request("GET", "/api/x", &[("X-Env", "canary")], b"");
+    assert_eq!(r.json()["backend"], "demo-2");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success());
+}
+
+fn two_backend_config(target: &str, a: &Backend, b: &Backend) -> String {
+    format!(
+        "[[upstreams]]\nid = \"a\"\nnodes = {}\n[[upstreams]]\nid = \"b\"\nnodes = {}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"{target}\"\n",
+        nodes_map(&[(&a.addr(), 1)]),
+        nodes_map(&[(&b.addr(), 1)])
+    )
+}
+
+#[test]
+fn sighup_reload_under_traffic_drops_nothing() {
+    let a = Backend::named("a");
+    let b = Backend::named("b");
+    let gw = Gateway::start_with(&two_backend_config("a", &a, &b), "workers = 2");
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut loaders = Vec::new();
+    for t in 0..4 {
+        let (stop, failures, done) = (stop.clone(), failures.clone(), done.clone());
+        let addr = gw.addr();
+        loaders.push(std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut c = Client::connect(addr);
+            for i in 0..20_000 {
+                if stop.load(Ordering::SeqCst) || started.elapsed() > Duration::from_secs(20) {
+                    break;
+                }
+                // Alternate keep-alive and fresh connections.
+                if i % 50 == 0 {
+                    c = Client::connect(addr);
+                }
+                c.send("GET", &format!("/load/{t}/{i}"), &[], b"");
+                match c.read_response(false) {
+                    Ok(r) if r.status == 200 => {}
+                    _ => {
+                        failures.fetch_add(1, Ordering::SeqCst);
+                        c = Client::connect(addr);
+                    }
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for round in 0..4 {
+        let target = if round % 2 == 0 { "b" } else { "a" };
+        gw.write_config(&two_backend_config(target, &a, &b));
+        gw.signal(libc::SIGHUP);
+        let want = format!("config reloaded: version {}", round + 2);
+        assert!(gw.wait_for_event(|e| e.contains(&want)), "{}", gw.events());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for l in loaders {
+        l.join().unwrap();
+    }
+    assert!(done.load(Ordering::SeqCst) > 100);
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "requests failed during reloads"
+    );
+    assert!(a.requests() > 0 && b.requests() > 0);
+    // Last config routes to "a".
+    assert_eq!(gw.get("/final").text(), "a");
+}
+
+#[test]
+fn invalid_reload_is_refused_and_old_config_keeps_serving() {
+    let a = Backend::named("a");
+    let b = Backend::named("b");
+    let gw = Gateway::start(&two_backend_config("a", &a, &b));
+    gw.write_config("[[upstreams]]\nid = \"a\"\nnodes = { \"127.0.0.1:1\" = -5 }\n");
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_for_event(|e| e.contains("reload refused")),
+        "{}",
+        gw.events()
+    );
+    assert!(gw.events().contains("upstreams[0] (id \"a\").nodes"));
+    assert_eq!(gw.get("/still").text(), "a");
+}
+
+#[test]
+fn config_file_change_is_picked_up_without_a_signal() {
+    let a = Backend::named("a");
+    let b = Backend::named("b");
+    let gw = Gateway::start_with(&two_backend_config("a", &a, &b), "watch_config = true");
+    assert_eq!(gw.get("/x").text(), "a");
+    gw.write_config(&two_backend_config("b", &a, &b));
+    assert!(
+        gw.wait_for_event(|e| e.contains("config reloaded")),
+        "{}",
+        gw.events()
+    );
+    assert_eq!(gw.get("/x").text(), "b");
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests() {
+    let slow = Backend::start(|_| {
+        Reply::After(Duration::from_millis(1500), Box::new(Reply::ok("finished")))
+    });
+    let mut gw = Gateway::start_with(
+        &format!(
+            "[[upstreams]]\nid = \"u\"\nnodes = {}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n",
+            nodes_map(&[(&slow.addr(), 1)])
+        ),
+        "workers = 2\ngraceful_shutdown_timeout = 10",
+    );
+    let addr = gw.addr();
+    let inflight: Vec<_> = (0..4)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                let r = c.get(&format!("/slow/{i}"));
+                (
+                    r.status,
+                    r.text(),
+                    r.header("connection").map(str::to_string),
+                )
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    gw.signal(libc::SIGTERM);
+    for h in inflight {
+        let (status, text, connection) = h.join().unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(text, "finished");
+        assert_eq!(connection.as_deref(), Some("close"));
+    }
+    let status = gw
+        .wait_exit(Duration::from_secs(8))
+        .expect("gateway did not exit");
+    assert!(status.success(), "{status}");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still accepting after exit"
+    );
+}

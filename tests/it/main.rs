@@ -1,0 +1,11 @@
+//! Black-box integration tests: the real `shardgate` binary, real backends on 127.0.0.1,
+//! real HTTP over real sockets. One test binary (one link) for the whole suite.
+
+mod harness;
+
+mod bodies;
+mod failures;
+mod lifecycle;
+mod malformed;
+mod proxying;
+mod routing;

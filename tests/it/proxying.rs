@@ -1,0 +1,333 @@
+//! Forwarding behaviour: weighted balancing, keepalive pools, pass_host, hop-by-hop headers,
+//! X-Forwarded-*, HEAD/204/304 framing, chunked both ways, HTTP/1.0, Expect: 100-continue.
+
+use crate::harness::*;
+use std::collections::HashMap;
+
+fn single_upstream(addr: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[upstreams]]
+id = "u"
+nodes = {{ "{addr}" = 1 }}
+{extra}
+[[routes]]
+uri = "/*"
+upstream_id = "u"
+"#
+    )
+}
+
+#[test]
+fn weights_three_to_one_interleaved() {
+    let a = Backend::named("a");
+    let b = Backend::named("b");
+    let gw = Gateway::start(&format!(
+        "[[upstreams]]\nid = \"u\"\nnodes = {}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n",
+        nodes_map(&[(&a.addr(), 3), (&b.addr(), 1)])
+    ));
+    let mut client = gw.client();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut sequence = String::new();
+    for _ in 0..400 {
+        let r = client.get("/x");
+        assert_eq!(r.status, 200);
+        sequence.push_str(&r.text());
+        *counts.entry(r.text()).or_default() += 1;
+    }
+    let a_share = counts["a"] as f64 / 400.0;
+    assert!((a_share - 0.75).abs() <= 0.05, "{counts:?}");
+    // Smooth WRR interleaves: never more than three a's in a row.
+    assert!(!sequence.contains("aaaa"), "bursty: {}", &sequence[..40]);
+}
+
+#[test]
+fn weights_hold_across_connections_and_array_form() {
+    let a = Backend::named("a");
+    let b = Backend::named("b");
+    let gw = Gateway::start_with(
+        &format!(
+            r#"
+[[upstreams]]
+id = "u"
+nodes = [{{ host = "127.0.0.1", port = {}, weight = 3 }}, {{ host = "127.0.0.1", port = {}, weight = 1 }}]
+[[routes]]
+uri = "/*"
+upstream_id = "u"
+"#,
+            a.port, b.port
+        ),
+        "workers = 2",
+    );
+    let mut a_count = 0;
+    for _ in 0..400 {
+        if gw.get("/x").text() == "a" {
+            a_count += 1;
+        }
+    }
+    assert!(
+        (a_count as f64 / 400.0 - 0.75).abs() <= 0.05,
+        "a got {a_count}/400"
+    );
+}
+
+#[test]
+fn keepalive_pool_reuses_upstream_connections() {
+    let be = Backend::named("x");
+    let gw = Gateway::start(&single_upstream(&be.addr(), ""));
+    for _ in 0..5 {
+        let mut c = gw.client();
+        for _ in 0..60 {
+            assert_eq!(c.get("/k").status, 200);
+        }
+    }
+    assert_eq!(be.requests(), 300);
+    assert!(
+        be.connections() <= 3,
+        "backend saw {} connections",
+        be.connections()
+    );
+}
+
+#[test]
+fn keepalive_requests_limit_rotates_connections() {
+    let be = Backend::named("x");
+    let gw = Gateway::start(&single_upstream(
+        &be.addr(),
+        "keepalive_pool = { size = 4, idle_timeout = 60, requests = 10 }",
+    ));
+    let mut c = gw.client();
+    for _ in 0..100 {
+        assert_eq!(c.get("/k").status, 200);
+    }
+    assert_eq!(be.connections(), 10);
+}
+
+#[test]
+fn pass_host_modes() {
+    let be = Backend::start(|s| Reply::ok(s.header("host").unwrap_or("<none>")));
+    let port = be.port;
+    let body = format!(
+        r#"
+[[upstreams]]
+id = "pass"
+nodes = {{ "127.0.0.1:{port}" = 1 }}
+[[upstreams]]
+id = "node"
+pass_host = "node"
+nodes = {{ "localhost:{port}" = 1 }}
+[[upstreams]]
+id = "rewrite"
+pass_host = "rewrite"
+upstream_host = "internal.example"
+nodes = {{ "127.0.0.1:{port}" = 1 }}
+[[routes]]
+uri = "/pass"
+upstream_id = "pass"
+[[routes]]
+uri = "/node"
+upstream_id = "node"
+[[routes]]
+uri = "/rewrite"
+upstream_id = "rewrite"
+"#
+    );
+    let gw = Gateway::start(&body);
+    let mut c = gw.client();
+    let h = [("Host", "client.example:8443")];
+    assert_eq!(
+        c.request("GET", "/pass", &h, b"").text(),
+        "client.example:8443"
+    );
+    assert_eq!(
+        c.request("GET", "/node", &h, b"").text(),
+        format!("localhost:{port}")
+    );
+    assert_eq!(
+        c.request("GET", "/rewrite", &h, b"").text(),
+        "internal.example"
+    );
+}
+
+#[test]
+fn hop_by_hop_headers_are_removed_and_forwarded_headers_set() {
+    let be = Backend::start(|_| {
+        Reply::Raw(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: X-Resp-Hop\r\nX-Resp-Hop: 1\r\nKeep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\nTrailer: X-T\r\nX-End: kept\r\n\r\nok"
+                .to_vec(),
+        )
+    });
+    let gw = Gateway::start(&single_upstream(&be.addr(), ""));
+    let mut c = gw.client();
+    let r = c.request(
+        "GET",
+        "/h?x=1",
+        &[
+            ("Connection", "keep-alive, X-Hop"),
+            ("X-Hop", "secret"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "trailers"),
+            ("Trailer", "X-T"),
+            ("Upgrade", "websocket"),
+            ("Proxy-Authorization", "Basic Zm9v"),
+            ("Proxy-Connection", "keep-alive"),
+            ("X-Forwarded-For", "10.0.0.1"),
+            ("X-End-To-End", "yes"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "ok");
+    for gone in ["x-resp-hop", "keep-alive", "proxy-authenticate", "trailer"] {
+        assert!(
+            r.header(gone).is_none(),
+            "response kept {gone}: {}",
+            r.raw_head
+        );
+    }
+    assert_eq!(r.header("x-end"), Some("kept"));
+    let seen = be.last();
+    for gone in [
+        "connection",
+        "x-hop",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-connection",
+    ] {
+        assert!(
+            seen.header(gone).is_none(),
+            "upstream got {gone}: {:?}",
+            String::from_utf8_lossy(&seen.raw_head)
+        );
+    }
+    assert_eq!(seen.target, "/h?x=1");
+    assert_eq!(seen.header("x-end-to-end"), Some("yes"));
+    assert_eq!(seen.header("x-forwarded-for"), Some("10.0.0.1, 127.0.0.1"));
+    assert_eq!(seen.header("x-real-ip"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(seen.header("x-forwarded-host"), Some("test.local"));
+    assert_eq!(
+        seen.header("x-forwarded-port"),
+        Some(gw.port.to_string().as_str())
+    );
+    // The client connection stays usable.
+    assert_eq!(c.get("/again").status, 200);
+}
+
+#[test]
+fn bodiless_responses_are_framed_right() {
+    let be = Backend::start(|s| match s.target.as_str() {
+        "/204" => Reply::Raw(b"HTTP/1.1 204 No Content\r\n\r\n".to_vec()),
+        "/304" => Reply::Raw(
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\nETag: \"x\"\r\n\r\n".to_vec(),
+        ),
+        _ => Reply::Full(200, vec![], b"hello".to_vec()),
+    });
+    let gw = Gateway::start(&single_upstream(&be.addr(), ""));
+    let mut c = gw.client();
+    let r = c.request("HEAD", "/head", &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("5"));
+    let r = c.get("/204");
+    assert_eq!(r.status, 204);
+    let r = c.get("/304");
+    assert_eq!(r.status, 304);
+    assert_eq!(r.header("content-length"), Some("5"));
+    let r = c.get("/plain");
+    assert_eq!(r.text(), "hello");
+    assert!(c.leftover().is_empty());
+}
+
+#[test]
+fn chunked_both_ways_with_extensions_and_trailers() {
+    let be = Backend::start(|s| {
+        let body = String::from_utf8_lossy(&s.body).to_string();
+        let mut out = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        out.extend_from_slice(format!("{:x};ext=1\r\n{body}\r\n", body.len()).as_bytes());
+        out.extend_from_slice(b"3\r\nend\r\n0\r\nX-Trailer: t\r\n\r\n");
+        Reply::Raw(out)
+    });
+    let gw = Gateway::start(&single_upstream(&be.addr(), ""));
+    let mut c = gw.client();
+    let r = c.request(
+        "POST",
+        "/c",
+        &[("Transfer-Encoding", "chunked")],
+        b"5;a=b\r\nhello\r\n6\r\n world\r\n0\r\nX-Req-Trailer: 1\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "hello worldend");
+    assert_eq!(be.last().body, b"hello world");
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    // Keep-alive survives a chunked exchange.
+    let r = c.request("POST", "/c", &[], b"again");
+    assert_eq!(r.text(), "againend");
+}
+
+#[test]
+fn close_delimited_response_is_relayed_then_closed() {
+    let be = Backend::start(|_| Reply::RawClose(b"HTTP/1.1 200 OK\r\n\r\nuntil the end".to_vec()));
+    let gw = Gateway::start(&single_upstream(&be.addr(), ""));
+    let mut c = gw.client();
+    let r = c.get("/eof");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "until the end");
+    assert_eq!(r.header("connection"), Some("close"));
+}
+
+#[test]
+fn http10_client_gets_dechunked_body_and_close() {
+    let be = Backend::start(|_| {
+        Reply::Raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nold \r\n6\r\nclient\r\n0\r\n\r\n".to_vec())
+    });
+    let gw = Gateway::start(&single_upstream(&be.addr(), ""));
+    let mut c = gw.client();
+    c.send_raw(b"GET /ten HTTP/1.0\r\n\r\n");
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "old client");
+    assert!(r.header("transfer-encoding").is_none());
+    assert_eq!(be.last().version, 1);
+
+    // HTTP/1.0 with keep-alive and a Content-Length response keeps the connection.
+    let be2 = Backend::named("ka");
+    let gw2 = Gateway::start(&single_upstream(&be2.addr(), ""));
+    let mut c = gw2.client();
+    for _ in 0..3 {
+        c.send_raw(b"GET /ka HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        let r = c.read_response(false).unwrap();
+        assert_eq!(r.text(), "ka");
+        assert_eq!(r.header("connection"), Some("keep-alive"));
+    }
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body() {
+    let be = Backend::start(|s| Reply::ok(&format!("got {}", s.body_len)));
+    let gw = Gateway::start(&single_upstream(&be.addr(), ""));
+    let mut c = gw.client();
+    c.send_raw(
+        b"PUT /up HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n",
+    );
+    let interim = c.read_one(false).unwrap();
+    assert_eq!(interim.status, 100);
+    c.send_raw(b"hello world");
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "got 11");
+    assert!(be.last().header("expect").is_none());
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let be = Backend::start(|s| Reply::ok(&s.target));
+    let gw = Gateway::start(&single_upstream(&be.addr(), ""));
+    let mut c = gw.client();
+    c.send_raw(b"GET /1 HTTP/1.1\r\nHost: t\r\n\r\nPOST /2 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabcGET /3 HTTP/1.1\r\nHost: t\r\n\r\n");
+    for want in ["/1", "/2", "/3"] {
+        assert_eq!(c.read_response(false).unwrap().text(), want);
+    }
+}

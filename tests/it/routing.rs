@@ -1,0 +1,192 @@
+//! Route matching through the real gateway: exact vs prefix, longest prefix, priority, hosts
+//! (exact and wildcard), methods, vars, services, and the 404 body.
+
+use crate::harness::*;
+
+#[test]
+fn routing_matrix() {
+    let a = Backend::named("exact");
+    let b = Backend::named("prefix");
+    let c = Backend::named("longer");
+    let d = Backend::named("host");
+    let e = Backend::named("wild");
+    let f = Backend::named("post");
+    let g = Backend::named("canary");
+    let h = Backend::named("service");
+    let i = Backend::named("prio");
+    let config = format!(
+        r#"
+[[upstreams]]
+id = "exact"
+nodes = {{ "{a}" = 1 }}
+[[upstreams]]
+id = "prefix"
+nodes = {{ "{b}" = 1 }}
+[[upstreams]]
+id = "longer"
+nodes = [{{ host = "127.0.0.1", port = {cport}, weight = 1 }}]
+[[upstreams]]
+id = "host"
+nodes = {{ "{d}" = 1 }}
+[[upstreams]]
+id = "wild"
+nodes = {{ "{e}" = 1 }}
+[[upstreams]]
+id = "post"
+nodes = {{ "{f}" = 1 }}
+[[upstreams]]
+id = "canary"
+nodes = {{ "{g}" = 1 }}
+[[upstreams]]
+id = "prio"
+nodes = {{ "{i}" = 1 }}
+
+[[services]]
+id = "svc"
+upstream = {{ nodes = {{ "{h}" = 1 }} }}
+
+[[routes]]
+id = "exact"
+uri = "/api/v1/exact"
+upstream_id = "exact"
+[[routes]]
+id = "prefix"
+uri = "/api/*"
+upstream_id = "prefix"
+[[routes]]
+id = "longer"
+uri = "/api/v1/*"
+upstream_id = "longer"
+[[routes]]
+id = "host"
+uri = "/api/*"
+host = "api.example.com"
+upstream_id = "host"
+[[routes]]
+id = "wild"
+uri = "/api/*"
+hosts = ["*.example.org"]
+upstream_id = "wild"
+[[routes]]
+id = "post"
+uri = "/api/v1/*"
+methods = ["POST"]
+priority = 5
+upstream_id = "post"
+[[routes]]
+id = "canary"
+uris = ["/api/v1/*"]
+vars = [["http_x_env", "==", "canary"], ["arg_user", "~~", "^[a-z]+$"]]
+priority = 10
+upstream_id = "canary"
+[[routes]]
+id = "svc"
+uri = "/svc"
+service_id = "svc"
+[[routes]]
+id = "low"
+uri = "/p/*"
+priority = 1
+upstream_id = "exact"
+[[routes]]
+id = "high"
+uri = "/p/*"
+priority = 2
+upstream_id = "prio"
+[[routes]]
+id = "disabled"
+uri = "/off"
+status = 0
+upstream_id = "exact"
+"#,
+        a = a.addr(),
+        b = b.addr(),
+        cport = c.port,
+        d = d.addr(),
+        e = e.addr(),
+        f = f.addr(),
+        g = g.addr(),
+        h = h.addr(),
+        i = i.addr(),
+    );
+    let gw = Gateway::start(&config);
+    let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+        ("GET", "/api/v1/exact", &[], "exact"),
+        ("GET", "/api/v1/exact?q=1", &[], "exact"),
+        ("GET", "/api/v1/other", &[], "longer"),
+        ("GET", "/api/v2", &[], "prefix"),
+        ("GET", "/api/", &[], "prefix"),
+        ("GET", "/api/v2", &[("Host", "api.example.com")], "host"),
+        (
+            "GET",
+            "/api/v2",
+            &[("Host", "API.Example.com:8080")],
+            "host",
+        ),
+        (
+            "GET",
+            "/api/v1/exact",
+            &[("Host", "api.example.com")],
+            "host",
+        ),
+        ("GET", "/api/x", &[("Host", "a.b.example.org")], "wild"),
+        ("GET", "/api/x", &[("Host", "example.org")], "prefix"),
+        ("POST", "/api/v1/x", &[], "post"),
+        (
+            "GET",
+            "/api/v1/x?user=jack",
+            &[("X-Env", "canary")],
+            "canary",
+        ),
+        (
+            "GET",
+            "/api/v1/x?user=Jack1",
+            &[("X-Env", "canary")],
+            "longer",
+        ),
+        ("GET", "/api/v1/x?user=jack", &[("X-Env", "prod")], "longer"),
+        ("GET", "/svc", &[], "service"),
+        ("GET", "/p/x", &[], "prio"),
+    ];
+    for (method, path, headers, want) in cases {
+        let r = gw.client().request(method, path, headers, b"");
+        assert_eq!(r.status, 200, "{method} {path} {headers:?}");
+        assert_eq!(r.text(), *want, "{method} {path} {headers:?}");
+    }
+    for path in ["/nothing", "/api", "/off", "/svc/x"] {
+        let r = gw.get(path);
+        assert_eq!(r.status, 404, "{path}");
+        assert_eq!(r.json()["error_msg"], "404 Route Not Found");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+    }
+}
+
+#[test]
+fn route_without_upstream_is_503_and_empty_nodes_503() {
+    let config = r#"
+[[services]]
+id = "empty"
+[[upstreams]]
+id = "none"
+nodes = {}
+[[routes]]
+uri = "/a"
+service_id = "empty"
+[[routes]]
+uri = "/b"
+upstream_id = "none"
+"#;
+    let gw = Gateway::start(config);
+    let r = gw.get("/a");
+    assert_eq!(r.status, 503);
+    assert!(r.json()["error_msg"]
+        .as_str()
+        .unwrap()
+        .contains("missing upstream"));
+    let r = gw.get("/b");
+    assert_eq!(r.status, 503);
+    assert!(r.json()["error_msg"]
+        .as_str()
+        .unwrap()
+        .contains("no valid upstream node"));
+}
