@@ -672,7 +672,7 @@ mod tests {
             ("[gateway]\nlisten = [\"nope\"]\n", "gateway.listen[0]"),
         ];
         for (text, want) in cases {
-            let err = compile(text).err().expect(text).to_string();
+            let err = compile(text).expect_err(text).to_string();
             assert!(err.contains(want), "{err:?} should mention {want:?}");
         }
     }

@@ -202,7 +202,7 @@ async fn housekeeping(worker: Rc<Worker>) {
         monoio::time::sleep(Duration::from_millis(100)).await;
         worker.log.flush();
         tick = tick.wrapping_add(1);
-        if tick % 10 == 0 {
+        if tick.is_multiple_of(10) {
             worker.pool.sweep();
         }
         if worker.stopping() && worker.busy.get() == 0 {

@@ -289,6 +289,7 @@ fn http10_client_gets_dechunked_body_and_close() {
     let r = c.read_response(false).unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "old client");
+    assert_eq!(r.version, 1, "the gateway answers as HTTP/1.1");
     assert!(r.header("transfer-encoding").is_none());
     assert_eq!(be.last().version, 1);
 

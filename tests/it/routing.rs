@@ -3,6 +3,8 @@
 
 use crate::harness::*;
 
+type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn routing_matrix() {
     let a = Backend::named("exact");
@@ -110,7 +112,8 @@ upstream_id = "exact"
         i = i.addr(),
     );
     let gw = Gateway::start(&config);
-    let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+    // (method, path, headers, backend that must answer)
+    let cases: &[Case] = &[
         ("GET", "/api/v1/exact", &[], "exact"),
         ("GET", "/api/v1/exact?q=1", &[], "exact"),
         ("GET", "/api/v1/other", &[], "longer"),

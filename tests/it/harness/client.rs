@@ -49,10 +49,6 @@ impl Client {
         }
     }
 
-    pub fn set_timeout(&self, d: Duration) {
-        self.stream.set_read_timeout(Some(d)).unwrap();
-    }
-
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("write to gateway");
     }

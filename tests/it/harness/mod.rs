@@ -4,7 +4,7 @@
 pub mod backend;
 pub mod client;
 
-pub use backend::{Backend, Reply, Seen};
+pub use backend::{Backend, Reply};
 pub use client::{Client, Response};
 
 use std::io::Read;
@@ -148,16 +148,6 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
-    }
-
-    /// Resident memory of the gateway process in KiB.
-    pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
     }
 
     /// Waits until `pred(events)` holds (reloads are asynchronous).
