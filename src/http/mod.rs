@@ -9,6 +9,12 @@ pub mod response;
 
 use std::ops::Range;
 
+/// The position of `part` (a sub-slice of `whole`, as httparse hands out) as a range of `whole`.
+pub fn range_in(whole: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - whole.as_ptr() as usize;
+    start..start + part.len()
+}
+
 /// A header field as byte ranges into the buffer its head was parsed from.
 #[derive(Debug, Clone, Default)]
 pub struct HeaderRange {

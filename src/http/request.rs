@@ -141,11 +141,7 @@ impl RequestHead {
             return Err(RequestError::bad("bare LF in request head"));
         }
 
-        let base = buf.as_ptr() as usize;
-        let range_of = |s: &[u8]| {
-            let start = s.as_ptr() as usize - base;
-            start..start + s.len()
-        };
+        let range_of = |s: &[u8]| super::range_in(buf, s);
 
         self.len = len;
         self.minor_version = req.version.unwrap_or(1);

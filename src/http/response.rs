@@ -67,11 +67,7 @@ impl ResponseHead {
         if has_bare_lf(&buf[..len]) {
             return Err("bare LF in upstream response head");
         }
-        let base = buf.as_ptr() as usize;
-        let range_of = |s: &[u8]| {
-            let start = s.as_ptr() as usize - base;
-            start..start + s.len()
-        };
+        let range_of = |s: &[u8]| super::range_in(buf, s);
         self.len = len;
         self.status = resp.code.unwrap_or(0);
         self.minor_version = resp.version.unwrap_or(1);

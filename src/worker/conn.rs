@@ -50,6 +50,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         peer_ip: peer.ip().to_string(),
         local_port: local_port.to_string(),
         tried: Vec::with_capacity(4),
+        linger: false,
     };
     conn.run().await;
 }
@@ -67,6 +68,8 @@ struct Conn {
     peer_ip: String,
     local_port: String,
     tried: Vec<usize>,
+    /// The last answer was sent while the client may still be sending a body.
+    linger: bool,
 }
 
 /// What happened to one request, for the access log and the keep-alive decision.
@@ -75,7 +78,6 @@ struct Outcome {
     status: u16,
     bytes: u64,
     keep_alive: bool,
-    route: Option<Rc<str>>,
     upstream: Option<SocketAddr>,
     upstream_status: Option<u16>,
     upstream_latency: Option<Duration>,
@@ -167,7 +169,29 @@ impl Conn {
             let keep = self.handle().await;
             self.worker.request_finished();
             if !keep || self.worker.stopping() {
+                if self.linger {
+                    self.linger_close().await;
+                }
                 return;
+            }
+        }
+    }
+
+    /// Closes after an error answer sent while the client may still be sending its body:
+    /// closing at once would make the kernel reset the connection, and the client could lose
+    /// the answer. Half-close, then read and discard for a bounded time and amount (nginx's
+    /// lingering close).
+    async fn linger_close(&mut self) {
+        use monoio::io::AsyncWriteRent;
+        let _ = self.stream.shutdown().await;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut drained = 0usize;
+        while drained < 4 << 20 {
+            self.buf.clear();
+            let left = deadline.saturating_duration_since(Instant::now());
+            match read_more_timeout(&mut self.stream, &mut self.buf, 4096, left).await {
+                Ok(n) if n > 0 => drained += n,
+                _ => return,
             }
         }
     }
@@ -213,7 +237,12 @@ impl Conn {
         write_error(&mut self.out, e.status, e.reason, true, false);
         let bytes = self.out.len() as u64;
         let send = self.settings().send_timeout;
-        let _ = write_all(&mut self.stream, &mut self.out, send).await;
+        if write_all(&mut self.stream, &mut self.out, send)
+            .await
+            .is_ok()
+        {
+            self.linger_close().await;
+        }
         if self.worker.log.enabled() {
             let line_end = self.buf.iter().position(|&b| b == b'\r' || b == b'\n');
             let line = &self.buf[..line_end.unwrap_or(self.buf.len()).min(256)];
@@ -238,6 +267,7 @@ impl Conn {
     /// Serves the request whose head is parsed. Returns whether the connection stays open.
     async fn handle(&mut self) -> bool {
         let start = Instant::now();
+        self.linger = false;
         let local = self.worker.current();
         self.host_lc.clear();
         {
@@ -269,20 +299,21 @@ impl Conn {
         };
 
         let outcome = match route {
-            None => self.local_error(404, "404 Route Not Found").await,
+            None => {
+                let end = self.buffered_body_end();
+                self.local_error(404, "404 Route Not Found", end).await
+            }
             Some(route) => match route.upstream {
                 None => {
-                    let mut o = self
-                        .local_error(503, "missing upstream configuration in Route or Service")
-                        .await;
-                    o.route = Some(Rc::from(&*route.id));
-                    o
+                    let end = self.buffered_body_end();
+                    self.local_error(
+                        503,
+                        "missing upstream configuration in Route or Service",
+                        end,
+                    )
+                    .await
                 }
-                Some(ui) => {
-                    let mut o = self.proxy(&local, route, ui).await;
-                    o.route = Some(Rc::from(&*route.id));
-                    o
-                }
+                Some(ui) => self.proxy(&local, route, ui).await,
             },
         };
 
@@ -306,7 +337,7 @@ impl Conn {
                 status: outcome.status,
                 bytes: outcome.bytes,
                 latency: start.elapsed(),
-                route: outcome.route.as_deref(),
+                route: route.map(|r| &*r.id),
                 upstream: outcome.upstream,
                 upstream_status: outcome.upstream_status,
                 upstream_latency: outcome.upstream_latency,
@@ -321,11 +352,18 @@ impl Conn {
         outcome.keep_alive
     }
 
-    /// Answers with a gateway-made error. The connection stays open only if no request body
-    /// is pending (it would otherwise have to be read and discarded).
-    async fn local_error(&mut self, status: u16, msg: &str) -> Outcome {
-        let keep =
-            self.head.body == BodyFraming::None && !self.head.close && !self.worker.stopping();
+    /// End of the request body in the buffer when all of it has arrived (so the connection
+    /// can go on after an error answer); `None` when some of it is still to come.
+    fn buffered_body_end(&self) -> Option<usize> {
+        self.body_state().ok().filter(|b| b.complete).map(|b| b.end)
+    }
+
+    /// Answers with a gateway-made error. `body_end` is where this request's bytes end in the
+    /// buffer when they have all been read; without it the connection closes (after
+    /// draining what the client is still sending, so it sees the answer).
+    async fn local_error(&mut self, status: u16, msg: &str, body_end: Option<usize>) -> Outcome {
+        let keep = body_end.is_some() && !self.head.close && !self.worker.stopping();
+        self.linger = body_end.is_none();
         self.out.clear();
         write_error(&mut self.out, status, msg, !keep, self.head.is_head);
         let bytes = self.out.len() as u64;
@@ -337,6 +375,7 @@ impl Conn {
             status,
             bytes,
             keep_alive: keep && ok,
+            consumed: body_end.unwrap_or(0),
             ..Default::default()
         }
     }
@@ -452,17 +491,16 @@ impl Conn {
 
     /// Forwards the request to the route's upstream (with retries) and relays the response.
     async fn proxy(&mut self, local: &Rc<Local>, route: &Route, ui: usize) -> Outcome {
-        let up = local.shared.upstreams[ui].clone();
+        let up: &UpstreamSpec = &local.shared.upstreams[ui];
         if up.nodes.is_empty() {
-            return self.local_error(503, "no valid upstream node").await;
+            let end = self.buffered_body_end();
+            return self.local_error(503, "no valid upstream node", end).await;
         }
         let timeouts: Timeouts = route.timeout.unwrap_or(up.timeouts);
         let mut body = match self.body_state() {
             Ok(b) => b,
             Err(e) => {
-                let mut o = self.local_error(e.status, e.reason).await;
-                o.keep_alive = false;
-                return o;
+                return self.local_error(e.status, e.reason, None).await;
             }
         };
         let start = Instant::now();
@@ -485,7 +523,11 @@ impl Conn {
                         Some(i) => i,
                         None => {
                             let mut o = self
-                                .local_error(502, "all upstream nodes tried or none available")
+                                .local_error(
+                                    502,
+                                    "all upstream nodes tried or none available",
+                                    body.complete.then_some(body.end),
+                                )
                                 .await;
                             o.retries = retries_done;
                             o.upstream = outcome.upstream;
@@ -526,7 +568,7 @@ impl Conn {
                             retries_done += 1;
                             continue;
                         }
-                        Retry::No => return self.fail(f, outcome, retries_done).await,
+                        Retry::No => return self.fail(f, outcome, retries_done, &body).await,
                     }
                 }
             };
@@ -547,8 +589,7 @@ impl Conn {
                             ..outcome
                         };
                     }
-                    let mut o = self.local_error(status, reason).await;
-                    o.keep_alive = false;
+                    let mut o = self.local_error(status, reason, None).await;
                     o.upstream = outcome.upstream;
                     return o;
                 }
@@ -559,7 +600,7 @@ impl Conn {
                     outcome.retries = retries_done;
                     outcome.consumed = body.end;
                     return self
-                        .relay_response(upc, &up, node.addr, &timeouts, outcome)
+                        .relay_response(upc, up, node.addr, &timeouts, outcome)
                         .await;
                 }
                 Err(f) => {
@@ -581,7 +622,7 @@ impl Conn {
                             retries_done += 1;
                             continue;
                         }
-                        Retry::No => return self.fail(f, outcome, retries_done).await,
+                        Retry::No => return self.fail(f, outcome, retries_done, &body).await,
                     }
                 }
             }
@@ -614,13 +655,20 @@ impl Conn {
         }
     }
 
-    async fn fail(&mut self, f: Failure, outcome: Outcome, retries: u32) -> Outcome {
+    async fn fail(
+        &mut self,
+        f: Failure,
+        outcome: Outcome,
+        retries: u32,
+        body: &BodyState,
+    ) -> Outcome {
         let status = f.status();
-        let mut o = self.local_error(status, &f.message()).await;
+        // A body we did not finish reading leaves the connection's framing unknown: close.
+        let end = body.complete.then_some(body.end);
+        let mut o = self.local_error(status, &f.message(), end).await;
         o.upstream = outcome.upstream;
         o.upstream_status = Some(status);
         o.retries = retries;
-        // A body we did not finish reading leaves the connection's framing unknown.
         o
     }
 
@@ -873,9 +921,8 @@ impl Conn {
             if remaining == 0 {
                 return Ok(());
             }
-            match read_more_timeout(&mut upc.stream, &mut upc.buf, UPSTREAM_BUF, read).await {
-                Ok(0) | Err(_) => return Err(Abort),
-                Ok(_) => {}
+            if read_body(upc, read).await? == 0 {
+                return Err(Abort);
             }
         }
     }
@@ -892,7 +939,7 @@ impl Conn {
         let mut scanner = ChunkedScanner::new();
         loop {
             if !upc.buf.is_empty() {
-                let used = if dechunk {
+                if dechunk {
                     // HTTP/1.0 client: forward payload only, the connection close ends it.
                     let out = &mut self.out;
                     let data = &upc.buf;
@@ -903,13 +950,10 @@ impl Conn {
                     if !self.out.is_empty() {
                         self.send_out(send, outcome).await?;
                     }
-                    used
                 } else {
                     let used = scanner.advance(&upc.buf, |_| {}).map_err(|_| Abort)?;
                     self.send_body(upc, used, send, outcome).await?;
-                    used
-                };
-                let _ = used;
+                }
                 if scanner.is_done() {
                     if !upc.buf.is_empty() {
                         *reusable = false;
@@ -924,9 +968,8 @@ impl Conn {
                 // Send the head now rather than after the first chunk arrives.
                 self.send_out(send, outcome).await?;
             }
-            match read_more_timeout(&mut upc.stream, &mut upc.buf, UPSTREAM_BUF, read).await {
-                Ok(0) | Err(_) => return Err(Abort),
-                Ok(_) => {}
+            if read_body(upc, read).await? == 0 {
+                return Err(Abort);
             }
         }
     }
@@ -943,10 +986,8 @@ impl Conn {
             if n > 0 || !self.out.is_empty() {
                 self.send_body(upc, n, send, outcome).await?;
             }
-            match read_more_timeout(&mut upc.stream, &mut upc.buf, UPSTREAM_BUF, read).await {
-                Ok(0) => return Ok(()),
-                Ok(_) => {}
-                Err(_) => return Err(Abort),
+            if read_body(upc, read).await? == 0 {
+                return Ok(());
             }
         }
     }
@@ -1009,6 +1050,13 @@ enum SendError {
     Upstream(Failure),
     /// The client side failed: status 0 = it went away, else answer with this status.
     Client(u16, &'static str),
+}
+
+/// Reads more of a response body; 0 at end of stream. A timeout or error ends the exchange.
+async fn read_body(upc: &mut UpstreamConn, read: Duration) -> Result<usize, Abort> {
+    read_more_timeout(&mut upc.stream, &mut upc.buf, UPSTREAM_BUF, read)
+        .await
+        .map_err(|_| Abort)
 }
 
 fn send_failure(e: IoFail) -> Failure {

@@ -332,3 +332,59 @@ fn pipelined_requests_are_answered_in_order() {
         assert_eq!(c.read_response(false).unwrap().text(), want);
     }
 }
+
+#[test]
+fn stale_pooled_connection_is_retried_invisibly() {
+    // The backend answers properly, then closes the connection without saying so: the
+    // gateway pools it, and finds it dead on the next request.
+    let be = Backend::start(|s| {
+        let body = s.target.clone();
+        Reply::RawClose(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+    });
+    let gw = Gateway::start(&single_upstream(&be.addr(), "retries = 0"));
+    let mut c = gw.client();
+    for i in 0..20 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        let r = if i % 2 == 0 {
+            c.get(&format!("/g{i}"))
+        } else {
+            c.request("POST", &format!("/p{i}"), &[], b"body")
+        };
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert!(r.text().ends_with(&i.to_string()));
+    }
+    assert_eq!(be.requests(), 20);
+}
+
+#[test]
+fn keepalive_idle_timeout_closes_pooled_connections() {
+    let be = Backend::named("x");
+    let gw = Gateway::start(&single_upstream(
+        &be.addr(),
+        "keepalive_pool = { size = 4, idle_timeout = 0.2, requests = 100 }",
+    ));
+    assert_eq!(gw.get("/1").status, 200);
+    assert_eq!(gw.get("/2").status, 200);
+    assert_eq!(be.connections(), 1);
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(gw.get("/3").status, 200);
+    assert_eq!(be.connections(), 2);
+}
+
+#[test]
+fn error_answers_keep_the_connection_when_the_body_was_read() {
+    let be = Backend::named("x");
+    let gw =
+        Gateway::start(&single_upstream(&be.addr(), "").replace("uri = \"/*\"", "uri = \"/only\""));
+    let mut c = gw.client();
+    let r = c.request("POST", "/missing", &[], b"some body");
+    assert_eq!(r.status, 404);
+    assert!(r.header("connection").is_none());
+    assert_eq!(c.get("/only").text(), "x");
+}
