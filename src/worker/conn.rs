@@ -557,7 +557,7 @@ impl Conn {
                 Err(f) => {
                     match self.after_failure(
                         &f,
-                        &up,
+                        up,
                         retries_done,
                         retry_deadline,
                         &body,
@@ -575,7 +575,7 @@ impl Conn {
             let reused = upc.reused;
 
             let sent = self
-                .send_request(&mut upc, &up, node, &mut body, &timeouts, &mut streamed)
+                .send_request(&mut upc, up, node, &mut body, &timeouts, &mut streamed)
                 .await;
             let sent = match sent {
                 Ok(()) => self.read_response_head(&mut upc, timeouts.read).await,
@@ -606,7 +606,7 @@ impl Conn {
                 Err(f) => {
                     let decision = self.after_failure(
                         &f,
-                        &up,
+                        up,
                         retries_done,
                         retry_deadline,
                         &body,
