@@ -4,7 +4,8 @@
 //!
 //! A reload compiles a new snapshot completely before any worker sees it; if anything is wrong
 //! the new config is refused with the reason logged and every worker keeps the old one. A
-//! good snapshot is sent to each worker's channel; workers switch between requests.
+//! good snapshot is posted to each worker's lock-free mailbox; workers switch between
+//! requests and report the version they switched to.
 
 use crate::config::Config;
 use crate::log::access::AccessLogConfig;
@@ -200,7 +201,7 @@ pub fn run(path: PathBuf) -> i32 {
     }
 
     for h in &handles {
-        let _ = h.tx.send(ControlMsg::Shutdown { grace });
+        h.mailbox.send(ControlMsg::Shutdown { grace });
     }
     for h in handles {
         let _ = h.thread.join();
@@ -222,10 +223,17 @@ fn reload(path: &Path, current: &mut Arc<Snapshot>, workers: &[WorkerHandle]) {
             }
             let s = Arc::new(s);
             for w in workers {
-                let _ = w.tx.send(ControlMsg::Snapshot(s.clone()));
+                w.mailbox.send(ControlMsg::Snapshot(s.clone()));
+            }
+            // Report once every worker serves new requests with it.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while workers.iter().any(|w| w.mailbox.applied() < s.version)
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
             }
             crate::info!(
-                "config reloaded: version {} ({} routes)",
+                "config reloaded: version {} ({} routes), live on all workers",
                 s.version,
                 s.router.len()
             );

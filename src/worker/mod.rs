@@ -2,15 +2,17 @@
 //! its core, with its own SO_REUSEPORT listeners, keepalive pool, balancer state and access log.
 //!
 //! A worker shares nothing mutable with other workers. It learns about new configs and
-//! shutdown through its own channel from the control plane, and switches snapshots between
-//! requests: a request holds an `Rc` of the snapshot it started on until it ends.
+//! shutdown through its own lock-free mailbox from the control plane, and switches snapshots
+//! between requests: a request holds an `Rc` of the snapshot it started on until it ends.
 
 mod conn;
 mod io;
+mod mailbox;
 mod runtime;
 mod state;
 mod vars;
 
+pub use mailbox::Mailbox;
 pub use runtime::RuntimeOptions;
 pub use state::Worker;
 
@@ -31,7 +33,7 @@ pub enum ControlMsg {
 
 /// The control plane's handle on a running worker.
 pub struct WorkerHandle {
-    pub tx: flume::Sender<ControlMsg>,
+    pub mailbox: Arc<Mailbox>,
     pub thread: JoinHandle<()>,
 }
 
@@ -48,7 +50,9 @@ pub struct WorkerSpec {
 
 /// Starts a worker thread.
 pub fn spawn(spec: WorkerSpec) -> std::io::Result<WorkerHandle> {
-    let (tx, rx) = flume::unbounded();
+    let mailbox = Arc::new(Mailbox::default());
+    mailbox.set_applied(spec.snapshot.version);
+    let inbox = mailbox.clone();
     let log = AccessLog::open(&spec.access_log)?;
     let thread = std::thread::Builder::new()
         .name(format!("shardgate-w{}", spec.index))
@@ -67,8 +71,8 @@ pub fn spawn(spec: WorkerSpec) -> std::io::Result<WorkerHandle> {
             };
             rt.block_on(async move {
                 let worker = Rc::new(Worker::new(spec.index, spec.snapshot, log));
-                state::run(worker, spec.listeners, rx).await;
+                state::run(worker, spec.listeners, inbox).await;
             });
         })?;
-    Ok(WorkerHandle { tx, thread })
+    Ok(WorkerHandle { mailbox, thread })
 }

@@ -1,7 +1,7 @@
 //! A worker's own state and its top-level tasks: accept loops, the control-message loop, and
 //! housekeeping (pool sweeping, access-log flushing), plus the graceful-shutdown sequence.
 
-use super::ControlMsg;
+use super::{ControlMsg, Mailbox};
 use crate::log::access::AccessLog;
 use crate::snapshot::Snapshot;
 use crate::upstream::balancer::{self, Balancer};
@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A snapshot as one core sees it: the shared immutable config plus this core's balancer
 /// state for each of its upstreams. Built on the core when the snapshot arrives.
@@ -122,12 +122,11 @@ impl Future for Signal {
     }
 }
 
+/// How often a worker looks at its mailbox, flushes its access log and sweeps its pool.
+const TICK: Duration = Duration::from_millis(25);
+
 /// Runs a worker until shutdown completes.
-pub async fn run(
-    worker: Rc<Worker>,
-    listeners: Vec<std::net::TcpListener>,
-    rx: flume::Receiver<ControlMsg>,
-) {
+pub async fn run(worker: Rc<Worker>, listeners: Vec<std::net::TcpListener>, mailbox: Arc<Mailbox>) {
     for l in listeners {
         match TcpListener::from_std(l) {
             Ok(l) => {
@@ -139,30 +138,34 @@ pub async fn run(
             }
         }
     }
-    monoio::spawn(housekeeping(worker.clone()));
 
-    let mut grace = Duration::ZERO;
-    while let Ok(msg) = rx.recv_async().await {
-        match msg {
-            ControlMsg::Snapshot(s) => {
-                *worker.current.borrow_mut() = Rc::new(Local::new(s));
-            }
-            ControlMsg::Shutdown { grace: g } => {
-                grace = g;
-                break;
+    // Housekeeping until told to stop: control messages, log flushing, pool sweeping.
+    let mut ticks = 0u32;
+    let grace = 'serve: loop {
+        monoio::time::sleep(TICK).await;
+        while let Some(msg) = mailbox.take() {
+            match msg {
+                ControlMsg::Snapshot(s) => {
+                    let version = s.version;
+                    *worker.current.borrow_mut() = Rc::new(Local::new(s));
+                    mailbox.set_applied(version);
+                }
+                ControlMsg::Shutdown { grace } => break 'serve grace,
             }
         }
-    }
+        worker.log.flush();
+        ticks = ticks.wrapping_add(1);
+        if ticks.is_multiple_of(40) {
+            worker.pool.sweep();
+        }
+    };
 
     // Shutdown: accept loops stop (their listeners close), in-flight requests finish, idle
     // keep-alive connections are dropped with the runtime.
     worker.stopping.set(true);
     worker.wake_all();
-    let deadline = Instant::now() + grace;
-    if monoio::time::timeout(grace, worker.idle_signal())
-        .await
-        .is_err()
-    {
+    monoio::spawn(flush_while_draining(worker.clone()));
+    if monoio::time::timeout(grace, worker.idle_signal()).await.is_err() {
         crate::warn!(
             "worker {}: {} request(s) still in flight after the {:?} grace period",
             worker.index,
@@ -170,9 +173,16 @@ pub async fn run(
             grace
         );
     }
-    let _ = deadline;
     worker.pool.clear();
     worker.log.flush();
+}
+
+/// Keeps the access log flowing while in-flight requests finish.
+async fn flush_while_draining(worker: Rc<Worker>) {
+    loop {
+        monoio::time::sleep(TICK).await;
+        worker.log.flush();
+    }
 }
 
 async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
@@ -193,20 +203,4 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
         }
     }
     drop(listener);
-}
-
-/// Periodic per-core chores: flush the access log, close expired idle upstream connections.
-async fn housekeeping(worker: Rc<Worker>) {
-    let mut tick = 0u32;
-    loop {
-        monoio::time::sleep(Duration::from_millis(100)).await;
-        worker.log.flush();
-        tick = tick.wrapping_add(1);
-        if tick.is_multiple_of(10) {
-            worker.pool.sweep();
-        }
-        if worker.stopping() && worker.busy.get() == 0 {
-            worker.log.flush();
-        }
-    }
 }
