@@ -165,7 +165,10 @@ pub async fn run(worker: Rc<Worker>, listeners: Vec<std::net::TcpListener>, mail
     worker.stopping.set(true);
     worker.wake_all();
     monoio::spawn(flush_while_draining(worker.clone()));
-    if monoio::time::timeout(grace, worker.idle_signal()).await.is_err() {
+    if monoio::time::timeout(grace, worker.idle_signal())
+        .await
+        .is_err()
+    {
         crate::warn!(
             "worker {}: {} request(s) still in flight after the {:?} grace period",
             worker.index,
