@@ -49,10 +49,17 @@ fn main() {
             if let Some(cpu) = cpu {
                 core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
             }
-            let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                .enable_timer()
-                .build()
-                .expect("runtime");
+            // Same runtime set-up as the gateway's workers (io_uring with COOP_TASKRUN +
+            // SINGLE_ISSUER, falling back to epoll), so tool and proxy are on equal footing.
+            let mut rt = shardgate::worker::build_runtime(
+                &shardgate::worker::RuntimeOptions {
+                    driver: "auto".into(),
+                    uring_flags: true,
+                    entries: 1024,
+                },
+                1,
+            )
+            .expect("runtime");
             rt.block_on(async move {
                 let listener = TcpListener::from_std(listener).expect("listener");
                 loop {

@@ -17,7 +17,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,9 +48,9 @@ pub struct Args {
     /// A new connection for every request (`Connection: close`).
     #[arg(long)]
     new_conn: bool,
-    /// Stop after this many requests in total.
-    #[arg(long, default_value_t = 100_000_000)]
-    max_requests: u64,
+    /// Stop after this many requests in total (default: only the duration bounds the run).
+    #[arg(long)]
+    max_requests: Option<u64>,
     /// Per-request timeout in seconds (counted as a `timeout` error).
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
@@ -119,19 +119,19 @@ fn parse_target(args: &Args) -> Result<Target, String> {
 pub struct Shared {
     pub requests: AtomicU64,
     pub errors: AtomicU64,
-    /// Requests that may still be started (the `--max-requests` budget).
-    pub budget: AtomicU64,
-    pub stop: AtomicBool,
+    /// Requests that may still be started (the `--max-requests` budget), if one was given.
+    pub budget: Option<AtomicU64>,
 }
 
 impl Shared {
-    /// Takes one request from the budget; false when it is used up or the run is over.
+    /// Takes one request from the budget; false when it is used up.
     pub fn admit(&self) -> bool {
-        !self.stop.load(Ordering::Relaxed)
-            && self
-                .budget
+        match &self.budget {
+            None => true,
+            Some(b) => b
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
-                .is_ok()
+                .is_ok(),
+        }
     }
 }
 
@@ -158,8 +158,10 @@ fn main() {
         eprintln!("sg-load: --connections, --threads and --duration must be positive");
         std::process::exit(2);
     }
-    let shared = Arc::new(Shared::default());
-    shared.budget.store(args.max_requests, Ordering::Relaxed);
+    let shared = Arc::new(Shared {
+        budget: args.max_requests.map(AtomicU64::new),
+        ..Default::default()
+    });
     let duration = Duration::from_secs_f64(args.duration);
     let start = Instant::now();
     let deadline = start + duration;
@@ -175,10 +177,17 @@ fn main() {
             if let Some(cpu) = cpu {
                 core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
             }
-            let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                .enable_timer()
-                .build()
-                .expect("runtime");
+            // Same runtime set-up as the gateway's workers (io_uring with COOP_TASKRUN +
+            // SINGLE_ISSUER, falling back to epoll), so tool and proxy are on equal footing.
+            let mut rt = shardgate::worker::build_runtime(
+                &shardgate::worker::RuntimeOptions {
+                    driver: "auto".into(),
+                    uring_flags: true,
+                    entries: 1024,
+                },
+                1,
+            )
+            .expect("runtime");
             rt.block_on(conn::run_thread(
                 conns, args, target, shared, start, deadline,
             ))

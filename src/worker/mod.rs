@@ -13,7 +13,7 @@ mod state;
 mod vars;
 
 pub use mailbox::Mailbox;
-pub use runtime::RuntimeOptions;
+pub use runtime::{build as build_runtime, RuntimeOptions, WorkerRuntime};
 pub use state::Worker;
 
 use crate::log::access::{AccessLog, AccessLogConfig};

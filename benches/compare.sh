@@ -1,0 +1,595 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2015  # `a && b || c` is meant as written throughout
+# Shardgate vs nginx vs HAProxy (and the backend directly), same load, same cores.
+#
+#   benches/compare.sh                 # full run: 3 rounds x 10 s, all scenarios, workers 1 and 2
+#   benches/compare.sh --quick         # smoke: 1 round x 3 s
+#   benches/compare.sh --dry-run       # print every command it would run; starts nothing
+#
+# One run: builds the release binaries (once), installs nginx and HAProxy from the
+# distribution's packages if missing, then for every scenario and worker count starts one
+# backend (sg-backend, pinned to its own core) and measures each target in interleaved order
+# (direct, shardgate, nginx, haproxy, direct, shardgate, ...) for --rounds rounds. At the end it
+# prints one markdown table per scenario (medians over rounds, ratios to nginx) and writes it to
+# OUT/summary.md. See benches/README.md.
+#
+# Process model: every proxy measurement starts a fresh proxy process (identical conditions for
+# every round and target: cold start, 1 s warm-up, then the measured run) and stops it by PID
+# right after. The backend lives for one scenario x worker count, shared by all targets and
+# rounds. Every PID this script starts is recorded and killed by PID on exit (trap), nginx's
+# workers included (found as children of the master PID we started). No systemctl, no system
+# nginx/haproxy instance is touched: ours run in the foreground on our own loopback ports with
+# configs and pid files in a temp dir.
+#
+# Safety: traffic goes to 127.0.0.1 only; every load run is bounded in time (-d, plus a
+# `timeout` wrapper) and in count (--max-requests).
+
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_DIR="$ROOT/benches"
+
+# ---------------------------------------------------------------- options
+ROUNDS=3
+DURATION=10
+CONNS=64
+SCENARIOS="small-ka newconn 16k 1m"
+WORKERS_LIST="1 2"
+TARGETS="direct shardgate nginx haproxy"
+OUT=""
+DRY_RUN=0
+BUILD=1
+WARMUP=1
+MAX_REQ=""
+
+# Ports (loopback only). Each target has its own so a slow-to-die process never answers for
+# the next one.
+BACKEND_PORT=${SG_BENCH_BACKEND_PORT:-18081}
+SHARDGATE_PORT=${SG_BENCH_SHARDGATE_PORT:-18090}
+NGINX_PORT=${SG_BENCH_NGINX_PORT:-18091}
+HAPROXY_PORT=${SG_BENCH_HAPROXY_PORT:-18092}
+BIN_DIR=${SG_BIN_DIR:-$ROOT/target/release}
+NGINX_BIN=${NGINX_BIN:-}
+HAPROXY_BIN=${HAPROXY_BIN:-}
+URL_PATH=/bench
+
+usage() {
+    cat <<EOF
+Usage: benches/compare.sh [options]
+
+  --rounds N          rounds per scenario, targets interleaved in each (default $ROUNDS)
+  --duration S        seconds per measured run, integer (default $DURATION)
+  --connections C     concurrent connections of the load generator (default $CONNS)
+  --scenarios LIST    any of: small-ka newconn 16k 1m (default: all), space or comma separated
+  --workers LIST      proxy worker counts, e.g. "1 2" (default "$WORKERS_LIST")
+  --targets LIST      any of: direct shardgate nginx haproxy (default: all)
+  --max-requests N    per-run request bound (default: duration x 1,000,000)
+  --warmup S          warm-up seconds before each measured run (default $WARMUP)
+  --quick             1 round, 3 s per run (smoke test)
+  --out DIR           results directory (default benches/results/<date>)
+  --no-build          skip 'cargo build --release --bins'
+  --dry-run           print the commands it would run; build, install and start nothing
+  -h, --help          this text
+
+Environment: SG_BIN_DIR (default target/release), NGINX_BIN, HAPROXY_BIN,
+SG_BENCH_{BACKEND,SHARDGATE,NGINX,HAPROXY}_PORT (defaults 18081, 18090, 18091, 18092).
+EOF
+}
+
+die() { echo "compare.sh: error: $*" >&2; exit 1; }
+warn() { echo "compare.sh: warning: $*" >&2; }
+info() { echo "== $*" >&2; }
+
+while (($#)); do
+    case $1 in
+        --rounds) ROUNDS=${2:?}; shift 2 ;;
+        --duration) DURATION=${2:?}; shift 2 ;;
+        --connections | -c) CONNS=${2:?}; shift 2 ;;
+        --scenarios) SCENARIOS=${2:?}; shift 2 ;;
+        --workers) WORKERS_LIST=${2:?}; shift 2 ;;
+        --targets) TARGETS=${2:?}; shift 2 ;;
+        --max-requests) MAX_REQ=${2:?}; shift 2 ;;
+        --warmup) WARMUP=${2:?}; shift 2 ;;
+        --quick) ROUNDS=1; DURATION=3; shift ;;
+        --out) OUT=${2:?}; shift 2 ;;
+        --no-build) BUILD=0; shift ;;
+        --dry-run) DRY_RUN=1; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; die "unknown option: $1" ;;
+    esac
+done
+
+SCENARIOS=${SCENARIOS//,/ }
+WORKERS_LIST=${WORKERS_LIST//,/ }
+TARGETS=${TARGETS//,/ }
+is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+is_uint "$ROUNDS" && ((ROUNDS >= 1)) || die "--rounds must be a positive integer"
+is_uint "$DURATION" && ((DURATION >= 1)) || die "--duration must be a positive integer (seconds)"
+is_uint "$CONNS" && ((CONNS >= 1)) || die "--connections must be a positive integer"
+is_uint "$WARMUP" || die "--warmup must be an integer (seconds)"
+[[ -z $MAX_REQ ]] && MAX_REQ=$((DURATION * 1000000))
+is_uint "$MAX_REQ" && ((MAX_REQ >= 1)) || die "--max-requests must be a positive integer"
+for s in $SCENARIOS; do
+    case $s in small-ka | newconn | 16k | 1m) ;; *) die "unknown scenario: $s" ;; esac
+done
+for w in $WORKERS_LIST; do
+    is_uint "$w" && ((w >= 1)) || die "bad worker count: $w"
+done
+for t in $TARGETS; do
+    case $t in direct | shardgate | nginx | haproxy) ;; *) die "unknown target: $t" ;; esac
+done
+has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
+
+# ---------------------------------------------------------------- process bookkeeping
+PIDS=()          # every PID this script started and has not yet stopped
+TMP=""           # configs, pid files, proxy temp dirs
+
+proc_state() { # prints the state letter of PID, fails if there is no such process
+    local line
+    { read -r line <"/proc/$1/stat"; } 2>/dev/null || return 1
+    line=${line##*) }
+    printf '%s' "${line:0:1}"
+}
+alive() { # running (a zombie, not yet reaped, counts as dead)
+    local s
+    s=$(proc_state "$1") || return 1
+    [[ $s != Z && $s != X ]]
+}
+child_pids() { # direct children of PID, from /proc/*/stat
+    local root=$1 f line rest
+    local -a a
+    for f in /proc/[0-9]*/stat; do
+        { read -r line <"$f"; } 2>/dev/null || continue
+        rest=${line##*) }
+        read -ra a <<<"$rest"
+        [[ ${a[1]} == "$root" ]] && printf '%s ' "${line%% *}"
+    done
+    return 0
+}
+
+forget_pid() {
+    local p keep=()
+    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
+stop_pid() { # TERM the process (and its direct children), wait up to 5 s, then KILL
+    local pid=$1 kids k i
+    [[ -n $pid && $pid != 0 ]] || return 0
+    kids=$(child_pids "$pid")
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        alive "$pid" || break
+        sleep 0.1
+    done
+    alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
+    for k in $kids; do
+        for ((i = 0; i < 20; i++)); do
+            alive "$k" || break
+            sleep 0.1
+        done
+        alive "$k" && kill -KILL "$k" 2>/dev/null || true
+    done
+    wait "$pid" 2>/dev/null || true
+    forget_pid "$pid"
+}
+
+cleanup() {
+    local rc=$? p
+    trap - EXIT INT TERM
+    if ((${#PIDS[@]})); then
+        for p in "${PIDS[@]}"; do stop_pid "$p"; done
+    fi
+    if [[ -n $TMP && -d $TMP && $DRY_RUN == 0 ]]; then rm -rf -- "$TMP"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- command echo / execution
+CMDLOG=/dev/null
+show() { # print a command line, words quoted only where the shell needs it
+    local w out=""
+    for w in "$@"; do
+        [[ $w =~ ^[A-Za-z0-9_./,:=@%+-]+$ ]] || w=$(printf '%q' "$w")
+        out+="${out:+ }$w"
+    done
+    printf '+ %s\n' "$out"
+}
+run() { # run a command in the foreground (or just print it with --dry-run)
+    show "$@" | tee -a "$CMDLOG" >&2
+    ((DRY_RUN)) && return 0
+    "$@"
+}
+run_log() { # run_log LOGFILE cmd...: as run, output appended to LOGFILE
+    local log=$1
+    shift
+    { show "$@"; } | sed "s|\$| >>$log 2>\&1|" | tee -a "$CMDLOG" >&2
+    ((DRY_RUN)) && return 0
+    "$@" >>"$log" 2>&1
+}
+STARTED_PID=0
+start_bg() { # start_bg LOGFILE cmd...: background, PID recorded in PIDS and STARTED_PID
+    local log=$1
+    shift
+    { show "$@"; } | sed "s|\$| >$log 2>\&1 \&|" | tee -a "$CMDLOG" >&2
+    STARTED_PID=0
+    ((DRY_RUN)) && return 0
+    "$@" </dev/null >"$log" 2>&1 &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+}
+
+# ---------------------------------------------------------------- measurement helpers
+CLK_TCK=$(getconf CLK_TCK)
+
+tree_ticks() { # utime+stime (+cutime+cstime) of PID and its direct children, in clock ticks
+    local root=$1 sum=0 f line pid rest
+    local -a a
+    for f in /proc/[0-9]*/stat; do
+        { read -r line <"$f"; } 2>/dev/null || continue
+        pid=${line%% *}
+        rest=${line##*) }
+        read -ra a <<<"$rest"
+        # after "comm)": a[0]=state(3) a[1]=ppid(4) ... a[11]=utime(14) a[12]=stime(15)
+        # a[13]=cutime(16) a[14]=cstime(17)
+        if [[ $pid == "$root" || ${a[1]} == "$root" ]]; then
+            sum=$((sum + a[11] + a[12] + a[13] + a[14]))
+        fi
+    done
+    echo "$sum"
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+http_ok() { # one GET over bash's /dev/tcp; succeeds on a 200 status line
+    (
+        exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+        printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nConnection: close\r\n\r\n' "$URL_PATH" "$1" >&3
+        IFS= read -r -t 2 line <&3 || exit 1
+        [[ $line == HTTP/1.[01]\ 200* ]]
+    ) 2>/dev/null
+}
+
+wait_ready() { # wait_ready PORT PID NAME LOG: up to 10 s for an HTTP 200 on PORT
+    local port=$1 pid=$2 name=$3 log=$4 i
+    echo "  (wait until GET http://127.0.0.1:$port$URL_PATH answers 200, via bash /dev/tcp)" | tee -a "$CMDLOG" >&2
+    ((DRY_RUN)) && return 0
+    for ((i = 0; i < 200; i++)); do
+        alive "$pid" || { cat "$log" >&2 || true; die "$name exited during start-up (log: $log)"; }
+        http_ok "$port" && return 0
+        sleep 0.05
+    done
+    cat "$log" >&2 || true
+    die "$name did not answer on 127.0.0.1:$port within 10 s (log: $log)"
+}
+
+cpu_list_count() { # "0,1,3" -> 3
+    local -a a
+    IFS=, read -ra a <<<"$1"
+    echo "${#a[@]}"
+}
+seq_csv() { # seq_csv FIRST LAST -> "FIRST,...,LAST"
+    local i out=""
+    for ((i = $1; i <= $2; i++)); do out+="${out:+,}$i"; done
+    echo "$out"
+}
+
+# Core layout for W proxy workers on NPROC cores. Sets PROXY_CPUS BACKEND_CPUS LOAD_CPUS
+# (comma lists) and CONTENDED (1 when the proxy shares a core with load or backend).
+layout() {
+    local w=$1 n=$NPROC
+    CONTENDED=0
+    if ((w > n)); then
+        return 1
+    fi
+    PROXY_CPUS=$(seq_csv 0 $((w - 1)))
+    if ((n >= w + 2)); then
+        BACKEND_CPUS=$w
+        LOAD_CPUS=$(seq_csv $((w + 1)) $((n - 1)))
+    elif ((n == w + 1)); then # e.g. 2 cores, 1 worker: load generator and backend share the last core
+        BACKEND_CPUS=$w
+        LOAD_CPUS=$w
+    else # w == n: no core left; load generator and backend share the last one with the proxy
+        BACKEND_CPUS=$((n - 1))
+        LOAD_CPUS=$((n - 1))
+        CONTENDED=1
+    fi
+}
+
+# ---------------------------------------------------------------- config rendering
+render() { # render TEMPLATE OUTFILE key=value...
+    local tpl=$1 out=$2 kv
+    shift 2
+    local -a sed_args=()
+    for kv in "$@"; do sed_args+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
+    sed "${sed_args[@]}" "$tpl" >"$out"
+    if grep -v '^[[:space:]]*#' "$out" | grep -q '@[A-Z_]*@'; then
+        die "unfilled placeholder in $out"
+    fi
+}
+
+nginx_masks() { # "0,1" -> "01 10" (worker i -> bit cpus[i]; rightmost bit = CPU 0)
+    local IFS=, c m out="" i
+    for c in $1; do
+        m="1"
+        for ((i = 0; i < c; i++)); do m+="0"; done
+        out+="${out:+ }$m"
+    done
+    echo "$out"
+}
+
+write_shardgate_conf() { # OUTFILE WORKERS CPUS
+    cat >"$1" <<EOF
+# Shardgate config for benches/compare.sh (generated). Same cores, workers and pool sizes as
+# the nginx and HAProxy configs: keepalive_pool per core = nginx keepalive 320 per worker.
+[gateway]
+listen = ["127.0.0.1:$SHARDGATE_PORT"]
+workers = $2
+pin_cores = true
+cpus = [$3]
+access_log = "off"
+watch_config = false
+graceful_shutdown_timeout = 2
+
+[[upstreams]]
+id = "b"
+nodes = { "127.0.0.1:$BACKEND_PORT" = 1 }
+keepalive_pool = { size = 320, idle_timeout = 60, requests = 100000 }
+
+[[routes]]
+uri = "/*"
+upstream_id = "b"
+EOF
+}
+
+declare -A CHECKED=()
+check_conf() { # check_conf CONF cmd...: validate a rendered config once (also in --dry-run
+    # when the binary exists, since a check starts no server)
+    local conf=$1
+    shift
+    [[ -n ${CHECKED[$conf]:-} ]] && return 0
+    CHECKED[$conf]=1
+    show "$@" | tee -a "$CMDLOG" >&2
+    if [[ ! -x $1 ]]; then
+        ((DRY_RUN)) && return 0
+        die "$1 not found"
+    fi
+    local outp
+    outp=$("$@" 2>&1) || { echo "$outp" >&2; die "config check failed: $conf"; }
+    [[ -z $outp ]] || printf '  %s\n' "${outp//$'\n'/$'\n'  }" >&2
+}
+
+# Start TARGET for W workers on PROXY_CPUS; sets PROXY_PID. "direct" starts nothing.
+start_target() {
+    local target=$1 w=$2 tag=$3 conf log
+    PROXY_PID=0
+    case $target in
+        direct) return 0 ;;
+        shardgate)
+            conf="$TMP/shardgate-w$w.toml"
+            log="$OUT/logs/$tag.log"
+            write_shardgate_conf "$conf" "$w" "$PROXY_CPUS"
+            check_conf "$conf" "$BIN_DIR/shardgate" check -c "$conf"
+            start_bg "$log" taskset -c "$PROXY_CPUS" "$BIN_DIR/shardgate" run -c "$conf"
+            ;;
+        nginx)
+            conf="$TMP/nginx-w$w.conf"
+            log="$OUT/logs/$tag.log"
+            rm -f "$TMP/nginx.pid"
+            render "$BENCH_DIR/nginx.conf.template" "$conf" \
+                WORKERS="$w" CPU_MASKS="$(nginx_masks "$PROXY_CPUS")" \
+                LISTEN_PORT="$NGINX_PORT" BACKEND_PORT="$BACKEND_PORT" \
+                PIDFILE="$TMP/nginx.pid" TMPDIR="$TMP"
+            check_conf "$conf" "$NGINX_BIN" -t -q -p "$TMP/" -e "$TMP/nginx-error.log" -c "$conf"
+            start_bg "$log" taskset -c "$PROXY_CPUS" "$NGINX_BIN" -p "$TMP/" -e "$TMP/nginx-error.log" -c "$conf"
+            ;;
+        haproxy)
+            conf="$TMP/haproxy-w$w.cfg"
+            log="$OUT/logs/$tag.log"
+            render "$BENCH_DIR/haproxy.cfg.template" "$conf" \
+                WORKERS="$w" CPUS_LIST="${PROXY_CPUS//,/ }" \
+                LISTEN_PORT="$HAPROXY_PORT" BACKEND_PORT="$BACKEND_PORT" \
+                PIDFILE="$TMP/haproxy.pid" TMPDIR="$TMP"
+            check_conf "$conf" "$HAPROXY_BIN" -c -q -f "$conf"
+            start_bg "$log" taskset -c "$PROXY_CPUS" "$HAPROXY_BIN" -db -f "$conf"
+            ;;
+    esac
+    PROXY_PID=$STARTED_PID
+    wait_ready "$(target_port "$target")" "$PROXY_PID" "$target" "$log"
+    if [[ $target == nginx && $DRY_RUN == 0 ]]; then
+        local master
+        master=$(cat "$TMP/nginx.pid" 2>/dev/null || true)
+        [[ $master == "$PROXY_PID" ]] || warn "nginx pid file says '$master', started $PROXY_PID"
+    fi
+}
+
+target_port() {
+    case $1 in
+        direct) echo "$BACKEND_PORT" ;;
+        shardgate) echo "$SHARDGATE_PORT" ;;
+        nginx) echo "$NGINX_PORT" ;;
+        haproxy) echo "$HAPROXY_PORT" ;;
+    esac
+}
+
+load_cmd() { # load_cmd TARGET SECONDS [extra sg-load args...] -> LOAD (array)
+    local target=$1 secs=$2
+    shift 2
+    local threads
+    threads=$(cpu_list_count "$LOAD_CPUS")
+    LOAD=(timeout --signal=TERM --kill-after=5 $((secs + 30))
+        taskset -c "$LOAD_CPUS" "$BIN_DIR/sg-load"
+        --url "http://127.0.0.1:$(target_port "$target")$URL_PATH"
+        -c "$CONNS" -d "$secs" --threads "$threads" --max-requests "$MAX_REQ")
+    ((NEWCONN)) && LOAD+=(--new-conn)
+    LOAD+=("$@")
+}
+
+# One measurement: start target, warm up, measure with CPU accounting, stop target.
+measure() {
+    local scen=$1 w=$2 round=$3 target=$4
+    local tag="$scen-w$w-r$round-$target"
+    local json="json/$tag.json" t0=NA t1=NA b0 b1 ptick=NA
+    info "$scen, workers=$w, round $round/$ROUNDS: $target"
+    start_target "$target" "$w" "$tag"
+    if ((WARMUP > 0)); then
+        load_cmd "$target" "$WARMUP" --quiet
+        run_log "$OUT/logs/$tag.warmup.log" "${LOAD[@]}" ||
+            die "warm-up load against $target failed (see $OUT/logs/$tag.warmup.log)"
+    fi
+    load_cmd "$target" "$DURATION" --quiet --json "$OUT/$json" --hgrm "$OUT/hgrm/$tag.hgrm"
+    if ((DRY_RUN)); then
+        [[ $target == direct ]] || echo "  (read /proc/<$target pid and children>/stat utime+stime)" >&2
+        run_log "$OUT/logs/$tag.load.log" "${LOAD[@]}"
+        [[ $target == direct ]] || echo "  (read /proc/<$target pid and children>/stat utime+stime again)" >&2
+        [[ $target == direct ]] || echo "+ kill -TERM <$target pid>  (then its children, KILL after 5 s)" >&2
+        return 0
+    fi
+    [[ $target == direct ]] || t0=$(tree_ticks "$PROXY_PID")
+    b0=$(tree_ticks "$BACKEND_PID")
+    run_log "$OUT/logs/$tag.load.log" "${LOAD[@]}" ||
+        die "load against $target failed (see $OUT/logs/$tag.load.log)"
+    b1=$(tree_ticks "$BACKEND_PID")
+    if [[ $target != direct ]]; then
+        t1=$(tree_ticks "$PROXY_PID")
+        ptick=$((t1 - t0))
+        alive "$PROXY_PID" || die "$target died during the run (see $OUT/logs/$tag.log)"
+        show kill -TERM "$PROXY_PID" | tee -a "$CMDLOG" >&2
+        stop_pid "$PROXY_PID"
+    fi
+    [[ -s $OUT/$json ]] || die "sg-load wrote no JSON to $OUT/$json"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$scen" "$w" "$round" "$target" "$SIZE" "$NEWCONN" "$json" "$ptick" "$((b1 - b0))" \
+        "$CLK_TCK" "$PROXY_CPUS" "$BACKEND_CPUS" "$LOAD_CPUS" "$CONTENDED" >>"$OUT/runs.tsv"
+    python3 - "$OUT/$json" "$ptick" "$CLK_TCK" >&2 <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+t, clk = sys.argv[2], float(sys.argv[3])
+cpu = "n/a" if t == "NA" or not r["requests"] else "%.2f" % (int(t) / clk * 1e6 / r["requests"])
+print("   %.0f req/s  p50 %.1f us  p99 %.1f us  errors %d  CPU us/req %s"
+      % (r["rps"], r["p50_us"], r["p99_us"], r["errors"], cpu))
+PY
+}
+
+scenario_params() { # sets SIZE NEWCONN
+    case $1 in
+        small-ka) SIZE=64 NEWCONN=0 ;;
+        newconn) SIZE=64 NEWCONN=1 ;;
+        16k) SIZE=16384 NEWCONN=0 ;;
+        1m) SIZE=1048576 NEWCONN=0 ;;
+    esac
+}
+
+# ---------------------------------------------------------------- 1. build
+NPROC=$(nproc)
+if [[ -z $OUT ]]; then OUT="$BENCH_DIR/results/$(date +%Y%m%d-%H%M%S)"; fi
+if ((DRY_RUN)); then
+    info "dry run: nothing is built, installed or started; results would go to $OUT"
+    TMP=$(mktemp -d /tmp/sg-compare.XXXXXX)
+    info "rendered configs are kept in $TMP for review"
+fi
+
+if ((BUILD)); then
+    (cd "$ROOT" && run cargo build --release --bins)
+fi
+
+# ---------------------------------------------------------------- 2. nginx / HAProxy
+find_bin() { # find_bin NAME -> path or empty
+    command -v "$1" 2>/dev/null || { [[ -x /usr/sbin/$1 ]] && echo "/usr/sbin/$1"; } || true
+}
+[[ -n $NGINX_BIN ]] || NGINX_BIN=$(find_bin nginx)
+[[ -n $HAPROXY_BIN ]] || HAPROXY_BIN=$(find_bin haproxy)
+missing=()
+has_target nginx && [[ -z $NGINX_BIN ]] && missing+=(nginx)
+has_target haproxy && [[ -z $HAPROXY_BIN ]] && missing+=(haproxy)
+if ((${#missing[@]})); then
+    # Installing nginx/haproxy on a systemd machine also starts their system services (nginx on
+    # port 80). We never use or stop those; our instances run on our own ports.
+    SUDO=()
+    ((EUID == 0)) || SUDO=(sudo)
+    run "${SUDO[@]}" apt-get update
+    run "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+    [[ -n $NGINX_BIN ]] || NGINX_BIN=$(find_bin nginx)
+    [[ -n $HAPROXY_BIN ]] || HAPROXY_BIN=$(find_bin haproxy)
+fi
+((DRY_RUN)) && { NGINX_BIN=${NGINX_BIN:-/usr/sbin/nginx}; HAPROXY_BIN=${HAPROXY_BIN:-/usr/sbin/haproxy}; }
+
+# ---------------------------------------------------------------- 3. preflight
+if ((!DRY_RUN)); then
+    for b in sg-load sg-backend; do
+        [[ -x $BIN_DIR/$b ]] || die "$BIN_DIR/$b not found (build with cargo build --release --bins)"
+    done
+    has_target shardgate && { [[ -x $BIN_DIR/shardgate ]] || die "$BIN_DIR/shardgate not found"; }
+    has_target nginx && { [[ -x $NGINX_BIN ]] || die "nginx not found"; }
+    has_target haproxy && { [[ -x $HAPROXY_BIN ]] || die "haproxy not found"; }
+    command -v python3 >/dev/null || die "python3 is needed for the summary"
+    command -v taskset >/dev/null || die "taskset (util-linux) is needed"
+    for p in "$BACKEND_PORT" "$SHARDGATE_PORT" "$NGINX_PORT" "$HAPROXY_PORT"; do
+        ! port_in_use "$p" || die "127.0.0.1:$p is already in use"
+    done
+    mkdir -p "$OUT/logs" "$OUT/json" "$OUT/hgrm"
+    TMP=$(mktemp -d /tmp/sg-compare.XXXXXX)
+    chmod 755 "$TMP" # nginx workers run as an unprivileged user when started as root
+    CMDLOG="$OUT/commands.log"
+    : >"$CMDLOG"
+    # Proxies and load generator need many descriptors; raise the soft limit to the hard one.
+    ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+fi
+((DRY_RUN)) || printf 'scenario\tworkers\tround\ttarget\tsize\tnewconn\tjson\tproxy_ticks\tbackend_ticks\tclk_tck\tproxy_cpus\tbackend_cpus\tload_cpus\tcontended\n' >"$OUT/runs.tsv"
+
+{
+    echo "date:        $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "git:         $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
+    echo "kernel:      $(uname -r)"
+    echo "cpu:         $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ //') x $NPROC"
+    echo "nginx:       $("$NGINX_BIN" -v 2>&1 | head -1 || echo n/a)"
+    echo "haproxy:     $("$HAPROXY_BIN" -v 2>/dev/null | head -1 || echo n/a)"
+    echo "sysctl:      tcp_tw_reuse=$(cat /proc/sys/net/ipv4/tcp_tw_reuse 2>/dev/null) ip_local_port_range=$(tr '\t' - </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null) somaxconn=$(cat /proc/sys/net/core/somaxconn 2>/dev/null)"
+    echo "options:     rounds=$ROUNDS duration=${DURATION}s warmup=${WARMUP}s connections=$CONNS max_requests=$MAX_REQ"
+    echo "scenarios:   $SCENARIOS; workers: $WORKERS_LIST; targets: $TARGETS"
+} >"$TMP/env.txt" 2>/dev/null
+cat "$TMP/env.txt" >&2
+((DRY_RUN)) || cp "$TMP/env.txt" "$OUT/env.txt"
+
+# ---------------------------------------------------------------- 4. measure
+BACKEND_PID=0
+for scen in $SCENARIOS; do
+    scenario_params "$scen"
+    for w in $WORKERS_LIST; do
+        if ! layout "$w"; then
+            warn "workers=$w needs at least $w cores, this machine has $NPROC: skipped"
+            continue
+        fi
+        info "scenario $scen (body $SIZE B, new connection per request: $NEWCONN), workers=$w"
+        info "cores: proxy $PROXY_CPUS | backend $BACKEND_CPUS | load generator $LOAD_CPUS"
+        if ((CONTENDED)); then
+            warn "workers=$w on $NPROC cores: the proxy shares core $LOAD_CPUS with the load" \
+                "generator and the backend, so req/s and latency are contended; CPU us/req is" \
+                "the figure to compare"
+        fi
+        start_bg "$OUT/logs/backend-$scen-w$w.log" taskset -c "$BACKEND_CPUS" "$BIN_DIR/sg-backend" \
+            --listen "127.0.0.1:$BACKEND_PORT" --size "$SIZE" --threads "$(cpu_list_count "$BACKEND_CPUS")"
+        BACKEND_PID=$STARTED_PID
+        wait_ready "$BACKEND_PORT" "$BACKEND_PID" sg-backend "$OUT/logs/backend-$scen-w$w.log"
+        for ((round = 1; round <= ROUNDS; round++)); do
+            for target in $TARGETS; do
+                measure "$scen" "$w" "$round" "$target"
+            done
+        done
+        ((DRY_RUN)) && echo "+ kill -TERM <sg-backend pid>" >&2
+        stop_pid "$BACKEND_PID"
+        BACKEND_PID=0
+    done
+done
+
+# ---------------------------------------------------------------- 5. summary
+if ((DRY_RUN)); then
+    show python3 "$BENCH_DIR/summarize.py" "$OUT" >&2
+    info "dry run done; rendered configs in $TMP"
+    exit 0
+fi
+echo >&2
+python3 "$BENCH_DIR/summarize.py" "$OUT"
+info "results: $OUT (summary.md, runs.tsv, json/, hgrm/, logs/, commands.log)"
