@@ -270,14 +270,26 @@ cpu_list_count() { # "0,1,3" -> 3
     IFS=, read -ra a <<<"$1"
     echo "${#a[@]}"
 }
-seq_csv() { # seq_csv FIRST LAST -> "FIRST,...,LAST"
+allowed_cpus() { # the CPU ids this process may run on, in order: "0-1,4" -> "0 1 4"
+    local list part a b i out=""
+    list=$(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/self/status 2>/dev/null)
+    [[ -n $list ]] || list="0-$(($(nproc) - 1))"
+    for part in ${list//,/ }; do
+        a=${part%-*} b=${part#*-}
+        for ((i = a; i <= b; i++)); do out+="${out:+ }$i"; done
+    done
+    echo "$out"
+}
+seq_csv() { # seq_csv FIRST LAST -> "CPU_IDS[FIRST],...,CPU_IDS[LAST]"
     local i out=""
-    for ((i = $1; i <= $2; i++)); do out+="${out:+,}$i"; done
+    for ((i = $1; i <= $2; i++)); do out+="${out:+,}${CPU_IDS[i]}"; done
     echo "$out"
 }
 
 # Core layout for W proxy workers on NPROC cores. Sets PROXY_CPUS BACKEND_CPUS LOAD_CPUS
-# (comma lists) and CONTENDED (1 when the proxy shares a core with load or backend).
+# (comma lists of CPU ids) and CONTENDED (1 when the proxy shares a core with load or backend).
+# Positions index CPU_IDS, the CPUs we may use (usually 0..n-1; in a container's cpuset the
+# real ids), so "core 0" below means the first allowed CPU.
 layout() {
     local w=$1 n=$NPROC
     CONTENDED=0
@@ -286,14 +298,14 @@ layout() {
     fi
     PROXY_CPUS=$(seq_csv 0 $((w - 1)))
     if ((n >= w + 2)); then
-        BACKEND_CPUS=$w
+        BACKEND_CPUS=${CPU_IDS[w]}
         LOAD_CPUS=$(seq_csv $((w + 1)) $((n - 1)))
     elif ((n == w + 1)); then # e.g. 2 cores, 1 worker: load generator and backend share the last core
-        BACKEND_CPUS=$w
-        LOAD_CPUS=$w
+        BACKEND_CPUS=${CPU_IDS[w]}
+        LOAD_CPUS=${CPU_IDS[w]}
     else # w == n: no core left; load generator and backend share the last one with the proxy
-        BACKEND_CPUS=$((n - 1))
-        LOAD_CPUS=$((n - 1))
+        BACKEND_CPUS=${CPU_IDS[n - 1]}
+        LOAD_CPUS=${CPU_IDS[n - 1]}
         CONTENDED=1
     fi
 }
@@ -349,8 +361,10 @@ check_conf() { # check_conf CONF cmd...: validate a rendered config once (also i
     # when the binary exists, since a check starts no server)
     local conf=$1
     shift
-    [[ -n ${CHECKED[$conf]:-} ]] && return 0
-    CHECKED[$conf]=1
+    local key=${conf##*/}
+    key=${key/-r[0-9]*-/-} # one check per config shape, not per round
+    [[ -n ${CHECKED[$key]:-} ]] && return 0
+    CHECKED[$key]=1
     show "$@" | tee -a "$CMDLOG" >&2
     if [[ ! -x $1 ]]; then
         ((DRY_RUN)) && return 0
@@ -375,15 +389,15 @@ start_target() {
             start_bg "$log" taskset -c "$PROXY_CPUS" "$BIN_DIR/shardgate" run -c "$conf"
             ;;
         nginx)
-            conf="$TMP/nginx-w$w.conf"
+            conf="$TMP/nginx-$tag.conf"
             log="$OUT/logs/$tag.log"
             rm -f "$TMP/nginx.pid"
             render "$BENCH_DIR/nginx.conf.template" "$conf" \
                 WORKERS="$w" CPU_MASKS="$(nginx_masks "$PROXY_CPUS")" \
                 LISTEN_PORT="$NGINX_PORT" BACKEND_PORT="$BACKEND_PORT" \
-                PIDFILE="$TMP/nginx.pid" TMPDIR="$TMP"
-            check_conf "$conf" "$NGINX_BIN" -t -q -p "$TMP/" -e "$TMP/nginx-error.log" -c "$conf"
-            start_bg "$log" taskset -c "$PROXY_CPUS" "$NGINX_BIN" -p "$TMP/" -e "$TMP/nginx-error.log" -c "$conf"
+                PIDFILE="$TMP/nginx.pid" TMPDIR="$TMP" ERROR_LOG="$OUT/logs/$tag.error.log"
+            check_conf "$conf" "$NGINX_BIN" -t -q -p "$TMP/" -e "$TMP/nginx-check.log" -c "$conf"
+            start_bg "$log" taskset -c "$PROXY_CPUS" "$NGINX_BIN" -p "$TMP/" -e "$OUT/logs/$tag.error.log" -c "$conf"
             ;;
         haproxy)
             conf="$TMP/haproxy-w$w.cfg"
@@ -483,7 +497,8 @@ scenario_params() { # sets SIZE NEWCONN
 }
 
 # ---------------------------------------------------------------- 1. build
-NPROC=$(nproc)
+read -ra CPU_IDS <<<"$(allowed_cpus)"
+NPROC=${#CPU_IDS[@]}
 if [[ -z $OUT ]]; then OUT="$BENCH_DIR/results/$(date +%Y%m%d-%H%M%S)"; fi
 if ((DRY_RUN)); then
     info "dry run: nothing is built, installed or started; results would go to $OUT"

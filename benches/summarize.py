@@ -153,7 +153,10 @@ def table(group):
         if stats[t]["backend_cpu"] is not None
     )
     if backend:
-        notes.append(f"Backend CPU µs/req (should be about equal across targets): {backend}.")
+        notes.append(
+            f"Backend CPU µs/req, for reference (same backend for every target; it does less "
+            f"work per request when requests arrive in bigger batches): {backend}."
+        )
     rounds = sorted({s["rounds"] for s in stats.values()})
     notes.append(f"Rounds per target: {', '.join(map(str, rounds))}.")
     return lines, notes

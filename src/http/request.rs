@@ -9,6 +9,7 @@
 //! its vectors are reused from request to request, so parsing does not allocate.
 
 use super::{contains_token, eq_ignore_case, parse_content_length, trim, HeaderRange};
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// Limits applied while reading a request head.
@@ -102,10 +103,13 @@ impl RequestHead {
             _ => {}
         }
 
-        let mut storage = [httparse::EMPTY_HEADER; 128];
+        // Uninitialised header slots: initialising 128 of them per request costs more than
+        // parsing a typical head.
+        let mut storage: [MaybeUninit<httparse::Header<'_>>; 128] =
+            [const { MaybeUninit::uninit() }; 128];
         let header_slots = limits.max_headers.clamp(1, storage.len());
-        let mut req = httparse::Request::new(&mut storage[..header_slots]);
-        let len = match req.parse(buf) {
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(buf, &mut storage[..header_slots]) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => {
                 if buf.len() > limits.max_header_size {
@@ -180,6 +184,10 @@ impl RequestHead {
             });
             let n = h.name.as_bytes();
             let v = trim(h.value);
+            // Only a handful of names matter here; their lengths tell most others apart cheaply.
+            if !matches!(n.len(), 4 | 6 | 10 | 14 | 17) {
+                continue;
+            }
             if eq_ignore_case(n, b"host") {
                 if host.is_some() {
                     return Err(RequestError::bad("duplicate Host header"));
@@ -374,20 +382,12 @@ fn valid_host(v: &[u8]) -> bool {
 /// A LF not preceded by CR: httparse tolerates it, but another parser may not split lines the
 /// same way, so it is refused.
 pub(crate) fn has_bare_lf(head: &[u8]) -> bool {
-    let mut start = 0;
-    while let Some(i) = memchr(b'\n', &head[start..]) {
-        let pos = start + i;
-        if pos == 0 || head[pos - 1] != b'\r' {
-            return true;
-        }
-        start = pos + 1;
-    }
-    false
+    memchr::memchr_iter(b'\n', head).any(|pos| pos == 0 || head[pos - 1] != b'\r')
 }
 
 #[inline]
 pub(crate) fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
+    memchr::memchr(needle, hay)
 }
 
 #[cfg(test)]
