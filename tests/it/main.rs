@@ -6,6 +6,7 @@ mod harness;
 mod bodies;
 mod failures;
 mod lifecycle;
+mod loadgen;
 mod malformed;
 mod proxying;
 mod routing;
