@@ -180,6 +180,7 @@ cleanup() {
     if ((${#PIDS[@]})); then
         for p in "${PIDS[@]}"; do stop_pid "$p"; done
     fi
+    ((rc == 0)) || echo "compare.sh: stopped (exit $rc); every process it started has been stopped" >&2
     if [[ -n $TMP && -d $TMP && $DRY_RUN == 0 ]]; then rm -rf -- "$TMP"; fi
     exit "$rc"
 }
@@ -252,17 +253,22 @@ http_ok() { # one GET over bash's /dev/tcp; succeeds on a 200 status line
     ) 2>/dev/null
 }
 
-wait_ready() { # wait_ready PORT PID NAME LOG: up to 10 s for an HTTP 200 on PORT
+wait_ready() { # wait_ready PORT PID NAME LOG: up to 10 s for an HTTP 200 on PORT; 1 if not
     local port=$1 pid=$2 name=$3 log=$4 i
     echo "  (wait until GET http://127.0.0.1:$port$URL_PATH answers 200, via bash /dev/tcp)" | tee -a "$CMDLOG" >&2
     ((DRY_RUN)) && return 0
     for ((i = 0; i < 200; i++)); do
-        alive "$pid" || { cat "$log" >&2 || true; die "$name exited during start-up (log: $log)"; }
+        if ! alive "$pid"; then
+            tail -n 20 "$log" >&2 || true
+            warn "$name exited during start-up (log: $log)"
+            return 1
+        fi
         http_ok "$port" && return 0
         sleep 0.05
     done
-    cat "$log" >&2 || true
-    die "$name did not answer on 127.0.0.1:$port within 10 s (log: $log)"
+    tail -n 20 "$log" >&2 || true
+    warn "$name did not answer on 127.0.0.1:$port within 10 s (log: $log)"
+    return 1
 }
 
 cpu_list_count() { # "0,1,3" -> 3
@@ -395,9 +401,9 @@ start_target() {
             render "$BENCH_DIR/nginx.conf.template" "$conf" \
                 WORKERS="$w" CPU_MASKS="$(nginx_masks "$PROXY_CPUS")" \
                 LISTEN_PORT="$NGINX_PORT" BACKEND_PORT="$BACKEND_PORT" \
-                PIDFILE="$TMP/nginx.pid" TMPDIR="$TMP" ERROR_LOG="$OUT/logs/$tag.error.log"
+                PIDFILE="$TMP/nginx.pid" TMPDIR="$TMP" ERROR_LOG="$TMP/$tag.error.log"
             check_conf "$conf" "$NGINX_BIN" -t -q -p "$TMP/" -e "$TMP/nginx-check.log" -c "$conf"
-            start_bg "$log" taskset -c "$PROXY_CPUS" "$NGINX_BIN" -p "$TMP/" -e "$OUT/logs/$tag.error.log" -c "$conf"
+            start_bg "$log" taskset -c "$PROXY_CPUS" "$NGINX_BIN" -p "$TMP/" -e "$TMP/$tag.error.log" -c "$conf"
             ;;
         haproxy)
             conf="$TMP/haproxy-w$w.cfg"
@@ -411,7 +417,7 @@ start_target() {
             ;;
     esac
     PROXY_PID=$STARTED_PID
-    wait_ready "$(target_port "$target")" "$PROXY_PID" "$target" "$log"
+    wait_ready "$(target_port "$target")" "$PROXY_PID" "$target" "$log" || return 1
     if [[ $target == nginx && $DRY_RUN == 0 ]]; then
         local master
         master=$(cat "$TMP/nginx.pid" 2>/dev/null || true)
@@ -433,7 +439,7 @@ load_cmd() { # load_cmd TARGET SECONDS [extra sg-load args...] -> LOAD (array)
     shift 2
     local threads
     threads=$(cpu_list_count "$LOAD_CPUS")
-    LOAD=(timeout --signal=TERM --kill-after=5 $((secs + 30))
+    LOAD=(timeout --foreground --signal=TERM --kill-after=5 $((secs + 30))
         taskset -c "$LOAD_CPUS" "$BIN_DIR/sg-load"
         --url "http://127.0.0.1:$(target_port "$target")$URL_PATH"
         -c "$CONNS" -d "$secs" --threads "$threads" --max-requests "$MAX_REQ")
@@ -441,17 +447,29 @@ load_cmd() { # load_cmd TARGET SECONDS [extra sg-load args...] -> LOAD (array)
     LOAD+=("$@")
 }
 
+FAILURES=()
+measure_failed() { # record a failed measurement, stop its proxy; the run goes on
+    warn "$1: $2; measurement left out"
+    FAILURES+=("$1: $2")
+    if [[ $PROXY_PID != 0 ]]; then stop_pid "$PROXY_PID"; fi
+    PROXY_PID=0
+    return 1
+}
+
 # One measurement: start target, warm up, measure with CPU accounting, stop target.
+# A failure (proxy does not start or dies, load generator fails) is recorded and left out of
+# the summary; the other measurements go on, and the script exits 1 at the end.
 measure() {
     local scen=$1 w=$2 round=$3 target=$4
     local tag="$scen-w$w-r$round-$target"
     local json="json/$tag.json" t0=NA t1=NA b0 b1 ptick=NA
     info "$scen, workers=$w, round $round/$ROUNDS: $target"
-    start_target "$target" "$w" "$tag"
+    start_target "$target" "$w" "$tag" || { measure_failed "$tag" "$target did not start"; return 1; }
     if ((WARMUP > 0)); then
         load_cmd "$target" "$WARMUP" --quiet
+        # sg-load exits non-zero when any request failed; the measured run will show it.
         run_log "$OUT/logs/$tag.warmup.log" "${LOAD[@]}" ||
-            die "warm-up load against $target failed (see $OUT/logs/$tag.warmup.log)"
+            warn "$tag: warm-up had errors (see $OUT/logs/$tag.warmup.log)"
     fi
     load_cmd "$target" "$DURATION" --quiet --json "$OUT/$json" --hgrm "$OUT/hgrm/$tag.hgrm"
     if ((DRY_RUN)); then
@@ -463,17 +481,23 @@ measure() {
     fi
     [[ $target == direct ]] || t0=$(tree_ticks "$PROXY_PID")
     b0=$(tree_ticks "$BACKEND_PID")
-    run_log "$OUT/logs/$tag.load.log" "${LOAD[@]}" ||
-        die "load against $target failed (see $OUT/logs/$tag.load.log)"
+    local rc=0
+    run_log "$OUT/logs/$tag.load.log" "${LOAD[@]}" || rc=$?
     b1=$(tree_ticks "$BACKEND_PID")
     if [[ $target != direct ]]; then
         t1=$(tree_ticks "$PROXY_PID")
         ptick=$((t1 - t0))
-        alive "$PROXY_PID" || die "$target died during the run (see $OUT/logs/$tag.log)"
+        alive "$PROXY_PID" ||
+            { measure_failed "$tag" "$target died during the run (see $OUT/logs/$tag.log)"; return 1; }
         show kill -TERM "$PROXY_PID" | tee -a "$CMDLOG" >&2
         stop_pid "$PROXY_PID"
+        if [[ -f $TMP/$tag.error.log ]]; then cp "$TMP/$tag.error.log" "$OUT/logs/"; fi
     fi
-    [[ -s $OUT/$json ]] || die "sg-load wrote no JSON to $OUT/$json"
+    PROXY_PID=0
+    [[ -s $OUT/$json ]] ||
+        { measure_failed "$tag" "sg-load exited $rc without JSON (see $OUT/logs/$tag.load.log)"; return 1; }
+    # A non-zero exit with a JSON result means some requests failed: kept, and flagged in the table.
+    ((rc == 0)) || warn "$tag: sg-load exited $rc (request errors; see $OUT/logs/$tag.load.log)"
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$scen" "$w" "$round" "$target" "$SIZE" "$NEWCONN" "$json" "$ptick" "$((b1 - b0))" \
         "$CLK_TCK" "$PROXY_CPUS" "$BACKEND_CPUS" "$LOAD_CPUS" "$CONTENDED" >>"$OUT/runs.tsv"
@@ -502,7 +526,7 @@ NPROC=${#CPU_IDS[@]}
 if [[ -z $OUT ]]; then OUT="$BENCH_DIR/results/$(date +%Y%m%d-%H%M%S)"; fi
 if ((DRY_RUN)); then
     info "dry run: nothing is built, installed or started; results would go to $OUT"
-    TMP=$(mktemp -d /tmp/sg-compare.XXXXXX)
+    TMP=$(mktemp -d "${TMPDIR:-/tmp}/sg-compare.XXXXXX")
     info "rendered configs are kept in $TMP for review"
 fi
 
@@ -545,7 +569,7 @@ if ((!DRY_RUN)); then
         ! port_in_use "$p" || die "127.0.0.1:$p is already in use"
     done
     mkdir -p "$OUT/logs" "$OUT/json" "$OUT/hgrm"
-    TMP=$(mktemp -d /tmp/sg-compare.XXXXXX)
+    TMP=$(mktemp -d "${TMPDIR:-/tmp}/sg-compare.XXXXXX")
     chmod 755 "$TMP" # nginx workers run as an unprivileged user when started as root
     CMDLOG="$OUT/commands.log"
     : >"$CMDLOG"
@@ -587,10 +611,11 @@ for scen in $SCENARIOS; do
         start_bg "$OUT/logs/backend-$scen-w$w.log" taskset -c "$BACKEND_CPUS" "$BIN_DIR/sg-backend" \
             --listen "127.0.0.1:$BACKEND_PORT" --size "$SIZE" --threads "$(cpu_list_count "$BACKEND_CPUS")"
         BACKEND_PID=$STARTED_PID
-        wait_ready "$BACKEND_PORT" "$BACKEND_PID" sg-backend "$OUT/logs/backend-$scen-w$w.log"
+        wait_ready "$BACKEND_PORT" "$BACKEND_PID" sg-backend "$OUT/logs/backend-$scen-w$w.log" ||
+            die "the backend did not start"
         for ((round = 1; round <= ROUNDS; round++)); do
             for target in $TARGETS; do
-                measure "$scen" "$w" "$round" "$target"
+                measure "$scen" "$w" "$round" "$target" || true
             done
         done
         ((DRY_RUN)) && echo "+ kill -TERM <sg-backend pid>" >&2
@@ -606,5 +631,14 @@ if ((DRY_RUN)); then
     exit 0
 fi
 echo >&2
-python3 "$BENCH_DIR/summarize.py" "$OUT"
+if (($(wc -l <"$OUT/runs.tsv") > 1)); then
+    python3 "$BENCH_DIR/summarize.py" "$OUT"
+else
+    warn "no measurement succeeded"
+fi
 info "results: $OUT (summary.md, runs.tsv, json/, hgrm/, logs/, commands.log)"
+if ((${#FAILURES[@]})); then
+    warn "${#FAILURES[@]} measurement(s) failed and are left out of the tables:"
+    printf '  %s\n' "${FAILURES[@]}" >&2
+    exit 1
+fi

@@ -273,10 +273,14 @@ sg_state_ensure() {
     local dir
     dir=$(sg_state)
     sg_dry && sg_die "internal error: state dir touched in a dry run"
-    if ! mkdir -p "$dir/files" 2>/dev/null; then
+    [[ -d $dir/files ]] && return 0
+    # Only directories created here are made private (never chmod one that was there).
+    if [[ ! -d $SG_STATE_DIR ]]; then
+        mkdir -p "$SG_STATE_DIR" 2>/dev/null && chmod 700 "$SG_STATE_DIR" 2>/dev/null
+    fi
+    if ! { [[ -d $dir ]] || mkdir -m 700 "$dir" 2>/dev/null; } || ! mkdir -p "$dir/files" 2>/dev/null; then
         sg_die "cannot create the state dir $dir (set SHARDGATE_TUNING_STATE to a directory you can write)"
     fi
-    chmod 700 "$SG_STATE_DIR" "$dir" 2>/dev/null || true
 }
 
 # sg_value_saved FILE: prints the value saved for FILE; returns 1 if there is none.
@@ -327,6 +331,11 @@ sg_file_write() {
         fi
         return 0
     fi
+    if [[ -e $path && ! -w $path ]] || [[ ! -e $path && -d ${path%/*} && ! -w ${path%/*} ]]; then
+        printf 'FAILED: cannot write %s as %s\n' "$(sg_show "$path")" "$(id -un)" >&2
+        SG_FAILED=$((SG_FAILED + 1))
+        return 1
+    fi
     sg_state_ensure
     dir=$(sg_state)
     list="$dir/files.list"
@@ -336,11 +345,17 @@ sg_file_write() {
     done <"$list"
     if [[ -z $rec ]]; then
         # First write of this file: remember how to get back to what is there now.
-        if [[ -d ${path%/*} ]]; then
-            :
-        elif [[ -n ${path%/*} ]]; then
+        if [[ -n ${path%/*} && ! -d ${path%/*} ]]; then
+            # Record each directory created (outermost first) so that --undo removes them.
+            local d=${path%/*} missing=()
+            while [[ -n $d && ! -d $d ]]; do
+                missing=("$d" "${missing[@]}")
+                d=${d%/*}
+            done
             mkdir -p "${path%/*}" || sg_die "cannot create ${path%/*}"
-            printf '%s\tmkdir\t-\t-\n' "${path%/*}" >>"$list"
+            for d in "${missing[@]}"; do
+                printf '%s\tmkdir\t-\t-\n' "$d" >>"$list"
+            done
         fi
         if [[ -e $path ]]; then
             n=$(wc -l <"$list")
@@ -354,7 +369,7 @@ sg_file_write() {
     else
         IFS=$'\t' read -r _ kind _ backup <<<"$rec"
     fi
-    if ! printf '%s' "$content" >"$path"; then
+    if ! printf '%s' "$content" 2>/dev/null >"$path"; then
         printf 'FAILED: could not write %s\n' "$(sg_show "$path")" >&2
         SG_FAILED=$((SG_FAILED + 1))
         return 1
@@ -381,7 +396,7 @@ sg_has_state() {
 # sg_undo_saved: restores every saved value and file. Scripts with more state (irqbalance)
 # handle that themselves before calling sg_undo_cleanup.
 sg_undo_saved() {
-    local dir line file value cur kind sum backup mkdirs=()
+    local dir line file value cur kind sum backup i mkdirs=()
     dir=$(sg_state)
     if [[ -s $dir/values ]]; then
         while IFS= read -r line || [[ -n $line ]]; do
@@ -443,7 +458,9 @@ sg_undo_saved() {
             fi
         done <"$dir/files.list"
     fi
-    for file in "${mkdirs[@]}"; do
+    # Innermost directory first.
+    for ((i = ${#mkdirs[@]} - 1; i >= 0; i--)); do
+        file=${mkdirs[i]}
         if sg_dry; then
             printf 'would remove: %s/ if empty (created by --apply)\n' "$(sg_show "$file")"
         else

@@ -63,9 +63,9 @@ sg_opt() {
 
 sg_init pin-workers
 sg_parse_args "$@"
-sg_banner
 
 if ((SG_UNDO)); then
+    sg_banner
     sg_undo_main
 fi
 
@@ -77,6 +77,7 @@ if [[ -z $WORKERS ]]; then
 elif ! [[ $WORKERS =~ ^[1-9][0-9]{0,4}$ ]]; then
     sg_usage_error "invalid --workers value '$WORKERS': expected a number from 1"
 fi
+sg_banner
 
 CPUS_TOML="[$(printf '%s, ' "${CPUS[@]}")"
 CPUS_TOML="${CPUS_TOML%, }]"
@@ -120,10 +121,10 @@ toml_scan() {
                 i=$((i + 3))
                 continue
             fi
-            if [[ $T_STR == '"""' && $c == '\' ]]; then i=$((i + 1)); fi
+            if [[ $T_STR == '"""' && $c == "\\" ]]; then i=$((i + 1)); fi
             ;;
         '"')
-            if [[ $c == '\' ]]; then
+            if [[ $c == "\\" ]]; then
                 i=$((i + 1))
             elif [[ $c == '"' ]]; then
                 T_STR=""
@@ -164,7 +165,7 @@ toml_value() {
 if [[ -z $CONFIG ]]; then
     sg_note "no --config given: put these lines in the [gateway] table of the gateway's config, or pass --config FILE"
 else
-    [[ -f $CONFIG ]] || sg_die "config file $CONFIG does not exist"
+    [[ -f $CONFIG ]] || sg_die "config file $CONFIG does not exist (or cannot be reached as $(id -un))"
     [[ -r $CONFIG ]] || sg_die "cannot read config file $CONFIG"
     CONFIG_REAL=$(realpath -e "$CONFIG")
     mapfile -t lines <"$CONFIG_REAL"

@@ -100,7 +100,7 @@ want net.core.somaxconn min 65535 \
     "cap on each listener's accept queue; a full queue drops new connections"
 
 # Connections in SYN-RECEIVED per listener; a burst of new clients (a benchmark without
-# keep-alive) overflows the default 512-4096 and the clients retry after a second.
+# keep-alive) overflows the default (128 to a few thousand, by memory size); clients retry in 1 s.
 want net.ipv4.tcp_max_syn_backlog min 65535 \
     "half-open connections queued per listener during connection bursts"
 

@@ -127,3 +127,16 @@ fn load_generator_refuses_non_loopback_targets() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
 }
+
+#[test]
+fn comparison_script_selftest_passes() {
+    // benches/compare.sh's own checks (interleaving, pinning, bounds, rendered configs,
+    // summary arithmetic); they need neither a build nor nginx/HAProxy.
+    let out = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/selftest.sh"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(" passed, 0 failed"), "{text}");
+}

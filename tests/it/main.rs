@@ -10,3 +10,4 @@ mod loadgen;
 mod malformed;
 mod proxying;
 mod routing;
+mod tuning;
