@@ -1,12 +1,17 @@
-//! The per-core keepalive pool of upstream connections.
+//! The per-core keepalive pool of upstream connections, and the core's pool of relay buffers.
 //!
 //! Each core keeps its own idle connections per node address: no locks, no sharing, and a
-//! connection is always used by the core that opened it. A connection travels with its read
-//! buffer, so a reused connection also reuses its memory.
+//! connection is always used by the core that opened it. Taking is LIFO (the most recently
+//! used connection is the most likely to still be open on the backend's side); when a node's
+//! pool is full the oldest idle connection is closed, as nginx's `keepalive` does.
 //!
-//! Taking is LIFO (the most recently used connection is the most likely to still be open on
-//! the backend's side); when a node's pool is full the oldest idle connection is closed, as
-//! nginx's `keepalive` does.
+//! Idle connections hold no buffer: a connection gets a read buffer from the core's buffer
+//! pool when a request starts using it and gives it back when it goes idle, so hundreds of
+//! idle keepalive connections cost a socket each, not a socket and 32 KiB each. Long bodies
+//! are relayed through a larger buffer: measured on loopback with 1 MiB responses, 256 KiB
+//! reads and writes cost about 350 µs of CPU per response against about 440 µs with 64 KiB
+//! and 820 µs with 16 KiB (per-operation overhead dominates), while 1 MiB buffers got worse
+//! again. Both kinds of buffer are recycled, never freed per request.
 
 use monoio::net::TcpStream;
 use std::cell::RefCell;
@@ -16,13 +21,18 @@ use std::time::Instant;
 
 use super::KeepalivePolicy;
 
-/// Read buffer size of an upstream connection; also the relay chunk size for response bodies.
-pub const UPSTREAM_BUF: usize = 64 * 1024;
+/// Read buffer of an upstream connection in use: a response head plus a small body fit.
+pub const SMALL_BUF: usize = 32 * 1024;
+/// Relay buffer for bodies that do not fit in a small buffer.
+pub const LARGE_BUF: usize = 256 * 1024;
+/// Recycled buffers kept per core, per kind; more are freed.
+const KEEP_SMALL: usize = 256;
+const KEEP_LARGE: usize = 16;
 
 /// An open connection to a node and what it carries along.
 pub struct UpstreamConn {
     pub stream: TcpStream,
-    /// Bytes read but not yet consumed are `buf[..]` (len = filled).
+    /// Bytes read but not yet consumed (len = filled). Empty with no capacity while idle.
     pub buf: Vec<u8>,
     /// Requests sent on this connection so far.
     pub served: u32,
@@ -30,37 +40,46 @@ pub struct UpstreamConn {
     pub reused: bool,
 }
 
-impl UpstreamConn {
-    pub fn new(stream: TcpStream) -> Self {
-        UpstreamConn {
-            stream,
-            buf: Vec::with_capacity(UPSTREAM_BUF),
-            served: 0,
-            reused: false,
-        }
-    }
-}
-
 struct Idle {
     conn: UpstreamConn,
     expires: Instant,
 }
 
+/// Buffers to reuse, by kind.
+#[derive(Default)]
+struct Buffers {
+    small: Vec<Vec<u8>>,
+    large: Vec<Vec<u8>>,
+}
+
 #[derive(Default)]
 pub struct Pool {
     idle: RefCell<HashMap<SocketAddr, VecDeque<Idle>>>,
+    buffers: RefCell<Buffers>,
 }
 
 impl Pool {
-    /// An idle connection to `addr` that has not expired, if any.
+    /// Wraps a freshly connected stream, with a buffer.
+    pub fn attach(&self, stream: TcpStream) -> UpstreamConn {
+        UpstreamConn {
+            stream,
+            buf: self.small_buffer(),
+            served: 0,
+            reused: false,
+        }
+    }
+
+    /// An idle connection to `addr` that has not expired, if any, with a buffer attached.
     pub fn take(&self, addr: SocketAddr) -> Option<UpstreamConn> {
         let mut idle = self.idle.borrow_mut();
         let q = idle.get_mut(&addr)?;
         let now = Instant::now();
         while let Some(entry) = q.pop_back() {
             if entry.expires > now {
+                drop(idle);
                 let mut conn = entry.conn;
                 conn.reused = true;
+                conn.buf = self.small_buffer();
                 return Some(conn);
             }
         }
@@ -68,11 +87,14 @@ impl Pool {
     }
 
     /// Returns a connection after a cleanly finished exchange; closes it instead when the
-    /// policy says so.
-    pub fn put(&self, addr: SocketAddr, conn: UpstreamConn, policy: &KeepalivePolicy) {
-        if conn.served >= policy.requests || policy.size == 0 || !conn.buf.is_empty() {
+    /// policy says so. Its buffer goes back to the buffer pool either way.
+    pub fn put(&self, addr: SocketAddr, mut conn: UpstreamConn, policy: &KeepalivePolicy) {
+        let clean = conn.buf.is_empty();
+        self.recycle(std::mem::take(&mut conn.buf));
+        if !clean || conn.served >= policy.requests || policy.size == 0 {
             return;
         }
+        conn.reused = false;
         let mut idle = self.idle.borrow_mut();
         let q = idle.entry(addr).or_default();
         while q.len() >= policy.size {
@@ -82,6 +104,47 @@ impl Pool {
             conn,
             expires: Instant::now() + policy.idle_timeout,
         });
+    }
+
+    /// Gives a connection's buffer back when the connection is dropped instead of pooled.
+    pub fn discard(&self, mut conn: UpstreamConn) {
+        self.recycle(std::mem::take(&mut conn.buf));
+    }
+
+    /// Moves `buf`'s bytes into a large relay buffer (for a long body), recycling the old one.
+    pub fn enlarge(&self, buf: &mut Vec<u8>) {
+        if buf.capacity() >= LARGE_BUF {
+            return;
+        }
+        let mut large = self
+            .buffers
+            .borrow_mut()
+            .large
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(LARGE_BUF));
+        large.extend_from_slice(buf);
+        let small = std::mem::replace(buf, large);
+        self.recycle(small);
+    }
+
+    fn small_buffer(&self) -> Vec<u8> {
+        self.buffers
+            .borrow_mut()
+            .small
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(SMALL_BUF))
+    }
+
+    fn recycle(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let mut b = self.buffers.borrow_mut();
+        if buf.capacity() >= LARGE_BUF {
+            if b.large.len() < KEEP_LARGE {
+                b.large.push(buf);
+            }
+        } else if buf.capacity() >= SMALL_BUF && b.small.len() < KEEP_SMALL {
+            b.small.push(buf);
+        }
     }
 
     /// Closes expired idle connections; run periodically so idle sockets do not pile up.

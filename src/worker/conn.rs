@@ -21,7 +21,7 @@ use crate::http::{eq_ignore_case, is_hop_by_hop};
 use crate::log::access::Entry;
 use crate::route::{MatchInput, Route};
 use crate::upstream::balancer::PickContext;
-use crate::upstream::pool::{UpstreamConn, UPSTREAM_BUF};
+use crate::upstream::pool::{Pool, UpstreamConn};
 use crate::upstream::{Node, PassHost, Timeouts, UpstreamSpec};
 use monoio::net::TcpStream;
 use std::io::Write;
@@ -550,7 +550,7 @@ impl Conn {
             };
             let result = match pooled {
                 Some(c) => Ok(c),
-                None => connect(node.addr, timeouts.connect).await,
+                None => connect(&self.worker.pool, node.addr, timeouts.connect).await,
             };
             let mut upc = match result {
                 Ok(c) => c,
@@ -810,8 +810,33 @@ impl Conn {
         outcome.upstream_status = Some(self.resp.status);
         self.build_client_head(&upc.buf, framing, dechunk, client_keep, http10);
         let head_len = self.resp.len;
-        upc.buf.drain(..head_len);
         let send = self.settings().send_timeout;
+
+        // Fast path: the whole body is already here and our head is no longer than the
+        // upstream's: write our head over the end of theirs, so head and body leave in one
+        // write without copying the body.
+        if let ResponseFraming::Length(n) = framing {
+            let body_here = (upc.buf.len() - head_len) as u64;
+            if body_here == n && self.out.len() <= head_len {
+                let start = head_len - self.out.len();
+                upc.buf[start..head_len].copy_from_slice(&self.out);
+                self.out.clear();
+                let end = upc.buf.len();
+                outcome.bytes += (end - start) as u64;
+                let sent = write_range(&mut self.stream, &mut upc.buf, start, end, send).await;
+                upc.buf.clear();
+                return self.finish_relay(
+                    upc,
+                    sent.is_ok(),
+                    upstream_reusable,
+                    client_keep,
+                    up,
+                    addr,
+                    outcome,
+                );
+            }
+        }
+        upc.buf.drain(..head_len);
 
         let result: Result<(), Abort> = match framing {
             ResponseFraming::None => {
@@ -849,16 +874,36 @@ impl Conn {
                     .await
             }
         };
-        match result {
-            Ok(()) => {
-                if upstream_reusable && upc.buf.is_empty() {
-                    upc.reused = false;
-                    self.worker.pool.put(addr, upc, &up.keepalive);
-                }
-                outcome.keep_alive = client_keep;
-            }
-            Err(Abort) => outcome.keep_alive = false,
+        self.finish_relay(
+            upc,
+            result.is_ok(),
+            upstream_reusable,
+            client_keep,
+            up,
+            addr,
+            outcome,
+        )
+    }
+
+    /// After a relay: pools the upstream connection if the exchange ended cleanly, and
+    /// settles whether the client connection stays open.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_relay(
+        &self,
+        upc: UpstreamConn,
+        ok: bool,
+        upstream_reusable: bool,
+        client_keep: bool,
+        up: &UpstreamSpec,
+        addr: SocketAddr,
+        mut outcome: Outcome,
+    ) -> Outcome {
+        if ok && upstream_reusable {
+            self.worker.pool.put(addr, upc, &up.keepalive);
+        } else {
+            self.worker.pool.discard(upc);
         }
+        outcome.keep_alive = ok && client_keep;
         outcome
     }
 
@@ -921,6 +966,8 @@ impl Conn {
             if remaining == 0 {
                 return Ok(());
             }
+            // The body goes on past this buffer: relay the rest through a large one.
+            self.worker.pool.enlarge(&mut upc.buf);
             if read_body(upc, read).await? == 0 {
                 return Err(Abort);
             }
@@ -968,6 +1015,8 @@ impl Conn {
                 // Send the head now rather than after the first chunk arrives.
                 self.send_out(send, outcome).await?;
             }
+            // The body goes on past this buffer: relay the rest through a large one.
+            self.worker.pool.enlarge(&mut upc.buf);
             if read_body(upc, read).await? == 0 {
                 return Err(Abort);
             }
@@ -986,6 +1035,8 @@ impl Conn {
             if n > 0 || !self.out.is_empty() {
                 self.send_body(upc, n, send, outcome).await?;
             }
+            // The body goes on past this buffer: relay the rest through a large one.
+            self.worker.pool.enlarge(&mut upc.buf);
             if read_body(upc, read).await? == 0 {
                 return Ok(());
             }
@@ -1054,7 +1105,7 @@ enum SendError {
 
 /// Reads more of a response body; 0 at end of stream. A timeout or error ends the exchange.
 async fn read_body(upc: &mut UpstreamConn, read: Duration) -> Result<usize, Abort> {
-    read_more_timeout(&mut upc.stream, &mut upc.buf, UPSTREAM_BUF, read)
+    read_more_timeout(&mut upc.stream, &mut upc.buf, 16 * 1024, read)
         .await
         .map_err(|_| Abort)
 }
@@ -1066,11 +1117,11 @@ fn send_failure(e: IoFail) -> Failure {
     }
 }
 
-async fn connect(addr: SocketAddr, limit: Duration) -> Result<UpstreamConn, Failure> {
+async fn connect(pool: &Pool, addr: SocketAddr, limit: Duration) -> Result<UpstreamConn, Failure> {
     match monoio::time::timeout(limit, TcpStream::connect_addr(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
-            Ok(UpstreamConn::new(stream))
+            Ok(pool.attach(stream))
         }
         Ok(Err(e)) => Err(Failure::Connect(e)),
         Err(_) => Err(Failure::ConnectTimeout),
