@@ -24,6 +24,7 @@ use crate::upstream::balancer::PickContext;
 use crate::upstream::pool::{Pool, UpstreamConn};
 use crate::upstream::{Node, PassHost, Timeouts, UpstreamSpec};
 use monoio::net::TcpStream;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -37,22 +38,79 @@ const BODY_CHUNK: usize = 64 * 1024;
 const COALESCE_LIMIT: usize = 64 * 1024;
 
 /// Accepts a connection and serves requests on it until it closes.
-pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
-    let local_port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+/// `local_port` is the listener's port (for `X-Forwarded-Port`), known without a syscall.
+pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, local_port: Rc<str>) {
+    let s = worker.take_scratch();
+    let mut peer_ip = s.peer_ip;
+    peer_ip.clear();
+    let _ = write!(peer_ip, "{}", peer.ip());
     let mut conn = Conn {
         worker,
         stream,
-        buf: Vec::with_capacity(CLIENT_BUF),
-        out: Vec::with_capacity(4096),
-        head: RequestHead::default(),
-        resp: ResponseHead::default(),
-        host_lc: Vec::with_capacity(64),
-        peer_ip: peer.ip().to_string(),
-        local_port: local_port.to_string(),
-        tried: Vec::with_capacity(4),
+        buf: s.buf,
+        out: s.out,
+        head: s.head,
+        resp: s.resp,
+        host_lc: s.host_lc,
+        peer_ip,
+        local_port,
+        tried: s.tried,
         linger: false,
     };
     conn.run().await;
+    let Conn {
+        worker,
+        mut buf,
+        mut out,
+        head,
+        resp,
+        host_lc,
+        peer_ip,
+        tried,
+        ..
+    } = conn;
+    buf.clear();
+    out.clear();
+    worker.give_scratch(Scratch {
+        buf,
+        out,
+        head,
+        resp,
+        host_lc,
+        peer_ip,
+        tried,
+    });
+}
+
+/// A connection's reusable memory. Recycled per core when a connection ends, so accepting a
+/// connection allocates nothing once the core has warmed up.
+pub struct Scratch {
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    head: RequestHead,
+    resp: ResponseHead,
+    host_lc: Vec<u8>,
+    peer_ip: String,
+    tried: Vec<usize>,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch {
+            buf: Vec::with_capacity(CLIENT_BUF),
+            out: Vec::with_capacity(4096),
+            head: RequestHead::default(),
+            resp: ResponseHead::default(),
+            host_lc: Vec::with_capacity(64),
+            peer_ip: String::with_capacity(46),
+            tried: Vec::with_capacity(4),
+        }
+    }
+
+    /// Worth keeping: buffers that grew for a large head or body are let go.
+    pub fn reusable(&self) -> bool {
+        self.buf.capacity() <= 4 * CLIENT_BUF && self.out.capacity() <= 4 * CLIENT_BUF
+    }
 }
 
 struct Conn {
@@ -66,7 +124,7 @@ struct Conn {
     resp: ResponseHead,
     host_lc: Vec<u8>,
     peer_ip: String,
-    local_port: String,
+    local_port: Rc<str>,
     tried: Vec<usize>,
     /// The last answer was sent while the client may still be sending a body.
     linger: bool,

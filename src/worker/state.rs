@@ -1,7 +1,11 @@
 //! A worker's own state and its top-level tasks: accept loops, the control-message loop, and
 //! housekeeping (pool sweeping, access-log flushing), plus the graceful-shutdown sequence.
 
+use super::conn::Scratch;
 use super::{ControlMsg, Mailbox};
+
+/// Connection scratch sets kept for reuse per core.
+const MAX_SCRATCH: usize = 1024;
 use crate::log::access::AccessLog;
 use crate::snapshot::Snapshot;
 use crate::upstream::balancer::{self, Balancer};
@@ -44,6 +48,8 @@ pub struct Worker {
     stopping: Cell<bool>,
     /// Wakes the accept loops and the shutdown waiter.
     wakers: RefCell<Vec<Waker>>,
+    /// Memory of finished connections, for the next ones.
+    scratch: RefCell<Vec<Scratch>>,
 }
 
 impl Worker {
@@ -56,6 +62,18 @@ impl Worker {
             busy: Cell::new(0),
             stopping: Cell::new(false),
             wakers: RefCell::new(Vec::new()),
+            scratch: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub fn take_scratch(&self) -> Scratch {
+        self.scratch.borrow_mut().pop().unwrap_or_else(Scratch::new)
+    }
+
+    pub fn give_scratch(&self, s: Scratch) {
+        let mut pool = self.scratch.borrow_mut();
+        if s.reusable() && pool.len() < MAX_SCRATCH {
+            pool.push(s);
         }
     }
 
@@ -189,13 +207,18 @@ async fn flush_while_draining(worker: Rc<Worker>) {
 }
 
 async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+    let port: Rc<str> = listener
+        .local_addr()
+        .map(|a| a.port().to_string())
+        .unwrap_or_default()
+        .into();
     let mut stop = std::pin::pin!(worker.stop_signal());
     loop {
         monoio::select! {
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    monoio::spawn(super::conn::serve(worker.clone(), stream, peer));
+                    monoio::spawn(super::conn::serve(worker.clone(), stream, peer, port.clone()));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
