@@ -13,6 +13,7 @@
 use super::io::{read_more_timeout, write_all, write_range, IoFail};
 use super::state::{Local, Worker};
 use super::vars::RequestVars;
+use super::watchdog::Watch;
 use crate::http::chunked::ChunkedScanner;
 use crate::http::error_page::write_error;
 use crate::http::request::{BodyFraming, Parsed, RequestError, RequestHead};
@@ -41,6 +42,7 @@ const COALESCE_LIMIT: usize = 64 * 1024;
 /// `local_port` is the listener's port (for `X-Forwarded-Port`), known without a syscall.
 pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, local_port: Rc<str>) {
     let s = worker.take_scratch();
+    let watch = worker.watchdog.watch();
     let mut peer_ip = s.peer_ip;
     peer_ip.clear();
     let _ = write!(peer_ip, "{}", peer.ip());
@@ -55,6 +57,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, loca
         peer_ip,
         local_port,
         tried: s.tried,
+        watch,
         linger: false,
     };
     conn.run().await;
@@ -126,6 +129,8 @@ struct Conn {
     peer_ip: String,
     local_port: Rc<str>,
     tried: Vec<usize>,
+    /// Bounds every read and write of this connection (and of its upstream attempts).
+    watch: Rc<Watch>,
     /// The last answer was sent while the client may still be sending a body.
     linger: bool,
 }
@@ -247,7 +252,8 @@ impl Conn {
         while drained < 4 << 20 {
             self.buf.clear();
             let left = deadline.saturating_duration_since(Instant::now());
-            match read_more_timeout(&mut self.stream, &mut self.buf, 4096, left).await {
+            match read_more_timeout(&mut self.stream, &mut self.buf, 4096, left, &self.watch).await
+            {
                 Ok(n) if n > 0 => drained += n,
                 _ => return,
             }
@@ -274,7 +280,8 @@ impl Conn {
                 None => idle_timeout,
             };
             let had_bytes = !self.buf.is_empty();
-            match read_more_timeout(&mut self.stream, &mut self.buf, 4096, limit).await {
+            match read_more_timeout(&mut self.stream, &mut self.buf, 4096, limit, &self.watch).await
+            {
                 Ok(0) | Err(IoFail::Io(_)) => return Ok(false),
                 Ok(_) => {}
                 Err(IoFail::Timeout) if !had_bytes => return Ok(false),
@@ -295,7 +302,7 @@ impl Conn {
         write_error(&mut self.out, e.status, e.reason, true, false);
         let bytes = self.out.len() as u64;
         let send = self.settings().send_timeout;
-        if write_all(&mut self.stream, &mut self.out, send)
+        if write_all(&mut self.stream, &mut self.out, send, &self.watch)
             .await
             .is_ok()
         {
@@ -426,7 +433,7 @@ impl Conn {
         write_error(&mut self.out, status, msg, !keep, self.head.is_head);
         let bytes = self.out.len() as u64;
         let send = self.settings().send_timeout;
-        let ok = write_all(&mut self.stream, &mut self.out, send)
+        let ok = write_all(&mut self.stream, &mut self.out, send, &self.watch)
             .await
             .is_ok();
         Outcome {
@@ -745,7 +752,7 @@ impl Conn {
         let body_start = self.head.len;
         self.out.extend_from_slice(&self.buf[body_start..body.end]);
         upc.served += 1;
-        write_all(&mut upc.stream, &mut self.out, t.send)
+        write_all(&mut upc.stream, &mut self.out, t.send, &self.watch)
             .await
             .map_err(|e| SendError::Upstream(send_failure(e)))?;
         if body.complete {
@@ -761,13 +768,20 @@ impl Conn {
         if self.head.expect_continue {
             self.out.clear();
             self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-            write_all(&mut self.stream, &mut self.out, send_timeout)
+            write_all(&mut self.stream, &mut self.out, send_timeout, &self.watch)
                 .await
                 .map_err(|_| SendError::Client(0, ""))?;
         }
         self.buf.truncate(body_start);
         loop {
-            match read_more_timeout(&mut self.stream, &mut self.buf, BODY_CHUNK, body_timeout).await
+            match read_more_timeout(
+                &mut self.stream,
+                &mut self.buf,
+                BODY_CHUNK,
+                body_timeout,
+                &self.watch,
+            )
+            .await
             {
                 Ok(0) | Err(IoFail::Io(_)) => return Err(SendError::Client(0, "")),
                 Err(IoFail::Timeout) => {
@@ -795,6 +809,7 @@ impl Conn {
                 body_start,
                 body_start + take,
                 t.send,
+                &self.watch,
             )
             .await
             .map_err(|e| SendError::Upstream(send_failure(e)))?;
@@ -834,7 +849,7 @@ impl Conn {
                     Err(why) => return Err(Failure::Invalid(why)),
                 }
             }
-            match read_more_timeout(&mut upc.stream, &mut upc.buf, 4096, read).await {
+            match read_more_timeout(&mut upc.stream, &mut upc.buf, 4096, read, &self.watch).await {
                 Ok(0) => return Err(Failure::Closed),
                 Ok(_) => {}
                 Err(IoFail::Timeout) => return Err(Failure::ReadTimeout),
@@ -881,7 +896,15 @@ impl Conn {
                 self.out.clear();
                 let end = upc.buf.len();
                 outcome.bytes += (end - start) as u64;
-                let sent = write_range(&mut self.stream, &mut upc.buf, start, end, send).await;
+                let sent = write_range(
+                    &mut self.stream,
+                    &mut upc.buf,
+                    start,
+                    end,
+                    send,
+                    &self.watch,
+                )
+                .await;
                 upc.buf.clear();
                 return self.finish_relay(
                     upc,
@@ -968,7 +991,7 @@ impl Conn {
     /// Writes `self.out` (a response head, possibly with body bytes) to the client.
     async fn send_out(&mut self, send: Duration, outcome: &mut Outcome) -> Result<(), Abort> {
         outcome.bytes += self.out.len() as u64;
-        write_all(&mut self.stream, &mut self.out, send)
+        write_all(&mut self.stream, &mut self.out, send, &self.watch)
             .await
             .map_err(|_| Abort)?;
         self.out.clear();
@@ -993,7 +1016,7 @@ impl Conn {
             self.send_out(send, outcome).await?;
         }
         outcome.bytes += n as u64;
-        write_range(&mut self.stream, &mut upc.buf, 0, n, send)
+        write_range(&mut self.stream, &mut upc.buf, 0, n, send, &self.watch)
             .await
             .map_err(|_| Abort)?;
         upc.buf.drain(..n);
@@ -1026,7 +1049,7 @@ impl Conn {
             }
             // The body goes on past this buffer: relay the rest through a large one.
             self.worker.pool.enlarge(&mut upc.buf);
-            if read_body(upc, read).await? == 0 {
+            if read_body(upc, read, &self.watch).await? == 0 {
                 return Err(Abort);
             }
         }
@@ -1075,7 +1098,7 @@ impl Conn {
             }
             // The body goes on past this buffer: relay the rest through a large one.
             self.worker.pool.enlarge(&mut upc.buf);
-            if read_body(upc, read).await? == 0 {
+            if read_body(upc, read, &self.watch).await? == 0 {
                 return Err(Abort);
             }
         }
@@ -1095,7 +1118,7 @@ impl Conn {
             }
             // The body goes on past this buffer: relay the rest through a large one.
             self.worker.pool.enlarge(&mut upc.buf);
-            if read_body(upc, read).await? == 0 {
+            if read_body(upc, read, &self.watch).await? == 0 {
                 return Ok(());
             }
         }
@@ -1162,8 +1185,8 @@ enum SendError {
 }
 
 /// Reads more of a response body; 0 at end of stream. A timeout or error ends the exchange.
-async fn read_body(upc: &mut UpstreamConn, read: Duration) -> Result<usize, Abort> {
-    read_more_timeout(&mut upc.stream, &mut upc.buf, 16 * 1024, read)
+async fn read_body(upc: &mut UpstreamConn, read: Duration, watch: &Watch) -> Result<usize, Abort> {
+    read_more_timeout(&mut upc.stream, &mut upc.buf, 16 * 1024, read, watch)
         .await
         .map_err(|_| Abort)
 }

@@ -1,15 +1,16 @@
-//! Buffer-owning I/O helpers over monoio's rent model.
+//! Buffer-owning I/O helpers over monoio's rent model, each bounded by a [`Watch`].
 //!
 //! monoio reads into and writes from buffers it takes ownership of for the duration of the
 //! operation. These helpers move a connection's `Vec<u8>` in and back out so callers keep
-//! one long-lived buffer per connection. If a timeout drops an operation mid-flight the buffer
-//! goes with it: every caller closes the connection on timeout, so that is harmless.
+//! one long-lived buffer per connection. A timeout does not cancel the operation: the watchdog
+//! shuts the socket down, the operation completes, and the buffer comes back.
 
+use super::watchdog::{Dir, Watch};
 use monoio::buf::{IoBuf, IoBufMut};
-
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 /// How an I/O step with a deadline failed.
@@ -19,58 +20,49 @@ pub enum IoFail {
     Io(io::Error),
 }
 
-/// Reads more bytes after `buf.len()`, keeping at least `min_spare` free space.
-/// Returns 0 at end of stream.
-pub async fn read_more(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    min_spare: usize,
-) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < min_spare {
-        buf.reserve(min_spare);
-    }
-    let len = buf.len();
-    let (res, slice) = stream.read(std::mem::take(buf).slice_mut(len..)).await;
-    *buf = slice.into_inner();
-    res
-}
-
+/// Reads more bytes after `buf.len()`, keeping at least `min_spare` free space, within
+/// `limit`. Returns 0 at end of stream.
 pub async fn read_more_timeout(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     min_spare: usize,
     limit: Duration,
+    watch: &Watch,
 ) -> Result<usize, IoFail> {
-    match monoio::time::timeout(limit, read_more(stream, buf, min_spare)).await {
-        Ok(Ok(n)) => Ok(n),
-        Ok(Err(e)) => Err(IoFail::Io(e)),
-        Err(_) => Err(IoFail::Timeout),
+    if buf.capacity() - buf.len() < min_spare {
+        buf.reserve(min_spare);
     }
+    let len = buf.len();
+    watch.arm(stream.as_raw_fd(), Dir::Read, limit);
+    let (res, slice) = stream.read(std::mem::take(buf).slice_mut(len..)).await;
+    *buf = slice.into_inner();
+    if watch.disarm() {
+        return Err(IoFail::Timeout);
+    }
+    res.map_err(IoFail::Io)
 }
 
-/// Writes `buf[range]` completely.
+/// Writes `buf[start..end]` completely within `limit` (counted from the start).
 pub async fn write_range(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     start: usize,
     end: usize,
     limit: Duration,
+    watch: &Watch,
 ) -> Result<(), IoFail> {
     if start == end {
         return Ok(());
     }
-    let fut = async {
-        let (res, slice) = stream
-            .write_all(std::mem::take(buf).slice(start..end))
-            .await;
-        *buf = slice.into_inner();
-        res
-    };
-    match monoio::time::timeout(limit, fut).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(IoFail::Io(e)),
-        Err(_) => Err(IoFail::Timeout),
+    watch.arm(stream.as_raw_fd(), Dir::Write, limit);
+    let (res, slice) = stream
+        .write_all(std::mem::take(buf).slice(start..end))
+        .await;
+    *buf = slice.into_inner();
+    if watch.disarm() {
+        return Err(IoFail::Timeout);
     }
+    res.map(|_| ()).map_err(IoFail::Io)
 }
 
 /// Writes all of `buf`.
@@ -78,7 +70,8 @@ pub async fn write_all(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     limit: Duration,
+    watch: &Watch,
 ) -> Result<(), IoFail> {
     let end = buf.len();
-    write_range(stream, buf, 0, end, limit).await
+    write_range(stream, buf, 0, end, limit, watch).await
 }

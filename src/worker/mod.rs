@@ -11,6 +11,7 @@ mod mailbox;
 mod runtime;
 mod state;
 mod vars;
+mod watchdog;
 
 pub use mailbox::Mailbox;
 pub use runtime::{build as build_runtime, RuntimeOptions, WorkerRuntime};

@@ -2,6 +2,7 @@
 //! housekeeping (pool sweeping, access-log flushing), plus the graceful-shutdown sequence.
 
 use super::conn::Scratch;
+use super::watchdog::Watchdog;
 use super::{ControlMsg, Mailbox};
 
 /// Connection scratch sets kept for reuse per core.
@@ -50,6 +51,8 @@ pub struct Worker {
     wakers: RefCell<Vec<Waker>>,
     /// Memory of finished connections, for the next ones.
     scratch: RefCell<Vec<Scratch>>,
+    /// Per-operation deadlines of every connection, swept on the tick.
+    pub watchdog: Watchdog,
 }
 
 impl Worker {
@@ -63,6 +66,7 @@ impl Worker {
             stopping: Cell::new(false),
             wakers: RefCell::new(Vec::new()),
             scratch: RefCell::new(Vec::new()),
+            watchdog: Watchdog::default(),
         }
     }
 
@@ -161,6 +165,7 @@ pub async fn run(worker: Rc<Worker>, listeners: Vec<std::net::TcpListener>, mail
     let mut ticks = 0u32;
     let grace = 'serve: loop {
         monoio::time::sleep(TICK).await;
+        worker.watchdog.tick();
         while let Some(msg) = mailbox.take() {
             match msg {
                 ControlMsg::Snapshot(s) => {
@@ -202,6 +207,7 @@ pub async fn run(worker: Rc<Worker>, listeners: Vec<std::net::TcpListener>, mail
 async fn flush_while_draining(worker: Rc<Worker>) {
     loop {
         monoio::time::sleep(TICK).await;
+        worker.watchdog.tick();
         worker.log.flush();
     }
 }
