@@ -105,6 +105,7 @@ pub fn run(path: PathBuf) -> i32 {
     let runtime = RuntimeOptions {
         driver: gw.driver.clone(),
         uring_flags: gw.io_uring_flags,
+        defer_taskrun: gw.io_uring_defer_taskrun,
         entries: gw.io_uring_entries,
     };
 

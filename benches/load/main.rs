@@ -183,6 +183,7 @@ fn main() {
                 &shardgate::worker::RuntimeOptions {
                     driver: "auto".into(),
                     uring_flags: true,
+                    defer_taskrun: false,
                     entries: 1024,
                 },
                 1,

@@ -53,6 +53,8 @@ pub struct GatewayConfig {
     pub driver: String,
     /// Set IORING_SETUP_COOP_TASKRUN + SINGLE_ISSUER (+ DEFER_TASKRUN) on the rings.
     pub io_uring_flags: bool,
+    /// Also set IORING_SETUP_DEFER_TASKRUN (needs `io_uring_flags`; kernel 6.1+).
+    pub io_uring_defer_taskrun: bool,
     /// io_uring submission queue entries per worker.
     pub io_uring_entries: u32,
     /// Reload automatically when the config file's contents change (checked every second).
@@ -78,6 +80,7 @@ impl Default for GatewayConfig {
             graceful_shutdown_timeout: 30.0,
             driver: "auto".into(),
             io_uring_flags: true,
+            io_uring_defer_taskrun: false,
             io_uring_entries: 1024,
             watch_config: true,
         }

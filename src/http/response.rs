@@ -46,9 +46,18 @@ impl ResponseHead {
         request_is_head: bool,
         max_size: usize,
     ) -> Result<Parsed, &'static str> {
-        let mut storage = [httparse::EMPTY_HEADER; 128];
-        let mut resp = httparse::Response::new(&mut storage);
-        let len = match resp.parse(buf) {
+        // Most responses carry a handful of headers: try a small (cheap to initialise) slot
+        // array first, and the full one only when it is too small.
+        let mut small = [httparse::EMPTY_HEADER; 24];
+        let mut large;
+        let mut resp = httparse::Response::new(&mut small);
+        let mut first = resp.parse(buf);
+        if let Err(httparse::Error::TooManyHeaders) = first {
+            large = [httparse::EMPTY_HEADER; 128];
+            resp = httparse::Response::new(&mut large);
+            first = resp.parse(buf);
+        }
+        let len = match first {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => {
                 if buf.len() > max_size {

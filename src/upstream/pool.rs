@@ -69,11 +69,11 @@ impl Pool {
         }
     }
 
-    /// An idle connection to `addr` that has not expired, if any, with a buffer attached.
-    pub fn take(&self, addr: SocketAddr) -> Option<UpstreamConn> {
+    /// An idle connection to `addr` that has not expired by `now`, if any, with a buffer
+    /// attached.
+    pub fn take(&self, addr: SocketAddr, now: Instant) -> Option<UpstreamConn> {
         let mut idle = self.idle.borrow_mut();
         let q = idle.get_mut(&addr)?;
-        let now = Instant::now();
         while let Some(entry) = q.pop_back() {
             if entry.expires > now {
                 drop(idle);
@@ -88,7 +88,13 @@ impl Pool {
 
     /// Returns a connection after a cleanly finished exchange; closes it instead when the
     /// policy says so. Its buffer goes back to the buffer pool either way.
-    pub fn put(&self, addr: SocketAddr, mut conn: UpstreamConn, policy: &KeepalivePolicy) {
+    pub fn put(
+        &self,
+        addr: SocketAddr,
+        mut conn: UpstreamConn,
+        policy: &KeepalivePolicy,
+        now: Instant,
+    ) {
         let clean = conn.buf.is_empty();
         self.recycle(std::mem::take(&mut conn.buf));
         if !clean || conn.served >= policy.requests || policy.size == 0 {
@@ -102,7 +108,7 @@ impl Pool {
         }
         q.push_back(Idle {
             conn,
-            expires: Instant::now() + policy.idle_timeout,
+            expires: now + policy.idle_timeout,
         });
     }
 

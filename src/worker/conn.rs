@@ -568,8 +568,7 @@ impl Conn {
                 return self.local_error(e.status, e.reason, None).await;
             }
         };
-        let start = Instant::now();
-        let retry_deadline = up.retry_timeout.map(|t| start + t);
+        let retry_deadline = up.retry_timeout.map(|t| Instant::now() + t);
         self.tried.clear();
         let mut retries_done = 0u32;
         let mut fresh_retry: Option<usize> = None;
@@ -611,7 +610,7 @@ impl Conn {
             let pooled = if fresh_retry.take().is_some() {
                 None
             } else {
-                self.worker.pool.take(node.addr)
+                self.worker.pool.take(node.addr, self.worker.watchdog.now())
             };
             let result = match pooled {
                 Some(c) => Ok(c),
@@ -980,7 +979,9 @@ impl Conn {
         mut outcome: Outcome,
     ) -> Outcome {
         if ok && upstream_reusable {
-            self.worker.pool.put(addr, upc, &up.keepalive);
+            self.worker
+                .pool
+                .put(addr, upc, &up.keepalive, self.worker.watchdog.now());
         } else {
             self.worker.pool.discard(upc);
         }

@@ -14,6 +14,8 @@ pub struct RuntimeOptions {
     /// COOP_TASKRUN + SINGLE_ISSUER: each ring is used only by its own thread, so the kernel
     /// can skip cross-thread task-work interrupts.
     pub uring_flags: bool,
+    /// DEFER_TASKRUN on top: completions are processed only when the worker asks for them.
+    pub defer_taskrun: bool,
     pub entries: u32,
 }
 
@@ -21,6 +23,9 @@ fn uring(opts: &RuntimeOptions, flags: bool) -> std::io::Result<WorkerRuntime> {
     let mut urb = io_uring::IoUring::builder();
     if flags {
         urb.setup_coop_taskrun().setup_single_issuer();
+        if opts.defer_taskrun {
+            urb.setup_defer_taskrun();
+        }
     }
     Ok(RuntimeBuilder::<IoUringDriver>::new()
         .with_entries(opts.entries)
@@ -63,10 +68,10 @@ pub fn build(opts: &RuntimeOptions, index: usize) -> std::io::Result<WorkerRunti
             if index == 0 {
                 crate::info!(
                     "using the io_uring driver{}",
-                    if opts.uring_flags {
-                        " (COOP_TASKRUN, SINGLE_ISSUER)"
-                    } else {
-                        ""
+                    match (opts.uring_flags, opts.defer_taskrun) {
+                        (true, true) => " (COOP_TASKRUN, SINGLE_ISSUER, DEFER_TASKRUN)",
+                        (true, false) => " (COOP_TASKRUN, SINGLE_ISSUER)",
+                        _ => "",
                     }
                 );
             }

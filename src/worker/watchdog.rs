@@ -81,6 +81,11 @@ impl Watchdog {
         w
     }
 
+    /// The worker's coarse clock (refreshed every tick): for deadlines that tolerate 25 ms.
+    pub fn now(&self) -> Instant {
+        self.clock.get()
+    }
+
     /// Refreshes the clock and fires every armed watch whose deadline has passed.
     pub fn tick(&self) {
         let now = Instant::now();
