@@ -4,9 +4,10 @@
 use shardgate::http::request::{Limits, RequestHead};
 use shardgate::route::vars::{Var, VarSource};
 use shardgate::route::{HostPattern, MatchInput, Route, Router};
-use shardgate::upstream::balancer::{roundrobin::SmoothRoundRobin, Balancer, PickContext};
-use shardgate::upstream::Node;
+use shardgate::upstream::balancer::{self, PickContext};
+use shardgate::upstream::{BalancerKind, Node};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 fn main() {
     divan::main();
@@ -90,11 +91,45 @@ fn nodes(n: usize) -> Vec<Node> {
         .collect()
 }
 
+fn bench_balancer(bencher: divan::Bencher, kind: BalancerKind, n: usize) {
+    let nodes = nodes(n);
+    let mut b = balancer::build(kind, &nodes);
+    let mut i = 0u64;
+    let mut key = Vec::with_capacity(32);
+    bencher.bench_local(|| {
+        // A different key per pick (chash), and every attempt started and finished
+        // (least_conn and ewma book-keeping included).
+        i += 1;
+        key.clear();
+        key.extend_from_slice(&i.to_le_bytes());
+        let ctx = PickContext::new(&[]).with_key(&key);
+        let picked = b.pick(divan::black_box(&nodes), &ctx);
+        if let Some(p) = picked {
+            b.started(p);
+            b.finished(p, Some(Duration::from_micros(200)));
+        }
+        picked
+    });
+}
+
 #[divan::bench(args = [3, 100, 1_000])]
 fn roundrobin_pick(bencher: divan::Bencher, n: usize) {
-    let nodes = nodes(n);
-    let mut b = SmoothRoundRobin::new(&nodes);
-    bencher.bench_local(|| b.pick(divan::black_box(&nodes), &PickContext { tried: &[] }));
+    bench_balancer(bencher, BalancerKind::RoundRobin, n);
+}
+
+#[divan::bench(args = [3, 100, 1_000])]
+fn least_conn_pick(bencher: divan::Bencher, n: usize) {
+    bench_balancer(bencher, BalancerKind::LeastConn, n);
+}
+
+#[divan::bench(args = [3, 100, 1_000])]
+fn chash_pick(bencher: divan::Bencher, n: usize) {
+    bench_balancer(bencher, BalancerKind::ConsistentHash, n);
+}
+
+#[divan::bench(args = [3, 100, 1_000])]
+fn ewma_pick(bencher: divan::Bencher, n: usize) {
+    bench_balancer(bencher, BalancerKind::Ewma, n);
 }
 
 const REQUEST: &[u8] = b"GET /api/v1/users/12345/orders?limit=20&offset=40 HTTP/1.1\r\n\

@@ -9,8 +9,11 @@ use crate::config::{
     Config, ConfigError, GatewayConfig, NodesConfig, RouteConfig, TimeoutConfig, UpstreamConfig,
 };
 use crate::http::request::Limits;
+use crate::route::vars::Var;
 use crate::route::{self, vars::Condition, HostPattern, Route, Router};
-use crate::upstream::{BalancerKind, KeepalivePolicy, Node, PassHost, Timeouts, UpstreamSpec};
+use crate::upstream::{
+    BalancerKind, HashOn, KeepalivePolicy, Node, PassHost, TemplatePart, Timeouts, UpstreamSpec,
+};
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -352,21 +355,21 @@ fn node(field: &str, host: &str, port: Option<u16>, weight: i64, priority: i64) 
 fn compile_upstream(name: &str, key: &str, u: &UpstreamConfig) -> Result<UpstreamSpec> {
     let kind = match u.lb_type.as_str() {
         "roundrobin" => BalancerKind::RoundRobin,
-        "chash" | "least_conn" | "ewma" => {
-            return Err(ConfigError::invalid(
-                format!("{name}.type"),
-                format!(
-                    "\"{}\" is not implemented yet; use \"roundrobin\"",
-                    u.lb_type
-                ),
-            ))
-        }
+        "least_conn" => BalancerKind::LeastConn,
+        "chash" => BalancerKind::ConsistentHash,
+        "ewma" => BalancerKind::Ewma,
         other => {
             return Err(ConfigError::invalid(
                 format!("{name}.type"),
-                format!("unknown balancer \"{other}\" (expected roundrobin)"),
+                format!(
+                    "unknown balancer \"{other}\" (expected roundrobin, least_conn, chash or ewma)"
+                ),
             ))
         }
+    };
+    let hash_on = match kind {
+        BalancerKind::ConsistentHash => Some(compile_hash_on(name, u)?),
+        _ => None,
     };
     if u.scheme != "http" {
         return Err(ConfigError::invalid(
@@ -478,6 +481,7 @@ fn compile_upstream(name: &str, key: &str, u: &UpstreamConfig) -> Result<Upstrea
     Ok(UpstreamSpec {
         key: key.into(),
         kind,
+        hash_on,
         nodes,
         retries,
         retry_timeout,
@@ -485,6 +489,84 @@ fn compile_upstream(name: &str, key: &str, u: &UpstreamConfig) -> Result<Upstrea
         keepalive,
         pass_host,
     })
+}
+
+/// `hash_on` + `key` of a chash upstream, checked as APISIX checks them.
+fn compile_hash_on(name: &str, u: &UpstreamConfig) -> Result<HashOn> {
+    let on = u.hash_on.as_deref().unwrap_or("vars");
+    let key_field = format!("{name}.key");
+    let key = || {
+        u.key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| ConfigError::invalid(&key_field, "missing key"))
+    };
+    let name_like = |k: &str| {
+        k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    Ok(match on {
+        "vars" => HashOn::Var(Var::parse(key()?).map_err(|e| ConfigError::invalid(&key_field, e))?),
+        "header" => {
+            let k = key()?;
+            if !name_like(k) {
+                return Err(ConfigError::invalid(&key_field, format!("'{k}' is not a header name")));
+            }
+            HashOn::Header(Var::Http(k.to_ascii_lowercase().replace('-', "_")))
+        }
+        "cookie" => {
+            let k = key()?;
+            if !name_like(k) {
+                return Err(ConfigError::invalid(&key_field, format!("'{k}' is not a cookie name")));
+            }
+            HashOn::Cookie(Var::Cookie(k.to_string()))
+        }
+        "vars_combinations" => HashOn::Template(
+            parse_template(key()?).map_err(|e| ConfigError::invalid(&key_field, e))?,
+        ),
+        "consumer" => HashOn::Consumer,
+        other => {
+            return Err(ConfigError::invalid(
+                format!("{name}.hash_on"),
+                format!(
+                    "\"{other}\" matches none of the enum values (vars, header, cookie, consumer, vars_combinations)"
+                ),
+            ))
+        }
+    })
+}
+
+/// Parses a `vars_combinations` template: `$var` or `${var}` among literal text.
+fn parse_template(t: &str) -> std::result::Result<Vec<TemplatePart>, String> {
+    let mut parts = Vec::new();
+    let mut rest = t;
+    while let Some(pos) = rest.find('$') {
+        if pos > 0 {
+            parts.push(TemplatePart::Literal(rest[..pos].to_string()));
+        }
+        let after = &rest[pos + 1..];
+        let (name, next) = if let Some(inner) = after.strip_prefix('{') {
+            let end = inner.find('}').ok_or("unclosed '${' in key")?;
+            (&inner[..end], &inner[end + 1..])
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        if name.is_empty() {
+            return Err("'$' must be followed by a variable name".into());
+        }
+        parts.push(TemplatePart::Var(Var::parse(name)?));
+        rest = next;
+    }
+    if !rest.is_empty() {
+        parts.push(TemplatePart::Literal(rest.to_string()));
+    }
+    if !parts.iter().any(|p| matches!(p, TemplatePart::Var(_))) {
+        return Err("the key has no $variable".into());
+    }
+    Ok(parts)
 }
 
 type Services<'a> = HashMap<&'a str, (Option<usize>, Option<&'a Vec<String>>)>;

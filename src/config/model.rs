@@ -116,6 +116,12 @@ pub struct UpstreamConfig {
     pub upstream_host: Option<String>,
     #[serde(default = "default_scheme")]
     pub scheme: String,
+    /// For `chash`: `vars` (default), `header`, `cookie`, `consumer`, `vars_combinations`.
+    #[serde(default)]
+    pub hash_on: Option<String>,
+    /// For `chash`: the variable, header or cookie name, or the template.
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 fn default_lb_type() -> String {

@@ -12,6 +12,31 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BalancerKind {
     RoundRobin,
+    LeastConn,
+    ConsistentHash,
+    Ewma,
+}
+
+/// Where a consistent-hashing upstream takes its key from (`hash_on` + `key`).
+#[derive(Debug, Clone)]
+pub enum HashOn {
+    /// `vars`: one request variable (`remote_addr`, `uri`, `arg_id`, `http_x_user`...).
+    Var(crate::route::vars::Var),
+    /// `header`: a request header, by name.
+    Header(crate::route::vars::Var),
+    /// `cookie`: a cookie, by name.
+    Cookie(crate::route::vars::Var),
+    /// `vars_combinations`: a template such as `$host$uri`.
+    Template(Vec<TemplatePart>),
+    /// `consumer`: the authenticated consumer (no auth plugins yet: the remote address).
+    Consumer,
+}
+
+/// A piece of a `vars_combinations` template.
+#[derive(Debug, Clone)]
+pub enum TemplatePart {
+    Literal(String),
+    Var(crate::route::vars::Var),
 }
 
 /// One backend address.
@@ -84,6 +109,8 @@ pub struct UpstreamSpec {
     /// `upstreams[i].id`, or `route:<id>` / `service:<id>` for inline upstreams.
     pub key: Arc<str>,
     pub kind: BalancerKind,
+    /// Key source for `chash`; `None` for other types.
+    pub hash_on: Option<HashOn>,
     pub nodes: Vec<Node>,
     pub retries: u32,
     pub retry_timeout: Option<Duration>,

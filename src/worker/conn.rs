@@ -20,10 +20,11 @@ use crate::http::request::{BodyFraming, Parsed, RequestError, RequestHead};
 use crate::http::response::{self, ResponseFraming, ResponseHead};
 use crate::http::{eq_ignore_case, is_hop_by_hop};
 use crate::log::access::Entry;
+use crate::route::vars::VarSource;
 use crate::route::{MatchInput, Route};
 use crate::upstream::balancer::PickContext;
 use crate::upstream::pool::{Pool, UpstreamConn};
-use crate::upstream::{Node, PassHost, Timeouts, UpstreamSpec};
+use crate::upstream::{HashOn, Node, PassHost, TemplatePart, Timeouts, UpstreamSpec};
 use monoio::net::TcpStream;
 use std::fmt::Write as _;
 use std::io::Write;
@@ -57,6 +58,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, loca
         peer_ip,
         local_port,
         tried: s.tried,
+        key_buf: s.key_buf,
         watch,
         linger: false,
     };
@@ -70,6 +72,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, loca
         host_lc,
         peer_ip,
         tried,
+        key_buf,
         ..
     } = conn;
     buf.clear();
@@ -82,6 +85,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, loca
         host_lc,
         peer_ip,
         tried,
+        key_buf,
     });
 }
 
@@ -95,6 +99,7 @@ pub struct Scratch {
     host_lc: Vec<u8>,
     peer_ip: String,
     tried: Vec<usize>,
+    key_buf: Vec<u8>,
 }
 
 impl Scratch {
@@ -107,6 +112,7 @@ impl Scratch {
             host_lc: Vec::with_capacity(64),
             peer_ip: String::with_capacity(46),
             tried: Vec::with_capacity(4),
+            key_buf: Vec::new(),
         }
     }
 
@@ -129,6 +135,8 @@ struct Conn {
     peer_ip: String,
     local_port: Rc<str>,
     tried: Vec<usize>,
+    /// The request's consistent-hashing key (chash upstreams).
+    key_buf: Vec<u8>,
     /// Bounds every read and write of this connection (and of its upstream attempts).
     watch: Rc<Watch>,
     /// The last answer was sent while the client may still be sending a body.
@@ -570,6 +578,17 @@ impl Conn {
         };
         let retry_deadline = up.retry_timeout.map(|t| Instant::now() + t);
         self.tried.clear();
+        if let Some(hash_on) = &up.hash_on {
+            let vars = RequestVars {
+                buf: &self.buf,
+                head: &self.head,
+                host: &self.host_lc,
+                remote_ip: &self.peer_ip,
+                server_port: &self.local_port,
+            };
+            hash_key(&mut self.key_buf, hash_on, &vars);
+        }
+        let balancer = &local.balancers[ui];
         let mut retries_done = 0u32;
         let mut fresh_retry: Option<usize> = None;
         let mut streamed = false;
@@ -580,9 +599,11 @@ impl Conn {
             let node_idx = match fresh_retry {
                 Some(i) => i,
                 None => {
-                    let picked = local.balancers[ui]
-                        .borrow_mut()
-                        .pick(&up.nodes, &PickContext { tried: &self.tried });
+                    let mut ctx = PickContext::new(&self.tried);
+                    if up.hash_on.is_some() {
+                        ctx = ctx.with_key(&self.key_buf);
+                    }
+                    let picked = balancer.borrow_mut().pick(&up.nodes, &ctx);
                     match picked {
                         Some(i) => i,
                         None => {
@@ -606,6 +627,7 @@ impl Conn {
             }
             outcome.upstream = Some(node.addr);
             let attempt_start = Instant::now();
+            balancer.borrow_mut().started(node_idx);
 
             let pooled = if fresh_retry.take().is_some() {
                 None
@@ -619,6 +641,7 @@ impl Conn {
             let mut upc = match result {
                 Ok(c) => c,
                 Err(f) => {
+                    balancer.borrow_mut().finished(node_idx, None);
                     match self.after_failure(
                         &f,
                         up,
@@ -645,6 +668,7 @@ impl Conn {
                 Ok(()) => self.read_response_head(&mut upc, timeouts.read).await,
                 Err(SendError::Upstream(f)) => Err(f),
                 Err(SendError::Client(status, reason)) => {
+                    balancer.borrow_mut().finished(node_idx, None);
                     if status == 0 {
                         return Outcome {
                             status: 499,
@@ -660,14 +684,18 @@ impl Conn {
             };
             match sent {
                 Ok(()) => {
-                    outcome.upstream_latency = Some(attempt_start.elapsed());
+                    let rtt = attempt_start.elapsed();
+                    outcome.upstream_latency = Some(rtt);
                     outcome.retries = retries_done;
                     outcome.consumed = body.end;
-                    return self
+                    let outcome = self
                         .relay_response(upc, up, node.addr, &timeouts, outcome)
                         .await;
+                    balancer.borrow_mut().finished(node_idx, Some(rtt));
+                    return outcome;
                 }
                 Err(f) => {
+                    balancer.borrow_mut().finished(node_idx, None);
                     let decision = self.after_failure(
                         &f,
                         up,
@@ -1190,6 +1218,41 @@ async fn read_body(upc: &mut UpstreamConn, read: Duration, watch: &Watch) -> Res
     read_more_timeout(&mut upc.stream, &mut upc.buf, 16 * 1024, read, watch)
         .await
         .map_err(|_| Abort)
+}
+
+/// Fills `out` with a consistent-hashing key. A key whose source is missing falls back to
+/// the client address, as APISIX does (a present but empty value hashes as empty).
+fn hash_key(out: &mut Vec<u8>, hash_on: &HashOn, vars: &RequestVars<'_>) {
+    out.clear();
+    let found = match hash_on {
+        HashOn::Var(v) | HashOn::Header(v) | HashOn::Cookie(v) => match vars.var(v) {
+            Some(value) => {
+                out.extend_from_slice(value);
+                true
+            }
+            None => false,
+        },
+        HashOn::Template(parts) => {
+            let mut any = false;
+            for part in parts {
+                match part {
+                    TemplatePart::Literal(s) => out.extend_from_slice(s.as_bytes()),
+                    TemplatePart::Var(v) => {
+                        if let Some(value) = vars.var(v) {
+                            out.extend_from_slice(value);
+                            any = true;
+                        }
+                    }
+                }
+            }
+            any
+        }
+        HashOn::Consumer => false,
+    };
+    if !found {
+        out.clear();
+        out.extend_from_slice(vars.remote_ip.as_bytes());
+    }
 }
 
 fn send_failure(e: IoFail) -> Failure {

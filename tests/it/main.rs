@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod balancing;
 mod bodies;
 mod failures;
 mod lifecycle;

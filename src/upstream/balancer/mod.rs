@@ -2,27 +2,89 @@
 //!
 //! A balancer instance lives on one core (its state is never shared), is built from an
 //! upstream's node list when a config snapshot arrives, and is asked once per attempt. Retries
-//! ask again with the nodes already tried, which the balancer must skip.
+//! ask again with the nodes already tried, which the balancer must skip. Algorithms that track
+//! requests in flight or latency hear about every attempt's start and end.
 
+pub mod chash;
+pub mod ewma;
+pub mod least_conn;
+pub mod priority;
 pub mod roundrobin;
 
-use super::Node;
+use super::{BalancerKind, Node};
+use std::time::Duration;
 
-/// Per-request facts an algorithm may use. Grows as algorithms need more (hash keys, health).
+/// Per-request facts an algorithm may use.
+#[derive(Clone, Copy)]
 pub struct PickContext<'a> {
     /// Indices of nodes already tried for this request.
     pub tried: &'a [usize],
+    /// The request's hash key (consistent hashing only).
+    pub hash_key: Option<&'a [u8]>,
+    /// When picking within a subset (a priority group): subset index -> node index.
+    members: Option<&'a [usize]>,
+}
+
+impl<'a> PickContext<'a> {
+    pub fn new(tried: &'a [usize]) -> Self {
+        PickContext {
+            tried,
+            hash_key: None,
+            members: None,
+        }
+    }
+
+    pub fn with_key(mut self, key: &'a [u8]) -> Self {
+        self.hash_key = Some(key);
+        self
+    }
+
+    /// The same request, seen from a subset of the nodes.
+    pub fn within(&self, members: &'a [usize]) -> PickContext<'a> {
+        PickContext {
+            members: Some(members),
+            ..*self
+        }
+    }
+
+    /// Whether node `i` (of the list this balancer was given) must not be picked.
+    pub fn excluded(&self, i: usize) -> bool {
+        let global = match self.members {
+            Some(m) => m[i],
+            None => i,
+        };
+        self.tried.contains(&global)
+    }
 }
 
 /// One load-balancing algorithm.
 pub trait Balancer {
     /// Index into `nodes` for the next attempt, or `None` when no eligible node is left.
     fn pick(&mut self, nodes: &[Node], ctx: &PickContext<'_>) -> Option<usize>;
+
+    /// An attempt at `node` starts.
+    fn started(&mut self, _node: usize) {}
+
+    /// An attempt at `node` ended; `rtt` is its time to the response head when it succeeded.
+    fn finished(&mut self, _node: usize, _rtt: Option<Duration>) {}
 }
 
-/// Builds the balancer named by an upstream's `type`.
-pub fn build(kind: super::BalancerKind, nodes: &[Node]) -> Box<dyn Balancer> {
+/// Builds the balancer for an upstream's `type`, with priority groups when its nodes have
+/// more than one priority.
+pub fn build(kind: BalancerKind, nodes: &[Node]) -> Box<dyn Balancer> {
+    let first = nodes.first().map(|n| n.priority);
+    if nodes.iter().any(|n| Some(n.priority) != first) {
+        Box::new(priority::Prioritized::new(kind, nodes))
+    } else {
+        build_flat(kind, nodes)
+    }
+}
+
+fn build_flat(kind: BalancerKind, nodes: &[Node]) -> Box<dyn Balancer> {
     match kind {
-        super::BalancerKind::RoundRobin => Box::new(roundrobin::SmoothRoundRobin::new(nodes)),
+        BalancerKind::RoundRobin => Box::new(roundrobin::SmoothRoundRobin::new(nodes)),
+        BalancerKind::LeastConn => Box::new(least_conn::LeastConn::new(nodes)),
+        BalancerKind::ConsistentHash => Box::new(chash::ConsistentHash::new(nodes)),
+        BalancerKind::Ewma => Box::new(ewma::PeakEwma::new(nodes)),
     }
 }

@@ -29,7 +29,7 @@ impl Balancer for SmoothRoundRobin {
         let mut total = 0i64;
         let mut best: Option<usize> = None;
         for (i, node) in nodes.iter().enumerate() {
-            if node.weight == 0 || ctx.tried.contains(&i) {
+            if node.weight == 0 || ctx.excluded(i) {
                 continue;
             }
             let w = node.weight as i64;
@@ -61,7 +61,7 @@ mod tests {
         let ns = nodes(weights);
         let mut b = SmoothRoundRobin::new(&ns);
         (0..n)
-            .map(|_| b.pick(&ns, &PickContext { tried: &[] }).unwrap())
+            .map(|_| b.pick(&ns, &PickContext::new(&[])).unwrap())
             .collect()
     }
 
@@ -81,11 +81,11 @@ mod tests {
         let ns = nodes(&[1, 0, 1]);
         let mut b = SmoothRoundRobin::new(&ns);
         for _ in 0..10 {
-            let first = b.pick(&ns, &PickContext { tried: &[] }).unwrap();
+            let first = b.pick(&ns, &PickContext::new(&[])).unwrap();
             assert_ne!(first, 1);
-            let second = b.pick(&ns, &PickContext { tried: &[first] }).unwrap();
+            let second = b.pick(&ns, &PickContext::new(&[first])).unwrap();
             assert_ne!(second, first);
-            assert_eq!(b.pick(&ns, &PickContext { tried: &[0, 2] }), None);
+            assert_eq!(b.pick(&ns, &PickContext::new(&[0, 2])), None);
         }
     }
 }
