@@ -74,8 +74,20 @@ impl PeakEwma {
 
 impl Balancer for PeakEwma {
     fn pick(&mut self, nodes: &[Node], ctx: &PickContext<'_>) -> Option<usize> {
-        let eligible = (0..nodes.len()).filter(|&i| !ctx.excluded(i)).count();
-        let nth_eligible = |k: usize| (0..nodes.len()).filter(|&i| !ctx.excluded(i)).nth(k);
+        // Without exclusions (the common first attempt) eligible node k is node k: O(1).
+        let all = ctx.tried.is_empty();
+        let eligible = if all {
+            nodes.len()
+        } else {
+            (0..nodes.len()).filter(|&i| !ctx.excluded(i)).count()
+        };
+        let nth_eligible = |k: usize| {
+            if all {
+                Some(k)
+            } else {
+                (0..nodes.len()).filter(|&i| !ctx.excluded(i)).nth(k)
+            }
+        };
         match eligible {
             0 => None,
             1 => nth_eligible(0),
