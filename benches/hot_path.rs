@@ -42,6 +42,8 @@ fn router(n: usize) -> Router {
             priority: 0,
             upstream: Some(0),
             timeout: None,
+            plugins: Default::default(),
+            index: 0,
         });
         uris.push(vec![uri]);
     }

@@ -15,6 +15,7 @@ pub mod control;
 pub mod demo;
 pub mod http;
 pub mod log;
+pub mod plugin;
 pub mod route;
 pub mod snapshot;
 pub mod upstream;

@@ -5,10 +5,12 @@
 //! All semantic validation lives here, so `shardgate check` and a live reload refuse exactly
 //! the same configs, with errors that name the offending field.
 
+use crate::config::Plugins;
 use crate::config::{
     Config, ConfigError, GatewayConfig, NodesConfig, RouteConfig, TimeoutConfig, UpstreamConfig,
 };
 use crate::http::request::Limits;
+use crate::plugin::{self, BuildCtx, Chain, Instance, Registry};
 use crate::route::vars::Var;
 use crate::route::{self, vars::Condition, HostPattern, Route, Router};
 use crate::upstream::{
@@ -34,6 +36,10 @@ pub struct Settings {
 pub struct Snapshot {
     /// Increases with every successful (re)load.
     pub version: u64,
+    /// Every plugin instance (each core makes its per-core states from it).
+    pub plugins: Registry,
+    /// Global rules' plugins, in execution order.
+    pub global: Chain,
     pub settings: Settings,
     pub router: Router,
     pub upstreams: Vec<Arc<UpstreamSpec>>,
@@ -87,8 +93,24 @@ impl Snapshot {
             upstreams.push(Arc::new(compile_upstream(&name, id, u)?));
         }
 
+        let mut registry = Registry::default();
+        let mut global = Chain::default();
+        for (i, g) in config.global_rules.iter().enumerate() {
+            let name = object_name("global_rules", i, g.id.as_deref());
+            for (_, instance) in build_plugins(
+                &name,
+                &g.plugins,
+                &upstream_ids,
+                &mut upstreams,
+                &mut registry,
+            )? {
+                global.plugins.push(instance);
+            }
+        }
+        global.sort();
+
         // Services: their upstream resolved to an index (possibly a new inline one).
-        let mut services: HashMap<&str, (Option<usize>, Option<&Vec<String>>)> = HashMap::new();
+        let mut services: Services = HashMap::new();
         for (i, s) in config.services.iter().enumerate() {
             let name = object_name("services", i, s.id.as_deref());
             let id =
@@ -120,7 +142,16 @@ impl Snapshot {
                     ));
                 }
             }
-            if services.insert(id, (upstream, s.hosts.as_ref())).is_some() {
+            let plugins = match &s.plugins {
+                Some(p) => build_plugins(&name, p, &upstream_ids, &mut upstreams, &mut registry)?,
+                None => Vec::new(),
+            };
+            let info = ServiceInfo {
+                upstream,
+                hosts: s.hosts.as_ref(),
+                plugins,
+            };
+            if services.insert(id, info).is_some() {
                 return Err(ConfigError::invalid(
                     format!("{name}.id"),
                     "duplicate service id",
@@ -141,8 +172,15 @@ impl Snapshot {
                     "duplicate route id",
                 ));
             }
-            let (route, paths) =
-                compile_route(&name, &id, r, &upstream_ids, &services, &mut upstreams)?;
+            let (route, paths) = compile_route(
+                &name,
+                &id,
+                r,
+                &upstream_ids,
+                &services,
+                &mut upstreams,
+                &mut registry,
+            )?;
             if r.status == 1 {
                 routes.push(route);
                 uris.push(paths);
@@ -151,6 +189,8 @@ impl Snapshot {
 
         Ok(Snapshot {
             version,
+            plugins: registry,
+            global,
             settings,
             router: Router::new(routes, uris),
             upstreams,
@@ -569,7 +609,47 @@ fn parse_template(t: &str) -> std::result::Result<Vec<TemplatePart>, String> {
     Ok(parts)
 }
 
-type Services<'a> = HashMap<&'a str, (Option<usize>, Option<&'a Vec<String>>)>;
+/// What routes take from a service.
+struct ServiceInfo<'a> {
+    upstream: Option<usize>,
+    hosts: Option<&'a Vec<String>>,
+    plugins: Vec<(String, Instance)>,
+}
+
+type Services<'a> = HashMap<&'a str, ServiceInfo<'a>>;
+
+/// Builds the plugins configured on one object (`{name}.plugins`).
+fn build_plugins(
+    name: &str,
+    plugins: &Plugins,
+    upstream_ids: &HashMap<&str, usize>,
+    upstreams: &mut Vec<Arc<UpstreamSpec>>,
+    registry: &mut Registry,
+) -> Result<Vec<(String, Instance)>> {
+    let mut out = Vec::new();
+    for (plugin, conf) in plugins {
+        let field = format!("{name}.plugins.{plugin}");
+        let mut add_upstream =
+            |f: &str, u: &UpstreamConfig| -> std::result::Result<usize, String> {
+                let spec = compile_upstream(f, f, u).map_err(|e| e.to_string())?;
+                upstreams.push(Arc::new(spec));
+                Ok(upstreams.len() - 1)
+            };
+        let mut ctx = BuildCtx {
+            upstream_ids,
+            add_upstream: &mut add_upstream,
+            field: field.clone(),
+        };
+        let built = plugin::build(plugin, conf, &mut ctx).map_err(|e| {
+            ConfigError::invalid(
+                &field,
+                format!("failed to check the configuration of plugin {plugin} err: {e}"),
+            )
+        })?;
+        out.push((plugin.clone(), registry.add(built)));
+    }
+    Ok(out)
+}
 
 fn compile_route(
     name: &str,
@@ -578,6 +658,7 @@ fn compile_route(
     upstream_ids: &HashMap<&str, usize>,
     services: &Services<'_>,
     upstreams: &mut Vec<Arc<UpstreamSpec>>,
+    registry: &mut Registry,
 ) -> Result<(Route, Vec<String>)> {
     let paths = match (&r.uri, &r.uris) {
         (Some(u), None) => vec![u.clone()],
@@ -642,7 +723,7 @@ fn compile_route(
             ))
         }
         (None, Some(hs)) => Some(hs.clone()),
-        (None, None) => service.and_then(|s| s.1.cloned()),
+        (None, None) => service.and_then(|s| s.hosts.cloned()),
     };
     let mut hosts = Vec::new();
     for h in host_list.unwrap_or_default() {
@@ -696,14 +777,33 @@ fn compile_route(
         )?));
         Some(upstreams.len() - 1)
     } else {
-        service.and_then(|s| s.0)
+        service.and_then(|s| s.upstream)
     };
-    if r.upstream_id.is_none() && r.upstream.is_none() && r.service_id.is_none() {
+    if r.upstream_id.is_none()
+        && r.upstream.is_none()
+        && r.service_id.is_none()
+        && r.plugins.is_none()
+    {
         return Err(ConfigError::invalid(
             name,
-            "needs one of upstream_id, upstream or service_id",
+            "needs one of upstream_id, upstream, service_id or plugins",
         ));
     }
+    // Route plugins, then the service's plugins the route does not configure itself.
+    let own = match &r.plugins {
+        Some(p) => build_plugins(name, p, upstream_ids, upstreams, registry)?,
+        None => Vec::new(),
+    };
+    let mut plugins = Chain::default();
+    if let Some(s) = service {
+        for (pname, instance) in &s.plugins {
+            if !own.iter().any(|(n, _)| n == pname) {
+                plugins.plugins.push(instance.clone());
+            }
+        }
+    }
+    plugins.plugins.extend(own.into_iter().map(|(_, i)| i));
+    plugins.sort();
     let timeout = match &r.timeout {
         Some(t) => Some(compile_timeouts(&format!("{name}.timeout"), t)?),
         None => None,
@@ -717,6 +817,8 @@ fn compile_route(
             priority: r.priority,
             upstream,
             timeout,
+            plugins,
+            index: 0,
         },
         paths,
     ))

@@ -13,6 +13,9 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Plugins that run for every request, before route and service plugins.
+    #[serde(default)]
+    pub global_rules: Vec<GlobalRuleConfig>,
     /// Built-in demo backends, so the shipped config answers without any other server.
     #[serde(default)]
     pub demo: Option<DemoConfig>,
@@ -198,6 +201,21 @@ pub struct ServiceConfig {
     pub upstream: Option<UpstreamConfig>,
     #[serde(default)]
     pub hosts: Option<Vec<String>>,
+    #[serde(default)]
+    pub plugins: Option<Plugins>,
+}
+
+/// Plugin configurations by plugin name (`plugins.traffic-split = { ... }`).
+pub type Plugins = BTreeMap<String, serde_json::Value>;
+
+/// A global rule: plugins applied to every request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalRuleConfig {
+    #[serde(default, deserialize_with = "opt_id")]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub plugins: Plugins,
 }
 
 /// A route: what to match and where to send it.
@@ -235,6 +253,8 @@ pub struct RouteConfig {
     pub upstream_id: Option<String>,
     #[serde(default)]
     pub upstream: Option<UpstreamConfig>,
+    #[serde(default)]
+    pub plugins: Option<Plugins>,
 }
 
 fn default_status() -> i64 {

@@ -71,6 +71,10 @@ pub struct Route {
     pub upstream: Option<usize>,
     /// Route-level timeout override (APISIX: route `timeout` beats the upstream's).
     pub timeout: Option<crate::upstream::Timeouts>,
+    /// The route's plugins merged with its service's, in execution order.
+    pub plugins: crate::plugin::Chain,
+    /// Position in the router (set by [`Router::new`]).
+    pub index: usize,
 }
 
 /// What the router needs to know about a request.
@@ -165,6 +169,9 @@ impl Router {
             routes,
             ..Default::default()
         };
+        for (i, r) in router.routes.iter_mut().enumerate() {
+            r.index = i;
+        }
         for (i, paths) in uris.iter().enumerate() {
             let index = if router.routes[i].hosts.is_empty() {
                 &mut router.without_hosts
@@ -185,6 +192,11 @@ impl Router {
             .find(&self.routes, input)
             .or_else(|| self.without_hosts.find(&self.routes, input))
             .map(|i| &self.routes[i as usize])
+    }
+
+    /// The route at `index` (see [`Route::index`]).
+    pub fn route(&self, index: usize) -> &Route {
+        &self.routes[index]
     }
 
     pub fn len(&self) -> usize {
@@ -220,6 +232,8 @@ mod tests {
             priority,
             upstream: None,
             timeout: None,
+            plugins: Default::default(),
+            index: 0,
         }
     }
 

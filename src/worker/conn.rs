@@ -20,6 +20,7 @@ use crate::http::request::{BodyFraming, Parsed, RequestError, RequestHead};
 use crate::http::response::{self, ResponseFraming, ResponseHead};
 use crate::http::{eq_ignore_case, is_hop_by_hop};
 use crate::log::access::Entry;
+use crate::plugin::{Flow, Phase, RequestCtx, ResponseCtx};
 use crate::route::vars::VarSource;
 use crate::route::{MatchInput, Route};
 use crate::upstream::balancer::PickContext;
@@ -61,6 +62,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, loca
         key_buf: s.key_buf,
         watch,
         linger: false,
+        filters: None,
     };
     conn.run().await;
     let Conn {
@@ -141,6 +143,8 @@ struct Conn {
     watch: Rc<Watch>,
     /// The last answer was sent while the client may still be sending a body.
     linger: bool,
+    /// The snapshot and route index whose plugins filter this response (when it has any).
+    filters: Option<(Rc<Local>, usize)>,
 }
 
 /// What happened to one request, for the access log and the keep-alive decision.
@@ -376,18 +380,43 @@ impl Conn {
                 let end = self.buffered_body_end();
                 self.local_error(404, "404 Route Not Found", end).await
             }
-            Some(route) => match route.upstream {
-                None => {
-                    let end = self.buffered_body_end();
-                    self.local_error(
-                        503,
-                        "missing upstream configuration in Route or Service",
-                        end,
-                    )
-                    .await
+            Some(route) => {
+                let with_plugins = !local.shared.global.is_empty() || !route.plugins.is_empty();
+                let decision = if with_plugins {
+                    self.filters = Some((local.clone(), route.index));
+                    self.run_plugins(&local, route)
+                } else {
+                    Ok(route.upstream)
+                };
+                let outcome = match decision {
+                    Err((status, message)) => {
+                        let end = self.buffered_body_end();
+                        self.local_error(status, &message, end).await
+                    }
+                    Ok(None) => {
+                        let end = self.buffered_body_end();
+                        self.local_error(
+                            503,
+                            "missing upstream configuration in Route or Service",
+                            end,
+                        )
+                        .await
+                    }
+                    Ok(Some(ui)) => self.proxy(&local, route, ui).await,
+                };
+                if with_plugins {
+                    let resp = ResponseCtx {
+                        status: outcome.status,
+                    };
+                    local.plugin_states.run_response(
+                        [&local.shared.global, &route.plugins],
+                        &resp,
+                        true,
+                    );
+                    self.filters = None;
                 }
-                Some(ui) => self.proxy(&local, route, ui).await,
-            },
+                outcome
+            }
         };
 
         if self.worker.log.enabled() {
@@ -423,6 +452,41 @@ impl Conn {
             self.buf.drain(..consumed);
         }
         outcome.keep_alive
+    }
+
+    /// Runs the rewrite, access and before_proxy phases of the global and route plugins.
+    /// Returns the upstream to use, or the answer a plugin gave.
+    fn run_plugins(&self, local: &Local, route: &Route) -> Result<Option<usize>, (u16, String)> {
+        let vars = RequestVars {
+            buf: &self.buf,
+            head: &self.head,
+            host: &self.host_lc,
+            remote_ip: &self.peer_ip,
+            server_port: &self.local_port,
+        };
+        let mut ctx = RequestCtx {
+            vars: &vars,
+            upstream: route.upstream,
+        };
+        let chains = [&local.shared.global, &route.plugins];
+        for phase in [Phase::Rewrite, Phase::Access, Phase::BeforeProxy] {
+            if let Flow::Respond { status, message } =
+                local.plugin_states.run(chains, &mut ctx, phase)
+            {
+                return Err((status, message));
+            }
+        }
+        Ok(ctx.upstream)
+    }
+
+    /// Shows response body bytes to the plugins' body_filter phase (when the route has any).
+    fn filter_body(&self, data: &[u8]) {
+        if let Some((local, index)) = &self.filters {
+            let route = local.shared.router.route(*index);
+            local
+                .plugin_states
+                .run_body([&local.shared.global, &route.plugins], data);
+        }
     }
 
     /// End of the request body in the buffer when all of it has arrived (so the connection
@@ -684,6 +748,16 @@ impl Conn {
             };
             match sent {
                 Ok(()) => {
+                    if self.filters.is_some() {
+                        let resp = ResponseCtx {
+                            status: self.resp.status,
+                        };
+                        local.plugin_states.run_response(
+                            [&local.shared.global, &route.plugins],
+                            &resp,
+                            false,
+                        );
+                    }
                     let rtt = attempt_start.elapsed();
                     outcome.upstream_latency = Some(rtt);
                     outcome.retries = retries_done;
@@ -918,6 +992,7 @@ impl Conn {
         if let ResponseFraming::Length(n) = framing {
             let body_here = (upc.buf.len() - head_len) as u64;
             if body_here == n && self.out.len() <= head_len {
+                self.filter_body(&upc.buf[head_len..]);
                 let start = head_len - self.out.len();
                 upc.buf[start..head_len].copy_from_slice(&self.out);
                 self.out.clear();
@@ -1070,6 +1145,7 @@ impl Conn {
             }
             let n = upc.buf.len();
             if n > 0 || !self.out.is_empty() {
+                self.filter_body(&upc.buf[..n]);
                 self.send_body(upc, n, send, outcome).await?;
                 remaining -= n as u64;
             }
@@ -1098,17 +1174,22 @@ impl Conn {
             if !upc.buf.is_empty() {
                 if dechunk {
                     // HTTP/1.0 client: forward payload only, the connection close ends it.
+                    let before = self.out.len();
                     let out = &mut self.out;
                     let data = &upc.buf;
                     let used = scanner
                         .advance(data, |r| out.extend_from_slice(&data[r]))
                         .map_err(|_| Abort)?;
                     upc.buf.drain(..used);
+                    self.filter_body(&self.out[before..]);
                     if !self.out.is_empty() {
                         self.send_out(send, outcome).await?;
                     }
                 } else {
-                    let used = scanner.advance(&upc.buf, |_| {}).map_err(|_| Abort)?;
+                    let data = &upc.buf;
+                    let used = scanner
+                        .advance(data, |r| self.filter_body(&data[r]))
+                        .map_err(|_| Abort)?;
                     self.send_body(upc, used, send, outcome).await?;
                 }
                 if scanner.is_done() {
@@ -1143,6 +1224,7 @@ impl Conn {
         loop {
             let n = upc.buf.len();
             if n > 0 || !self.out.is_empty() {
+                self.filter_body(&upc.buf[..n]);
                 self.send_body(upc, n, send, outcome).await?;
             }
             // The body goes on past this buffer: relay the rest through a large one.

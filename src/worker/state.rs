@@ -8,6 +8,7 @@ use super::{ControlMsg, Mailbox};
 /// Connection scratch sets kept for reuse per core.
 const MAX_SCRATCH: usize = 1024;
 use crate::log::access::AccessLog;
+use crate::plugin::PluginStates;
 use crate::snapshot::Snapshot;
 use crate::upstream::balancer::{self, Balancer};
 use crate::upstream::pool::Pool;
@@ -25,6 +26,8 @@ use std::time::Duration;
 pub struct Local {
     pub shared: Arc<Snapshot>,
     pub balancers: Vec<RefCell<Box<dyn Balancer>>>,
+    /// This core's state for every plugin instance of the snapshot.
+    pub plugin_states: PluginStates,
 }
 
 impl Local {
@@ -34,7 +37,12 @@ impl Local {
             .iter()
             .map(|u| RefCell::new(balancer::build(u.kind, &u.nodes)))
             .collect();
-        Local { shared, balancers }
+        let plugin_states = shared.plugins.core_states();
+        Local {
+            shared,
+            balancers,
+            plugin_states,
+        }
     }
 }
 

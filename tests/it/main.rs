@@ -9,6 +9,7 @@ mod failures;
 mod lifecycle;
 mod loadgen;
 mod malformed;
+mod plugins;
 mod proxying;
 mod routing;
 mod tuning;

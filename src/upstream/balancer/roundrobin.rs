@@ -20,28 +20,39 @@ impl SmoothRoundRobin {
     }
 }
 
+/// One step of smooth weighted round robin over `current.len()` items: `weight(i)` gives
+/// item i's weight, `eligible(i)` whether it may be chosen now. Items of weight 0 are never
+/// chosen. Shared by the balancer and by plugins that split by weight (traffic-split).
+pub fn smooth_pick(
+    current: &mut [i64],
+    weight: impl Fn(usize) -> u32,
+    eligible: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let mut total = 0i64;
+    let mut best: Option<usize> = None;
+    for i in 0..current.len() {
+        let w = weight(i) as i64;
+        if w == 0 || !eligible(i) {
+            continue;
+        }
+        current[i] += w;
+        total += w;
+        if best.is_none_or(|b| current[i] > current[b]) {
+            best = Some(i);
+        }
+    }
+    let b = best?;
+    current[b] -= total;
+    Some(b)
+}
+
 impl Balancer for SmoothRoundRobin {
     fn pick(&mut self, nodes: &[Node], ctx: &PickContext<'_>) -> Option<usize> {
         // APISIX's single-node fast path: the only node is used whatever its weight or history.
         if nodes.len() == 1 {
             return Some(0);
         }
-        let mut total = 0i64;
-        let mut best: Option<usize> = None;
-        for (i, node) in nodes.iter().enumerate() {
-            if node.weight == 0 || ctx.excluded(i) {
-                continue;
-            }
-            let w = node.weight as i64;
-            self.current[i] += w;
-            total += w;
-            if best.is_none_or(|b| self.current[i] > self.current[b]) {
-                best = Some(i);
-            }
-        }
-        let b = best?;
-        self.current[b] -= total;
-        Some(b)
+        smooth_pick(&mut self.current, |i| nodes[i].weight, |i| !ctx.excluded(i))
     }
 }
 

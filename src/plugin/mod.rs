@@ -1,0 +1,235 @@
+//! Plugins: one trait, the phases of a request, and how route, service and global plugins
+//! combine.
+//!
+//! Phases, in the order a request meets them (APISIX's names):
+//! 1. `rewrite`: change the request before anything is decided on it (auth plugins live here);
+//! 2. `access`: decide: let through, answer directly, or pick another upstream
+//!    (traffic-split, rate limiting);
+//! 3. `before_proxy`: last look before the request leaves for the chosen node;
+//! 4. `header_filter`: the upstream's response head arrived;
+//! 5. `body_filter`: a piece of the response body passes;
+//! 6. `log`: the request is over (metrics, logging).
+//!
+//! Which plugins run: global rules (`[[global_rules]]`) first in every phase, then the route's
+//! plugins merged with its service's (a plugin configured on both takes the route's
+//! configuration, as APISIX merges them), each list in descending plugin priority.
+//!
+//! Plugin instances are built once per config snapshot and shared by every core. A plugin
+//! that needs mutable state (a round-robin position, counters) asks for a per-core state
+//! object, which each core creates for itself when the snapshot arrives: no locks, no
+//! cross-core traffic.
+
+pub mod traffic_split;
+
+use crate::route::vars::VarSource;
+use std::any::Any;
+use std::sync::Arc;
+
+/// What a phase decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Answer the client directly with this status and a JSON `{"error_msg": ...}` body.
+    Respond {
+        status: u16,
+        message: String,
+    },
+}
+
+/// The request as plugins see it.
+pub struct RequestCtx<'a> {
+    pub vars: &'a dyn VarSource,
+    /// Index of the upstream the request will go to (the route's, unless a plugin changes
+    /// it); `None` when the route has none.
+    pub upstream: Option<usize>,
+}
+
+/// The response as `header_filter` and `log` see it.
+pub struct ResponseCtx {
+    pub status: u16,
+}
+
+/// Per-core mutable state of one plugin instance.
+pub type CoreState = Box<dyn Any>;
+
+/// One plugin. Every phase has a default that does nothing.
+pub trait Plugin: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// Higher runs first within a phase (APISIX's plugin priorities).
+    fn priority(&self) -> i32;
+
+    /// A fresh per-core state object (created on every core for every snapshot).
+    fn core_state(&self) -> CoreState {
+        Box::new(())
+    }
+
+    fn rewrite(&self, _ctx: &mut RequestCtx<'_>, _state: &mut CoreState) -> Flow {
+        Flow::Continue
+    }
+
+    fn access(&self, _ctx: &mut RequestCtx<'_>, _state: &mut CoreState) -> Flow {
+        Flow::Continue
+    }
+
+    fn before_proxy(&self, _ctx: &mut RequestCtx<'_>, _state: &mut CoreState) -> Flow {
+        Flow::Continue
+    }
+
+    fn header_filter(&self, _resp: &ResponseCtx, _state: &mut CoreState) {}
+
+    fn body_filter(&self, _chunk: &[u8], _state: &mut CoreState) {}
+
+    fn log(&self, _resp: &ResponseCtx, _state: &mut CoreState) {}
+}
+
+/// A plugin instance in a chain, with the slot of its per-core state.
+#[derive(Clone)]
+pub struct Instance {
+    pub plugin: Arc<dyn Plugin>,
+    /// Index into the core's plugin states (see [`PluginStates`]).
+    pub slot: usize,
+}
+
+/// The plugins that run for one route (global rules excluded), in execution order.
+#[derive(Clone, Default)]
+pub struct Chain {
+    pub plugins: Vec<Instance>,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.plugins.iter().map(|i| i.plugin.name()))
+            .finish()
+    }
+}
+
+impl Chain {
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+
+    /// Sorts by descending priority (stable: equal priorities keep config order).
+    pub fn sort(&mut self) {
+        self.plugins
+            .sort_by_key(|i| std::cmp::Reverse(i.plugin.priority()));
+    }
+}
+
+/// Every plugin instance of a snapshot, by slot, so each core can make their states.
+#[derive(Default)]
+pub struct Registry {
+    pub instances: Vec<Arc<dyn Plugin>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.instances.iter().map(|p| p.name()))
+            .finish()
+    }
+}
+
+impl Registry {
+    pub fn add(&mut self, plugin: Arc<dyn Plugin>) -> Instance {
+        self.instances.push(plugin.clone());
+        Instance {
+            plugin,
+            slot: self.instances.len() - 1,
+        }
+    }
+
+    /// One core's states for every instance.
+    pub fn core_states(&self) -> PluginStates {
+        PluginStates {
+            states: self
+                .instances
+                .iter()
+                .map(|p| std::cell::RefCell::new(p.core_state()))
+                .collect(),
+        }
+    }
+}
+
+/// One core's plugin states for one snapshot.
+pub struct PluginStates {
+    states: Vec<std::cell::RefCell<CoreState>>,
+}
+
+impl PluginStates {
+    /// Runs `phase` for the global chain then the route chain; stops at the first answer.
+    pub fn run(&self, chains: [&Chain; 2], ctx: &mut RequestCtx<'_>, phase: Phase) -> Flow {
+        for chain in chains {
+            for i in &chain.plugins {
+                let mut state = self.states[i.slot].borrow_mut();
+                let flow = match phase {
+                    Phase::Rewrite => i.plugin.rewrite(ctx, &mut state),
+                    Phase::Access => i.plugin.access(ctx, &mut state),
+                    Phase::BeforeProxy => i.plugin.before_proxy(ctx, &mut state),
+                };
+                if flow != Flow::Continue {
+                    return flow;
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Runs `header_filter` (or `log`) for both chains.
+    pub fn run_response(&self, chains: [&Chain; 2], resp: &ResponseCtx, log: bool) {
+        for chain in chains {
+            for i in &chain.plugins {
+                let mut state = self.states[i.slot].borrow_mut();
+                if log {
+                    i.plugin.log(resp, &mut state);
+                } else {
+                    i.plugin.header_filter(resp, &mut state);
+                }
+            }
+        }
+    }
+
+    /// Runs `body_filter` for both chains.
+    pub fn run_body(&self, chains: [&Chain; 2], chunk: &[u8]) {
+        for chain in chains {
+            for i in &chain.plugins {
+                i.plugin
+                    .body_filter(chunk, &mut self.states[i.slot].borrow_mut());
+            }
+        }
+    }
+}
+
+/// The request phases that can answer or redirect a request.
+#[derive(Debug, Clone, Copy)]
+pub enum Phase {
+    Rewrite,
+    Access,
+    BeforeProxy,
+}
+
+/// What building a plugin may need from the snapshot being compiled.
+pub struct BuildCtx<'a> {
+    /// Upstream ids to indices.
+    pub upstream_ids: &'a std::collections::HashMap<&'a str, usize>,
+    /// Compiles an inline upstream (added to the snapshot's table) and returns its index.
+    pub add_upstream:
+        &'a mut dyn FnMut(&str, &crate::config::UpstreamConfig) -> Result<usize, String>,
+    /// Where the plugin's config sits, for error messages (`routes[0] (id "r").plugins`).
+    pub field: String,
+}
+
+/// Builds the plugin `name` from its config; the error names what is wrong.
+pub fn build(
+    name: &str,
+    conf: &serde_json::Value,
+    ctx: &mut BuildCtx<'_>,
+) -> Result<Arc<dyn Plugin>, String> {
+    match name {
+        "traffic-split" => Ok(Arc::new(traffic_split::TrafficSplit::build(conf, ctx)?)),
+        other => Err(format!(
+            "unknown plugin \"{other}\" (available: traffic-split)"
+        )),
+    }
+}
