@@ -8,6 +8,8 @@
 //! requests and report the version they switched to.
 
 use crate::config::Config;
+use crate::health::prober::{self, ProberHandle, ProberMsg};
+use crate::health::Registry as HealthRegistry;
 use crate::log::access::AccessLogConfig;
 use crate::snapshot::Snapshot;
 use crate::worker::{self, ControlMsg, RuntimeOptions, WorkerHandle, WorkerSpec};
@@ -24,7 +26,7 @@ use std::time::Duration;
 /// Loads and validates a config file the way `run` would (for `shardgate check`).
 pub fn check(path: &Path) -> Result<Snapshot, crate::config::ConfigError> {
     let config = Config::load(path)?;
-    Snapshot::compile(&config, 1)
+    Snapshot::compile(&config, 1, &mut HealthRegistry::default())
 }
 
 /// A listening socket with SO_REUSEPORT: every worker binds its own on the same address and
@@ -61,10 +63,31 @@ pub fn run(path: PathBuf) -> i32 {
             return 1;
         }
     };
-    let mut snapshot = match Snapshot::compile(&config, 1) {
+    let mut health = HealthRegistry::default();
+    let mut snapshot = match Snapshot::compile(&config, 1, &mut health) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             crate::error!("{e}");
+            return 1;
+        }
+    };
+    let targets = health.commit();
+
+    // The prober: active checks, passive outcomes, the control API.
+    let control = match snapshot.control_listen {
+        Some(addr) => match prober::bind_control(addr) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                crate::error!("cannot listen on {addr} (gateway.control_listen): {e}");
+                return 1;
+            }
+        },
+        None => None,
+    };
+    let prober = match prober::spawn(control, targets, snapshot.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            crate::error!("cannot start the health prober: {e}");
             return 1;
         }
     };
@@ -128,6 +151,7 @@ pub fn run(path: PathBuf) -> i32 {
             snapshot: snapshot.clone(),
             listeners,
             access_log: access_log.clone(),
+            passive: prober.passive.clone(),
         };
         match worker::spawn(spec) {
             Ok(h) => handles.push(h),
@@ -177,7 +201,7 @@ pub fn run(path: PathBuf) -> i32 {
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(Event::Signal(SIGHUP)) => {
                 digest = file_digest(&path);
-                reload(&path, &mut snapshot, &handles);
+                reload(&path, &mut snapshot, &handles, &mut health, &prober);
             }
             Ok(Event::Signal(sig)) => {
                 crate::info!(
@@ -193,7 +217,7 @@ pub fn run(path: PathBuf) -> i32 {
                     if now.is_some() && now != digest {
                         digest = now;
                         crate::info!("config file changed");
-                        reload(&path, &mut snapshot, &handles);
+                        reload(&path, &mut snapshot, &handles, &mut health, &prober);
                     }
                 }
             }
@@ -201,6 +225,7 @@ pub fn run(path: PathBuf) -> i32 {
         }
     }
 
+    prober.mailbox.push(ProberMsg::Shutdown);
     for h in &handles {
         h.mailbox.send(ControlMsg::Shutdown { grace });
     }
@@ -212,17 +237,30 @@ pub fn run(path: PathBuf) -> i32 {
 }
 
 /// Loads, validates and publishes a new config; keeps the old one on any error.
-fn reload(path: &Path, current: &mut Arc<Snapshot>, workers: &[WorkerHandle]) {
+fn reload(
+    path: &Path,
+    current: &mut Arc<Snapshot>,
+    workers: &[WorkerHandle],
+    health: &mut HealthRegistry,
+    prober: &ProberHandle,
+) {
     let next_version = current.version + 1;
-    let compiled = Config::load(path).and_then(|c| Snapshot::compile(&c, next_version));
+    let compiled = Config::load(path).and_then(|c| Snapshot::compile(&c, next_version, health));
     match compiled {
         Ok(s) => {
+            if s.control_listen != current.control_listen {
+                crate::warn!(
+                    "gateway.control_listen changed; the control listener is kept until a restart"
+                );
+            }
+            let targets = health.commit();
             if s.listen != current.listen {
                 crate::warn!(
                     "gateway.listen changed; listeners are kept as they are until a restart"
                 );
             }
             let s = Arc::new(s);
+            prober.mailbox.push(ProberMsg::Update(targets, s.clone()));
             for w in workers {
                 w.mailbox.send(ControlMsg::Snapshot(s.clone()));
             }
@@ -241,6 +279,7 @@ fn reload(path: &Path, current: &mut Arc<Snapshot>, workers: &[WorkerHandle]) {
             *current = s;
         }
         Err(e) => {
+            health.abort();
             crate::error!(
                 "config reload refused, version {} keeps serving: {e}",
                 current.version

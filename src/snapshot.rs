@@ -9,6 +9,7 @@ use crate::config::Plugins;
 use crate::config::{
     Config, ConfigError, GatewayConfig, NodesConfig, RouteConfig, TimeoutConfig, UpstreamConfig,
 };
+use crate::health::{compile_checks, Registry as HealthRegistry};
 use crate::http::request::Limits;
 use crate::plugin::{self, BuildCtx, Chain, Instance, Registry};
 use crate::route::vars::Var;
@@ -29,6 +30,8 @@ pub struct Settings {
     pub client_body_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub send_timeout: Duration,
+    /// Use every node when all of an upstream's are unhealthy (`healthcheck_fail_open`).
+    pub fail_open: bool,
 }
 
 /// One immutable, validated configuration.
@@ -44,6 +47,8 @@ pub struct Snapshot {
     pub router: Router,
     pub upstreams: Vec<Arc<UpstreamSpec>>,
     pub listen: Vec<SocketAddr>,
+    /// Where the control API (health status) listens; `None` = off.
+    pub control_listen: Option<SocketAddr>,
 }
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -72,11 +77,21 @@ fn object_name(kind: &str, index: usize, id: Option<&str>) -> String {
 }
 
 impl Snapshot {
-    /// Validates and compiles `config`. `version` is stamped on the result.
-    pub fn compile(config: &Config, version: u64) -> Result<Snapshot> {
+    /// Validates and compiles `config`. `version` is stamped on the result; health-checked
+    /// nodes get their targets from `health` (which keeps targets across reloads).
+    pub fn compile(config: &Config, version: u64, health: &mut HealthRegistry) -> Result<Snapshot> {
         let (settings, listen) = compile_gateway(&config.gateway)?;
+        let control_listen = match config.gateway.control_listen.as_str() {
+            "off" => None,
+            a => Some(a.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::invalid(
+                    "gateway.control_listen",
+                    format!("'{a}' is not an ip:port address (or \"off\")"),
+                )
+            })?),
+        };
 
-        let mut upstreams: Vec<Arc<UpstreamSpec>> = Vec::new();
+        let mut upstreams: Vec<UpstreamSpec> = Vec::new();
         let mut upstream_ids: HashMap<&str, usize> = HashMap::new();
         for (i, u) in config.upstreams.iter().enumerate() {
             let name = object_name("upstreams", i, u.id.as_deref());
@@ -90,7 +105,7 @@ impl Snapshot {
                     "duplicate upstream id",
                 ));
             }
-            upstreams.push(Arc::new(compile_upstream(&name, id, u)?));
+            upstreams.push(compile_upstream(&name, id, u)?);
         }
 
         let mut registry = Registry::default();
@@ -125,11 +140,7 @@ impl Snapshot {
                 )?)
             } else if let Some(u) = &s.upstream {
                 let key = format!("service:{id}");
-                upstreams.push(Arc::new(compile_upstream(
-                    &format!("{name}.upstream"),
-                    &key,
-                    u,
-                )?));
+                upstreams.push(compile_upstream(&format!("{name}.upstream"), &key, u)?);
                 Some(upstreams.len() - 1)
             } else {
                 None
@@ -187,14 +198,28 @@ impl Snapshot {
             }
         }
 
+        // Health targets last: every node of a checked upstream gets its shared target.
+        for u in &mut upstreams {
+            if let Some(checks) = &u.checks {
+                for n in &mut u.nodes {
+                    let host = n
+                        .host_port
+                        .rsplit_once(':')
+                        .map_or(&*n.host_port, |(h, _)| h);
+                    n.health = Some(health.target(n.addr, host, checks));
+                }
+            }
+        }
+
         Ok(Snapshot {
             version,
             plugins: registry,
             global,
             settings,
             router: Router::new(routes, uris),
-            upstreams,
+            upstreams: upstreams.into_iter().map(Arc::new).collect(),
             listen,
+            control_listen,
         })
     }
 }
@@ -296,6 +321,7 @@ fn compile_gateway(g: &GatewayConfig) -> Result<(Settings, Vec<SocketAddr>)> {
         client_body_timeout: seconds("gateway.client_body_timeout", g.client_body_timeout, false)?,
         keepalive_timeout: seconds("gateway.keepalive_timeout", g.keepalive_timeout, false)?,
         send_timeout: seconds("gateway.send_timeout", g.send_timeout, false)?,
+        fail_open: g.healthcheck_fail_open,
     };
     Ok((settings, listen))
 }
@@ -389,6 +415,7 @@ fn node(field: &str, host: &str, port: Option<u16>, weight: i64, priority: i64) 
         addr,
         weight: weight as u32,
         priority,
+        health: None,
     })
 }
 
@@ -518,10 +545,15 @@ fn compile_upstream(name: &str, key: &str, u: &UpstreamConfig) -> Result<Upstrea
             ))
         }
     };
+    let checks = match &u.checks {
+        Some(c) => Some(Arc::new(compile_checks(name, c)?)),
+        None => None,
+    };
     Ok(UpstreamSpec {
         key: key.into(),
         kind,
         hash_on,
+        checks,
         nodes,
         retries,
         retry_timeout,
@@ -623,7 +655,7 @@ fn build_plugins(
     name: &str,
     plugins: &Plugins,
     upstream_ids: &HashMap<&str, usize>,
-    upstreams: &mut Vec<Arc<UpstreamSpec>>,
+    upstreams: &mut Vec<UpstreamSpec>,
     registry: &mut Registry,
 ) -> Result<Vec<(String, Instance)>> {
     let mut out = Vec::new();
@@ -632,7 +664,7 @@ fn build_plugins(
         let mut add_upstream =
             |f: &str, u: &UpstreamConfig| -> std::result::Result<usize, String> {
                 let spec = compile_upstream(f, f, u).map_err(|e| e.to_string())?;
-                upstreams.push(Arc::new(spec));
+                upstreams.push(spec);
                 Ok(upstreams.len() - 1)
             };
         let mut ctx = BuildCtx {
@@ -657,7 +689,7 @@ fn compile_route(
     r: &RouteConfig,
     upstream_ids: &HashMap<&str, usize>,
     services: &Services<'_>,
-    upstreams: &mut Vec<Arc<UpstreamSpec>>,
+    upstreams: &mut Vec<UpstreamSpec>,
     registry: &mut Registry,
 ) -> Result<(Route, Vec<String>)> {
     let paths = match (&r.uri, &r.uris) {
@@ -770,11 +802,11 @@ fn compile_route(
             uid,
         )?)
     } else if let Some(u) = &r.upstream {
-        upstreams.push(Arc::new(compile_upstream(
+        upstreams.push(compile_upstream(
             &format!("{name}.upstream"),
             &format!("route:{id}"),
             u,
-        )?));
+        )?);
         Some(upstreams.len() - 1)
     } else {
         service.and_then(|s| s.upstream)
@@ -829,7 +861,7 @@ mod tests {
     use super::*;
 
     fn compile(text: &str) -> Result<Snapshot> {
-        Snapshot::compile(&Config::parse(text)?, 1)
+        Snapshot::compile(&Config::parse(text)?, 1, &mut HealthRegistry::default())
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //! [`crate::snapshot::Snapshot::compile`], which is where every semantic rule lives; serde only
 //! catches unknown fields and wrong types, and its messages already name the field and line.
 
+mod checks;
 mod error;
 mod model;
 
+pub use checks::*;
 pub use error::ConfigError;
 pub use model::*;
 

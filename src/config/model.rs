@@ -62,6 +62,10 @@ pub struct GatewayConfig {
     pub io_uring_entries: u32,
     /// Reload automatically when the config file's contents change (checked every second).
     pub watch_config: bool,
+    /// Control API (health status), loopback-only by default; "off" disables it.
+    pub control_listen: String,
+    /// When every node of an upstream is unhealthy, use them all anyway (APISIX's behaviour).
+    pub healthcheck_fail_open: bool,
 }
 
 impl Default for GatewayConfig {
@@ -86,6 +90,8 @@ impl Default for GatewayConfig {
             io_uring_defer_taskrun: false,
             io_uring_entries: 1024,
             watch_config: true,
+            control_listen: "127.0.0.1:9090".into(),
+            healthcheck_fail_open: true,
         }
     }
 }
@@ -125,6 +131,9 @@ pub struct UpstreamConfig {
     /// For `chash`: the variable, header or cookie name, or the template.
     #[serde(default)]
     pub key: Option<String>,
+    /// Active and passive health checks.
+    #[serde(default)]
+    pub checks: Option<super::ChecksConfig>,
 }
 
 fn default_lb_type() -> String {

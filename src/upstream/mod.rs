@@ -47,9 +47,17 @@ pub struct Node {
     pub addr: SocketAddr,
     pub weight: u32,
     pub priority: i64,
+    /// The health-check target (checked upstreams only), shared by every core.
+    pub health: Option<Arc<crate::health::Target>>,
 }
 
 impl Node {
+    /// Not known to be unhealthy.
+    #[inline]
+    pub fn usable(&self) -> bool {
+        self.health.as_ref().is_none_or(|t| t.usable())
+    }
+
     #[cfg(test)]
     pub fn for_test(port: u16, weight: u32) -> Node {
         Node {
@@ -57,6 +65,7 @@ impl Node {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             weight,
             priority: 0,
+            health: None,
         }
     }
 }
@@ -111,6 +120,8 @@ pub struct UpstreamSpec {
     pub kind: BalancerKind,
     /// Key source for `chash`; `None` for other types.
     pub hash_on: Option<HashOn>,
+    /// Health checks (`checks`), when configured.
+    pub checks: Option<Arc<crate::health::Checks>>,
     pub nodes: Vec<Node>,
     pub retries: u32,
     pub retry_timeout: Option<Duration>,

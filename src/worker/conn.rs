@@ -14,6 +14,7 @@ use super::io::{read_more_timeout, write_all, write_range, IoFail};
 use super::state::{Local, Worker};
 use super::vars::RequestVars;
 use super::watchdog::Watch;
+use crate::health::state::Report;
 use crate::http::chunked::ChunkedScanner;
 use crate::http::error_page::write_error;
 use crate::http::request::{BodyFraming, Parsed, RequestError, RequestHead};
@@ -193,6 +194,17 @@ impl Failure {
             Failure::Read(e) => format!("upstream read failed: {e}"),
             Failure::Closed => "upstream closed the connection prematurely".into(),
             Failure::Invalid(why) => format!("invalid upstream response: {why}"),
+        }
+    }
+
+    /// How this failure counts for passive health checks.
+    fn health_report(&self) -> Report {
+        match self {
+            Failure::ConnectTimeout | Failure::SendTimeout | Failure::ReadTimeout => {
+                Report::Timeout
+            }
+            Failure::Invalid(_) => Report::HttpFailure,
+            _ => Report::TcpFailure,
         }
     }
 
@@ -653,6 +665,19 @@ impl Conn {
             hash_key(&mut self.key_buf, hash_on, &vars);
         }
         let balancer = &local.balancers[ui];
+        // Health: skip unhealthy nodes, unless every node is unhealthy (then, like APISIX,
+        // use them all, or refuse when `healthcheck_fail_open = false`).
+        let mut skip_unhealthy = false;
+        if up.checks.is_some() {
+            if up.nodes.iter().any(|n| n.usable()) {
+                skip_unhealthy = true;
+            } else if self.settings().fail_open {
+                self.worker.warn_all_unhealthy(&up.key);
+            } else {
+                let end = self.buffered_body_end();
+                return self.local_error(503, "no healthy upstream node", end).await;
+            }
+        }
         let mut retries_done = 0u32;
         let mut fresh_retry: Option<usize> = None;
         let mut streamed = false;
@@ -666,6 +691,9 @@ impl Conn {
                     let mut ctx = PickContext::new(&self.tried);
                     if up.hash_on.is_some() {
                         ctx = ctx.with_key(&self.key_buf);
+                    }
+                    if skip_unhealthy {
+                        ctx = ctx.skipping_unhealthy(&up.nodes);
                     }
                     let picked = balancer.borrow_mut().pick(&up.nodes, &ctx);
                     match picked {
@@ -706,6 +734,7 @@ impl Conn {
                 Ok(c) => c,
                 Err(f) => {
                     balancer.borrow_mut().finished(node_idx, None);
+                    self.worker.report_health(node, f.health_report());
                     match self.after_failure(
                         &f,
                         up,
@@ -748,6 +777,13 @@ impl Conn {
             };
             match sent {
                 Ok(()) => {
+                    if let Some(report) = up
+                        .checks
+                        .as_ref()
+                        .and_then(|c| c.passive.classify(self.resp.status))
+                    {
+                        self.worker.report_health(node, report);
+                    }
                     if self.filters.is_some() {
                         let resp = ResponseCtx {
                             status: self.resp.status,
@@ -779,6 +815,10 @@ impl Conn {
                         streamed,
                         reused,
                     );
+                    if !matches!(decision, Retry::Fresh) {
+                        // A stale pooled connection is not the node's fault; anything else is.
+                        self.worker.report_health(node, f.health_report());
+                    }
                     match decision {
                         Retry::Fresh => {
                             fresh_retry = Some(node_idx);

@@ -47,6 +47,8 @@ pub struct WorkerSpec {
     /// Bound, listening, non-blocking sockets (SO_REUSEPORT), one per listen address.
     pub listeners: Vec<std::net::TcpListener>,
     pub access_log: AccessLogConfig,
+    /// Where passive health outcomes go (drained by the prober).
+    pub passive: Arc<crate::health::PassiveQueue>,
 }
 
 /// Starts a worker thread.
@@ -71,7 +73,7 @@ pub fn spawn(spec: WorkerSpec) -> std::io::Result<WorkerHandle> {
                 }
             };
             rt.block_on(async move {
-                let worker = Rc::new(Worker::new(spec.index, spec.snapshot, log));
+                let worker = Rc::new(Worker::new(spec.index, spec.snapshot, log, spec.passive));
                 state::run(worker, spec.listeners, inbox).await;
             });
         })?;

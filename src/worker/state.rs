@@ -7,11 +7,13 @@ use super::{ControlMsg, Mailbox};
 
 /// Connection scratch sets kept for reuse per core.
 const MAX_SCRATCH: usize = 1024;
+use crate::health::{state::Report, PassiveQueue};
 use crate::log::access::AccessLog;
 use crate::plugin::PluginStates;
 use crate::snapshot::Snapshot;
 use crate::upstream::balancer::{self, Balancer};
 use crate::upstream::pool::Pool;
+use crate::upstream::Node;
 use monoio::net::TcpListener;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -61,10 +63,19 @@ pub struct Worker {
     scratch: RefCell<Vec<Scratch>>,
     /// Per-operation deadlines of every connection, swept on the tick.
     pub watchdog: Watchdog,
+    passive: Arc<PassiveQueue>,
+    /// Passive health outcomes since the last tick.
+    passive_batch: RefCell<Vec<(u32, Report)>>,
+    all_down_logged: Cell<Option<std::time::Instant>>,
 }
 
 impl Worker {
-    pub fn new(index: usize, snapshot: Arc<Snapshot>, log: AccessLog) -> Worker {
+    pub fn new(
+        index: usize,
+        snapshot: Arc<Snapshot>,
+        log: AccessLog,
+        passive: Arc<PassiveQueue>,
+    ) -> Worker {
         Worker {
             index,
             current: RefCell::new(Rc::new(Local::new(snapshot))),
@@ -75,6 +86,36 @@ impl Worker {
             wakers: RefCell::new(Vec::new()),
             scratch: RefCell::new(Vec::new()),
             watchdog: Watchdog::default(),
+            passive,
+            passive_batch: RefCell::new(Vec::new()),
+            all_down_logged: Cell::new(None),
+        }
+    }
+
+    /// Notes a passive health outcome for `node`; sent to the prober on the next tick.
+    pub fn report_health(&self, node: &Node, report: Report) {
+        if let Some(t) = &node.health {
+            self.passive_batch.borrow_mut().push((t.id, report));
+        }
+    }
+
+    /// Logs (at most once a second per core) that an upstream's nodes are all unhealthy and
+    /// are used anyway.
+    pub fn warn_all_unhealthy(&self, upstream: &str) {
+        let now = self.watchdog.now();
+        let last = self.all_down_logged.get();
+        if last.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1)) {
+            self.all_down_logged.set(Some(now));
+            crate::warn!(
+                "health: every node of upstream {upstream} is unhealthy; using all of them (healthcheck_fail_open)"
+            );
+        }
+    }
+
+    fn flush_health(&self) {
+        let mut batch = self.passive_batch.borrow_mut();
+        if !batch.is_empty() {
+            self.passive.push(std::mem::take(&mut *batch));
         }
     }
 
@@ -174,6 +215,7 @@ pub async fn run(worker: Rc<Worker>, listeners: Vec<std::net::TcpListener>, mail
     let grace = 'serve: loop {
         monoio::time::sleep(TICK).await;
         worker.watchdog.tick();
+        worker.flush_health();
         while let Some(msg) = mailbox.take() {
             match msg {
                 ControlMsg::Snapshot(s) => {

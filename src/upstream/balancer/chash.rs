@@ -112,6 +112,7 @@ mod tests {
                 addr: format!("{ip}:{port}").parse().unwrap(),
                 weight,
                 priority: 0,
+                health: None,
             })
             .collect()
     }

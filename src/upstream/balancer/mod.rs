@@ -23,6 +23,8 @@ pub struct PickContext<'a> {
     pub hash_key: Option<&'a [u8]>,
     /// When picking within a subset (a priority group): subset index -> node index.
     members: Option<&'a [usize]>,
+    /// The upstream's nodes, when unhealthy ones must be skipped.
+    health: Option<&'a [Node]>,
 }
 
 impl<'a> PickContext<'a> {
@@ -31,7 +33,15 @@ impl<'a> PickContext<'a> {
             tried,
             hash_key: None,
             members: None,
+            health: None,
         }
+    }
+
+    /// Skip the nodes of `nodes` (the upstream's full list) that health checks found
+    /// unhealthy.
+    pub fn skipping_unhealthy(mut self, nodes: &'a [Node]) -> Self {
+        self.health = Some(nodes);
+        self
     }
 
     pub fn with_key(mut self, key: &'a [u8]) -> Self {
@@ -53,7 +63,7 @@ impl<'a> PickContext<'a> {
             Some(m) => m[i],
             None => i,
         };
-        self.tried.contains(&global)
+        self.tried.contains(&global) || self.health.is_some_and(|n| !n[global].usable())
     }
 }
 

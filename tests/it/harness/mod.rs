@@ -54,11 +54,13 @@ impl Gateway {
     pub fn start_with(body: &str, gateway_extra: &str) -> Gateway {
         let dir = temp_dir("gw");
         let port = free_port();
-        let watch = if gateway_extra.contains("watch_config") {
-            ""
-        } else {
-            "watch_config = false\n"
-        };
+        let mut watch = String::new();
+        if !gateway_extra.contains("watch_config") {
+            watch.push_str("watch_config = false\n");
+        }
+        if !gateway_extra.contains("control_listen") {
+            watch.push_str("control_listen = \"off\"\n");
+        }
         let gateway_section = format!(
             "[gateway]\nlisten = [\"127.0.0.1:{port}\"]\npin_cores = false\naccess_log = \"{}\"\n{watch}{gateway_extra}\n",
             dir.join("access.log").display()

@@ -1,0 +1,395 @@
+//! The prober: one thread (its own monoio runtime, not pinned to a worker's core) that runs the
+//! active checks of every target, applies the passive outcomes the workers report, and serves
+//! the health status API on the control listener.
+//!
+//! Each target has one probe loop: probe, apply the result to the state machine, sleep
+//! `healthy.interval` or `unhealthy.interval` depending on the state, again. A probe is a TCP
+//! connect (`type = "tcp"`), or a connect plus `GET http_path` whose status line decides
+//! (`type = "http"`): a status in `healthy.http_statuses` is a success, one in
+//! `unhealthy.http_statuses` (or an unreadable answer) an HTTP failure, any other is ignored;
+//! a timeout counts as a timeout, a refused or reset connection as a TCP failure.
+
+use super::state::{Report, Thresholds};
+use super::{PassiveQueue, Target};
+use crate::http::request::{Limits, Parsed, RequestHead};
+use crate::snapshot::Snapshot;
+use crossbeam_queue::SegQueue;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::{TcpListener, TcpStream};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Messages from the control plane.
+pub enum ProberMsg {
+    /// The live targets and the snapshot they belong to (after every successful (re)load).
+    Update(Vec<Arc<Target>>, Arc<Snapshot>),
+    Shutdown,
+}
+
+pub struct ProberHandle {
+    pub mailbox: Arc<SegQueue<ProberMsg>>,
+    pub passive: Arc<PassiveQueue>,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+const TICK: Duration = Duration::from_millis(25);
+
+struct State {
+    targets: RefCell<HashMap<u32, Arc<Target>>>,
+    snapshot: RefCell<Arc<Snapshot>>,
+}
+
+/// Starts the prober thread. `control` is the bound status-API listener, if any.
+pub fn spawn(
+    control: Option<std::net::TcpListener>,
+    targets: Vec<Arc<Target>>,
+    snapshot: Arc<Snapshot>,
+) -> std::io::Result<ProberHandle> {
+    let mailbox = Arc::new(SegQueue::new());
+    let passive = Arc::new(PassiveQueue::new());
+    let (mb, pq) = (mailbox.clone(), passive.clone());
+    let thread = std::thread::Builder::new()
+        .name("shardgate-health".into())
+        .spawn(move || {
+            let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .enable_timer()
+                .build()
+                .expect("health runtime");
+            rt.block_on(run(control, targets, snapshot, mb, pq));
+        })?;
+    Ok(ProberHandle {
+        mailbox,
+        passive,
+        thread,
+    })
+}
+
+async fn run(
+    control: Option<std::net::TcpListener>,
+    targets: Vec<Arc<Target>>,
+    snapshot: Arc<Snapshot>,
+    mailbox: Arc<SegQueue<ProberMsg>>,
+    passive: Arc<PassiveQueue>,
+) {
+    let state = Rc::new(State {
+        targets: RefCell::new(HashMap::new()),
+        snapshot: RefCell::new(snapshot),
+    });
+    adopt(&state, targets);
+    if let Some(l) = control {
+        match TcpListener::from_std(l) {
+            Ok(l) => {
+                monoio::spawn(serve_status(l, state.clone()));
+            }
+            Err(e) => crate::error!("control listener: {e}"),
+        }
+    }
+    loop {
+        monoio::time::sleep(TICK).await;
+        while let Some(msg) = mailbox.pop() {
+            match msg {
+                ProberMsg::Update(targets, snapshot) => {
+                    *state.snapshot.borrow_mut() = snapshot;
+                    adopt(&state, targets);
+                }
+                ProberMsg::Shutdown => return,
+            }
+        }
+        while let Some(batch) = passive.pop() {
+            let targets = state.targets.borrow();
+            for (id, report) in batch {
+                if let Some(t) = targets.get(&id) {
+                    apply(t, report, &t.checks.passive.thresholds, "passive");
+                }
+            }
+        }
+    }
+}
+
+/// Starts probe loops for targets not seen before; forgets retired ones.
+fn adopt(state: &Rc<State>, targets: Vec<Arc<Target>>) {
+    let mut known = state.targets.borrow_mut();
+    known.retain(|_, t| !t.retired.load(Ordering::Relaxed));
+    for t in targets {
+        if known.insert(t.id, t.clone()).is_none() {
+            monoio::spawn(probe_loop(t));
+        }
+    }
+}
+
+/// Applies a report; logs a usability change with its reason.
+pub fn apply(t: &Target, report: Report, thresholds: &Thresholds, source: &str) {
+    let transition = {
+        let mut m = t.machine.lock().unwrap_or_else(|e| e.into_inner());
+        m.report(report, thresholds)
+    };
+    if let Some(tr) = transition {
+        t.set_usable(tr.usable);
+        if tr.usable {
+            crate::info!(
+                "health: {} ({}) is healthy again after {} ({source} check)",
+                t.probe_addr,
+                t.hostname,
+                tr.reason
+            );
+        } else {
+            crate::warn!(
+                "health: {} ({}) is unhealthy: {} ({source} check)",
+                t.probe_addr,
+                t.hostname,
+                tr.reason
+            );
+        }
+    }
+}
+
+async fn probe_loop(t: Arc<Target>) {
+    let active = t.checks.active.clone();
+    loop {
+        if t.retired.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(report) = probe(&t).await {
+            apply(&t, report, &active.thresholds, "active");
+        }
+        let interval = if t.usable() {
+            active.healthy_interval
+        } else {
+            active.unhealthy_interval
+        };
+        monoio::time::sleep(interval).await;
+    }
+}
+
+/// One probe. `None`: an answer that counts neither way.
+async fn probe(t: &Target) -> Option<Report> {
+    let a = &t.checks.active;
+    let work = async {
+        let mut stream = match TcpStream::connect_addr(t.probe_addr).await {
+            Ok(s) => s,
+            Err(_) => return Some(Report::TcpFailure),
+        };
+        if a.tcp_only {
+            return Some(Report::Success);
+        }
+        let mut req = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: shardgate-health\r\nConnection: close\r\n",
+            a.http_path, t.hostname
+        );
+        for h in &a.req_headers {
+            req.push_str(h);
+            req.push_str("\r\n");
+        }
+        req.push_str("\r\n");
+        let (res, _) = stream.write_all(req.into_bytes()).await;
+        if res.is_err() {
+            return Some(Report::TcpFailure);
+        }
+        // The status line is enough.
+        let mut buf: Vec<u8> = Vec::with_capacity(1024);
+        loop {
+            if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                return classify(&buf[..end], a);
+            }
+            if buf.len() >= 1024 {
+                return Some(Report::HttpFailure);
+            }
+            let len = buf.len();
+            let (res, slice) = stream
+                .read(monoio::buf::IoBufMut::slice_mut(buf, len..))
+                .await;
+            buf = slice.into_inner();
+            match res {
+                Ok(0) if buf.is_empty() => return Some(Report::TcpFailure),
+                Ok(0) => return Some(Report::HttpFailure),
+                Ok(_) => {}
+                Err(_) => return Some(Report::TcpFailure),
+            }
+        }
+    };
+    monoio::time::timeout(a.timeout, work)
+        .await
+        .unwrap_or(Some(Report::Timeout))
+}
+
+/// A status in `healthy.http_statuses` is a success, one in `unhealthy.http_statuses` or an
+/// unreadable status line an HTTP failure; any other status counts neither way (as in APISIX).
+fn classify(status_line: &[u8], a: &super::ActiveCheck) -> Option<Report> {
+    let line = String::from_utf8_lossy(status_line);
+    let mut parts = line.split_whitespace();
+    let status = match (parts.next(), parts.next()) {
+        (Some(v), Some(code)) if v.starts_with("HTTP/1.") => code.parse::<u16>().ok(),
+        _ => None,
+    };
+    match status {
+        Some(s) if a.healthy_statuses.contains(&s) => Some(Report::Success),
+        Some(s) if !a.unhealthy_statuses.contains(&s) => None,
+        _ => Some(Report::HttpFailure),
+    }
+}
+
+/// The health status API (APISIX's control API shape):
+/// `GET /v1/healthcheck` and `GET /v1/healthcheck/{upstreams|routes|services}/{id}`.
+async fn serve_status(listener: TcpListener, state: Rc<State>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        monoio::spawn(status_conn(stream, state.clone()));
+    }
+}
+
+async fn status_conn(mut stream: TcpStream, state: Rc<State>) {
+    let limits = Limits {
+        max_request_line: 8192,
+        max_header_size: 16 * 1024,
+        max_headers: 64,
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut head = RequestHead::default();
+    let read = async {
+        loop {
+            match head.parse(&buf, &limits) {
+                Ok(Parsed::Complete) => return true,
+                Ok(Parsed::Partial) => {}
+                Err(_) => return false,
+            }
+            let len = buf.len();
+            if buf.capacity() - len < 1024 {
+                buf.reserve(4096);
+            }
+            let (res, slice) = stream
+                .read(monoio::buf::IoBufMut::slice_mut(
+                    std::mem::take(&mut buf),
+                    len..,
+                ))
+                .await;
+            buf = slice.into_inner();
+            if !matches!(res, Ok(n) if n > 0) {
+                return false;
+            }
+        }
+    };
+    if !matches!(
+        monoio::time::timeout(Duration::from_secs(10), read).await,
+        Ok(true)
+    ) {
+        return;
+    }
+    let method = String::from_utf8_lossy(&buf[head.method.clone()]).to_string();
+    let path = String::from_utf8_lossy(head.path(&buf)).to_string();
+    let (status, body) = if method != "GET" {
+        (
+            405,
+            serde_json::json!({"error_msg": "only GET is supported"}),
+        )
+    } else {
+        status_response(&path, &state.snapshot.borrow())
+    };
+    let body = body.to_string();
+    let out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        crate::http::reason_phrase(status),
+        body.len()
+    );
+    let _ = stream.write_all(out.into_bytes()).await;
+}
+
+/// (kind, id) of an upstream's checker name: `upstreams/<id>`, `routes/<id>`, `services/<id>`.
+fn resource(key: &str) -> (&'static str, &str) {
+    if let Some(id) = key.strip_prefix("route:") {
+        ("routes", id)
+    } else if let Some(id) = key.strip_prefix("service:") {
+        ("services", id)
+    } else {
+        ("upstreams", key)
+    }
+}
+
+fn upstream_json(u: &crate::upstream::UpstreamSpec) -> Option<serde_json::Value> {
+    let checks = u.checks.as_ref()?;
+    let (kind, id) = resource(&u.key);
+    let nodes: Vec<serde_json::Value> = u
+        .nodes
+        .iter()
+        .filter_map(|n| n.health.as_ref())
+        .map(|t| {
+            let m = t.machine.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            serde_json::json!({
+                "ip": t.probe_addr.ip().to_string(),
+                "port": t.probe_addr.port(),
+                "hostname": t.hostname,
+                "status": m.status.as_str(),
+                "counter": {
+                    "success": m.counters.success,
+                    "http_failure": m.counters.http_failure,
+                    "tcp_failure": m.counters.tcp_failure,
+                    "timeout_failure": m.counters.timeout_failure,
+                }
+            })
+        })
+        .collect();
+    Some(serde_json::json!({
+        "name": format!("/{kind}/{id}"),
+        "type": if checks.active.tcp_only { "tcp" } else { "http" },
+        "nodes": nodes,
+    }))
+}
+
+fn status_response(path: &str, snap: &Snapshot) -> (u16, serde_json::Value) {
+    let path = path.trim_end_matches('/');
+    if path == "/v1/healthcheck" {
+        let all: Vec<_> = snap
+            .upstreams
+            .iter()
+            .filter_map(|u| upstream_json(u))
+            .collect();
+        return (200, serde_json::Value::Array(all));
+    }
+    let Some(rest) = path.strip_prefix("/v1/healthcheck/") else {
+        return (404, serde_json::json!({"error_msg": "not found"}));
+    };
+    let (kind, id) = rest.split_once('/').unwrap_or((rest, ""));
+    if !matches!(kind, "upstreams" | "routes" | "services") {
+        return (
+            400,
+            serde_json::json!({"error_msg": format!("invalid src type {kind}")}),
+        );
+    }
+    if id.is_empty() {
+        return (
+            404,
+            serde_json::json!({"error_msg": format!("missing src id for src type {kind}")}),
+        );
+    }
+    let found = snap
+        .upstreams
+        .iter()
+        .find(|u| resource(&u.key) == (kind, id));
+    match found {
+        None => (
+            404,
+            serde_json::json!({"error_msg": format!("{kind}[{id}] not found")}),
+        ),
+        Some(u) => match upstream_json(u) {
+            Some(v) => (200, v),
+            None => (
+                404,
+                serde_json::json!({"error_msg": format!("no checker for {kind}[{id}]")}),
+            ),
+        },
+    }
+}
+
+/// Binds the control listener (exclusive: no SO_REUSEPORT, so a second instance fails loudly
+/// instead of sharing it).
+pub fn bind_control(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
