@@ -6,6 +6,7 @@ mod harness;
 mod balancing;
 mod bodies;
 mod failures;
+mod health;
 mod lifecycle;
 mod loadgen;
 mod malformed;

@@ -60,6 +60,8 @@ struct State {
     requests: AtomicUsize,
     seen: Mutex<Vec<Seen>>,
     stop: AtomicBool,
+    /// Killed: no more accepts, every open connection closes at its next request.
+    dead: AtomicBool,
     handler: Box<Handler>,
 }
 
@@ -119,12 +121,13 @@ impl Backend {
             requests: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
             handler: Box::new(handler),
         });
         let st = state.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
-                if st.stop.load(Ordering::SeqCst) {
+                if st.stop.load(Ordering::SeqCst) || st.dead.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
@@ -150,6 +153,22 @@ impl Backend {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
+    }
+
+    /// Simulates a crash: the port stops accepting and open connections close.
+    pub fn kill(&self) {
+        self.state.dead.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+
+    /// Requests seen whose target is not `path` (e.g. traffic other than health probes).
+    pub fn requests_except(&self, path: &str) -> usize {
+        self.seen().iter().filter(|s| s.target != path).count()
+    }
+
+    /// Requests seen for `path`.
+    pub fn requests_for(&self, path: &str) -> usize {
+        self.seen().iter().filter(|s| s.target == path).count()
     }
 
     pub fn last(&self) -> Seen {
@@ -282,6 +301,9 @@ fn serve(mut stream: TcpStream, st: Arc<State>) {
             }
         }
         seen.body_hash = hash.0;
+        if st.dead.load(Ordering::SeqCst) {
+            return;
+        }
         st.requests.fetch_add(1, Ordering::SeqCst);
         let reply = (st.handler)(&seen);
         let is_head = seen.method == "HEAD";
