@@ -140,18 +140,15 @@ fn tcp_checks_and_probe_timeouts() {
         }
     });
     let control = free_port();
-    let body = format!(
-        "{}\n{}",
-        checked_upstream(
-            &nodes_map(&[(&good.addr(), 1), (&format!("127.0.0.1:{closed}"), 1)]),
-            "[upstreams.checks.active]\ntype = \"tcp\"\nhealthy = { interval = 1 }\nunhealthy = { interval = 1, tcp_failures = 2 }\n"
-        ),
-        format!(
-            "[[upstreams]]\nid = \"t\"\nnodes = {}\n{}\n",
-            nodes_map(&[(&slow.addr(), 1), (&good.addr(), 1)]),
-            HTTP_CHECKS
-        )
+    let tcp_checked = checked_upstream(
+        &nodes_map(&[(&good.addr(), 1), (&format!("127.0.0.1:{closed}"), 1)]),
+        "[upstreams.checks.active]\ntype = \"tcp\"\nhealthy = { interval = 1 }\nunhealthy = { interval = 1, tcp_failures = 2 }\n",
     );
+    let http_checked = format!(
+        "[[upstreams]]\nid = \"t\"\nnodes = {}\n{HTTP_CHECKS}\n",
+        nodes_map(&[(&slow.addr(), 1), (&good.addr(), 1)]),
+    );
+    let body = format!("{tcp_checked}\n{http_checked}");
     let gw = Gateway::start_with(&body, &format!("control_listen = \"127.0.0.1:{control}\""));
     wait_status(control, "u", closed, "unhealthy", Duration::from_secs(5));
     wait_status(control, "t", slow.port, "unhealthy", Duration::from_secs(6));
