@@ -5,6 +5,7 @@
 #   benches/compare.sh                 # full run: 3 rounds x 10 s, all scenarios, workers 1 and 2
 #   benches/compare.sh --quick         # smoke: 1 round x 3 s
 #   benches/compare.sh --dry-run       # print every command it would run; starts nothing
+#   benches/compare.sh --scenarios lb-rr,lb-leastconn,lb-chash,lb-ewma   # one per balancer
 #
 # One run: builds the release binaries (once), installs nginx and HAProxy from the
 # distribution's packages if missing, then for every scenario and worker count starts one
@@ -12,6 +13,11 @@
 # (direct, shardgate, nginx, haproxy, direct, shardgate, ...) for --rounds rounds. At the end it
 # prints one markdown table per scenario (medians over rounds, ratios to nginx) and writes it to
 # OUT/summary.md. See benches/README.md.
+#
+# The lb-* scenarios (one per load-balancing algorithm) put three sg-backend instances on
+# three ports (BACKEND_PORT, +1, +2), all pinned to the backend core with one thread each, and
+# make every proxy balance over them with its counterpart of the algorithm. They are not in
+# the default scenario list (they would double the full run); select them with --scenarios.
 #
 # Process model: every proxy measurement starts a fresh proxy process (identical conditions for
 # every round and target: cold start, 1 s warm-up, then the measured run) and stops it by PID
@@ -60,7 +66,13 @@ Usage: benches/compare.sh [options]
   --rounds N          rounds per scenario, targets interleaved in each (default $ROUNDS)
   --duration S        seconds per measured run, integer (default $DURATION)
   --connections C     concurrent connections of the load generator (default $CONNS)
-  --scenarios LIST    any of: small-ka newconn 16k 1m (default: all), space or comma separated
+  --scenarios LIST    space or comma separated, any of:
+                        small-ka newconn 16k 1m     one backend (the default: these four)
+                        lb-rr lb-leastconn lb-chash lb-ewma
+                                                    one per balancer, 64 B keep-alive over
+                                                    three backends; not in the default, as
+                                                    they would double the full run (about
+                                                    5 min each, 20 min for the four)
   --workers LIST      proxy worker counts, e.g. "1 2" (default "$WORKERS_LIST")
   --targets LIST      any of: direct shardgate nginx haproxy (default: all)
   --max-requests N    per-run request bound (default: duration x 1,000,000)
@@ -72,7 +84,8 @@ Usage: benches/compare.sh [options]
   -h, --help          this text
 
 Environment: SG_BIN_DIR (default target/release), NGINX_BIN, HAPROXY_BIN,
-SG_BENCH_{BACKEND,SHARDGATE,NGINX,HAPROXY}_PORT (defaults 18081, 18090, 18091, 18092).
+SG_BENCH_{BACKEND,SHARDGATE,NGINX,HAPROXY}_PORT (defaults 18081, 18090, 18091, 18092;
+the lb-* scenarios also use the two ports after the backend's).
 EOF
 }
 
@@ -110,7 +123,10 @@ is_uint "$WARMUP" || die "--warmup must be an integer (seconds)"
 [[ -z $MAX_REQ ]] && MAX_REQ=$((DURATION * 1000000))
 is_uint "$MAX_REQ" && ((MAX_REQ >= 1)) || die "--max-requests must be a positive integer"
 for s in $SCENARIOS; do
-    case $s in small-ka | newconn | 16k | 1m) ;; *) die "unknown scenario: $s" ;; esac
+    case $s in
+        small-ka | newconn | 16k | 1m | lb-rr | lb-leastconn | lb-chash | lb-ewma) ;;
+        *) die "unknown scenario: $s" ;;
+    esac
 done
 for w in $WORKERS_LIST; do
     is_uint "$w" && ((w >= 1)) || die "bad worker count: $w"
@@ -225,9 +241,12 @@ start_bg() { # start_bg LOGFILE cmd...: background, PID recorded in PIDS and STA
 # ---------------------------------------------------------------- measurement helpers
 CLK_TCK=$(getconf CLK_TCK)
 
-tree_ticks() { # utime+stime (+cutime+cstime) of PID and its direct children, in clock ticks
-    local root=$1 sum=0 f line pid rest
+tree_ticks() { # tree_ticks PID...: utime+stime (+cutime+cstime) of each PID and its direct
+    # children, in clock ticks; one number per PID, space separated, from one pass over /proc
+    local -A sum=()
+    local r f line pid rest owner
     local -a a
+    for r in "$@"; do sum[$r]=0; done
     for f in /proc/[0-9]*/stat; do
         { read -r line <"$f"; } 2>/dev/null || continue
         pid=${line%% *}
@@ -235,11 +254,17 @@ tree_ticks() { # utime+stime (+cutime+cstime) of PID and its direct children, in
         read -ra a <<<"$rest"
         # after "comm)": a[0]=state(3) a[1]=ppid(4) ... a[11]=utime(14) a[12]=stime(15)
         # a[13]=cutime(16) a[14]=cstime(17)
-        if [[ $pid == "$root" || ${a[1]} == "$root" ]]; then
-            sum=$((sum + a[11] + a[12] + a[13] + a[14]))
+        owner=""
+        if [[ -n ${sum[$pid]+x} ]]; then
+            owner=$pid
+        elif [[ -n ${sum[${a[1]}]+x} ]]; then
+            owner=${a[1]}
         fi
+        [[ -n $owner ]] && sum[$owner]=$((sum[$owner] + a[11] + a[12] + a[13] + a[14]))
     done
-    echo "$sum"
+    local out=""
+    for r in "$@"; do out+="${out:+ }${sum[$r]}"; done
+    echo "$out"
 }
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -317,11 +342,17 @@ layout() {
 }
 
 # ---------------------------------------------------------------- config rendering
-render() { # render TEMPLATE OUTFILE key=value...
-    local tpl=$1 out=$2 kv
+render() { # render TEMPLATE OUTFILE key=value...: placeholders are filled outside comment
+    # lines only; a line holding only a placeholder whose value is empty is dropped; a newline
+    # in a value becomes a line break (GNU sed)
+    local tpl=$1 out=$2 kv k v
     shift 2
     local -a sed_args=()
-    for kv in "$@"; do sed_args+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
+    for kv in "$@"; do
+        k=${kv%%=*} v=${kv#*=}
+        [[ -n $v ]] || sed_args+=(-e "/^[[:space:]]*@$k@[[:space:]]*\$/d")
+        sed_args+=(-e "/^[[:space:]]*#/!s|@$k@|${v//$'\n'/\\n}|g")
+    done
     sed "${sed_args[@]}" "$tpl" >"$out"
     if grep -v '^[[:space:]]*#' "$out" | grep -q '@[A-Z_]*@'; then
         die "unfilled placeholder in $out"
@@ -338,7 +369,9 @@ nginx_masks() { # "0,1" -> "01 10" (worker i -> bit cpus[i]; rightmost bit = CPU
     echo "$out"
 }
 
-write_shardgate_conf() { # OUTFILE WORKERS CPUS
+write_shardgate_conf() { # OUTFILE WORKERS CPUS (upstream from SG_LB and the backend ports)
+    local nodes="" p
+    for p in "${BACKEND_PORTS[@]}"; do nodes+="${nodes:+, }\"127.0.0.1:$p\" = 1"; done
     cat >"$1" <<EOF
 # Shardgate config for benches/compare.sh (generated). Same cores, workers and pool sizes as
 # the nginx and HAProxy configs: keepalive_pool per core = nginx keepalive 320 per worker.
@@ -353,7 +386,8 @@ graceful_shutdown_timeout = 2
 
 [[upstreams]]
 id = "b"
-nodes = { "127.0.0.1:$BACKEND_PORT" = 1 }
+${SG_LB:+$SG_LB
+}nodes = { $nodes }
 keepalive_pool = { size = 320, idle_timeout = 60, requests = 100000 }
 
 [[routes]]
@@ -381,14 +415,28 @@ check_conf() { # check_conf CONF cmd...: validate a rendered config once (also i
     [[ -z $outp ]] || printf '  %s\n' "${outp//$'\n'/$'\n'  }" >&2
 }
 
+nginx_servers() { # the upstream's server lines, one per backend port
+    local p out=""
+    for p in "${BACKEND_PORTS[@]}"; do out+="${out:+$'\n'        }server 127.0.0.1:$p;"; done
+    printf '%s' "$out"
+}
+haproxy_servers() {
+    local i out=""
+    for i in "${!BACKEND_PORTS[@]}"; do
+        out+="${out:+$'\n'    }server b$((i + 1)) 127.0.0.1:${BACKEND_PORTS[i]} pool-purge-delay 60s"
+    done
+    printf '%s' "$out"
+}
+
 # Start TARGET for W workers on PROXY_CPUS; sets PROXY_PID. "direct" starts nothing.
+# Uses scen (the scenario) for file names when the scenario balances (LB set).
 start_target() {
     local target=$1 w=$2 tag=$3 conf log
     PROXY_PID=0
     case $target in
         direct) return 0 ;;
         shardgate)
-            conf="$TMP/shardgate-w$w.toml"
+            conf="$TMP/shardgate-${LB:+$scen-}w$w.toml"
             log="$OUT/logs/$tag.log"
             write_shardgate_conf "$conf" "$w" "$PROXY_CPUS"
             check_conf "$conf" "$BIN_DIR/shardgate" check -c "$conf"
@@ -400,17 +448,17 @@ start_target() {
             rm -f "$TMP/nginx.pid"
             render "$BENCH_DIR/nginx.conf.template" "$conf" \
                 WORKERS="$w" CPU_MASKS="$(nginx_masks "$PROXY_CPUS")" \
-                LISTEN_PORT="$NGINX_PORT" BACKEND_PORT="$BACKEND_PORT" \
+                LISTEN_PORT="$NGINX_PORT" BALANCE="$NGINX_LB" SERVERS="$(nginx_servers)" \
                 PIDFILE="$TMP/nginx.pid" TMPDIR="$TMP" ERROR_LOG="$TMP/$tag.error.log"
             check_conf "$conf" "$NGINX_BIN" -t -q -p "$TMP/" -e "$TMP/nginx-check.log" -c "$conf"
             start_bg "$log" taskset -c "$PROXY_CPUS" "$NGINX_BIN" -p "$TMP/" -e "$TMP/$tag.error.log" -c "$conf"
             ;;
         haproxy)
-            conf="$TMP/haproxy-w$w.cfg"
+            conf="$TMP/haproxy-${LB:+$scen-}w$w.cfg"
             log="$OUT/logs/$tag.log"
             render "$BENCH_DIR/haproxy.cfg.template" "$conf" \
                 WORKERS="$w" CPUS_LIST="${PROXY_CPUS//,/ }" \
-                LISTEN_PORT="$HAPROXY_PORT" BACKEND_PORT="$BACKEND_PORT" \
+                LISTEN_PORT="$HAPROXY_PORT" BALANCE="$HAPROXY_LB" SERVERS="$(haproxy_servers)" \
                 PIDFILE="$TMP/haproxy.pid" TMPDIR="$TMP"
             check_conf "$conf" "$HAPROXY_BIN" -c -q -f "$conf"
             start_bg "$log" taskset -c "$PROXY_CPUS" "$HAPROXY_BIN" -db -f "$conf"
@@ -462,7 +510,8 @@ measure_failed() { # record a failed measurement, stop its proxy; the run goes o
 measure() {
     local scen=$1 w=$2 round=$3 target=$4
     local tag="$scen-w$w-r$round-$target"
-    local json="json/$tag.json" t0=NA t1=NA b0 b1 ptick=NA
+    local json="json/$tag.json" t0=NA t1=NA ptick=NA i btick=0 beach=""
+    local -a b0 b1
     info "$scen, workers=$w, round $round/$ROUNDS: $target"
     start_target "$target" "$w" "$tag" || { measure_failed "$tag" "$target did not start"; return 1; }
     if ((WARMUP > 0)); then
@@ -480,10 +529,14 @@ measure() {
         return 0
     fi
     [[ $target == direct ]] || t0=$(tree_ticks "$PROXY_PID")
-    b0=$(tree_ticks "$BACKEND_PID")
+    read -ra b0 <<<"$(tree_ticks "${BACKEND_PIDS[@]}")"
     local rc=0
     run_log "$OUT/logs/$tag.load.log" "${LOAD[@]}" || rc=$?
-    b1=$(tree_ticks "$BACKEND_PID")
+    read -ra b1 <<<"$(tree_ticks "${BACKEND_PIDS[@]}")"
+    for i in "${!b0[@]}"; do # all backends together, and each one (how the proxy spread the load)
+        btick=$((btick + b1[i] - b0[i]))
+        beach+="${beach:+/}$((b1[i] - b0[i]))"
+    done
     if [[ $target != direct ]]; then
         t1=$(tree_ticks "$PROXY_PID")
         ptick=$((t1 - t0))
@@ -498,26 +551,58 @@ measure() {
         { measure_failed "$tag" "sg-load exited $rc without JSON (see $OUT/logs/$tag.load.log)"; return 1; }
     # A non-zero exit with a JSON result means some requests failed: kept, and flagged in the table.
     ((rc == 0)) || warn "$tag: sg-load exited $rc (request errors; see $OUT/logs/$tag.load.log)"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-        "$scen" "$w" "$round" "$target" "$SIZE" "$NEWCONN" "$json" "$ptick" "$((b1 - b0))" \
-        "$CLK_TCK" "$PROXY_CPUS" "$BACKEND_CPUS" "$LOAD_CPUS" "$CONTENDED" >>"$OUT/runs.tsv"
-    python3 - "$OUT/$json" "$ptick" "$CLK_TCK" >&2 <<'PY'
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$scen" "$w" "$round" "$target" "$SIZE" "$NEWCONN" "$json" "$ptick" "$btick" \
+        "$CLK_TCK" "$PROXY_CPUS" "$BACKEND_CPUS" "$LOAD_CPUS" "$CONTENDED" "$beach" >>"$OUT/runs.tsv"
+    python3 - "$OUT/$json" "$ptick" "$CLK_TCK" "$beach" >&2 <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-t, clk = sys.argv[2], float(sys.argv[3])
+t, clk, each = sys.argv[2], float(sys.argv[3]), sys.argv[4]
 cpu = "n/a" if t == "NA" or not r["requests"] else "%.2f" % (int(t) / clk * 1e6 / r["requests"])
-print("   %.0f req/s  p50 %.1f us  p99 %.1f us  errors %d  CPU us/req %s"
-      % (r["rps"], r["p50_us"], r["p99_us"], r["errors"], cpu))
+print("   %.0f req/s  p50 %.1f us  p99 %.1f us  errors %d  CPU us/req %s%s"
+      % (r["rps"], r["p50_us"], r["p99_us"], r["errors"], cpu,
+         "  backend ticks %s" % each if "/" in each else ""))
 PY
 }
 
-scenario_params() { # sets SIZE NEWCONN
+scenario_params() { # sets SIZE NEWCONN LB, and from LB: BACKEND_PORTS SG_LB NGINX_LB HAPROXY_LB
+    LB=""
     case $1 in
         small-ka) SIZE=64 NEWCONN=0 ;;
         newconn) SIZE=64 NEWCONN=1 ;;
         16k) SIZE=16384 NEWCONN=0 ;;
         1m) SIZE=1048576 NEWCONN=0 ;;
+        lb-*) SIZE=64 NEWCONN=0 LB=${1#lb-} ;;
     esac
+    # Each proxy's counterpart of the algorithm (see the templates' comments and README):
+    #   rr        Shardgate roundrobin    nginx default round robin   HAProxy balance roundrobin
+    #   leastconn Shardgate least_conn    nginx least_conn            HAProxy balance leastconn
+    #   chash     Shardgate chash on the  nginx hash $request_uri     HAProxy balance uri +
+    #             request_uri var           consistent                  hash-type consistent
+    #   ewma      Shardgate ewma          nginx least_conn (open-source nginx has no EWMA)
+    #                                                                 HAProxy balance leastconn (none)
+    SG_LB="" NGINX_LB="" HAPROXY_LB=""
+    case $LB in
+        rr)
+            SG_LB='type = "roundrobin"'
+            NGINX_LB="# round robin: nginx's default, no directive"
+            HAPROXY_LB='balance roundrobin' ;;
+        leastconn)
+            SG_LB='type = "least_conn"'
+            NGINX_LB='least_conn;'
+            HAPROXY_LB='balance leastconn' ;;
+        chash)
+            SG_LB=$'type = "chash"\nhash_on = "vars"\nkey = "request_uri"'
+            # shellcheck disable=SC2016  # $request_uri is nginx's variable
+            NGINX_LB='hash $request_uri consistent;'
+            HAPROXY_LB=$'balance uri\n    hash-type consistent' ;;
+        ewma)
+            SG_LB='type = "ewma"'
+            NGINX_LB='least_conn;  # open-source nginx has no EWMA balancer: least_conn stands in'
+            HAPROXY_LB='balance leastconn  # HAProxy has no EWMA balancer: leastconn stands in' ;;
+    esac
+    BACKEND_PORTS=("$BACKEND_PORT")
+    [[ -z $LB ]] || BACKEND_PORTS=("$BACKEND_PORT" $((BACKEND_PORT + 1)) $((BACKEND_PORT + 2)))
 }
 
 # ---------------------------------------------------------------- 1. build
@@ -565,7 +650,12 @@ if ((!DRY_RUN)); then
     has_target haproxy && { [[ -x $HAPROXY_BIN ]] || die "haproxy not found"; }
     command -v python3 >/dev/null || die "python3 is needed for the summary"
     command -v taskset >/dev/null || die "taskset (util-linux) is needed"
-    for p in "$BACKEND_PORT" "$SHARDGATE_PORT" "$NGINX_PORT" "$HAPROXY_PORT"; do
+    all_backend_ports=()
+    for s in $SCENARIOS; do
+        scenario_params "$s"
+        ((${#BACKEND_PORTS[@]} > ${#all_backend_ports[@]})) && all_backend_ports=("${BACKEND_PORTS[@]}")
+    done
+    for p in "${all_backend_ports[@]}" "$SHARDGATE_PORT" "$NGINX_PORT" "$HAPROXY_PORT"; do
         ! port_in_use "$p" || die "127.0.0.1:$p is already in use"
     done
     mkdir -p "$OUT/logs" "$OUT/json" "$OUT/hgrm"
@@ -576,7 +666,7 @@ if ((!DRY_RUN)); then
     # Proxies and load generator need many descriptors; raise the soft limit to the hard one.
     ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 fi
-((DRY_RUN)) || printf 'scenario\tworkers\tround\ttarget\tsize\tnewconn\tjson\tproxy_ticks\tbackend_ticks\tclk_tck\tproxy_cpus\tbackend_cpus\tload_cpus\tcontended\n' >"$OUT/runs.tsv"
+((DRY_RUN)) || printf 'scenario\tworkers\tround\ttarget\tsize\tnewconn\tjson\tproxy_ticks\tbackend_ticks\tclk_tck\tproxy_cpus\tbackend_cpus\tload_cpus\tcontended\tbackend_ticks_each\n' >"$OUT/runs.tsv"
 
 {
     echo "date:        $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
@@ -593,7 +683,7 @@ cat "$TMP/env.txt" >&2
 ((DRY_RUN)) || cp "$TMP/env.txt" "$OUT/env.txt"
 
 # ---------------------------------------------------------------- 4. measure
-BACKEND_PID=0
+BACKEND_PIDS=()
 for scen in $SCENARIOS; do
     scenario_params "$scen"
     for w in $WORKERS_LIST; do
@@ -601,26 +691,40 @@ for scen in $SCENARIOS; do
             warn "workers=$w needs at least $w cores, this machine has $NPROC: skipped"
             continue
         fi
-        info "scenario $scen (body $SIZE B, new connection per request: $NEWCONN), workers=$w"
+        info "scenario $scen (body $SIZE B, new connection per request: $NEWCONN${LB:+, balancer $LB over ${#BACKEND_PORTS[@]} backends}), workers=$w"
         info "cores: proxy $PROXY_CPUS | backend $BACKEND_CPUS | load generator $LOAD_CPUS"
         if ((CONTENDED)); then
             warn "workers=$w on $NPROC cores: the proxy shares core $LOAD_CPUS with the load" \
                 "generator and the backend, so req/s and latency are contended; CPU us/req is" \
                 "the figure to compare"
         fi
-        start_bg "$OUT/logs/backend-$scen-w$w.log" taskset -c "$BACKEND_CPUS" "$BIN_DIR/sg-backend" \
-            --listen "127.0.0.1:$BACKEND_PORT" --size "$SIZE" --threads "$(cpu_list_count "$BACKEND_CPUS")"
-        BACKEND_PID=$STARTED_PID
-        wait_ready "$BACKEND_PORT" "$BACKEND_PID" sg-backend "$OUT/logs/backend-$scen-w$w.log" ||
-            die "the backend did not start"
+        BACKEND_PIDS=()
+        if [[ -z $LB ]]; then
+            start_bg "$OUT/logs/backend-$scen-w$w.log" taskset -c "$BACKEND_CPUS" "$BIN_DIR/sg-backend" \
+                --listen "127.0.0.1:$BACKEND_PORT" --size "$SIZE" --threads "$(cpu_list_count "$BACKEND_CPUS")"
+            BACKEND_PIDS+=("$STARTED_PID")
+            wait_ready "$BACKEND_PORT" "$STARTED_PID" sg-backend "$OUT/logs/backend-$scen-w$w.log" ||
+                die "the backend did not start"
+        else # three instances, all on the backend core, one thread each
+            for i in "${!BACKEND_PORTS[@]}"; do
+                blog="$OUT/logs/backend$((i + 1))-$scen-w$w.log"
+                start_bg "$blog" taskset -c "$BACKEND_CPUS" "$BIN_DIR/sg-backend" \
+                    --listen "127.0.0.1:${BACKEND_PORTS[i]}" --size "$SIZE" --threads 1
+                BACKEND_PIDS+=("$STARTED_PID")
+                wait_ready "${BACKEND_PORTS[i]}" "$STARTED_PID" "sg-backend $((i + 1))" "$blog" ||
+                    die "backend $((i + 1)) did not start"
+            done
+        fi
         for ((round = 1; round <= ROUNDS; round++)); do
             for target in $TARGETS; do
                 measure "$scen" "$w" "$round" "$target" || true
             done
         done
-        ((DRY_RUN)) && echo "+ kill -TERM <sg-backend pid>" >&2
-        stop_pid "$BACKEND_PID"
-        BACKEND_PID=0
+        for i in "${!BACKEND_PIDS[@]}"; do
+            ((DRY_RUN)) && echo "+ kill -TERM <sg-backend pid>" >&2
+            stop_pid "${BACKEND_PIDS[i]}"
+        done
+        BACKEND_PIDS=()
     done
 done
 

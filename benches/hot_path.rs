@@ -89,6 +89,7 @@ fn nodes(n: usize) -> Vec<Node> {
             addr: SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8], 80)),
             weight: 1 + (i % 5) as u32,
             priority: 0,
+            health: None,
         })
         .collect()
 }

@@ -6,7 +6,9 @@ Usage: benches/summarize.py OUT_DIR      (prints the tables and writes OUT_DIR/s
 Reads OUT_DIR/runs.tsv (one line per measurement, written by compare.sh) and the sg-load JSON
 file each line names. Every cell is the median over the rounds; req/s also shows the min-max
 spread over the rounds. CPU us/req = proxy process tree user+sys CPU time over the measured
-run (from /proc/PID/stat, in clock ticks) / requests completed in that run.
+run (from /proc/PID/stat, in clock ticks) / requests completed in that run. For the lb-* scenarios (three backends) it
+also gives how each target spread the backends' CPU time over the three (runs.tsv column
+backend_ticks_each).
 """
 
 import csv
@@ -21,6 +23,42 @@ SCENARIO_TEXT = {
     "newconn": "small response, new connection per request",
     "16k": "16 KiB response, keep-alive",
     "1m": "1 MiB response, keep-alive",
+    "lb-rr": "round robin over 3 backends, keep-alive",
+    "lb-leastconn": "least connections over 3 backends, keep-alive",
+    "lb-chash": "consistent hash over 3 backends, keep-alive",
+    "lb-ewma": "EWMA over 3 backends, keep-alive",
+}
+# What each proxy runs in the lb-* scenarios, printed under the table.
+LB_DIRECT = (
+    "direct: the load generator talks to backend 1 alone (no balancing): the ceiling of one "
+    "backend instance."
+)
+SCENARIO_NOTES = {
+    "lb-rr": [
+        "Balancing: Shardgate `type = \"roundrobin\"`; nginx default round robin; "
+        "HAProxy `balance roundrobin`.",
+        LB_DIRECT,
+    ],
+    "lb-leastconn": [
+        "Balancing: Shardgate `type = \"least_conn\"`; nginx `least_conn`; "
+        "HAProxy `balance leastconn`.",
+        LB_DIRECT,
+    ],
+    "lb-chash": [
+        "Balancing: Shardgate `type = \"chash\"`, `hash_on = \"vars\"`, "
+        "`key = \"request_uri\"`; nginx `hash $request_uri consistent`; "
+        "HAProxy `balance uri` + `hash-type consistent`.",
+        "sg-load sends one URI (`/bench`; it has no option to vary the path), so every request "
+        "hashes to the same backend for every proxy: this measures the per-request cost of "
+        "hashing, not how evenly keys spread.",
+        LB_DIRECT,
+    ],
+    "lb-ewma": [
+        "Balancing: Shardgate `type = \"ewma\"` (peak EWMA of latency); **nginx `least_conn` "
+        "and HAProxy `balance leastconn` stand in**: open-source nginx and HAProxy have no "
+        "EWMA balancer, and least connections is their nearest load-aware one.",
+        LB_DIRECT,
+    ],
 }
 
 
@@ -49,6 +87,15 @@ def size_text(n):
     if n >= 1 << 10 and n % (1 << 10) == 0:
         return f"{n >> 10} KiB"
     return f"{n} B"
+
+
+def fmt_share(each):
+    """each: per-round lists of per-backend ticks -> "34/33/33 %" (median share per backend)"""
+    each = [e for e in each if e and sum(e) > 0]
+    if not each or len({len(e) for e in each}) != 1:
+        return None
+    shares = [[100.0 * x / sum(e) for x in e] for e in each]
+    return "/".join(f"{statistics.median(col):.0f}" for col in zip(*shares)) + " %"
 
 
 def median(values):
@@ -89,6 +136,9 @@ def load_runs(out):
                 "errors_by_kind": res.get("errors_by_kind", {}),
                 "cpu": per_req(row["proxy_ticks"]),
                 "backend_cpu": per_req(row["backend_ticks"]),
+                "backend_each": [
+                    int(x) for x in (row.get("backend_ticks_each") or "").split("/") if x
+                ],
             }
         )
     return runs
@@ -115,6 +165,7 @@ def table(group):
             "p999": median([r["p999"] for r in rs]),
             "cpu": median([r["cpu"] for r in rs]),
             "backend_cpu": median([r["backend_cpu"] for r in rs]),
+            "backend_share": fmt_share([r["backend_each"] for r in rs]),
             "rounds": len(rs),
             "errors": sum(r["errors"] for r in rs),
             "requests": sum(r["requests"] for r in rs),
@@ -154,8 +205,18 @@ def table(group):
     )
     if backend:
         notes.append(
-            f"Backend CPU µs/req, for reference (same backend for every target; it does less "
+            f"Backend CPU µs/req, for reference (same backend(s) for every target; it does less "
             f"work per request when requests arrive in bigger batches): {backend}."
+        )
+    shares = ", ".join(
+        f"{t} {stats[t]['backend_share']}"
+        for t in targets
+        if stats[t]["backend_share"] and "/" in stats[t]["backend_share"]
+    )
+    if shares:
+        notes.append(
+            "Backend CPU time split over backends 1/2/3 (median share per round; shows how each "
+            f"target spread the requests): {shares}."
         )
     rounds = sorted({s["rounds"] for s in stats.values()})
     notes.append(f"Rounds per target: {', '.join(map(str, rounds))}.")
@@ -203,6 +264,10 @@ def main():
             )
         )
         md.append("")
+        for note in SCENARIO_NOTES.get(scen, []):
+            md.append(note + "  ")
+        if scen in SCENARIO_NOTES:
+            md.append("")
         lines, notes = table(g)
         md += lines
         md.append("")

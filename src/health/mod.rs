@@ -9,8 +9,9 @@
 //!   thread alone.
 //! - Targets survive reloads: the [`Registry`] hands the same target to the new snapshot when
 //!   a node keeps its address and check configuration, so its state is kept; a changed `checks`
-//!   block makes a new target (state reset to healthy, as APISIX rebuilds its checker); a target
-//!   no snapshot uses any more stops being probed.
+//!   block makes a new target (with the new intervals and thresholds) that starts from the
+//!   state the node had, so changing a check does not forget which nodes are down (APISIX
+//!   resets them to healthy); a target no snapshot uses any more stops being probed.
 //! - Workers report passive outcomes (the statuses they proxied, the connection failures and
 //!   timeouts of attempts) into a per-core batch, flushed on their tick into a lock-free queue
 //!   that the prober drains.
@@ -313,13 +314,27 @@ impl Registry {
             self.pending.insert(key, t.clone());
             return t;
         }
+        // A node whose checks changed keeps the state it had: the new checker starts where the
+        // old one was (targets of the same address and host, any check configuration).
+        let previous = self
+            .live
+            .iter()
+            .find(|(k, _)| k.probe_addr == probe_addr && k.hostname == hostname)
+            .map(|(_, t)| t.clone());
+        let (machine, usable) = match &previous {
+            Some(p) => (
+                p.machine.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                p.usable(),
+            ),
+            None => (Machine::default(), true),
+        };
         let t = Arc::new(Target {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             probe_addr,
             hostname,
             checks: checks.clone(),
-            usable: AtomicBool::new(true),
-            machine: Mutex::new(Machine::default()),
+            usable: AtomicBool::new(usable),
+            machine: Mutex::new(machine),
             retired: AtomicBool::new(false),
         });
         self.pending.insert(key, t.clone());
@@ -370,10 +385,15 @@ mod tests {
         assert!(Arc::ptr_eq(&t1, &again), "kept across a reload");
         r.commit();
         assert!(!t1.retired.load(Ordering::Relaxed));
+        // Mark it down, then change its checks: a new target that remembers the state.
+        t1.set_usable(false);
+        t1.machine.lock().unwrap().status = state::Status::Unhealthy;
         let cfg: ChecksConfig = toml::from_str("[active]\nhttp_path = \"/other\"").unwrap();
         let changed = Arc::new(compile_checks("u", &cfg).unwrap());
         let t3 = r.target(a, "127.0.0.1", &changed);
         assert!(!Arc::ptr_eq(&t1, &t3), "changed checks: a new target");
+        assert!(!t3.usable());
+        assert_eq!(t3.machine.lock().unwrap().status, state::Status::Unhealthy);
         r.commit();
         assert!(t1.retired.load(Ordering::Relaxed));
     }
