@@ -223,8 +223,7 @@ fn sigterm_drains_in_flight_requests() {
         .wait_exit(Duration::from_secs(8))
         .expect("gateway did not exit");
     assert!(status.success(), "{status}");
-    assert!(
-        std::net::TcpStream::connect(addr).is_err(),
-        "still accepting after exit"
-    );
+    // (Not checked: that the port refuses connections afterwards. Once the process is gone the
+    // port is free, and a concurrently running test may bind it.)
+    assert!(gw.events().contains("stopped"), "{}", gw.events());
 }

@@ -25,10 +25,19 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// A loopback port nothing listens on right now.
+/// A loopback port nothing listens on right now, chosen below the kernel's ephemeral range
+/// (32768+) so that no backend bound to port 0, and no outgoing connection, can take it
+/// between this call and its use by a gateway (or as a port that must stay dead).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(COUNTER.fetch_add(1, Ordering::SeqCst));
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn bin() -> &'static str {
