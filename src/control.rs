@@ -31,7 +31,7 @@ pub fn check(path: &Path) -> Result<Snapshot, crate::config::ConfigError> {
 
 /// A listening socket with SO_REUSEPORT: every worker binds its own on the same address and
 /// the kernel spreads new connections across them.
-fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+pub fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;

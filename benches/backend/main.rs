@@ -44,23 +44,17 @@ fn main() {
     let mut threads = Vec::new();
     for i in 0..args.threads.max(1) {
         let cpu = (!args.cpus.is_empty()).then(|| args.cpus[i % args.cpus.len()]);
-        let listener = shardgate_listener(args.listen);
+        let listener = shardgate::control::reuseport_listener(args.listen)
+            .unwrap_or_else(|e| panic!("listen on {}: {e}", args.listen));
         threads.push(std::thread::spawn(move || {
             if let Some(cpu) = cpu {
                 core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
             }
             // Same runtime set-up as the gateway's workers (io_uring with COOP_TASKRUN +
             // SINGLE_ISSUER, falling back to epoll), so tool and proxy are on equal footing.
-            let mut rt = shardgate::worker::build_runtime(
-                &shardgate::worker::RuntimeOptions {
-                    driver: "auto".into(),
-                    uring_flags: true,
-                    defer_taskrun: false,
-                    entries: 1024,
-                },
-                1,
-            )
-            .expect("runtime");
+            let mut rt =
+                shardgate::worker::build_runtime(&shardgate::worker::RuntimeOptions::default(), 1)
+                    .expect("runtime");
             rt.block_on(async move {
                 let listener = TcpListener::from_std(listener).expect("listener");
                 loop {
@@ -79,23 +73,6 @@ fn main() {
     for t in threads {
         let _ = t.join();
     }
-}
-
-fn shardgate_listener(addr: SocketAddr) -> std::net::TcpListener {
-    let s = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )
-    .expect("socket");
-    s.set_reuse_address(true).unwrap();
-    s.set_reuse_port(true).unwrap();
-    s.set_nodelay(true).unwrap();
-    s.set_nonblocking(true).unwrap();
-    s.bind(&addr.into())
-        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-    s.listen(4096).unwrap();
-    s.into()
 }
 
 async fn serve(mut stream: TcpStream, response: &'static [u8]) {

@@ -179,16 +179,9 @@ fn main() {
             }
             // Same runtime set-up as the gateway's workers (io_uring with COOP_TASKRUN +
             // SINGLE_ISSUER, falling back to epoll), so tool and proxy are on equal footing.
-            let mut rt = shardgate::worker::build_runtime(
-                &shardgate::worker::RuntimeOptions {
-                    driver: "auto".into(),
-                    uring_flags: true,
-                    defer_taskrun: false,
-                    entries: 1024,
-                },
-                1,
-            )
-            .expect("runtime");
+            let mut rt =
+                shardgate::worker::build_runtime(&shardgate::worker::RuntimeOptions::default(), 1)
+                    .expect("runtime");
             rt.block_on(conn::run_thread(
                 conns, args, target, shared, start, deadline,
             ))

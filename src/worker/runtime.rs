@@ -19,6 +19,18 @@ pub struct RuntimeOptions {
     pub entries: u32,
 }
 
+impl Default for RuntimeOptions {
+    /// The gateway's defaults: io_uring with COOP_TASKRUN + SINGLE_ISSUER, falling back to epoll.
+    fn default() -> Self {
+        RuntimeOptions {
+            driver: "auto".into(),
+            uring_flags: true,
+            defer_taskrun: false,
+            entries: 1024,
+        }
+    }
+}
+
 fn uring(opts: &RuntimeOptions, flags: bool) -> std::io::Result<WorkerRuntime> {
     let mut urb = io_uring::IoUring::builder();
     if flags {
