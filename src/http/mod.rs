@@ -4,6 +4,7 @@
 
 pub mod chunked;
 pub mod error_page;
+pub mod path;
 pub mod request;
 pub mod response;
 

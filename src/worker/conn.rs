@@ -17,6 +17,7 @@ use super::watchdog::Watch;
 use crate::health::state::Report;
 use crate::http::chunked::ChunkedScanner;
 use crate::http::error_page::write_error;
+use crate::http::path::{needs_normalizing, normalize, BadPath};
 use crate::http::request::{BodyFraming, Parsed, RequestError, RequestHead};
 use crate::http::response::{self, ResponseFraming, ResponseHead};
 use crate::http::{eq_ignore_case, is_hop_by_hop};
@@ -63,6 +64,8 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, loca
         key_buf: s.key_buf,
         watch,
         linger: false,
+        path_normalized: false,
+        path_buf: Vec::new(),
         filters: None,
     };
     conn.run().await;
@@ -144,6 +147,9 @@ struct Conn {
     watch: Rc<Watch>,
     /// The last answer was sent while the client may still be sending a body.
     linger: bool,
+    /// The request path needed normalizing; the result is in `path_buf`.
+    path_normalized: bool,
+    path_buf: Vec<u8>,
     /// The snapshot and route index whose plugins filter this response (when it has any).
     filters: Option<(Rc<Local>, usize)>,
 }
@@ -371,16 +377,26 @@ impl Conn {
             self.host_lc
                 .extend(without_port.iter().map(|b| b.to_ascii_lowercase()));
         }
+        // Route on the normalized path (as nginx's $uri), refusing paths that cannot be.
+        self.path_normalized = needs_normalizing(self.head.path(&self.buf));
+        if self.path_normalized {
+            let raw = self.head.path(&self.buf);
+            if let Err(BadPath(why)) = normalize(raw, &mut self.path_buf) {
+                let outcome = self.local_error(400, why, None).await;
+                return outcome.keep_alive;
+            }
+        }
         let route = {
             let vars = RequestVars {
                 buf: &self.buf,
                 head: &self.head,
+                path: self.route_path(),
                 host: &self.host_lc,
                 remote_ip: &self.peer_ip,
                 server_port: &self.local_port,
             };
             local.shared.router.find(&MatchInput {
-                path: self.head.path(&self.buf),
+                path: self.route_path(),
                 host: &self.host_lc,
                 method: &self.buf[self.head.method.clone()],
                 vars: &vars,
@@ -472,6 +488,7 @@ impl Conn {
         let vars = RequestVars {
             buf: &self.buf,
             head: &self.head,
+            path: self.route_path(),
             host: &self.host_lc,
             remote_ip: &self.peer_ip,
             server_port: &self.local_port,
@@ -498,6 +515,15 @@ impl Conn {
             local
                 .plugin_states
                 .run_body([&local.shared.global, &route.plugins], data);
+        }
+    }
+
+    /// The path routing and the `uri` variable see: normalized when the raw one needed it.
+    fn route_path(&self) -> &[u8] {
+        if self.path_normalized {
+            &self.path_buf
+        } else {
+            self.head.path(&self.buf)
         }
     }
 
@@ -658,6 +684,11 @@ impl Conn {
             let vars = RequestVars {
                 buf: &self.buf,
                 head: &self.head,
+                path: if self.path_normalized {
+                    &self.path_buf
+                } else {
+                    self.head.path(&self.buf)
+                },
                 host: &self.host_lc,
                 remote_ip: &self.peer_ip,
                 server_port: &self.local_port,

@@ -8,6 +8,8 @@ use crate::route::vars::{Var, VarSource};
 pub struct RequestVars<'a> {
     pub buf: &'a [u8],
     pub head: &'a RequestHead,
+    /// The normalized path (nginx's `$uri`).
+    pub path: &'a [u8],
     /// Lower-case host without port.
     pub host: &'a [u8],
     pub remote_ip: &'a str,
@@ -56,7 +58,7 @@ impl RequestVars<'_> {
 impl VarSource for RequestVars<'_> {
     fn var(&self, var: &Var) -> Option<&[u8]> {
         match var {
-            Var::Uri => Some(self.head.path(self.buf)),
+            Var::Uri => Some(self.path),
             Var::RequestUri => Some(self.head.target(self.buf)),
             Var::QueryString => Some(if self.head.query.start == usize::MAX {
                 &[]

@@ -193,3 +193,33 @@ upstream_id = "none"
         .unwrap()
         .contains("no valid upstream node"));
 }
+
+#[test]
+fn routing_uses_the_normalized_path() {
+    let public = Backend::start(|s| Reply::ok(&format!("public {}", s.target)));
+    let admin = Backend::start(|s| Reply::ok(&format!("admin {}", s.target)));
+    let gw = Gateway::start(&format!(
+        "[[upstreams]]\nid = \"p\"\nnodes = {}\n[[upstreams]]\nid = \"a\"\nnodes = {}\n[[routes]]\nuri = \"/public/*\"\nupstream_id = \"p\"\n[[routes]]\nuri = \"/admin/*\"\nupstream_id = \"a\"\nvars = [[\"http_x_admin\", \"==\", \"yes\"]]\n",
+        nodes_map(&[(&public.addr(), 1)]),
+        nodes_map(&[(&admin.addr(), 1)])
+    ));
+    // A dot-segment cannot smuggle a request for /admin/ through the /public/* route.
+    for path in [
+        "/public/../admin/x",
+        "/public/%2e%2e/admin/x",
+        "/public%2F..%2Fadmin/x",
+    ] {
+        let r = gw.get(path);
+        assert_eq!(r.status, 404, "{path}: {}", r.text());
+    }
+    // Plain paths and harmless forms still route; the target is forwarded as sent.
+    assert_eq!(gw.get("/public//a/./b").text(), "public /public//a/./b");
+    let r = gw
+        .client()
+        .request("GET", "/public/../admin/x", &[("X-Admin", "yes")], b"");
+    assert_eq!(r.text(), "admin /public/../admin/x");
+    // Paths that cannot be normalized are refused.
+    for path in ["/..", "/public/%zz", "/public/%00"] {
+        assert_eq!(gw.get(path).status, 400, "{path}");
+    }
+}
