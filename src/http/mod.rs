@@ -10,10 +10,16 @@ pub mod response;
 
 use std::ops::Range;
 
-/// The position of `part` (a sub-slice of `whole`, as httparse hands out) as a range of `whole`.
+/// The position of `part` (a sub-slice of `whole`, as httparse hands out) as a range of
+/// `whole`; an empty range when `part` does not lie inside `whole` (httparse returns a static
+/// empty reason phrase for `HTTP/1.1 200` and for reasons with non-ASCII bytes).
 pub fn range_in(whole: &[u8], part: &[u8]) -> Range<usize> {
-    let start = part.as_ptr() as usize - whole.as_ptr() as usize;
-    start..start + part.len()
+    let base = whole.as_ptr() as usize;
+    let start = part.as_ptr() as usize;
+    if start < base || start + part.len() > base + whole.len() {
+        return 0..0;
+    }
+    start - base..start - base + part.len()
 }
 
 /// A header field as byte ranges into the buffer its head was parsed from.

@@ -42,7 +42,27 @@ pub struct UpstreamConn {
 
 struct Idle {
     conn: UpstreamConn,
+    /// Coarse time it went idle.
+    since: Instant,
     expires: Instant,
+}
+
+/// Whether a pooled connection is still open with nothing to read: the backend may have
+/// closed it while it sat in the pool (end of stream), or sent bytes no request asked for
+/// (which would otherwise be read as the next response). One non-blocking peek per reuse.
+fn still_idle(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: a one-byte peek into a local on an open socket we own.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
 }
 
 /// Buffers to reuse, by kind.
@@ -75,7 +95,12 @@ impl Pool {
         let mut idle = self.idle.borrow_mut();
         let q = idle.get_mut(&addr)?;
         while let Some(entry) = q.pop_back() {
-            if entry.expires > now {
+            // Peek at connections that sat idle across a worker tick (25 ms): long enough for a
+            // backend to have closed them or sent stray bytes. One reused within the same tick
+            // skips the syscall: under load that is nearly every reuse, and the window for a
+            // stray byte to slip in is the same one as in flight.
+            let idle_long = entry.since != now;
+            if entry.expires > now && (!idle_long || still_idle(&entry.conn.stream)) {
                 drop(idle);
                 let mut conn = entry.conn;
                 conn.reused = true;
@@ -108,6 +133,7 @@ impl Pool {
         }
         q.push_back(Idle {
             conn,
+            since: now,
             expires: now + policy.idle_timeout,
         });
     }

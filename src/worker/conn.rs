@@ -844,7 +844,8 @@ impl Conn {
                         retry_deadline,
                         &body,
                         streamed,
-                        reused,
+                        // Only while nothing of a response arrived.
+                        reused && upc.buf.is_empty(),
                     );
                     if !matches!(decision, Retry::Fresh) {
                         // A stale pooled connection is not the node's fault; anything else is.
@@ -879,7 +880,14 @@ impl Conn {
         reused: bool,
     ) -> Retry {
         let replayable = body.complete && !streamed;
-        if reused && f.stale_connection() && replayable {
+        // A reused connection that failed before any response byte was most likely closed by
+        // the backend while idle. Replay on a fresh one, but a non-idempotent request only if
+        // it could not even be written (it may otherwise have been processed).
+        if reused
+            && f.stale_connection()
+            && replayable
+            && (self.head.idempotent || matches!(f, Failure::Send(_)))
+        {
             return Retry::Fresh;
         }
         if retries_done >= up.retries || deadline.is_some_and(|d| Instant::now() >= d) {
@@ -1319,7 +1327,12 @@ impl Conn {
         let resp = &self.resp;
         out.clear();
         let _ = write!(out, "HTTP/1.1 {} ", resp.status);
-        out.extend_from_slice(&src[resp.reason.clone()]);
+        let reason = &src[resp.reason.clone()];
+        if reason.is_empty() {
+            out.extend_from_slice(crate::http::reason_phrase(resp.status).as_bytes());
+        } else {
+            out.extend_from_slice(reason);
+        }
         out.extend_from_slice(b"\r\n");
         for h in &resp.headers {
             let name = &src[h.name.clone()];

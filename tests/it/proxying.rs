@@ -350,7 +350,8 @@ fn stale_pooled_connection_is_retried_invisibly() {
     let gw = Gateway::start(&single_upstream(&be.addr(), "retries = 0"));
     let mut c = gw.client();
     for i in 0..20 {
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        // Longer than a worker tick: the pooled connection is checked before reuse.
+        std::thread::sleep(std::time::Duration::from_millis(60));
         let r = if i % 2 == 0 {
             c.get(&format!("/g{i}"))
         } else {
@@ -359,7 +360,52 @@ fn stale_pooled_connection_is_retried_invisibly() {
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
         assert!(r.text().ends_with(&i.to_string()));
     }
-    assert_eq!(be.requests(), 20);
+    assert_eq!(
+        be.requests(),
+        20,
+        "every request reached the backend exactly once"
+    );
+}
+
+#[test]
+fn invalid_reason_phrases_are_relayed_safely() {
+    let be = Backend::start(|s| match s.target.as_str() {
+        "/bare" => Reply::Raw(b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok".to_vec()),
+        _ => Reply::Raw(b"HTTP/1.1 200 Tr\xe8s bien\r\nContent-Length: 2\r\n\r\nok".to_vec()),
+    });
+    let gw = Gateway::start(&single_upstream(&be.addr(), ""));
+    let mut c = gw.client();
+    for path in ["/bare", "/latin1", "/bare"] {
+        let r = c.get(path);
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.text(), "ok");
+    }
+}
+
+#[test]
+fn stray_bytes_on_an_idle_pooled_connection_never_reach_a_client() {
+    // The backend answers a HEAD, then sends a whole extra "response" 100 ms later, while the
+    // connection sits in the gateway's pool.
+    let be = Backend::start(|s| {
+        if s.method == "HEAD" {
+            Reply::RawThen(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n".to_vec(),
+                std::time::Duration::from_millis(100),
+                b"HTTP/1.1 200 OK\r\nX-Poison: yes\r\nContent-Length: 8\r\n\r\npoisoned".to_vec(),
+            )
+        } else {
+            Reply::ok(&format!("clean {}", s.target))
+        }
+    });
+    let gw = Gateway::start(&single_upstream(&be.addr(), ""));
+    let r = gw.client().request("HEAD", "/head", &[], b"");
+    assert_eq!(r.status, 200);
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    for i in 0..3 {
+        let r = gw.get(&format!("/after{i}"));
+        assert_eq!(r.header("x-poison"), None, "a stray response leaked");
+        assert_eq!(r.text(), format!("clean /after{i}"));
+    }
 }
 
 #[test]

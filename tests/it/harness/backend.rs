@@ -41,6 +41,8 @@ pub enum Reply {
     RawClose(Vec<u8>),
     /// Close without answering.
     Close,
+    /// Bytes written verbatim, then after a pause more bytes, on the same open connection.
+    RawThen(Vec<u8>, Duration, Vec<u8>),
     /// Wait, then do the inner reply.
     After(Duration, Box<Reply>),
     /// A body of `len` pattern bytes with Content-Length, written in 64 KiB pieces.
@@ -336,6 +338,13 @@ fn send_reply(stream: &mut TcpStream, reply: Reply, is_head: bool) -> bool {
             false
         }
         Reply::Close => false,
+        Reply::RawThen(first, pause, then) => {
+            if stream.write_all(&first).is_err() {
+                return false;
+            }
+            std::thread::sleep(pause);
+            stream.write_all(&then).is_ok()
+        }
         Reply::After(d, inner) => {
             std::thread::sleep(d);
             send_reply(stream, *inner, is_head)
