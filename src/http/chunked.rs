@@ -8,8 +8,14 @@
 
 use std::ops::Range;
 
-/// Largest chunk-size we accept, in hex digits (16 = 64 bits).
-const MAX_SIZE_DIGITS: u8 = 16;
+/// Most hex digits in a chunk size (leading zeros included).
+const MAX_SIZE_DIGITS: u8 = 15;
+/// Largest single chunk relayed (1 GiB). Larger chunks are legal, but a size of 2^32 or more
+/// reads as something else to a parser that keeps sizes in 32 bits: a smuggling vector for
+/// the backend behind us, and of no use to anyone else.
+const MAX_CHUNK: u64 = 1 << 30;
+/// Largest trailer section accepted.
+const MAX_TRAILERS: usize = 4 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -17,7 +23,9 @@ enum State {
     Size {
         digits: u8,
     },
-    /// After the size: optional whitespace and `;ext` until CR.
+    /// Whitespace after the size: only more whitespace or `;` may follow.
+    SizeWs,
+    /// Inside `;ext[=value]`: visible characters and whitespace until CR.
     Ext,
     /// Expecting the LF of a chunk-size line; `last` says the size was zero.
     SizeLf {
@@ -28,7 +36,9 @@ enum State {
     DataLf,
     /// At the start of a trailer line (or the final empty line).
     TrailerStart,
-    /// Inside a trailer field line.
+    /// Inside a trailer field name (a token), before the colon.
+    TrailerName,
+    /// Inside a trailer field value.
     Trailer,
     TrailerLf,
     /// Expecting the LF of the final empty line.
@@ -100,10 +110,23 @@ impl ChunkedScanner {
                         self.state = State::SizeLf {
                             last: self.size == 0,
                         };
-                    } else if b == b';' || b == b' ' || b == b'\t' {
+                    } else if b == b';' {
                         self.state = State::Ext;
+                    } else if b == b' ' || b == b'\t' {
+                        self.state = State::SizeWs;
                     } else {
                         return Err(ChunkError("bad character in chunk size"));
+                    }
+                    if self.size > MAX_CHUNK {
+                        return Err(ChunkError("chunk size too large"));
+                    }
+                    i += 1;
+                }
+                State::SizeWs => {
+                    match b {
+                        b' ' | b'\t' => {}
+                        b';' => self.state = State::Ext,
+                        _ => return Err(ChunkError("only a chunk extension may follow the size")),
                     }
                     i += 1;
                 }
@@ -112,7 +135,7 @@ impl ChunkedScanner {
                         self.state = State::SizeLf {
                             last: self.size == 0,
                         };
-                    } else if b == b'\n' || (b < 0x20 && b != b'\t') || b == 0x7f {
+                    } else if !(b == b'\t' || (0x20..0x7f).contains(&b)) {
                         return Err(ChunkError("bad character in chunk extension"));
                     }
                     i += 1;
@@ -156,10 +179,19 @@ impl ChunkedScanner {
                 State::TrailerStart => {
                     if b == b'\r' {
                         self.state = State::EndLf;
-                    } else if b == b'\n' {
-                        return Err(ChunkError("bare LF in trailer section"));
+                    } else if is_tchar(b) {
+                        self.state = State::TrailerName;
                     } else {
+                        return Err(ChunkError("trailer line is not a header field"));
+                    }
+                    self.trailer_bytes += 1;
+                    i += 1;
+                }
+                State::TrailerName => {
+                    if b == b':' {
                         self.state = State::Trailer;
+                    } else if !is_tchar(b) {
+                        return Err(ChunkError("bad character in trailer field name"));
                     }
                     self.trailer_bytes += 1;
                     i += 1;
@@ -167,13 +199,10 @@ impl ChunkedScanner {
                 State::Trailer => {
                     if b == b'\r' {
                         self.state = State::TrailerLf;
-                    } else if b == b'\n' || (b < 0x20 && b != b'\t') {
+                    } else if b == b'\n' || (b < 0x20 && b != b'\t') || b == 0x7f {
                         return Err(ChunkError("bad character in trailer"));
                     }
                     self.trailer_bytes += 1;
-                    if self.trailer_bytes > 16 * 1024 {
-                        return Err(ChunkError("trailer section too large"));
-                    }
                     i += 1;
                 }
                 State::TrailerLf => {
@@ -192,12 +221,20 @@ impl ChunkedScanner {
                 }
                 State::Done => break,
             }
+            if self.trailer_bytes > MAX_TRAILERS {
+                return Err(ChunkError("trailer section too large"));
+            }
             if self.state == State::Done {
                 break;
             }
         }
         Ok(i)
     }
+}
+
+/// RFC 9110 token characters.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -265,6 +302,11 @@ mod tests {
             b"11111111111111111\r\n",
             b"0\r\n\n",
             b"\r\n",
+            b"5 ignored-garbage\r\nhello\r\n0\r\n\r\n",
+            b"5 \r\nhello\r\n0\r\n\r\n",
+            b"100000000\r\n",
+            b"0\r\nGET /admin HTTP/1.1\r\n\r\n",
+            b"0\r\nno-colon\r\n\r\n",
         ] {
             assert!(scan_all(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
