@@ -265,7 +265,8 @@ impl RequestHead {
         if self.minor_version == 0 && !keep_alive {
             self.close = true;
         }
-        if self.body == BodyFraming::None {
+        // No body, or an HTTP/1.0 client (which cannot take a 1xx): nothing to expect.
+        if self.body == BodyFraming::None || self.minor_version == 0 {
             self.expect_continue = false;
         }
 

@@ -108,9 +108,15 @@ impl ResponseHead {
             } else if eq_ignore_case(n, b"transfer-encoding") {
                 saw_te = true;
                 for coding in v.split(|&b| b == b',').map(trim) {
-                    if !coding.is_empty() {
-                        chunked_last = eq_ignore_case(coding, b"chunked");
+                    if coding.is_empty() {
+                        continue;
                     }
+                    if chunked_last || !eq_ignore_case(coding, b"chunked") {
+                        // gzip/deflate transfer codings (which clients rarely accept) would
+                        // be lost when the gateway re-frames the body: refuse them.
+                        return Err("upstream used a transfer coding other than chunked");
+                    }
+                    chunked_last = true;
                 }
             } else if eq_ignore_case(n, b"connection") {
                 self.connection.push(idx);

@@ -332,12 +332,10 @@ impl Conn {
         write_error(&mut self.out, e.status, e.reason, true, false);
         let bytes = self.out.len() as u64;
         let send = self.settings().send_timeout;
-        if write_all(&mut self.stream, &mut self.out, send, &self.watch)
+        let sent = write_all(&mut self.stream, &mut self.out, send, &self.watch)
             .await
-            .is_ok()
-        {
-            self.linger_close().await;
-        }
+            .is_ok();
+        // Log before lingering: the linger reuses the buffer that holds the request line.
         if self.worker.log.enabled() {
             let line_end = self.buf.iter().position(|&b| b == b'\r' || b == b'\n');
             let line = &self.buf[..line_end.unwrap_or(self.buf.len()).min(256)];
@@ -356,6 +354,9 @@ impl Conn {
                 upstream_latency: None,
                 retries: 0,
             });
+        }
+        if sent {
+            self.linger_close().await;
         }
     }
 
@@ -713,6 +714,7 @@ impl Conn {
         let mut fresh_retry: Option<usize> = None;
         let mut streamed = false;
         let mut outcome = Outcome::default();
+        let mut last_failure: Option<Failure> = None;
 
         loop {
             // Pick the node: the same one again for the invisible stale-connection retry.
@@ -730,6 +732,10 @@ impl Conn {
                     match picked {
                         Some(i) => i,
                         None => {
+                            // Every node tried: answer with what went wrong last.
+                            if let Some(f) = last_failure.take() {
+                                return self.fail(f, outcome, retries_done, &body).await;
+                            }
                             let mut o = self
                                 .local_error(
                                     502,
@@ -777,6 +783,7 @@ impl Conn {
                     ) {
                         Retry::Fresh | Retry::Other => {
                             retries_done += 1;
+                            last_failure = Some(f);
                             continue;
                         }
                         Retry::No => return self.fail(f, outcome, retries_done, &body).await,
@@ -858,6 +865,7 @@ impl Conn {
                         }
                         Retry::Other => {
                             retries_done += 1;
+                            last_failure = Some(f);
                             continue;
                         }
                         Retry::No => return self.fail(f, outcome, retries_done, &body).await,
@@ -1339,7 +1347,11 @@ impl Conn {
             if is_hop_by_hop(name) || resp.listed_in_connection(src, name) {
                 continue;
             }
-            if eq_ignore_case(name, b"content-length") && framing != ResponseFraming::None {
+            // Content-Length is re-written for framed bodies; a 204 (or 1xx) must not carry one
+            // at all (HEAD and 304 keep theirs: they describe the representation).
+            if eq_ignore_case(name, b"content-length")
+                && (framing != ResponseFraming::None || resp.status == 204 || resp.status < 200)
+            {
                 continue;
             }
             out.extend_from_slice(name);

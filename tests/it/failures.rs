@@ -209,6 +209,9 @@ fn invalid_upstream_responses_are_502() {
         "/two-cl" => Reply::RawClose(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".to_vec()),
         "/bare-lf" => Reply::RawClose(b"HTTP/1.1 200 OK\nContent-Length: 3\r\n\r\nabc".to_vec()),
         "/bad-cl" => Reply::RawClose(b"HTTP/1.1 200 OK\r\nContent-Length: 3x\r\n\r\nabc".to_vec()),
+        "/te-gzip" => Reply::RawClose(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec(),
+        ),
         _ => Reply::ok("fine"),
     }
     });
@@ -216,7 +219,9 @@ fn invalid_upstream_responses_are_502() {
         &nodes_map(&[(&be.addr(), 1)]),
         "retries = 0",
     ));
-    for path in ["/garbage", "/cl-te", "/two-cl", "/bare-lf", "/bad-cl"] {
+    for path in [
+        "/garbage", "/cl-te", "/two-cl", "/bare-lf", "/bad-cl", "/te-gzip",
+    ] {
         let r = gw.get(path);
         assert_eq!(r.status, 502, "{path}");
         assert!(
@@ -259,4 +264,21 @@ fn upstream_dying_mid_body_closes_the_client_connection() {
         "a truncated body must not look complete"
     );
     assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn every_node_timing_out_is_504_not_502() {
+    let slow =
+        || Backend::start(|_| Reply::After(Duration::from_secs(2), Box::new(Reply::ok("late"))));
+    let (a, b) = (slow(), slow());
+    let gw = Gateway::start(&upstream_config(
+        &nodes_map(&[(&a.addr(), 1), (&b.addr(), 1)]),
+        "retries = 5\ntimeout = { connect = 1, send = 1, read = 0.3 }",
+    ));
+    let r = gw.get("/slow");
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.json()["error_msg"]
+        .as_str()
+        .unwrap()
+        .contains("read timed out"));
 }

@@ -224,6 +224,7 @@ fn bodiless_responses_are_framed_right() {
         "/304" => Reply::Raw(
             b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\nETag: \"x\"\r\n\r\n".to_vec(),
         ),
+        "/204cl" => Reply::Raw(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n".to_vec()),
         _ => Reply::Full(200, vec![], b"hello".to_vec()),
     });
     let gw = Gateway::start(&single_upstream(&be.addr(), ""));
@@ -236,6 +237,13 @@ fn bodiless_responses_are_framed_right() {
     let r = c.get("/304");
     assert_eq!(r.status, 304);
     assert_eq!(r.header("content-length"), Some("5"));
+    let r = c.get("/204cl");
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.header("content-length"),
+        None,
+        "a 204 carries no Content-Length"
+    );
     let r = c.get("/plain");
     assert_eq!(r.text(), "hello");
     assert!(c.leftover().is_empty());
