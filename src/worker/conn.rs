@@ -854,8 +854,10 @@ impl Conn {
                         // Only while nothing of a response arrived.
                         reused && upc.buf.is_empty(),
                     );
-                    if !matches!(decision, Retry::Fresh) {
-                        // A stale pooled connection is not the node's fault; anything else is.
+                    // A pooled connection that failed before any response byte was most likely
+                    // closed by the backend while idle: not evidence against the node.
+                    let stale = reused && upc.buf.is_empty() && f.stale_connection();
+                    if !stale {
                         self.worker.report_health(node, f.health_report());
                     }
                     match decision {
@@ -1064,7 +1066,8 @@ impl Conn {
             && match framing {
                 ResponseFraming::None | ResponseFraming::Length(_) => true,
                 ResponseFraming::Chunked => !http10,
-                ResponseFraming::UntilClose => false,
+                // Re-chunked for HTTP/1.1 clients (see relay_until_close).
+                ResponseFraming::UntilClose => !http10,
             };
         let mut upstream_reusable = !self.resp.close;
         outcome.status = self.resp.status;
@@ -1140,7 +1143,7 @@ impl Conn {
             }
             ResponseFraming::UntilClose => {
                 upstream_reusable = false;
-                self.relay_until_close(&mut upc, t.read, send, &mut outcome)
+                self.relay_until_close(&mut upc, !http10, t.read, send, &mut outcome)
                     .await
             }
         };
@@ -1301,22 +1304,41 @@ impl Conn {
         }
     }
 
+    /// Relays a body that ends when the upstream closes. HTTP/1.1 clients get it re-chunked
+    /// (`rechunk`), as nginx does: the connection can stay open, and a body cut short by an
+    /// upstream error is visibly incomplete (no last chunk) instead of looking finished.
     async fn relay_until_close(
         &mut self,
         upc: &mut UpstreamConn,
+        rechunk: bool,
         read: Duration,
         send: Duration,
         outcome: &mut Outcome,
     ) -> Result<(), Abort> {
         loop {
             let n = upc.buf.len();
-            if n > 0 || !self.out.is_empty() {
+            if rechunk {
+                if n > 0 {
+                    self.filter_body(&upc.buf[..n]);
+                    let _ = write!(self.out, "{n:x}\r\n");
+                    self.out.extend_from_slice(&upc.buf[..n]);
+                    self.out.extend_from_slice(b"\r\n");
+                    upc.buf.clear();
+                }
+                if !self.out.is_empty() {
+                    self.send_out(send, outcome).await?;
+                }
+            } else if n > 0 || !self.out.is_empty() {
                 self.filter_body(&upc.buf[..n]);
                 self.send_body(upc, n, send, outcome).await?;
             }
             // The body goes on past this buffer: relay the rest through a large one.
             self.worker.pool.enlarge(&mut upc.buf);
             if read_body(upc, read, &self.watch).await? == 0 {
+                if rechunk {
+                    self.out.extend_from_slice(b"0\r\n\r\n");
+                    self.send_out(send, outcome).await?;
+                }
                 return Ok(());
             }
         }
@@ -1364,6 +1386,9 @@ impl Conn {
                 let _ = write!(out, "Content-Length: {n}\r\n");
             }
             ResponseFraming::Chunked if !dechunk => {
+                out.extend_from_slice(b"Transfer-Encoding: chunked\r\n")
+            }
+            ResponseFraming::UntilClose if !http10 => {
                 out.extend_from_slice(b"Transfer-Encoding: chunked\r\n")
             }
             _ => {}

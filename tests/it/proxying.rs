@@ -276,14 +276,22 @@ fn chunked_both_ways_with_extensions_and_trailers() {
 }
 
 #[test]
-fn close_delimited_response_is_relayed_then_closed() {
+fn close_delimited_response_is_rechunked_for_http11_clients() {
     let be = Backend::start(|_| Reply::RawClose(b"HTTP/1.1 200 OK\r\n\r\nuntil the end".to_vec()));
     let gw = Gateway::start(&single_upstream(&be.addr(), ""));
     let mut c = gw.client();
     let r = c.get("/eof");
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "until the end");
-    assert_eq!(r.header("connection"), Some("close"));
+    // Re-chunked for an HTTP/1.1 client: the connection stays usable.
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(c.get("/eof").text(), "until the end");
+    // An HTTP/1.0 client gets it close-delimited.
+    let mut c = gw.client();
+    c.send_raw(b"GET /eof HTTP/1.0\r\n\r\n");
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.text(), "until the end");
+    assert!(r.header("transfer-encoding").is_none());
 }
 
 #[test]
