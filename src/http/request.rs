@@ -287,6 +287,14 @@ impl RequestHead {
             if authority.is_empty() || !valid_host(authority) {
                 return Err(RequestError::bad("invalid absolute-form target"));
             }
+            if self.minor_version == 1 && host.is_none() {
+                // RFC 9112 §3.2: an HTTP/1.1 request without a Host field is refused, also
+                // in absolute form.
+                return Err(RequestError::bad("missing Host header"));
+            }
+            if rest.get(auth_end) == Some(&b'?') {
+                return Err(RequestError::bad("absolute-form target without a path"));
+            }
             host = Some(range_of(authority));
             target_range = range_of(&rest[auth_end..]);
             if target_range.is_empty() {

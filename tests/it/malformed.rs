@@ -51,6 +51,8 @@ fn malformed_requests_are_refused_and_never_forwarded() {
         ("NUL in header value", b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n".to_vec(), 400),
         ("control char in name", b"GET / HTTP/1.1\r\nHost: a\r\nX\x01Y: v\r\n\r\n".to_vec(), 400),
         ("missing Host", b"GET / HTTP/1.1\r\n\r\n".to_vec(), 400),
+        ("absolute-form without Host", b"GET http://a/ HTTP/1.1\r\n\r\n".to_vec(), 400),
+        ("absolute-form without path", b"GET http://a?x=1 HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(), 400),
         ("two Hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(), 400),
         ("bad Host", b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n".to_vec(), 400),
         ("bad request target", b"GET nothing HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(), 400),
