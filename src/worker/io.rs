@@ -7,7 +7,7 @@
 
 use super::watchdog::{Dir, Watch};
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -42,7 +42,9 @@ pub async fn read_more_timeout(
     res.map_err(IoFail::Io)
 }
 
-/// Writes `buf[start..end]` completely within `limit` (counted from the start).
+/// Writes `buf[start..end]` completely; `limit` bounds each write's progress (as nginx's
+/// `send_timeout`: the time between two successful writes), not the whole transfer, so a
+/// slow but steady reader is not cut off.
 pub async fn write_range(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
@@ -51,18 +53,21 @@ pub async fn write_range(
     limit: Duration,
     watch: &Watch,
 ) -> Result<(), IoFail> {
-    if start == end {
-        return Ok(());
+    let mut pos = start;
+    while pos < end {
+        watch.arm(stream.as_raw_fd(), Dir::Write, limit);
+        let (res, slice) = stream.write(std::mem::take(buf).slice(pos..end)).await;
+        *buf = slice.into_inner();
+        if watch.disarm() {
+            return Err(IoFail::Timeout);
+        }
+        match res {
+            Ok(0) => return Err(IoFail::Io(io::ErrorKind::WriteZero.into())),
+            Ok(n) => pos += n,
+            Err(e) => return Err(IoFail::Io(e)),
+        }
     }
-    watch.arm(stream.as_raw_fd(), Dir::Write, limit);
-    let (res, slice) = stream
-        .write_all(std::mem::take(buf).slice(start..end))
-        .await;
-    *buf = slice.into_inner();
-    if watch.disarm() {
-        return Err(IoFail::Timeout);
-    }
-    res.map(|_| ()).map_err(IoFail::Io)
+    Ok(())
 }
 
 /// Writes all of `buf`.
