@@ -18,13 +18,15 @@ pub struct RequestVars<'a> {
 
 impl RequestVars<'_> {
     fn header(&self, wanted: &str) -> Option<&[u8]> {
-        // `http_x_env` names header `X-Env`: compare case-insensitively with `_` for `-`.
+        // `http_x_env` names header `X-Env`: compare case-insensitively with `_` for `-`. A
+        // header spelled with an underscore (`X_Env`) does not match: nginx ignores such
+        // headers by default, and an edge that strips `X-Env` would let `X_Env` through.
         self.head.headers.iter().find_map(|h| {
             let name = &self.buf[h.name.clone()];
             let same = name.len() == wanted.len()
                 && name.iter().zip(wanted.bytes()).all(|(&a, b)| {
                     let a = a.to_ascii_lowercase();
-                    a == b || (a == b'-' && b == b'_')
+                    (a == b && a != b'_') || (a == b'-' && b == b'_')
                 });
             same.then(|| trim(&self.buf[h.value.clone()]))
         })
