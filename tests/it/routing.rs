@@ -148,7 +148,12 @@ upstream_id = "exact"
             "longer",
         ),
         ("GET", "/api/v1/x?user=jack", &[("X-Env", "prod")], "longer"),
-        ("GET", "/api/v1/x?user=jack", &[("X_Env", "canary")], "longer"),
+        (
+            "GET",
+            "/api/v1/x?user=jack",
+            &[("X_Env", "canary")],
+            "longer",
+        ),
         ("GET", "/svc", &[], "service"),
         ("GET", "/p/x", &[], "prio"),
     ];
