@@ -388,14 +388,7 @@ impl Conn {
             }
         }
         let route = {
-            let vars = RequestVars {
-                buf: &self.buf,
-                head: &self.head,
-                path: self.route_path(),
-                host: &self.host_lc,
-                remote_ip: &self.peer_ip,
-                server_port: &self.local_port,
-            };
+            let vars = self.vars();
             local.shared.router.find(&MatchInput {
                 path: self.route_path(),
                 host: &self.host_lc,
@@ -486,14 +479,7 @@ impl Conn {
     /// Runs the rewrite, access and before_proxy phases of the global and route plugins.
     /// Returns the upstream to use, or the answer a plugin gave.
     fn run_plugins(&self, local: &Local, route: &Route) -> Result<Option<usize>, (u16, String)> {
-        let vars = RequestVars {
-            buf: &self.buf,
-            head: &self.head,
-            path: self.route_path(),
-            host: &self.host_lc,
-            remote_ip: &self.peer_ip,
-            server_port: &self.local_port,
-        };
+        let vars = self.vars();
         let mut ctx = RequestCtx {
             vars: &vars,
             upstream: route.upstream,
@@ -516,6 +502,18 @@ impl Conn {
             local
                 .plugin_states
                 .run_body([&local.shared.global, &route.plugins], data);
+        }
+    }
+
+    /// The current request's variables (`uri`, `http_*`, `arg_*`, ...).
+    fn vars(&self) -> RequestVars<'_> {
+        RequestVars {
+            buf: &self.buf,
+            head: &self.head,
+            path: self.route_path(),
+            host: &self.host_lc,
+            remote_ip: &self.peer_ip,
+            server_port: &self.local_port,
         }
     }
 
@@ -682,19 +680,9 @@ impl Conn {
         let retry_deadline = up.retry_timeout.map(|t| Instant::now() + t);
         self.tried.clear();
         if let Some(hash_on) = &up.hash_on {
-            let vars = RequestVars {
-                buf: &self.buf,
-                head: &self.head,
-                path: if self.path_normalized {
-                    &self.path_buf
-                } else {
-                    self.head.path(&self.buf)
-                },
-                host: &self.host_lc,
-                remote_ip: &self.peer_ip,
-                server_port: &self.local_port,
-            };
-            hash_key(&mut self.key_buf, hash_on, &vars);
+            let mut key = std::mem::take(&mut self.key_buf);
+            hash_key(&mut key, hash_on, &self.vars());
+            self.key_buf = key;
         }
         let balancer = &local.balancers[ui];
         // Health: skip unhealthy nodes, unless every node is unhealthy (then, like APISIX,
