@@ -63,6 +63,27 @@ pub fn run(path: PathBuf) -> i32 {
             return 1;
         }
     };
+    // Signal handlers first: a SIGHUP or SIGTERM that arrives while the gateway starts must be
+    // queued, not take the default action (terminate).
+    let (tx, rx) = mpsc::channel::<Event>();
+    let mut signals = match signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            crate::error!("cannot install signal handlers: {e}");
+            return 1;
+        }
+    };
+    std::thread::Builder::new()
+        .name("shardgate-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if tx.send(Event::Signal(sig)).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("signal thread");
+
     let mut health = HealthRegistry::default();
     let mut snapshot = match Snapshot::compile(&config, 1, &mut health) {
         Ok(s) => Arc::new(s),
@@ -175,25 +196,6 @@ pub fn run(path: PathBuf) -> i32 {
         path.display(),
         snapshot.router.len()
     );
-
-    let (tx, rx) = mpsc::channel::<Event>();
-    let mut signals = match signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT]) {
-        Ok(s) => s,
-        Err(e) => {
-            crate::error!("cannot install signal handlers: {e}");
-            return 1;
-        }
-    };
-    std::thread::Builder::new()
-        .name("shardgate-signals".into())
-        .spawn(move || {
-            for sig in signals.forever() {
-                if tx.send(Event::Signal(sig)).is_err() {
-                    break;
-                }
-            }
-        })
-        .expect("signal thread");
 
     let mut digest = file_digest(&path);
     let grace = Duration::from_secs_f64(gw.graceful_shutdown_timeout);

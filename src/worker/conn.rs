@@ -39,6 +39,8 @@ use std::time::{Duration, Instant};
 const CLIENT_BUF: usize = 16 * 1024;
 /// Read chunk while streaming a request body.
 const BODY_CHUNK: usize = 64 * 1024;
+/// Request bodies up to this size are read completely before the upstream is contacted.
+const BUFFERED_BODY_MAX: usize = 64 * 1024;
 /// A response head and body are sent in one write when together they fit in this.
 const COALESCE_LIMIT: usize = 64 * 1024;
 
@@ -677,6 +679,27 @@ impl Conn {
                 return self.local_error(e.status, e.reason, None).await;
             }
         };
+        // A small body still on its way is read whole before any upstream is involved (as
+        // nginx buffers request bodies): a slow client then holds no backend connection, and
+        // the request can be retried and replayed.
+        if let (false, BodyFraming::Length(n)) = (body.complete, self.head.body) {
+            if n <= BUFFERED_BODY_MAX as u64 {
+                match self.read_small_body(n as usize).await {
+                    Ok(()) => match self.body_state() {
+                        Ok(b) => body = b,
+                        Err(e) => return self.local_error(e.status, e.reason, None).await,
+                    },
+                    Err((0, _)) => {
+                        return Outcome {
+                            status: 499,
+                            keep_alive: false,
+                            ..Outcome::default()
+                        }
+                    }
+                    Err((status, reason)) => return self.local_error(status, reason, None).await,
+                }
+            }
+        }
         let retry_deadline = up.retry_timeout.map(|t| Instant::now() + t);
         self.tried.clear();
         if let Some(hash_on) = &up.hash_on {
@@ -863,6 +886,41 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Reads the rest of a Content-Length body of `len` bytes into the client buffer, answering
+    /// `Expect: 100-continue` first. Errors: (0, _) = the client went away; else the status.
+    async fn read_small_body(&mut self, len: usize) -> Result<(), (u16, &'static str)> {
+        let (body_timeout, send_timeout) = {
+            let s = self.settings();
+            (s.client_body_timeout, s.send_timeout)
+        };
+        if self.head.expect_continue {
+            self.head.expect_continue = false;
+            self.out.clear();
+            self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            write_all(&mut self.stream, &mut self.out, send_timeout, &self.watch)
+                .await
+                .map_err(|_| (0, ""))?;
+        }
+        let end = self.head.len + len;
+        while self.buf.len() < end {
+            let want = end - self.buf.len();
+            match read_more_timeout(
+                &mut self.stream,
+                &mut self.buf,
+                want,
+                body_timeout,
+                &self.watch,
+            )
+            .await
+            {
+                Ok(0) | Err(IoFail::Io(_)) => return Err((0, "")),
+                Err(IoFail::Timeout) => return Err((408, "timed out reading the request body")),
+                Ok(_) => {}
+            }
+        }
+        Ok(())
     }
 
     /// Decides whether and how to retry after `f`.

@@ -450,3 +450,20 @@ fn error_answers_keep_the_connection_when_the_body_was_read() {
     assert!(r.header("connection").is_none());
     assert_eq!(c.get("/only").text(), "x");
 }
+
+#[test]
+fn small_bodies_are_read_whole_before_the_upstream_is_contacted() {
+    let be = Backend::start(|s| Reply::ok(&format!("got {}", s.body_len)));
+    let gw = Gateway::start(&single_upstream(&be.addr(), ""));
+    let mut c = gw.client();
+    let body = vec![b'x'; 30_000];
+    c.send_raw(b"POST /slow-body HTTP/1.1\r\nHost: t\r\nContent-Length: 30000\r\n\r\n");
+    c.send_raw(&body[..10_000]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // A slow client holds no backend connection while its body trickles in.
+    assert_eq!(be.connections(), 0);
+    c.send_raw(&body[10_000..]);
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.text(), "got 30000");
+    assert_eq!(c.get("/next").status, 200);
+}
