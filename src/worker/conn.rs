@@ -236,8 +236,6 @@ struct BodyState {
     complete: bool,
     /// End of the body bytes in `buf` (when complete) or of what has arrived so far.
     end: usize,
-    /// For a chunked body not yet complete, where its scan stands.
-    scanner: Option<ChunkedScanner>,
     /// For a Content-Length body not yet complete, bytes still to come after `end`.
     remaining: u64,
 }
@@ -631,19 +629,16 @@ impl Conn {
             BodyFraming::None => BodyState {
                 complete: true,
                 end: start,
-                scanner: None,
                 remaining: 0,
             },
             BodyFraming::Length(n) if n <= avail as u64 => BodyState {
                 complete: true,
                 end: start + n as usize,
-                scanner: None,
                 remaining: 0,
             },
             BodyFraming::Length(n) => BodyState {
                 complete: false,
                 end: self.buf.len(),
-                scanner: None,
                 remaining: n - avail as u64,
             },
             BodyFraming::Chunked => {
@@ -658,7 +653,6 @@ impl Conn {
                 BodyState {
                     complete: done,
                     end: start + used,
-                    scanner: (!done).then_some(s),
                     remaining: 0,
                 }
             }
@@ -986,7 +980,23 @@ impl Conn {
     ) -> Result<(), SendError> {
         self.build_upstream_head(up, node);
         let body_start = self.head.len;
-        self.out.extend_from_slice(&self.buf[body_start..body.end]);
+        // Chunked bodies are re-encoded canonically (plain sizes, no extensions, no trailers),
+        // so the upstream never sees framing details that a lenient parser could read
+        // differently; their payload passes unchanged.
+        let chunked = self.head.body == BodyFraming::Chunked;
+        let mut encoder = ChunkedScanner::new();
+        if chunked {
+            let (buf, out) = (&self.buf, &mut self.out);
+            let data = &buf[body_start..body.end];
+            encoder
+                .advance(data, |r| put_chunk(out, &data[r]))
+                .map_err(|_| SendError::Client(400, "invalid chunked request body"))?;
+            if encoder.is_done() {
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+        } else {
+            self.out.extend_from_slice(&self.buf[body_start..body.end]);
+        }
         upc.served += 1;
         write_all(&mut upc.stream, &mut self.out, t.send, &self.watch)
             .await
@@ -1025,30 +1035,37 @@ impl Conn {
                 }
                 Ok(_) => {}
             }
-            let new = &self.buf[body_start..];
-            let (take, done) = match &mut body.scanner {
-                Some(s) => {
-                    let used = s
-                        .advance(new, |_| {})
-                        .map_err(|_| SendError::Client(400, "invalid chunked request body"))?;
-                    (used, s.is_done())
+            let (take, done) = if chunked {
+                self.out.clear();
+                let (buf, out) = (&self.buf, &mut self.out);
+                let new = &buf[body_start..];
+                let used = encoder
+                    .advance(new, |r| put_chunk(out, &new[r]))
+                    .map_err(|_| SendError::Client(400, "invalid chunked request body"))?;
+                let done = encoder.is_done();
+                if done {
+                    out.extend_from_slice(b"0\r\n\r\n");
                 }
-                None => {
-                    let take = (new.len() as u64).min(body.remaining) as usize;
-                    body.remaining -= take as u64;
-                    (take, body.remaining == 0)
-                }
+                write_all(&mut upc.stream, &mut self.out, t.send, &self.watch)
+                    .await
+                    .map_err(|e| SendError::Upstream(send_failure(e)))?;
+                (used, done)
+            } else {
+                let new_len = self.buf.len() - body_start;
+                let take = (new_len as u64).min(body.remaining) as usize;
+                body.remaining -= take as u64;
+                write_range(
+                    &mut upc.stream,
+                    &mut self.buf,
+                    body_start,
+                    body_start + take,
+                    t.send,
+                    &self.watch,
+                )
+                .await
+                .map_err(|e| SendError::Upstream(send_failure(e)))?;
+                (take, body.remaining == 0)
             };
-            write_range(
-                &mut upc.stream,
-                &mut self.buf,
-                body_start,
-                body_start + take,
-                t.send,
-                &self.watch,
-            )
-            .await
-            .map_err(|e| SendError::Upstream(send_failure(e)))?;
             // Drop the forwarded bytes; anything after them is the next request.
             self.buf.drain(body_start..body_start + take);
             if done {
@@ -1501,6 +1518,15 @@ fn hash_key(out: &mut Vec<u8>, hash_on: &HashOn, vars: &RequestVars<'_>) {
     if !found {
         out.clear();
         out.extend_from_slice(vars.remote_ip.as_bytes());
+    }
+}
+
+/// Appends `data` as one chunk in canonical form.
+fn put_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if !data.is_empty() {
+        let _ = write!(out, "{:x}\r\n", data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
     }
 }
 

@@ -467,3 +467,40 @@ fn small_bodies_are_read_whole_before_the_upstream_is_contacted() {
     assert_eq!(r.text(), "got 30000");
     assert_eq!(c.get("/next").status, 200);
 }
+
+#[test]
+fn chunked_request_bodies_are_re_encoded_canonically() {
+    use std::io::{Read, Write};
+    // A raw backend that keeps the exact bytes it receives.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut all = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !all.ends_with(b"0\r\n\r\n") {
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&all));
+            all.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .unwrap();
+        all
+    });
+    let gw = Gateway::start(&single_upstream(&format!("127.0.0.1:{port}"), ""));
+    let r = gw.client().request(
+        "POST",
+        "/c",
+        &[("Transfer-Encoding", "chunked")],
+        b"5;ext=\"quoted\"\r\nhello\r\n06\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+    );
+    assert_eq!(r.text(), "ok");
+    let raw = got.join().unwrap();
+    let body_at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(
+        String::from_utf8_lossy(&raw[body_at..]),
+        "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    );
+}
