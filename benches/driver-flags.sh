@@ -29,6 +29,8 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
 trap cleanup EXIT
 CLK=$(getconf CLK_TCK)
+# shellcheck source=benches/variants.sh
+. "$ROOT/benches/variants.sh"
 VARIANTS=("io_uring_flags = false" "io_uring_flags = true" "io_uring_defer_taskrun = true" 'driver = "epoll"')
 NAMES=("io_uring, no setup flags" "io_uring, COOP_TASKRUN+SINGLE_ISSUER (default)" "io_uring, +DEFER_TASKRUN" "epoll")
 
@@ -54,34 +56,7 @@ keepalive_pool = { size = 320, idle_timeout = 60, requests = 100000 }
 uri = "/*"
 upstream_id = "b"
 EOT
-        taskset -c 0 "$BIN/shardgate" run -c "$TMP/gw.toml" 2>/dev/null &
-        gw=$!
-        sleep 0.3
-        # Warm-up, then the measured run.
-        taskset -c 1 "$BIN/sg-load" --url "http://127.0.0.1:$GW_PORT/" -c 64 -d 1 --quiet $NEWCONN > /dev/null
-        t0=$(awk '{print $14+$15}' "/proc/$gw/stat")
-        taskset -c 1 "$BIN/sg-load" --url "http://127.0.0.1:$GW_PORT/" -c 64 -d "$DURATION" --quiet \
-            --json "$TMP/run.json" $NEWCONN > /dev/null
-        t1=$(awk '{print $14+$15}' "/proc/$gw/stat")
-        kill "$gw"; wait "$gw" 2>/dev/null || true
-        python3 - "$i" "$t0" "$t1" "$CLK" "$TMP/run.json" >> "$TMP/results.tsv" <<'PY'
-import json, sys
-i, t0, t1, clk, path = sys.argv[1:]
-d = json.load(open(path))
-cpu_us = (float(t1) - float(t0)) / float(clk) * 1e6 / max(d["requests"], 1)
-print(f"{i}\t{cpu_us:.2f}\t{d['rps']:.0f}\t{d['p99_us']:.0f}")
-PY
+        measure_variant "$i" "$TMP/gw.toml" "$GW_PORT" $NEWCONN
     done
 done
-python3 - "$TMP/results.tsv" "${NAMES[@]}" <<'PY'
-import statistics, sys
-rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
-names = sys.argv[2:]
-print("| driver | CPU µs/req (median, min-max) | req/s | p99 µs |")
-print("|---|---:|---:|---:|")
-for i, name in enumerate(names):
-    r = [x for x in rows if int(x[0]) == i]
-    cpu = [float(x[1]) for x in r]
-    print(f"| {name} | {statistics.median(cpu):.2f} ({min(cpu):.2f}-{max(cpu):.2f}) | "
-          f"{statistics.median(float(x[2]) for x in r):,.0f} | {statistics.median(float(x[3]) for x in r):,.0f} |")
-PY
+print_variants driver "${NAMES[@]}"

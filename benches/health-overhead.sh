@@ -28,6 +28,8 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
 trap cleanup EXIT
 CLK=$(getconf CLK_TCK)
+# shellcheck source=benches/variants.sh
+. "$ROOT/benches/variants.sh"
 for p in "${BE_PORTS[@]}"; do
     taskset -c 1 "$BIN/sg-backend" --listen "127.0.0.1:$p" --size 64 2>/dev/null &
     PIDS+=($!)
@@ -63,37 +65,7 @@ $extra
 uri = "/*"
 upstream_id = "b"
 EOT
-        "$BIN/shardgate" run -c "$TMP/gw.toml" 2>/dev/null &
-        gw=$!
-        sleep 0.3
-        taskset -c 1 "$BIN/sg-load" --url "http://127.0.0.1:$GW_PORT/" -c 64 -d 1 --quiet > /dev/null
-        t0=$(awk '{print $14+$15}' "/proc/$gw/stat")
-        taskset -c 1 "$BIN/sg-load" --url "http://127.0.0.1:$GW_PORT/" -c 64 -d "$DURATION" --quiet \
-            --json "$TMP/run.json" > /dev/null
-        t1=$(awk '{print $14+$15}' "/proc/$gw/stat")
-        kill "$gw"; wait "$gw" 2>/dev/null || true
-        python3 - "$i" "$t0" "$t1" "$CLK" "$TMP/run.json" >> "$TMP/results.tsv" <<'PY'
-import json, sys
-i, t0, t1, clk, path = sys.argv[1:]
-d = json.load(open(path))
-cpu_us = (float(t1) - float(t0)) / float(clk) * 1e6 / max(d["requests"], 1)
-print(f"{i}\t{cpu_us:.2f}\t{d['rps']:.0f}\t{d['p99_us']:.0f}\t{d['errors']}")
-PY
+        measure_variant "$i" "$TMP/gw.toml" "$GW_PORT"
     done
 done
-python3 - "$TMP/results.tsv" "${NAMES[@]}" <<'PY'
-import statistics, sys
-rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
-names = sys.argv[2:]
-base = None
-print("| gateway | CPU µs/req (median, min-max) | ratio | req/s | p99 µs | errors |")
-print("|---|---:|---:|---:|---:|---:|")
-for i, name in enumerate(names):
-    r = [x for x in rows if int(x[0]) == i]
-    cpu = [float(x[1]) for x in r]
-    med = statistics.median(cpu)
-    base = base or med
-    print(f"| {name} | {med:.2f} ({min(cpu):.2f}-{max(cpu):.2f}) | {med/base:.3f}× | "
-          f"{statistics.median(float(x[2]) for x in r):,.0f} | {statistics.median(float(x[3]) for x in r):,.0f} | "
-          f"{sum(int(x[4]) for x in r)} |")
-PY
+print_variants gateway "${NAMES[@]}"
