@@ -32,6 +32,8 @@ pub struct Settings {
     pub send_timeout: Duration,
     /// Use every node when all of an upstream's are unhealthy (`healthcheck_fail_open`).
     pub fail_open: bool,
+    /// Relay long bodies with splice(2) (`splice`).
+    pub splice: bool,
 }
 
 /// One immutable, validated configuration.
@@ -322,6 +324,7 @@ fn compile_gateway(g: &GatewayConfig) -> Result<(Settings, Vec<SocketAddr>)> {
         keepalive_timeout: seconds("gateway.keepalive_timeout", g.keepalive_timeout, false)?,
         send_timeout: seconds("gateway.send_timeout", g.send_timeout, false)?,
         fail_open: g.healthcheck_fail_open,
+        splice: g.splice,
     };
     Ok((settings, listen))
 }

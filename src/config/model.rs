@@ -66,6 +66,8 @@ pub struct GatewayConfig {
     pub control_listen: String,
     /// When every node of an upstream is unhealthy, use them all anyway (APISIX's behaviour).
     pub healthcheck_fail_open: bool,
+    /// Relay long response bodies with splice(2) instead of copying them through user space.
+    pub splice: bool,
 }
 
 impl Default for GatewayConfig {
@@ -92,6 +94,7 @@ impl Default for GatewayConfig {
             watch_config: true,
             control_listen: "127.0.0.1:9090".into(),
             healthcheck_fail_open: true,
+            splice: true,
         }
     }
 }

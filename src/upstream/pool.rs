@@ -38,6 +38,8 @@ pub struct UpstreamConn {
     pub served: u32,
     /// Came out of the pool (it may have been closed by the backend meanwhile).
     pub reused: bool,
+    /// The socket has been made non-blocking (done on its first splice).
+    pub nonblocking: bool,
 }
 
 struct Idle {
@@ -86,6 +88,7 @@ impl Pool {
             buf: self.small_buffer(),
             served: 0,
             reused: false,
+            nonblocking: false,
         }
     }
 

@@ -11,6 +11,7 @@
 //! read as part of the next response.
 
 use super::io::{read_more_timeout, write_all, write_range, IoFail};
+use super::splice;
 use super::state::{Local, Worker};
 use super::vars::RequestVars;
 use super::watchdog::Watch;
@@ -32,6 +33,7 @@ use monoio::net::TcpStream;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -69,6 +71,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, loca
         path_normalized: false,
         path_buf: Vec::new(),
         filters: None,
+        nonblocking: false,
     };
     conn.run().await;
     let Conn {
@@ -154,6 +157,8 @@ struct Conn {
     path_buf: Vec<u8>,
     /// The snapshot and route index whose plugins filter this response (when it has any).
     filters: Option<(Rc<Local>, usize)>,
+    /// The client socket has been made non-blocking (done on the first splice).
+    nonblocking: bool,
 }
 
 /// What happened to one request, for the access log and the keep-alive decision.
@@ -1305,12 +1310,57 @@ impl Conn {
             if remaining == 0 {
                 return Ok(());
             }
+            if remaining >= splice::MIN_SPLICE && self.filters.is_none() && self.settings().splice {
+                if let Some(done) = self.splice_rest(upc, remaining, read, send, outcome).await {
+                    return done;
+                }
+            }
             // The body goes on past this buffer: relay the rest through a large one.
             self.worker.pool.enlarge(&mut upc.buf);
             if read_body(upc, read, &self.watch).await? == 0 {
                 return Err(Abort);
             }
         }
+    }
+
+    /// Relays the last `len` body bytes with splice(2). `None` when no pipe could be had (the
+    /// caller copies instead).
+    async fn splice_rest(
+        &mut self,
+        upc: &mut UpstreamConn,
+        len: u64,
+        read: Duration,
+        send: Duration,
+        outcome: &mut Outcome,
+    ) -> Option<Result<(), Abort>> {
+        // monoio's io_uring sockets are blocking; a splice on them could stall the worker.
+        if !self.nonblocking {
+            splice::set_nonblocking(self.stream.as_raw_fd()).ok()?;
+            self.nonblocking = true;
+        }
+        if !upc.nonblocking {
+            splice::set_nonblocking(upc.stream.as_raw_fd()).ok()?;
+            upc.nonblocking = true;
+        }
+        let pipe = self.worker.pipes.get()?;
+        let (sent, result) = splice::relay(
+            &upc.stream,
+            &self.stream,
+            &pipe,
+            len,
+            read,
+            send,
+            &self.watch,
+        )
+        .await;
+        outcome.bytes += sent;
+        Some(match result {
+            Ok(()) => {
+                self.worker.pipes.put(pipe);
+                Ok(())
+            }
+            Err(_) => Err(Abort),
+        })
     }
 
     async fn relay_chunked(

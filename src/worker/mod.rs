@@ -9,6 +9,7 @@ mod conn;
 mod io;
 mod mailbox;
 mod runtime;
+mod splice;
 mod state;
 mod vars;
 mod watchdog;

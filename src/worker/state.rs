@@ -2,6 +2,7 @@
 //! housekeeping (pool sweeping, access-log flushing), plus the graceful-shutdown sequence.
 
 use super::conn::Scratch;
+use super::splice::PipePool;
 use super::watchdog::Watchdog;
 use super::{ControlMsg, Mailbox};
 
@@ -53,6 +54,8 @@ pub struct Worker {
     pub index: usize,
     current: RefCell<Rc<Local>>,
     pub pool: Pool,
+    /// Empty pipes for splicing long bodies.
+    pub pipes: PipePool,
     pub log: AccessLog,
     /// Requests being served right now (from first head byte to last response byte).
     busy: Cell<usize>,
@@ -80,6 +83,7 @@ impl Worker {
             index,
             current: RefCell::new(Rc::new(Local::new(snapshot))),
             pool: Pool::default(),
+            pipes: PipePool::default(),
             log,
             busy: Cell::new(0),
             stopping: Cell::new(false),

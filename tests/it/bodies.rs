@@ -120,3 +120,137 @@ fn chunked_upload_streams_through() {
     assert_eq!(r.text(), format!("{total} {hash:x}"));
     assert_eq!(c.get("/after").status, 200);
 }
+
+/// A response body long enough to be relayed with splice(2) (more than 64 KiB past the
+/// first read), with an odd length so no piece boundary lines up.
+const LONG: u64 = (5 << 20) + 123;
+
+fn one_upstream(be: &Backend, extra: &str) -> String {
+    format!(
+        "[[upstreams]]\nid = \"u\"\nnodes = {}\n{extra}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n",
+        nodes_map(&[(&be.addr(), 1)])
+    )
+}
+
+#[test]
+fn long_responses_are_identical_spliced_copied_and_on_epoll() {
+    let be = Backend::start(|s| match s.target.as_str() {
+        "/long" => Reply::Pattern(LONG),
+        _ => Reply::ok("small"),
+    });
+    let mut expect = vec![0u8; LONG as usize];
+    fill_pattern(&mut expect, 0);
+    for extra in [
+        "workers = 1",
+        "workers = 1\nsplice = false",
+        "workers = 1\ndriver = \"epoll\"",
+    ] {
+        let gw = Gateway::start_with(&one_upstream(&be, ""), extra);
+        let before = be.connections();
+        let mut c = gw.client();
+        for _ in 0..2 {
+            let r = c.get("/long");
+            assert_eq!(r.status, 200, "{extra}");
+            assert_eq!(r.body.len() as u64, LONG, "{extra}");
+            assert!(r.body == expect, "body differs with {extra:?}");
+        }
+        // The client connection and the upstream connection both stay usable.
+        assert_eq!(c.get("/small").text(), "small", "{extra}");
+        assert_eq!(
+            be.connections() - before,
+            1,
+            "upstream reused with {extra:?}"
+        );
+    }
+}
+
+/// A head announcing `LONG` bytes and the first 300 KiB of them.
+fn long_head_and_start() -> Vec<u8> {
+    let mut v = format!("HTTP/1.1 200 OK\r\nContent-Length: {LONG}\r\n\r\n").into_bytes();
+    let mut start = vec![0u8; 300 << 10];
+    fill_pattern(&mut start, 0);
+    v.extend_from_slice(&start);
+    v
+}
+
+/// Reads from `c` until end of stream (or `limit`), returning how many bytes came.
+fn read_to_close(c: &mut Client, limit: Duration) -> u64 {
+    use std::io::Read;
+    c.stream.set_read_timeout(Some(limit)).unwrap();
+    let mut total = c.leftover().len() as u64;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match c.stream.read(&mut buf) {
+            Ok(0) => return total,
+            Ok(n) => total += n as u64,
+            Err(e) => panic!("connection not closed after {total} bytes: {e}"),
+        }
+    }
+}
+
+#[test]
+fn upstream_dying_mid_long_body_closes_the_client_connection() {
+    let be = Backend::start(|s| match s.target.as_str() {
+        "/cut" => Reply::RawClose(long_head_and_start()),
+        _ => Reply::ok("fine"),
+    });
+    let gw = Gateway::start(&one_upstream(&be, ""));
+    let mut c = gw.client();
+    c.send("GET", "/cut", &[], b"");
+    let got = read_to_close(&mut c, Duration::from_secs(5));
+    assert!(
+        got < LONG,
+        "a truncated body must not look complete ({got} bytes)"
+    );
+    assert!(
+        got >= 300 << 10,
+        "what the upstream sent is relayed ({got} bytes)"
+    );
+    assert_eq!(gw.get("/after").text(), "fine");
+}
+
+#[test]
+fn upstream_stalling_mid_long_body_is_cut_at_the_read_timeout() {
+    let be = Backend::start(|_| {
+        Reply::RawThen(
+            long_head_and_start(),
+            Duration::from_secs(6),
+            b"late".to_vec(),
+        )
+    });
+    let gw = Gateway::start(&one_upstream(
+        &be,
+        "timeout = { connect = 2, send = 2, read = 1 }",
+    ));
+    let mut c = gw.client();
+    c.send("GET", "/stall", &[], b"");
+    let start = std::time::Instant::now();
+    let got = read_to_close(&mut c, Duration::from_secs(5));
+    assert!(got < LONG, "{got} bytes");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "cut after {took:?}, read timeout is 1 s"
+    );
+}
+
+#[test]
+fn a_client_that_stops_reading_a_long_body_is_cut_at_send_timeout() {
+    const HUGE: u64 = 256 << 20;
+    let be = Backend::start(|s| match s.target.as_str() {
+        "/huge" => Reply::Pattern(HUGE),
+        _ => Reply::ok("fine"),
+    });
+    let gw = Gateway::start_with(&one_upstream(&be, ""), "workers = 1\nsend_timeout = 1");
+    let mut c = gw.client();
+    c.send("GET", "/huge", &[], b"");
+    // Read nothing for longer than send_timeout: the gateway gives up on this client.
+    std::thread::sleep(Duration::from_secs(3));
+    let got = read_to_close(&mut c, Duration::from_secs(5));
+    assert!(
+        got < HUGE / 2,
+        "the gateway kept sending to a stuck client: {got} bytes"
+    );
+    // Other clients are served meanwhile.
+    assert_eq!(gw.get("/other").text(), "fine");
+}
