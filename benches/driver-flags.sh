@@ -34,29 +34,4 @@ CLK=$(getconf CLK_TCK)
 VARIANTS=("io_uring_flags = false" "io_uring_flags = true" "io_uring_defer_taskrun = true" 'driver = "epoll"')
 NAMES=("io_uring, no setup flags" "io_uring, COOP_TASKRUN+SINGLE_ISSUER (default)" "io_uring, +DEFER_TASKRUN" "epoll")
 
-taskset -c 1 "$BIN/sg-backend" --listen "127.0.0.1:$BE_PORT" --size "$SIZE" 2>/dev/null &
-PIDS+=($!)
-sleep 0.3
-: > "$TMP/results.tsv"
-for round in $(seq 1 "$ROUNDS"); do
-    for i in "${!VARIANTS[@]}"; do
-        cat > "$TMP/gw.toml" <<EOT
-[gateway]
-listen = ["127.0.0.1:$GW_PORT"]
-workers = 1
-cpus = [0]
-access_log = "off"
-watch_config = false
-${VARIANTS[$i]}
-[[upstreams]]
-id = "b"
-nodes = { "127.0.0.1:$BE_PORT" = 1 }
-keepalive_pool = { size = 320, idle_timeout = 60, requests = 100000 }
-[[routes]]
-uri = "/*"
-upstream_id = "b"
-EOT
-        measure_variant "$i" "$TMP/gw.toml" "$GW_PORT" $NEWCONN
-    done
-done
-print_variants driver "${NAMES[@]}"
+run_one_backend_variants driver

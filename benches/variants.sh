@@ -4,8 +4,10 @@
 
 # measure_variant INDEX CONFIG PORT [sg-load args...]
 # Starts the gateway on CONFIG, warms up 1 s, measures DURATION s of 64-connection load on
-# PORT, stops it by PID, and appends "index cpu_us_per_req rps p99_us errors" to
-# $TMP/results.tsv. The gateway's CPU is user+sys of its whole process from /proc.
+# PORT, stops it by PID, and appends "index cpu_us_per_req rps p99_us errors backend_us
+# load_us" to $TMP/results.tsv. The gateway's CPU is user+sys of its whole process from /proc;
+# backend_us is the same for the process BACKEND_PID (when set), load_us the load generator's
+# own user+sys (bash `times` of the subshell that ran it), both per request.
 measure_variant() {
     local i=$1 config=$2 port=$3
     shift 3
@@ -13,31 +15,46 @@ measure_variant() {
     local gw=$!
     sleep 0.3
     taskset -c 1 "$BIN/sg-load" --url "http://127.0.0.1:$port/" -c 64 -d 1 --quiet "$@" > /dev/null
-    local t0 t1
+    local t0 t1 b0=0 b1=0
     t0=$(awk '{print $14+$15}' "/proc/$gw/stat")
-    taskset -c 1 "$BIN/sg-load" --url "http://127.0.0.1:$port/" -c 64 -d "$DURATION" --quiet \
-        --json "$TMP/run.json" "$@" > /dev/null
+    [ -n "${BACKEND_PID:-}" ] && b0=$(awk '{print $14+$15}' "/proc/$BACKEND_PID/stat")
+    (
+        taskset -c 1 "$BIN/sg-load" --url "http://127.0.0.1:$port/" -c 64 -d "$DURATION" \
+            --quiet --json "$TMP/run.json" "$@" > /dev/null
+        times > "$TMP/load.times"
+    )
     t1=$(awk '{print $14+$15}' "/proc/$gw/stat")
+    [ -n "${BACKEND_PID:-}" ] && b1=$(awk '{print $14+$15}' "/proc/$BACKEND_PID/stat")
     kill "$gw"; wait "$gw" 2>/dev/null || true
-    python3 - "$i" "$t0" "$t1" "$CLK" "$TMP/run.json" >> "$TMP/results.tsv" <<'PY'
-import json, sys
-i, t0, t1, clk, path = sys.argv[1:]
+    python3 - "$i" "$t0" "$t1" "$CLK" "$TMP/run.json" "$b0" "$b1" "$TMP/load.times" \
+        >> "$TMP/results.tsv" <<'PY'
+import json, re, sys
+i, t0, t1, clk, path, b0, b1, times = sys.argv[1:]
 d = json.load(open(path))
-cpu_us = (float(t1) - float(t0)) / float(clk) * 1e6 / max(d["requests"], 1)
-print(f"{i}\t{cpu_us:.2f}\t{d['rps']:.0f}\t{d['p99_us']:.0f}\t{d['errors']}")
+n = max(d["requests"], 1)
+cpu_us = (float(t1) - float(t0)) / float(clk) * 1e6 / n
+backend_us = (float(b1) - float(b0)) / float(clk) * 1e6 / n
+# `times` prints the shell's own times, then its children's: "0m1.234s 0m0.567s".
+child = open(times).read().split("\n")[1]
+secs = sum(int(m) * 60 + float(s) for m, s in re.findall(r"(\d+)m([\d.]+)s", child))
+print(f"{i}\t{cpu_us:.2f}\t{d['rps']:.0f}\t{d['p99_us']:.0f}\t{d['errors']}"
+      f"\t{backend_us:.2f}\t{secs * 1e6 / n:.2f}")
 PY
 }
 
 # print_variants LABEL NAME... : one markdown row per variant (medians over rounds), with the
-# CPU ratio to the first variant.
+# CPU ratio to the first variant. With NEIGHBOURS=1 also the backend's and the load
+# generator's CPU per request (medians).
 print_variants() {
-    python3 - "$TMP/results.tsv" "$@" <<'PY'
-import statistics, sys
+    NEIGHBOURS=${NEIGHBOURS:-0} python3 - "$TMP/results.tsv" "$@" <<'PY'
+import os, statistics, sys
 rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
 label, names = sys.argv[2], sys.argv[3:]
+neighbours = os.environ["NEIGHBOURS"] == "1"
 base = None
-print(f"| {label} | CPU µs/req (median, min-max) | ratio | req/s | p99 µs | errors |")
-print("|---|---:|---:|---:|---:|---:|")
+extra_head = " backend CPU µs/req | load generator CPU µs/req |" if neighbours else ""
+print(f"| {label} | CPU µs/req (median, min-max) | ratio | req/s | p99 µs | errors |{extra_head}")
+print("|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if neighbours else ""))
 for i, name in enumerate(names):
     r = [x for x in rows if int(x[0]) == i]
     cpu = [float(x[1]) for x in r]
@@ -45,6 +62,44 @@ for i, name in enumerate(names):
     base = base or med
     print(f"| {name} | {med:.2f} ({min(cpu):.2f}-{max(cpu):.2f}) | {med / base:.3f}× | "
           f"{statistics.median(float(x[2]) for x in r):,.0f} | "
-          f"{statistics.median(float(x[3]) for x in r):,.0f} | {sum(int(x[4]) for x in r)} |")
+          f"{statistics.median(float(x[3]) for x in r):,.0f} | {sum(int(x[4]) for x in r)} |"
+          + (f" {statistics.median(float(x[5]) for x in r):.2f} |"
+             f" {statistics.median(float(x[6]) for x in r):.2f} |" if neighbours else ""))
 PY
+}
+
+# run_one_backend_variants LABEL: the common experiment. One sg-backend (SIZE-byte responses)
+# on CPU 1, the gateway with WORKERS workers (default 1) on CPUS (default 0) configured with
+# each of VARIANTS (lines added to [gateway]) in turn, interleaved over ROUNDS rounds, load
+# with optional NEWCONN; prints the table (NAMES label the rows). Needs GW_PORT and BE_PORT,
+# and PIDS (an array the caller's cleanup kills).
+run_one_backend_variants() {
+    taskset -c 1 "$BIN/sg-backend" --listen "127.0.0.1:$BE_PORT" --size "$SIZE" 2>/dev/null &
+    BACKEND_PID=$!
+    PIDS+=("$BACKEND_PID")
+    sleep 0.3
+    : > "$TMP/results.tsv"
+    local round i
+    for round in $(seq 1 "$ROUNDS"); do
+        for i in "${!VARIANTS[@]}"; do
+            cat > "$TMP/gw.toml" <<EOT
+[gateway]
+listen = ["127.0.0.1:$GW_PORT"]
+workers = ${WORKERS:-1}
+cpus = [${CPUS:-0}]
+access_log = "off"
+watch_config = false
+${VARIANTS[$i]}
+[[upstreams]]
+id = "b"
+nodes = { "127.0.0.1:$BE_PORT" = 1 }
+keepalive_pool = { size = 320, idle_timeout = 60, requests = 100000 }
+[[routes]]
+uri = "/*"
+upstream_id = "b"
+EOT
+            measure_variant "$i" "$TMP/gw.toml" "$GW_PORT" ${NEWCONN:-}
+        done
+    done
+    print_variants "$1" "${NAMES[@]}"
 }
