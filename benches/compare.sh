@@ -47,6 +47,8 @@ DRY_RUN=0
 BUILD=1
 WARMUP=1
 MAX_REQ=""
+SG_OPTIONS=""
+HAPROXY_SPLICE=0
 
 # Ports (loopback only). Each target has its own so a slow-to-die process never answers for
 # the next one.
@@ -77,6 +79,10 @@ Usage: benches/compare.sh [options]
   --targets LIST      any of: direct shardgate nginx haproxy (default: all)
   --max-requests N    per-run request bound (default: duration x 1,000,000)
   --warmup S          warm-up seconds before each measured run (default $WARMUP)
+  --sg-option LINE    add LINE to Shardgate's [gateway] section (repeatable), e.g.
+                        --sg-option 'splice = false'
+  --haproxy-splice    give HAProxy 'option splice-auto' (off by default in HAProxy; Shardgate
+                        splices long bodies by default, nginx cannot splice proxied bodies)
   --quick             1 round, 3 s per run (smoke test)
   --out DIR           results directory (default benches/results/<date>)
   --no-build          skip 'cargo build --release --bins'
@@ -103,6 +109,8 @@ while (($#)); do
         --targets) TARGETS=${2:?}; shift 2 ;;
         --max-requests) MAX_REQ=${2:?}; shift 2 ;;
         --warmup) WARMUP=${2:?}; shift 2 ;;
+        --sg-option) SG_OPTIONS+="${2:?}"$'\n'; shift 2 ;;
+        --haproxy-splice) HAPROXY_SPLICE=1; shift ;;
         --quick) ROUNDS=1; DURATION=3; shift ;;
         --out) OUT=${2:?}; shift 2 ;;
         --no-build) BUILD=0; shift ;;
@@ -383,7 +391,7 @@ cpus = [$3]
 access_log = "off"
 watch_config = false
 graceful_shutdown_timeout = 2
-
+$SG_OPTIONS
 [[upstreams]]
 id = "b"
 ${SG_LB:+$SG_LB
@@ -459,7 +467,9 @@ start_target() {
             render "$BENCH_DIR/haproxy.cfg.template" "$conf" \
                 WORKERS="$w" CPUS_LIST="${PROXY_CPUS//,/ }" \
                 LISTEN_PORT="$HAPROXY_PORT" BALANCE="$HAPROXY_LB" SERVERS="$(haproxy_servers)" \
-                PIDFILE="$TMP/haproxy.pid" TMPDIR="$TMP"
+                PIDFILE="$TMP/haproxy.pid" TMPDIR="$TMP" \
+                SPLICE="$( ((HAPROXY_SPLICE)) && echo 'option splice-response')" \
+                MAXPIPES="$( ((HAPROXY_SPLICE)) && echo 'maxpipes 1024')"
             check_conf "$conf" "$HAPROXY_BIN" -c -q -f "$conf"
             start_bg "$log" taskset -c "$PROXY_CPUS" "$HAPROXY_BIN" -db -f "$conf"
             ;;
@@ -676,7 +686,7 @@ fi
     echo "nginx:       $("$NGINX_BIN" -v 2>&1 | head -1 || echo n/a)"
     echo "haproxy:     $("$HAPROXY_BIN" -v 2>/dev/null | head -1 || echo n/a)"
     echo "sysctl:      tcp_tw_reuse=$(cat /proc/sys/net/ipv4/tcp_tw_reuse 2>/dev/null) ip_local_port_range=$(tr '\t' - </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null) somaxconn=$(cat /proc/sys/net/core/somaxconn 2>/dev/null)"
-    echo "options:     rounds=$ROUNDS duration=${DURATION}s warmup=${WARMUP}s connections=$CONNS max_requests=$MAX_REQ"
+    echo "options:     rounds=$ROUNDS duration=${DURATION}s warmup=${WARMUP}s connections=$CONNS max_requests=$MAX_REQ haproxy_splice=$HAPROXY_SPLICE${SG_OPTIONS:+ shardgate: ${SG_OPTIONS//$'\n'/; }}"
     echo "scenarios:   $SCENARIOS; workers: $WORKERS_LIST; targets: $TARGETS"
 } >"$TMP/env.txt" 2>/dev/null
 cat "$TMP/env.txt" >&2

@@ -34,6 +34,8 @@ pub struct Settings {
     pub fail_open: bool,
     /// Relay long bodies with splice(2) (`splice`).
     pub splice: bool,
+    /// TCP_NOTSENT_LOWAT for client sockets that get spliced bodies; 0 = not set.
+    pub splice_lowat: u32,
 }
 
 /// One immutable, validated configuration.
@@ -304,6 +306,12 @@ fn compile_gateway(g: &GatewayConfig) -> Result<(Settings, Vec<SocketAddr>)> {
             "must be at least gateway.max_request_line",
         ));
     }
+    if g.splice_lowat > 1 << 30 {
+        return Err(ConfigError::invalid(
+            "gateway.splice_lowat",
+            "must be at most 1073741824 bytes (0 = leave the kernel's default)",
+        ));
+    }
     seconds(
         "gateway.graceful_shutdown_timeout",
         g.graceful_shutdown_timeout,
@@ -325,6 +333,7 @@ fn compile_gateway(g: &GatewayConfig) -> Result<(Settings, Vec<SocketAddr>)> {
         send_timeout: seconds("gateway.send_timeout", g.send_timeout, false)?,
         fail_open: g.healthcheck_fail_open,
         splice: g.splice,
+        splice_lowat: g.splice_lowat,
     };
     Ok((settings, listen))
 }
@@ -889,6 +898,8 @@ mod tests {
             (&format!("{base}[[routes]]\nid = \"r\"\nuri = \"/\"\nupstream_id = \"u\"\nvars = [[\"uri\", \"=\", \"x\"]]\n"), "routes[0] (id \"r\").vars[0]"),
             (&format!("{base}[[routes]]\nid = \"r\"\nuri = \"/\"\nupstream_id = \"u\"\nbogus = 1\n"), "bogus"),
             ("[gateway]\nlisten = [\"nope\"]\n", "gateway.listen[0]"),
+            ("[gateway]\nsplice_lowat = 2000000000\n", "gateway.splice_lowat"),
+            ("[gateway]\nsplice_lowat = -1\n", "splice_lowat"),
         ];
         for (text, want) in cases {
             let err = compile(text).expect_err(text).to_string();

@@ -68,6 +68,9 @@ pub struct GatewayConfig {
     pub healthcheck_fail_open: bool,
     /// Relay long response bodies with splice(2) instead of copying them through user space.
     pub splice: bool,
+    /// TCP_NOTSENT_LOWAT (bytes) set on a client socket when a body is spliced to it; 0 leaves
+    /// the kernel's default (no limit on unsent bytes).
+    pub splice_lowat: u32,
 }
 
 impl Default for GatewayConfig {
@@ -95,6 +98,7 @@ impl Default for GatewayConfig {
             control_listen: "127.0.0.1:9090".into(),
             healthcheck_fail_open: true,
             splice: true,
+            splice_lowat: 16384,
         }
     }
 }

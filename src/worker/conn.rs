@@ -1336,6 +1336,7 @@ impl Conn {
         // monoio's io_uring sockets are blocking; a splice on them could stall the worker.
         if !self.nonblocking {
             splice::set_nonblocking(self.stream.as_raw_fd()).ok()?;
+            splice::set_notsent_lowat(self.stream.as_raw_fd(), self.settings().splice_lowat);
             self.nonblocking = true;
         }
         if !upc.nonblocking {
