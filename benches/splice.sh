@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Measures the splice(2) relay of long response bodies against copying them through the
-# gateway's buffers (`splice = true`, the default, and `splice = false`), interleaved over
+# Measures the splice(2) relay of long response bodies (the default, with a 16 KiB
+# TCP_NOTSENT_LOWAT on the client socket; and `splice_lowat = 0`, no limit on unsent bytes)
+# against copying them through the gateway's buffers (`splice = false`), interleaved over
 # rounds. Prints the median CPU µs per request of the gateway, and of the backend and the
 # load generator too: on loopback the bytes the gateway no longer copies are still copied
 # by the load generator, and where they were last touched changes what that costs it.
@@ -34,6 +35,6 @@ trap cleanup EXIT
 CLK=$(getconf CLK_TCK)
 # shellcheck source=benches/variants.sh
 . "$ROOT/benches/variants.sh"
-VARIANTS=("splice = true" "splice = false")
-NAMES=("splice (default)" "copy through 256 KiB buffers")
+VARIANTS=("splice = true" "splice_lowat = 0" "splice = false")
+NAMES=("splice, 16 KiB TCP_NOTSENT_LOWAT (default)" "splice, no unsent limit" "copy through 256 KiB buffers")
 NEIGHBOURS=1 run_one_backend_variants "relay, $SIZE B, $WORKERS worker(s)"

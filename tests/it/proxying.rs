@@ -504,3 +504,54 @@ fn chunked_request_bodies_are_re_encoded_canonically() {
         "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
     );
 }
+
+#[test]
+fn connection_close_answers_arrive_whole_and_streamed_ones_are_not_held() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let be = Backend::start(|s| match s.target.as_str() {
+        "/stream" => Reply::RawThen(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nfirst".to_vec(),
+            Duration::from_millis(1500),
+            b"-last".to_vec(),
+        ),
+        _ => Reply::ok("whole answer"),
+    });
+    let gw = Gateway::start(&single_upstream(&be.addr(), ""));
+
+    // The last answer of a connection (complete in hand) comes whole, then end of stream.
+    let mut c = gw.client();
+    c.send("GET", "/small", &[("Connection", "close")], b"");
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.text(), "whole answer");
+    assert!(
+        c.is_closed(),
+        "the gateway closes after a Connection: close answer"
+    );
+
+    // A body still being relayed is not held back for the close: "first" arrives while the
+    // upstream is still pausing.
+    let mut c = gw.client();
+    c.send("GET", "/stream", &[("Connection", "close")], b"");
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    while !got.ends_with(b"first") {
+        let n = c.stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(1200),
+        "the first part waited {:?} for the rest",
+        start.elapsed()
+    );
+    while !got.ends_with(b"first-last") {
+        let n = c.stream.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+}
