@@ -81,7 +81,7 @@ Usage: benches/compare.sh [options]
   --warmup S          warm-up seconds before each measured run (default $WARMUP)
   --sg-option LINE    add LINE to Shardgate's [gateway] section (repeatable), e.g.
                         --sg-option 'splice = false'
-  --haproxy-splice    give HAProxy 'option splice-auto' (off by default in HAProxy; Shardgate
+  --haproxy-splice    give HAProxy 'option splice-response' (off by default in HAProxy; Shardgate
                         splices long bodies by default, nginx cannot splice proxied bodies)
   --quick             1 round, 3 s per run (smoke test)
   --out DIR           results directory (default benches/results/<date>)
