@@ -1344,7 +1344,6 @@ impl Conn {
         // monoio's io_uring sockets are blocking; a splice on them could stall the worker.
         if !self.nonblocking {
             splice::set_nonblocking(self.stream.as_raw_fd()).ok()?;
-            splice::set_notsent_lowat(self.stream.as_raw_fd(), self.settings().splice_lowat);
             self.nonblocking = true;
         }
         if !upc.nonblocking {
@@ -1352,6 +1351,12 @@ impl Conn {
             upc.nonblocking = true;
         }
         let pipe = self.worker.pipes.get()?;
+        // The unsent limit holds for this body only: later answers on this connection may be
+        // written from buffers, where it would only split writes into more wake-ups.
+        let lowat = self.settings().splice_lowat;
+        if lowat > 0 {
+            splice::set_notsent_lowat(self.stream.as_raw_fd(), lowat);
+        }
         let (sent, result) = splice::relay(
             &upc.stream,
             &self.stream,
@@ -1362,6 +1367,9 @@ impl Conn {
             &self.watch,
         )
         .await;
+        if lowat > 0 {
+            splice::set_notsent_lowat(self.stream.as_raw_fd(), 0);
+        }
         outcome.bytes += sent;
         Some(match result {
             Ok(()) => {

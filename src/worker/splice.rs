@@ -99,8 +99,8 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Limits how many bytes may wait unsent in a client socket (TCP_NOTSENT_LOWAT; 0 = leave
-/// the kernel's default, no limit).
+/// Limits how many bytes may wait unsent in a client socket (TCP_NOTSENT_LOWAT); 0 restores
+/// the kernel's default (the `net.ipv4.tcp_notsent_lowat` sysctl, unlimited unless set).
 ///
 /// Without a limit a splice fills the socket's whole send buffer at once, and the unsent
 /// backlog is then transmitted by whoever processes the client's next window update: the
@@ -113,9 +113,6 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 /// bad as no limit). It also keeps the kernel memory a slow client pins
 /// small, which is why HTTP/2 servers commonly set the same value.
 pub fn set_notsent_lowat(fd: RawFd, bytes: u32) {
-    if bytes == 0 {
-        return;
-    }
     let v = bytes as libc::c_int;
     // SAFETY: setsockopt with a valid int option value on an open socket; failure (an old
     // kernel) only leaves the default.
