@@ -52,7 +52,7 @@ struct Idle {
 /// Whether a pooled connection is still open with nothing to read: the backend may have
 /// closed it while it sat in the pool (end of stream), or sent bytes no request asked for
 /// (which would otherwise be read as the next response). One non-blocking peek per reuse.
-fn still_idle(stream: &TcpStream) -> bool {
+pub fn still_idle(stream: &TcpStream) -> bool {
     use std::os::fd::AsRawFd;
     let mut byte = 0u8;
     // SAFETY: a one-byte peek into a local on an open socket we own.

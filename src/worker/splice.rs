@@ -21,7 +21,7 @@ use monoio::net::TcpStream;
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Bodies with at least this much still to relay go through a pipe; shorter tails are
 /// cheaper to copy than to splice.
@@ -34,8 +34,13 @@ pub const MIN_SPLICE: u64 = 64 * 1024;
 /// resize and the pipe keeps working at its default size.
 const PIPE_SIZE: libc::c_int = 256 * 1024;
 
-/// Idle pipes kept per core.
-const MAX_IDLE: usize = 64;
+/// Idle pipes kept per core. Few: idle pipes count against the user's pipe quota too.
+const MAX_IDLE: usize = 16;
+
+/// Wake-ups in a row that let neither side move before the relay gives up. A socket can poll
+/// ready and still refuse a splice (urgent data ahead in the upstream's stream, memory
+/// pressure on the client's side); without a bound that would be a busy loop.
+const MAX_IDLE_WAKEUPS: u32 = 64;
 
 /// A non-blocking pipe used as the in-kernel buffer between two sockets. Only ever pooled
 /// empty.
@@ -166,6 +171,10 @@ pub async fn relay(
     let mut sent: u64 = 0;
     // The upstream failed: what it did send is still delivered, then the relay fails.
     let mut upstream_failed: Option<io::Error> = None;
+    // Since the last progress: the deadline of the side being waited for, and the wake-ups
+    // that moved nothing. A wake-up without progress must not restart the clock.
+    let mut stalled: Option<(Dir, Instant)> = None;
+    let mut idle_wakeups = 0u32;
     loop {
         if in_pipe == 0 {
             if let Some(e) = upstream_failed {
@@ -208,20 +217,35 @@ pub async fn relay(
             }
         }
         if progressed {
+            stalled = None;
+            idle_wakeups = 0;
             continue;
+        }
+        if idle_wakeups >= MAX_IDLE_WAKEUPS {
+            let stuck = io::Error::other("sockets poll ready but splice makes no progress");
+            return (sent, Err(IoFail::Io(stuck)));
         }
         // Neither side can move. With bytes in the pipe the client is the one holding things
         // up (an empty upstream is no reason to wait while the client could take more); with
         // none, the upstream is.
-        let waited = if in_pipe > 0 {
-            watch.arm(dst, Dir::Write, send);
-            let r = to.writable(false).await;
-            (watch.disarm(), r)
+        let (dir, fd, limit) = if in_pipe > 0 {
+            (Dir::Write, dst, send)
         } else {
-            watch.arm(src, Dir::Read, read);
-            let r = from.readable(false).await;
-            (watch.disarm(), r)
+            (Dir::Read, src, read)
         };
+        let deadline = match stalled {
+            Some((d, at)) if d == dir => at,
+            _ => watch.deadline_in(limit),
+        };
+        stalled = Some((dir, deadline));
+        watch.arm_until(fd, dir, deadline);
+        let r = if dir == Dir::Write {
+            to.writable(false).await
+        } else {
+            from.readable(false).await
+        };
+        let waited = (watch.disarm(), r);
+        idle_wakeups += 1;
         match waited {
             (true, _) => return (sent, Err(IoFail::Timeout)),
             (false, Err(e)) => return (sent, Err(IoFail::Io(e))),

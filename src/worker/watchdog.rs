@@ -45,6 +45,20 @@ impl Watch {
         self.fd.set(fd);
     }
 
+    /// Watches `fd` until `deadline` (from [`Watch::deadline_in`]): for a wait that must not
+    /// restart the clock when it wakes without progress.
+    pub fn arm_until(&self, fd: RawFd, dir: Dir, deadline: Instant) {
+        self.deadline.set(deadline);
+        self.dir.set(dir);
+        self.fired.set(false);
+        self.fd.set(fd);
+    }
+
+    /// The deadline `limit` from now (coarse clock).
+    pub fn deadline_in(&self, limit: Duration) -> Instant {
+        self.clock.get() + limit
+    }
+
     /// Stops watching; returns whether the deadline fired during the operation.
     pub fn disarm(&self) -> bool {
         self.fd.set(-1);

@@ -254,3 +254,65 @@ fn a_client_that_stops_reading_a_long_body_is_cut_at_send_timeout() {
     // Other clients are served meanwhile.
     assert_eq!(gw.get("/other").text(), "fine");
 }
+
+#[test]
+fn urgent_data_in_a_long_body_ends_the_relay_instead_of_spinning() {
+    use std::io::Read;
+    // A backend that puts a TCP urgent byte in the middle of a long body: splice(2) stops in
+    // front of it although the socket keeps polling readable.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut stream = socket2::Socket::from(stream);
+        let mut req = [0u8; 4096];
+        let _ = stream.read(&mut req);
+        let _ = stream.write_all(&long_head_and_start());
+        let _ = stream.send_out_of_band(b"!");
+        let _ = stream.write_all(&[b'x'; 1000]);
+        std::thread::sleep(Duration::from_secs(8));
+    });
+    let be = Backend::start(|_| Reply::ok("fine"));
+    let gw = Gateway::start(&format!(
+        "[[upstreams]]\nid = \"u\"\nnodes = {}\ntimeout = {{ connect = 2, send = 2, read = 3 }}\n\
+         [[upstreams]]\nid = \"ok\"\nnodes = {}\n\
+         [[routes]]\nuri = \"/urgent\"\nupstream_id = \"u\"\n[[routes]]\nuri = \"/*\"\nupstream_id = \"ok\"\n",
+        nodes_map(&[(&addr, 1)]),
+        nodes_map(&[(&be.addr(), 1)])
+    ));
+    let mut c = gw.client();
+    c.send("GET", "/urgent", &[], b"");
+    let start = std::time::Instant::now();
+    let got = read_to_close(&mut c, Duration::from_secs(6));
+    assert!(got < LONG, "{got} bytes");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "the relay ended only after {:?}",
+        start.elapsed()
+    );
+    // The worker is not stuck in a loop: it serves the next request.
+    assert_eq!(gw.get("/other").text(), "fine");
+    server.join().unwrap();
+}
+
+#[test]
+fn bytes_past_a_spliced_body_never_reach_the_next_response() {
+    let be = Backend::start(|s| match s.target.as_str() {
+        "/long" => {
+            let mut v = format!("HTTP/1.1 200 OK\r\nContent-Length: {LONG}\r\n\r\n").into_bytes();
+            let mut body = vec![0u8; LONG as usize];
+            fill_pattern(&mut body, 0);
+            v.extend_from_slice(&body);
+            v.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsmuggl");
+            Reply::Raw(v)
+        }
+        _ => Reply::ok("clean"),
+    });
+    let gw = Gateway::start(&one_upstream(&be, ""));
+    let mut c = gw.client();
+    let r = c.get("/long");
+    assert_eq!(r.body.len() as u64, LONG);
+    for _ in 0..3 {
+        assert_eq!(c.get("/next").text(), "clean");
+    }
+}
