@@ -1043,6 +1043,19 @@ impl Conn {
                 .map_err(|_| SendError::Client(0, ""))?;
         }
         self.buf.truncate(body_start);
+        if !chunked && body.remaining >= splice::MIN_SPLICE && self.settings().splice {
+            let len = body.remaining;
+            if let Some(done) = self
+                .splice_request_body(upc, len, body_timeout, t.send)
+                .await
+            {
+                done?;
+                body.remaining = 0;
+                body.complete = true;
+                body.end = body_start;
+                return Ok(());
+            }
+        }
         loop {
             match read_more_timeout(
                 &mut self.stream,
@@ -1354,8 +1367,23 @@ impl Conn {
         }
     }
 
-    /// Relays the last `len` body bytes with splice(2). `None` when no pipe could be had (the
-    /// caller copies instead).
+    /// Makes both sockets non-blocking (monoio's io_uring sockets are blocking, and a splice
+    /// on a blocking socket could stall the worker) and takes a pipe. `None` when that fails
+    /// (the caller copies instead).
+    fn splice_ready(&mut self, upc: &mut UpstreamConn) -> Option<splice::Pipe> {
+        if !self.nonblocking {
+            splice::set_nonblocking(self.stream.as_raw_fd()).ok()?;
+            self.nonblocking = true;
+        }
+        if !upc.nonblocking {
+            splice::set_nonblocking(upc.stream.as_raw_fd()).ok()?;
+            upc.nonblocking = true;
+        }
+        self.worker.pipes.get()
+    }
+
+    /// Relays the last `len` response body bytes with splice(2). `None` when no pipe could be
+    /// had (the caller copies instead).
     async fn splice_rest(
         &mut self,
         upc: &mut UpstreamConn,
@@ -1365,16 +1393,7 @@ impl Conn {
         outcome: &mut Outcome,
         reusable: &mut bool,
     ) -> Option<Result<(), Abort>> {
-        // monoio's io_uring sockets are blocking; a splice on them could stall the worker.
-        if !self.nonblocking {
-            splice::set_nonblocking(self.stream.as_raw_fd()).ok()?;
-            self.nonblocking = true;
-        }
-        if !upc.nonblocking {
-            splice::set_nonblocking(upc.stream.as_raw_fd()).ok()?;
-            upc.nonblocking = true;
-        }
-        let pipe = self.worker.pipes.get()?;
+        let pipe = self.splice_ready(upc)?;
         // The unsent limit holds for this body only: later answers on this connection may be
         // written from buffers, where it would only split writes into more wake-ups.
         let lowat = self.settings().splice_lowat;
@@ -1406,6 +1425,39 @@ impl Conn {
                 Ok(())
             }
             Err(_) => Err(Abort),
+        })
+    }
+
+    /// Forwards the rest of a Content-Length request body (`len` bytes still in the client's
+    /// socket) with splice(2). `None` when no pipe could be had (the caller copies instead).
+    async fn splice_request_body(
+        &mut self,
+        upc: &mut UpstreamConn,
+        len: u64,
+        body_timeout: Duration,
+        send: Duration,
+    ) -> Option<Result<(), SendError>> {
+        let pipe = self.splice_ready(upc)?;
+        let (_, result) = splice::relay(
+            &self.stream,
+            &upc.stream,
+            &pipe,
+            len,
+            body_timeout,
+            send,
+            &self.watch,
+        )
+        .await;
+        Some(match result {
+            Ok(()) => {
+                self.worker.pipes.put(pipe);
+                Ok(())
+            }
+            Err(splice::RelayError::Source(IoFail::Timeout)) => {
+                Err(SendError::Client(408, "timed out reading the request body"))
+            }
+            Err(splice::RelayError::Source(_)) => Err(SendError::Client(0, "")),
+            Err(splice::RelayError::Destination(e)) => Err(SendError::Upstream(send_failure(e))),
         })
     }
 

@@ -1,5 +1,5 @@
-//! Zero-copy relay of long response bodies: upstream socket → pipe → client socket with
-//! `splice(2)`.
+//! Zero-copy relay of long bodies with `splice(2)`: upstream socket → pipe → client socket
+//! for responses, client socket → pipe → upstream socket for request bodies.
 //!
 //! Relaying a body through a user-space buffer copies every byte twice (kernel to user on the
 //! read, user to kernel on the write). For a 1 MiB response those two copies were most of the
@@ -11,9 +11,9 @@
 //! opcode is not used on purpose: the kernel always hands it to an io-wq helper thread, which
 //! would move the work off the worker's core.
 //!
-//! Only bodies with a known length and no body filter are spliced (the bytes never reach user
-//! space, so nothing can look at them), and only when enough of the body is still to come for
-//! the extra system calls to pay off.
+//! Only bodies with a known length are spliced (responses only without a body filter: the
+//! bytes never reach user space, so nothing can look at them), and only when enough of the
+//! body is still to come for the extra system calls to pay off.
 
 use super::io::IoFail;
 use super::watchdog::{Dir, Watch};
@@ -151,10 +151,20 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
-/// Moves exactly `len` bytes from `from` to `to` through `pipe`. Both sockets must be
-/// non-blocking. Waiting for the upstream is bounded by `read`, for the client by `send`
-/// (each between two steps of progress). Returns the bytes delivered to `to`; on an error the
-/// pipe may still hold bytes and must be dropped, not pooled.
+/// Which end of a relay failed, and how.
+#[derive(Debug)]
+pub enum RelayError {
+    /// Reading from `from`: it ended early, failed, or sent nothing within `read`.
+    Source(IoFail),
+    /// Writing to `to`: it failed or took nothing within `send`.
+    Destination(IoFail),
+}
+
+/// Moves exactly `len` bytes from `from` to `to` through `pipe` (a response body from the
+/// upstream to the client, or a request body the other way). Both sockets must be
+/// non-blocking. Waiting for `from` is bounded by `read`, for `to` by `send`, each counted
+/// from the last step of progress. Returns the bytes delivered to `to`; on an error the pipe
+/// may still hold bytes and must be dropped, not pooled.
 pub async fn relay(
     from: &TcpStream,
     to: &TcpStream,
@@ -163,34 +173,34 @@ pub async fn relay(
     read: Duration,
     send: Duration,
     watch: &Watch,
-) -> (u64, Result<(), IoFail>) {
+) -> (u64, Result<(), RelayError>) {
     let (src, dst) = (from.as_raw_fd(), to.as_raw_fd());
     let (pipe_r, pipe_w) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
-    let mut left = len; // still to take from the upstream
-    let mut in_pipe: u64 = 0; // taken, not yet given to the client
+    let mut left = len; // still to take from `from`
+    let mut in_pipe: u64 = 0; // taken, not yet given to `to`
     let mut sent: u64 = 0;
-    // The upstream failed: what it did send is still delivered, then the relay fails.
-    let mut upstream_failed: Option<io::Error> = None;
+    // The source failed: what it did send is still delivered, then the relay fails.
+    let mut source_failed: Option<io::Error> = None;
     // Since the last progress: the deadline of the side being waited for, and the wake-ups
     // that moved nothing. A wake-up without progress must not restart the clock.
     let mut stalled: Option<(Dir, Instant)> = None;
     let mut idle_wakeups = 0u32;
     loop {
         if in_pipe == 0 {
-            if let Some(e) = upstream_failed {
-                return (sent, Err(IoFail::Io(e)));
+            if let Some(e) = source_failed {
+                return (sent, Err(RelayError::Source(IoFail::Io(e))));
             }
             if left == 0 {
                 return (sent, Ok(()));
             }
         }
         let mut progressed = false;
-        if left > 0 && upstream_failed.is_none() {
+        if left > 0 && source_failed.is_none() {
             // Never more than the body: bytes past it belong to no one and stay unread.
             match splice(src, pipe_w, left.min(PIPE_SIZE as u64) as usize) {
                 Ok(0) => {
                     let early = io::Error::new(io::ErrorKind::UnexpectedEof, "body cut short");
-                    upstream_failed = Some(early);
+                    source_failed = Some(early);
                     progressed = true;
                 }
                 Ok(n) => {
@@ -200,7 +210,7 @@ pub async fn relay(
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
-                    upstream_failed = Some(e);
+                    source_failed = Some(e);
                     progressed = true;
                 }
             }
@@ -213,7 +223,7 @@ pub async fn relay(
                     progressed = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return (sent, Err(IoFail::Io(e))),
+                Err(e) => return (sent, Err(RelayError::Destination(IoFail::Io(e)))),
             }
         }
         if progressed {
@@ -221,18 +231,22 @@ pub async fn relay(
             idle_wakeups = 0;
             continue;
         }
-        if idle_wakeups >= MAX_IDLE_WAKEUPS {
-            let stuck = io::Error::other("sockets poll ready but splice makes no progress");
-            return (sent, Err(IoFail::Io(stuck)));
-        }
-        // Neither side can move. With bytes in the pipe the client is the one holding things
-        // up (an empty upstream is no reason to wait while the client could take more); with
-        // none, the upstream is.
+        // Neither side can move. With bytes in the pipe the destination is the one holding
+        // things up (an empty source is no reason to wait while the destination could take
+        // more); with none, the source is.
         let (dir, fd, limit) = if in_pipe > 0 {
             (Dir::Write, dst, send)
         } else {
             (Dir::Read, src, read)
         };
+        let fail = |e: IoFail| match dir {
+            Dir::Read => RelayError::Source(e),
+            Dir::Write => RelayError::Destination(e),
+        };
+        if idle_wakeups >= MAX_IDLE_WAKEUPS {
+            let stuck = io::Error::other("sockets poll ready but splice makes no progress");
+            return (sent, Err(fail(IoFail::Io(stuck))));
+        }
         let deadline = match stalled {
             Some((d, at)) if d == dir => at,
             _ => watch.deadline_in(limit),
@@ -247,8 +261,8 @@ pub async fn relay(
         let waited = (watch.disarm(), r);
         idle_wakeups += 1;
         match waited {
-            (true, _) => return (sent, Err(IoFail::Timeout)),
-            (false, Err(e)) => return (sent, Err(IoFail::Io(e))),
+            (true, _) => return (sent, Err(fail(IoFail::Timeout))),
+            (false, Err(e)) => return (sent, Err(fail(IoFail::Io(e)))),
             (false, Ok(())) => {}
         }
     }
