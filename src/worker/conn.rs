@@ -1178,7 +1178,11 @@ impl Conn {
             ResponseFraming::Length(n) => (upc.buf.len() - self.resp.len) as u64 == n,
             _ => false,
         };
-        if !client_keep && complete {
+        // Not when more bytes from the client are already here (a pipelining client): the
+        // close would then reset the connection, and a reset drops whatever the cork still
+        // holds (the half-close sends it, but not always all of it at once).
+        let pipelined = self.buf.len() > outcome.consumed.max(self.head.len);
+        if !client_keep && complete && !pipelined && !self.worker.stopping() {
             set_tcp_flag(&self.stream, libc::TCP_CORK, 1);
             self.corked = true;
         }
@@ -1408,6 +1412,7 @@ impl Conn {
             read,
             send,
             &self.watch,
+            true,
         )
         .await;
         if lowat > 0 {
@@ -1446,6 +1451,7 @@ impl Conn {
             body_timeout,
             send,
             &self.watch,
+            false,
         )
         .await;
         Some(match result {

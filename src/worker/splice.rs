@@ -37,10 +37,12 @@ const PIPE_SIZE: libc::c_int = 256 * 1024;
 /// Idle pipes kept per core. Few: idle pipes count against the user's pipe quota too.
 const MAX_IDLE: usize = 16;
 
-/// Wake-ups in a row that let neither side move before the relay gives up. A socket can poll
-/// ready and still refuse a splice (urgent data ahead in the upstream's stream, memory
-/// pressure on the client's side); without a bound that would be a busy loop.
-const MAX_IDLE_WAKEUPS: u32 = 64;
+/// Wake-ups in a row that let neither side move before the relay starts pausing between
+/// polls. A socket can poll ready and still refuse a splice (urgent data ahead in the
+/// source's stream, memory pressure on the destination's side); polling again at once would
+/// be a busy loop. The pauses last until progress resumes or the wait's deadline passes.
+const IDLE_WAKEUPS_BEFORE_PAUSING: u32 = 8;
+const IDLE_PAUSE: Duration = Duration::from_millis(10);
 
 /// A non-blocking pipe used as the in-kernel buffer between two sockets. Only ever pooled
 /// empty.
@@ -165,6 +167,11 @@ pub enum RelayError {
 /// non-blocking. Waiting for `from` is bounded by `read`, for `to` by `send`, each counted
 /// from the last step of progress. Returns the bytes delivered to `to`; on an error the pipe
 /// may still hold bytes and must be dropped, not pooled.
+///
+/// With `deliver_after_source_failure` the bytes already taken from a failing source are
+/// still handed to `to` before the error (a client gets what the upstream did send); without
+/// it the relay fails at once (an upload the client abandoned is not worth finishing).
+#[allow(clippy::too_many_arguments)]
 pub async fn relay(
     from: &TcpStream,
     to: &TcpStream,
@@ -173,6 +180,7 @@ pub async fn relay(
     read: Duration,
     send: Duration,
     watch: &Watch,
+    deliver_after_source_failure: bool,
 ) -> (u64, Result<(), RelayError>) {
     let (src, dst) = (from.as_raw_fd(), to.as_raw_fd());
     let (pipe_r, pipe_w) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
@@ -186,13 +194,13 @@ pub async fn relay(
     let mut stalled: Option<(Dir, Instant)> = None;
     let mut idle_wakeups = 0u32;
     loop {
-        if in_pipe == 0 {
+        if in_pipe == 0 || !deliver_after_source_failure {
             if let Some(e) = source_failed {
                 return (sent, Err(RelayError::Source(IoFail::Io(e))));
             }
-            if left == 0 {
-                return (sent, Ok(()));
-            }
+        }
+        if in_pipe == 0 && left == 0 {
+            return (sent, Ok(()));
         }
         let mut progressed = false;
         if left > 0 && source_failed.is_none() {
@@ -243,9 +251,13 @@ pub async fn relay(
             Dir::Read => RelayError::Source(e),
             Dir::Write => RelayError::Destination(e),
         };
-        if idle_wakeups >= MAX_IDLE_WAKEUPS {
-            let stuck = io::Error::other("sockets poll ready but splice makes no progress");
-            return (sent, Err(fail(IoFail::Io(stuck))));
+        if let Some((d, at)) = stalled {
+            if d == dir && idle_wakeups >= IDLE_WAKEUPS_BEFORE_PAUSING {
+                if watch.passed(at) {
+                    return (sent, Err(fail(IoFail::Timeout)));
+                }
+                monoio::time::sleep(IDLE_PAUSE).await;
+            }
         }
         let deadline = match stalled {
             Some((d, at)) if d == dir => at,

@@ -54,6 +54,11 @@ impl Watch {
         self.fd.set(fd);
     }
 
+    /// Whether `deadline` has passed (coarse clock).
+    pub fn passed(&self, deadline: Instant) -> bool {
+        self.clock.get() >= deadline
+    }
+
     /// The deadline `limit` from now (coarse clock).
     pub fn deadline_in(&self, limit: Duration) -> Instant {
         self.clock.get() + limit
