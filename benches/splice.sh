@@ -6,7 +6,10 @@
 # load generator too: on loopback the bytes the gateway no longer copies are still copied
 # by the load generator, and where they were last touched changes what that costs it.
 #
-#   benches/splice.sh [--rounds 3] [--duration 4] [--size 1048576] [--workers 1|2]
+#   benches/splice.sh [--rounds 3] [--duration 4] [--size 1048576] [--workers 1|2] [--upload]
+#
+# --upload sends POST bodies of --size bytes (spliced client -> upstream) and gets 64-byte
+# answers, instead of GETs of --size-byte responses.
 #
 # Layout: gateway on CPU 0 (with --workers 2 on CPUs 0 and 1, contended), backend and load
 # generator on CPU 1. Loopback only; every run is bounded by --duration. Needs
@@ -14,14 +17,15 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${SG_BIN_DIR:-$ROOT/target/release}
-ROUNDS=3 DURATION=4 SIZE=1048576 WORKERS=1 CPUS=0
+ROUNDS=3 DURATION=4 SIZE=1048576 WORKERS=1 CPUS=0 UPLOAD=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) ROUNDS=$2; shift 2 ;;
         --duration) DURATION=$2; shift 2 ;;
         --size) SIZE=$2; shift 2 ;;
         --workers) WORKERS=$2; shift 2 ;;
-        -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+        --upload) UPLOAD=1; shift ;;
+        -h|--help) sed -n 2,15p "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -37,4 +41,11 @@ CLK=$(getconf CLK_TCK)
 . "$ROOT/benches/variants.sh"
 VARIANTS=("splice = true" "splice_lowat = 0" "splice = false")
 NAMES=("splice, 16 KiB TCP_NOTSENT_LOWAT (default)" "splice, no unsent limit" "copy through 256 KiB buffers")
-NEIGHBOURS=1 run_one_backend_variants "relay, $SIZE B, $WORKERS worker(s)"
+if ((UPLOAD)); then
+    VARIANTS=("splice = true" "splice = false")
+    NAMES=("splice (default)" "copy through the connection's buffer")
+    BACKEND_SIZE=64 LOAD_EXTRA="--body-size $SIZE" NEIGHBOURS=1 \
+        run_one_backend_variants "upload, $SIZE B, $WORKERS worker(s)"
+else
+    NEIGHBOURS=1 run_one_backend_variants "relay, $SIZE B, $WORKERS worker(s)"
+fi

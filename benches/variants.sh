@@ -68,13 +68,14 @@ for i, name in enumerate(names):
 PY
 }
 
-# run_one_backend_variants LABEL: the common experiment. One sg-backend (SIZE-byte responses)
-# on CPU 1, the gateway with WORKERS workers (default 1) on CPUS (default 0) configured with
+# run_one_backend_variants LABEL: the common experiment. One sg-backend (BACKEND_SIZE-byte
+# responses, default SIZE) on CPU 1, the gateway with WORKERS workers (default 1) on CPUS (default 0) configured with
 # each of VARIANTS (lines added to [gateway]) in turn, interleaved over ROUNDS rounds, load
-# with optional NEWCONN; prints the table (NAMES label the rows). Needs GW_PORT and BE_PORT,
+# with optional NEWCONN and LOAD_EXTRA (more sg-load arguments); prints the table (NAMES label the rows). Needs GW_PORT and BE_PORT,
 # and PIDS (an array the caller's cleanup kills).
 run_one_backend_variants() {
-    taskset -c 1 "$BIN/sg-backend" --listen "127.0.0.1:$BE_PORT" --size "$SIZE" 2>/dev/null &
+    taskset -c 1 "$BIN/sg-backend" --listen "127.0.0.1:$BE_PORT" --size "${BACKEND_SIZE:-$SIZE}" \
+        2>/dev/null &
     BACKEND_PID=$!
     PIDS+=("$BACKEND_PID")
     sleep 0.3
@@ -98,7 +99,8 @@ keepalive_pool = { size = 320, idle_timeout = 60, requests = 100000 }
 uri = "/*"
 upstream_id = "b"
 EOT
-            measure_variant "$i" "$TMP/gw.toml" "$GW_PORT" ${NEWCONN:-}
+            # shellcheck disable=SC2086 # LOAD_EXTRA is a list of sg-load arguments
+            measure_variant "$i" "$TMP/gw.toml" "$GW_PORT" ${NEWCONN:-} ${LOAD_EXTRA:-}
         done
     done
     print_variants "$1" "${NAMES[@]}"

@@ -57,6 +57,9 @@ pub struct Args {
     /// Extra request header, `Name: value` (repeatable).
     #[arg(short = 'H', long = "header")]
     headers: Vec<String>,
+    /// Send POST requests with a body of this many bytes (Content-Length) instead of GETs.
+    #[arg(long)]
+    body_size: Option<usize>,
     /// Write the latency distribution in HdrHistogram's `.hgrm` percentile format.
     #[arg(long)]
     hgrm: Option<PathBuf>,
@@ -96,7 +99,16 @@ fn parse_target(args: &Args) -> Result<Target, String> {
             "{addr} is not a loopback address; sg-load only loads loopback targets"
         ));
     }
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: sg-load\r\n");
+    let method = if args.body_size.is_some() {
+        "POST"
+    } else {
+        "GET"
+    };
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: sg-load\r\n");
+    if let Some(n) = args.body_size {
+        req.push_str(&format!("Content-Length: {n}\r\n"));
+    }
     if args.new_conn {
         req.push_str("Connection: close\r\n");
     }
@@ -108,9 +120,12 @@ fn parse_target(args: &Args) -> Result<Target, String> {
         req.push_str("\r\n");
     }
     req.push_str("\r\n");
+    let mut request = req.into_bytes();
+    // The body goes out with the head in one write per request.
+    request.resize(request.len() + args.body_size.unwrap_or(0), b'x');
     Ok(Target {
         addr,
-        request: Box::leak(req.into_bytes().into_boxed_slice()),
+        request: Box::leak(request.into_boxed_slice()),
     })
 }
 

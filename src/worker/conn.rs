@@ -1443,6 +1443,12 @@ impl Conn {
         send: Duration,
     ) -> Option<Result<(), SendError>> {
         let pipe = self.splice_ready(upc)?;
+        // The same unsent limit as for responses, on the upstream socket this time (see
+        // `splice::set_notsent_lowat`); pooled connections must not keep it.
+        let lowat = self.settings().splice_lowat;
+        if lowat > 0 {
+            splice::set_notsent_lowat(upc.stream.as_raw_fd(), lowat);
+        }
         let (_, result) = splice::relay(
             &self.stream,
             &upc.stream,
@@ -1454,6 +1460,9 @@ impl Conn {
             false,
         )
         .await;
+        if lowat > 0 {
+            splice::set_notsent_lowat(upc.stream.as_raw_fd(), 0);
+        }
         Some(match result {
             Ok(()) => {
                 self.worker.pipes.put(pipe);

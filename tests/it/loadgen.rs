@@ -144,3 +144,32 @@ fn comparison_script_selftest_passes() {
     );
     assert!(text.contains(" passed, 0 failed"), "{text}");
 }
+
+#[test]
+fn load_generator_posts_bodies_of_the_given_size() {
+    let be = Backend::start(|s| Reply::ok(&format!("{} {}", s.method, s.body_len)));
+    let gw = Gateway::start(&format!(
+        "[[upstreams]]\nid = \"u\"\nnodes = {}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n",
+        nodes_map(&[(&be.addr(), 1)])
+    ));
+    let url = format!("http://{}/up", gw.addr());
+    let (_, v) = sg_load(&[
+        "--url",
+        &url,
+        "-c",
+        "2",
+        "-d",
+        "1",
+        "--max-requests",
+        "20",
+        "--body-size",
+        "200000",
+    ]);
+    assert_eq!(v["errors"], 0, "{v}");
+    assert!(v["requests"].as_u64().unwrap() >= 1, "{v}");
+    let seen = be.seen();
+    assert!(!seen.is_empty());
+    for s in seen {
+        assert_eq!((s.method.as_str(), s.body_len), ("POST", 200000));
+    }
+}
