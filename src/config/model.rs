@@ -68,7 +68,7 @@ pub struct GatewayConfig {
     pub healthcheck_fail_open: bool,
     /// Relay long response bodies with splice(2) instead of copying them through user space.
     pub splice: bool,
-    /// TCP_NOTSENT_LOWAT (bytes) set on a client socket when a body is spliced to it; 0 leaves
+    /// TCP_NOTSENT_LOWAT (bytes) on the socket a body is spliced to, while it is; 0 leaves
     /// the kernel's default (no limit on unsent bytes).
     pub splice_lowat: u32,
 }
