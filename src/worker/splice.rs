@@ -106,19 +106,21 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Limits how many bytes may wait unsent in a client socket (TCP_NOTSENT_LOWAT); 0 restores
-/// the kernel's default (the `net.ipv4.tcp_notsent_lowat` sysctl, unlimited unless set).
+/// Limits how many bytes may wait unsent in the socket a body is spliced to (the client's for
+/// responses, the upstream's for uploads) (TCP_NOTSENT_LOWAT); 0 restores the kernel's
+/// default (the `net.ipv4.tcp_notsent_lowat` sysctl, unlimited unless set).
 ///
 /// Without a limit a splice fills the socket's whole send buffer at once, and the unsent
-/// backlog is then transmitted by whoever processes the client's next window update: the
-/// receive path of the client's ACK. On loopback that is the client's own CPU, which then
-/// pays for the gateway's transmission and its own delivery. With 16 KiB the gateway moves
-/// bytes only as the client takes them, transmitting them itself: on 1 MiB responses over
+/// backlog is then transmitted by whoever processes the receiver's next window update: the
+/// receive path of its ACK. On loopback that runs on the receiver's own CPU, which then pays
+/// for the gateway's transmission and its own delivery. With 16 KiB the gateway moves bytes
+/// only as the receiver takes them, transmitting them itself: on 1 MiB responses over
 /// loopback the gateway's CPU rises from about 105 to 260 µs per response (still below
 /// nginx's 400) and requests/s from 0.73x to 1.05x nginx's, because the load generator's cost
 /// per response falls from 340 to 200 µs (16-32 KiB measure the same; 64 KiB is already as
-/// bad as no limit). It also keeps the kernel memory a slow client pins
-/// small, which is why HTTP/2 servers commonly set the same value.
+/// bad as no limit). Uploads behave alike (the backend in the client's place). It also keeps
+/// the kernel memory a slow receiver pins small, which is why HTTP/2 servers commonly set the
+/// same value.
 pub fn set_notsent_lowat(fd: RawFd, bytes: u32) {
     let v = bytes as libc::c_int;
     // SAFETY: setsockopt with a valid int option value on an open socket; failure (an old
