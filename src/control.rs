@@ -43,17 +43,8 @@ pub fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpList
     // No quick ACK for a connection's first request (set after listen(2), or the kernel does
     // not carry it to accepted sockets): the answer carries the ACK instead of a packet of
     // its own, as HAProxy does by default. About 2% more new-connection requests/s.
-    let zero: libc::c_int = 0;
-    // SAFETY: setsockopt with an int on the listening socket; failure keeps quick ACKs.
-    unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&socket),
-            libc::IPPROTO_TCP,
-            libc::TCP_QUICKACK,
-            &zero as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    // Failure only keeps quick ACKs.
+    let _ = socket.set_quickack(false);
     Ok(socket.into())
 }
 

@@ -9,6 +9,7 @@ mod conn;
 mod io;
 mod mailbox;
 mod runtime;
+mod sockopt;
 mod splice;
 mod state;
 mod vars;

@@ -16,6 +16,7 @@
 //! body is still to come for the extra system calls to pay off.
 
 use super::io::IoFail;
+use super::sockopt;
 use super::watchdog::{Dir, Watch};
 use monoio::net::TcpStream;
 use std::cell::RefCell;
@@ -93,49 +94,6 @@ impl PipePool {
     }
 }
 
-/// Makes a socket non-blocking so that a splice into or out of it never blocks the worker.
-/// monoio's io_uring operations keep working on it (the kernel polls non-blocking sockets).
-pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on an open socket descriptor.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// Limits how many bytes may wait unsent in the socket a body is spliced to (the client's for
-/// responses, the upstream's for uploads) (TCP_NOTSENT_LOWAT); 0 restores the kernel's
-/// default (the `net.ipv4.tcp_notsent_lowat` sysctl, unlimited unless set).
-///
-/// Without a limit a splice fills the socket's whole send buffer at once, and the unsent
-/// backlog is then transmitted by whoever processes the receiver's next window update: the
-/// receive path of its ACK. On loopback that runs on the receiver's own CPU, which then pays
-/// for the gateway's transmission and its own delivery. With 16 KiB the gateway moves bytes
-/// only as the receiver takes them, transmitting them itself: on 1 MiB responses over
-/// loopback the gateway's CPU rises from about 105 to 260 µs per response (still below
-/// nginx's 400) and requests/s from 0.73x to 1.05x nginx's, because the load generator's cost
-/// per response falls from 340 to 200 µs (16-32 KiB measure the same; 64 KiB is already as
-/// bad as no limit). Uploads behave alike (the backend in the client's place). It also keeps
-/// the kernel memory a slow receiver pins small, which is why HTTP/2 servers commonly set the
-/// same value.
-pub fn set_notsent_lowat(fd: RawFd, bytes: u32) {
-    let v = bytes as libc::c_int;
-    // SAFETY: setsockopt with a valid int option value on an open socket; failure (an old
-    // kernel) only leaves the default.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            &v as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
 fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     // SAFETY: splice between two open descriptors with no offsets.
     let n = unsafe {
@@ -164,26 +122,78 @@ pub enum RelayError {
     Destination(IoFail),
 }
 
-/// Moves exactly `len` bytes from `from` to `to` through `pipe` (a response body from the
-/// upstream to the client, or a request body the other way). Both sockets must be
-/// non-blocking. Waiting for `from` is bounded by `read`, for `to` by `send`, each counted
-/// from the last step of progress. Returns the bytes delivered to `to`; on an error the pipe
-/// may still hold bytes and must be dropped, not pooled.
-///
-/// With `deliver_after_source_failure` the bytes already taken from a failing source are
-/// still handed to `to` before the error (a client gets what the upstream did send); without
-/// it the relay fails at once (an upload the client abandoned is not worth finishing).
-#[allow(clippy::too_many_arguments)]
+/// How one relay is bounded and shaped.
+pub struct Relay<'a> {
+    /// Longest wait for the source between two steps of progress.
+    pub read: Duration,
+    /// Longest wait for the destination between two steps of progress.
+    pub send: Duration,
+    /// The connection's watch, which enforces both.
+    pub watch: &'a Watch,
+    /// `TCP_NOTSENT_LOWAT` on the destination while the relay runs (0 = not set).
+    ///
+    /// Without a limit a splice fills the destination's whole send buffer at once, and the
+    /// unsent backlog is then transmitted by whoever processes the receiver's next window
+    /// update: the receive path of its ACK. On loopback that runs on the receiver's own CPU,
+    /// which then pays for the gateway's transmission and its own delivery. With 16 KiB the
+    /// gateway moves bytes only as the receiver takes them, transmitting them itself: on
+    /// 1 MiB responses over loopback the gateway's CPU rises from about 105 to 260 µs per
+    /// response (still below nginx's 400) and requests/s from 0.73x to 1.05x nginx's,
+    /// because the load generator's cost per response falls from 340 to 200 µs (16-32 KiB
+    /// measure the same; 64 KiB is already as bad as no limit). Uploads behave alike (the
+    /// backend in the client's place). It also keeps the kernel memory a slow receiver pins
+    /// small, which is why HTTP/2 servers commonly set the same value. It is reset after
+    /// the relay: later writes from buffers on the same connection would only be split into
+    /// more wake-ups by it.
+    pub lowat: u32,
+    /// Bytes already taken from a failing source are still handed to the destination before
+    /// the error (a client gets what the upstream did send); without it the relay fails at
+    /// once (an upload the client abandoned is not worth finishing).
+    pub deliver_after_source_failure: bool,
+}
+
+/// Moves exactly `len` bytes from `from` to `to` (a response body from the upstream to the
+/// client, or a request body the other way) through a pipe from `pipes`. Both sockets must be
+/// non-blocking. Returns the bytes delivered to `to`, or `None` when no pipe could be had
+/// (the caller copies instead).
 pub async fn relay(
+    pipes: &PipePool,
     from: &TcpStream,
     to: &TcpStream,
-    pipe: &Pipe,
     len: u64,
-    read: Duration,
-    send: Duration,
-    watch: &Watch,
-    deliver_after_source_failure: bool,
+    how: &Relay<'_>,
+) -> Option<(u64, Result<(), RelayError>)> {
+    let pipe = pipes.get()?;
+    if how.lowat > 0 {
+        sockopt::set_notsent_lowat(to, how.lowat);
+    }
+    let (sent, result) = relay_through(&pipe, from, to, len, how).await;
+    if how.lowat > 0 {
+        sockopt::set_notsent_lowat(to, 0);
+    }
+    // After an error the pipe may still hold bytes: it is dropped, not pooled.
+    if result.is_ok() {
+        pipes.put(pipe);
+    }
+    Some((sent, result))
+}
+
+/// The relay loop. Waiting for `from` is bounded by `how.read`, for `to` by `how.send`, each
+/// counted from the last step of progress.
+async fn relay_through(
+    pipe: &Pipe,
+    from: &TcpStream,
+    to: &TcpStream,
+    len: u64,
+    how: &Relay<'_>,
 ) -> (u64, Result<(), RelayError>) {
+    let Relay {
+        read,
+        send,
+        watch,
+        deliver_after_source_failure,
+        ..
+    } = *how;
     let (src, dst) = (from.as_raw_fd(), to.as_raw_fd());
     let (pipe_r, pipe_w) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
     let mut left = len; // still to take from `from`

@@ -1,0 +1,50 @@
+//! TCP options set on the request path, through socket2 on monoio's streams.
+//!
+//! monoio's `TcpStream` offers only `set_nodelay`; socket2 has the rest, given a borrowed
+//! descriptor. `TCP_NOTSENT_LOWAT` is the one option socket2 lacks.
+
+use monoio::net::TcpStream;
+use socket2::SockRef;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// Runs `f` on socket2's view of a monoio stream.
+fn with_sock<R>(stream: &TcpStream, f: impl FnOnce(SockRef<'_>) -> R) -> R {
+    // SAFETY: the descriptor stays open while `stream` is borrowed, which outlives `f`.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    f(SockRef::from(&fd))
+}
+
+/// Makes a socket non-blocking so that a splice into or out of it never blocks the worker.
+/// monoio's io_uring operations keep working on it (the kernel polls non-blocking sockets).
+pub fn set_nonblocking(stream: &TcpStream) -> io::Result<()> {
+    with_sock(stream, |s| s.set_nonblocking(true))
+}
+
+/// `TCP_CORK`: hold partial segments until uncorked or shut down. Failure only keeps the
+/// kernel's behaviour.
+pub fn set_cork(stream: &TcpStream) {
+    let _ = with_sock(stream, |s| s.set_cork(true));
+}
+
+/// `TCP_QUICKACK`: acknowledge at once rather than with the next answer.
+pub fn set_quickack(stream: &TcpStream) {
+    let _ = with_sock(stream, |s| s.set_quickack(true));
+}
+
+/// `TCP_NOTSENT_LOWAT`: how many bytes may wait unsent in the socket; 0 restores the
+/// kernel's default (the `net.ipv4.tcp_notsent_lowat` sysctl, unlimited unless set).
+/// Failure (an old kernel) only leaves the default.
+pub fn set_notsent_lowat(stream: &TcpStream, bytes: u32) {
+    let v = bytes as libc::c_int;
+    // SAFETY: setsockopt with a valid int option value on an open socket.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            &v as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
