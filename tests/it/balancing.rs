@@ -254,26 +254,28 @@ fn ewma_shifts_traffic_off_a_slow_node_and_back() {
             .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
         f as f64 / t.max(1) as f64
     };
-    assert!(
-        share(Duration::from_millis(500)) > 0.2,
-        "both nodes serve while equal"
-    );
+    // Waits up to 20 s for a one-second window in which `flaky` gets more than `min`.
+    let wait_for_share = |min: f64, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = share(Duration::from_secs(1));
+            if s > min {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: flaky got only {s}");
+        }
+    };
+    // Peak-EWMA reacts to a single slow answer by design, and on a busy 2-core CI machine a
+    // scheduling hiccup is one: the node that drew it loses its traffic until its cost has
+    // decayed (seconds). So "equal nodes share the traffic" is asserted as "within a few
+    // seconds, over a one-second window", not for the first half second.
+    wait_for_share(0.2, "both nodes serve while equal");
     slow.store(true, Ordering::SeqCst);
     let _ = share(Duration::from_secs(2));
     let while_slow = share(Duration::from_secs(1));
     assert!(while_slow < 0.1, "slow node still got {while_slow}");
     slow.store(false, Ordering::SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = share(Duration::from_secs(1));
-        if s > 0.25 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "recovered node did not win traffic back ({s})"
-        );
-    }
+    wait_for_share(0.25, "recovered node did not win traffic back");
 }
 
 #[test]
