@@ -12,7 +12,7 @@ use crate::health::prober::{self, ProberHandle, ProberMsg};
 use crate::health::Registry as HealthRegistry;
 use crate::log::access::AccessLogConfig;
 use crate::snapshot::Snapshot;
-use crate::worker::{self, ControlMsg, RuntimeOptions, WorkerHandle, WorkerSpec};
+use crate::worker::{self, ControlMsg, Listeners, RuntimeOptions, WorkerHandle, WorkerSpec};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::hash_map::DefaultHasher;
@@ -158,24 +158,21 @@ pub fn run(path: PathBuf) -> i32 {
         entries: gw.io_uring_entries,
     };
 
+    let listeners = match Listeners::bind(workers, &snapshot.listen) {
+        Ok(l) => Arc::new(l),
+        Err((addr, e)) => {
+            crate::error!("cannot listen on {addr} (gateway.listen): {e}");
+            return 1;
+        }
+    };
     let mut handles: Vec<WorkerHandle> = Vec::with_capacity(workers);
     for i in 0..workers {
-        let mut listeners = Vec::new();
-        for addr in &snapshot.listen {
-            match reuseport_listener(*addr) {
-                Ok(l) => listeners.push(l),
-                Err(e) => {
-                    crate::error!("cannot listen on {addr} (gateway.listen): {e}");
-                    return 1;
-                }
-            }
-        }
         let spec = WorkerSpec {
             index: i,
             core: core_for(i),
             runtime: runtime.clone(),
             snapshot: snapshot.clone(),
-            listeners,
+            listeners: listeners.clone(),
             access_log: access_log.clone(),
             passive: prober.passive.clone(),
         };

@@ -36,6 +36,8 @@ pub struct Settings {
     pub splice: bool,
     /// TCP_NOTSENT_LOWAT for client sockets that get spliced bodies; 0 = not set.
     pub splice_lowat: u32,
+    /// Take connections waiting in sibling workers' queues (`steal_accepts`).
+    pub steal_accepts: bool,
 }
 
 /// One immutable, validated configuration.
@@ -334,6 +336,7 @@ fn compile_gateway(g: &GatewayConfig) -> Result<(Settings, Vec<SocketAddr>)> {
         fail_open: g.healthcheck_fail_open,
         splice: g.splice,
         splice_lowat: g.splice_lowat,
+        steal_accepts: g.steal_accepts,
     };
     Ok((settings, listen))
 }

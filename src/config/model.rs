@@ -71,6 +71,8 @@ pub struct GatewayConfig {
     /// TCP_NOTSENT_LOWAT (bytes) on the socket a body is spliced to, while it is; 0 leaves
     /// the kernel's default (no limit on unsent bytes).
     pub splice_lowat: u32,
+    /// After each accept, also take connections waiting in a sibling worker's queue.
+    pub steal_accepts: bool,
 }
 
 impl Default for GatewayConfig {
@@ -99,6 +101,7 @@ impl Default for GatewayConfig {
             healthcheck_fail_open: true,
             splice: true,
             splice_lowat: 16384,
+            steal_accepts: true,
         }
     }
 }

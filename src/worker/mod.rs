@@ -5,6 +5,7 @@
 //! shutdown through its own lock-free mailbox from the control plane, and switches snapshots
 //! between requests: a request holds an `Rc` of the snapshot it started on until it ends.
 
+mod accept;
 mod conn;
 mod io;
 mod mailbox;
@@ -15,6 +16,7 @@ mod state;
 mod vars;
 mod watchdog;
 
+pub use accept::Listeners;
 pub use mailbox::Mailbox;
 pub use runtime::{build as build_runtime, RuntimeOptions, WorkerRuntime};
 pub use state::Worker;
@@ -46,8 +48,8 @@ pub struct WorkerSpec {
     pub core: Option<core_affinity::CoreId>,
     pub runtime: RuntimeOptions,
     pub snapshot: Arc<Snapshot>,
-    /// Bound, listening, non-blocking sockets (SO_REUSEPORT), one per listen address.
-    pub listeners: Vec<std::net::TcpListener>,
+    /// Every worker's listening sockets (this worker's are at `index`).
+    pub listeners: Arc<Listeners>,
     pub access_log: AccessLogConfig,
     /// Where passive health outcomes go (drained by the prober).
     pub passive: Arc<crate::health::PassiveQueue>,
@@ -74,8 +76,15 @@ pub fn spawn(spec: WorkerSpec) -> std::io::Result<WorkerHandle> {
                     std::process::exit(1);
                 }
             };
+            let epoll = matches!(rt, monoio::FusionRuntime::Legacy(_));
             rt.block_on(async move {
-                let worker = Rc::new(Worker::new(spec.index, spec.snapshot, log, spec.passive));
+                let worker = Rc::new(Worker::new(
+                    spec.index,
+                    epoll,
+                    spec.snapshot,
+                    log,
+                    spec.passive,
+                ));
                 state::run(worker, spec.listeners, inbox).await;
             });
         })?;

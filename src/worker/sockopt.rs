@@ -48,3 +48,25 @@ pub fn set_notsent_lowat(stream: &TcpStream, bytes: u32) {
         );
     }
 }
+
+/// `TCP_LISTEN` in the kernel's `tcp_states.h` (libc does not export it).
+const TCP_LISTEN: u8 = 10;
+
+/// How many established connections wait in a listening socket's accept queue (`TCP_INFO`
+/// reports it as `tcpi_unacked` for a listener); `None` if the socket is not listening.
+pub fn accept_backlog(listener: &std::net::TcpListener) -> Option<u32> {
+    // SAFETY: tcp_info is plain old data; the kernel fills at most `len` bytes of it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt with a buffer of `len` bytes on a descriptor `listener` keeps open.
+    let rc = unsafe {
+        libc::getsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut libc::tcp_info as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (rc == 0 && info.tcpi_state == TCP_LISTEN).then_some(info.tcpi_unacked)
+}

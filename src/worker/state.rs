@@ -1,6 +1,7 @@
-//! A worker's own state and its top-level tasks: accept loops, the control-message loop, and
+//! A worker's own state and its top-level tasks: the control-message loop and
 //! housekeeping (pool sweeping, access-log flushing), plus the graceful-shutdown sequence.
 
+use super::accept::Listeners;
 use super::conn::Scratch;
 use super::splice::PipePool;
 use super::watchdog::Watchdog;
@@ -15,7 +16,6 @@ use crate::snapshot::Snapshot;
 use crate::upstream::balancer::{self, Balancer};
 use crate::upstream::pool::Pool;
 use crate::upstream::Node;
-use monoio::net::TcpListener;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
@@ -52,6 +52,8 @@ impl Local {
 /// One core's worker.
 pub struct Worker {
     pub index: usize,
+    /// The runtime runs on the epoll driver (sockets must be non-blocking), not io_uring.
+    pub epoll: bool,
     current: RefCell<Rc<Local>>,
     pub pool: Pool,
     /// Empty pipes for splicing long bodies.
@@ -75,12 +77,14 @@ pub struct Worker {
 impl Worker {
     pub fn new(
         index: usize,
+        epoll: bool,
         snapshot: Arc<Snapshot>,
         log: AccessLog,
         passive: Arc<PassiveQueue>,
     ) -> Worker {
         Worker {
             index,
+            epoll,
             current: RefCell::new(Rc::new(Local::new(snapshot))),
             pool: Pool::default(),
             pipes: PipePool::default(),
@@ -161,7 +165,7 @@ impl Worker {
     }
 
     /// Resolves once shutdown has begun.
-    fn stop_signal(self: &Rc<Self>) -> Signal {
+    pub(super) fn stop_signal(self: &Rc<Self>) -> Signal {
         Signal {
             worker: self.clone(),
             until_idle: false,
@@ -179,7 +183,7 @@ impl Worker {
 
 /// A future over the worker's stop state (a handful of these exist per worker, not per
 /// connection, so a plain waker list is enough).
-struct Signal {
+pub(super) struct Signal {
     worker: Rc<Worker>,
     until_idle: bool,
 }
@@ -201,18 +205,8 @@ impl Future for Signal {
 const TICK: Duration = Duration::from_millis(25);
 
 /// Runs a worker until shutdown completes.
-pub async fn run(worker: Rc<Worker>, listeners: Vec<std::net::TcpListener>, mailbox: Arc<Mailbox>) {
-    for l in listeners {
-        match TcpListener::from_std(l) {
-            Ok(l) => {
-                monoio::spawn(accept_loop(worker.clone(), l));
-            }
-            Err(e) => {
-                crate::error!("worker {}: cannot register listener: {e}", worker.index);
-                std::process::exit(1);
-            }
-        }
-    }
+pub async fn run(worker: Rc<Worker>, listeners: Arc<Listeners>, mailbox: Arc<Mailbox>) {
+    super::accept::start(&worker, &listeners, worker.index);
 
     // Housekeeping until told to stop: control messages, log flushing, pool sweeping.
     let mut ticks = 0u32;
@@ -237,7 +231,7 @@ pub async fn run(worker: Rc<Worker>, listeners: Vec<std::net::TcpListener>, mail
         }
     };
 
-    // Shutdown: accept loops stop (their listeners close), in-flight requests finish, idle
+    // Shutdown: accept loops stop (their listeners are shut), in-flight requests finish, idle
     // keep-alive connections are dropped with the runtime.
     worker.stopping.set(true);
     worker.wake_all();
@@ -264,29 +258,4 @@ async fn flush_while_draining(worker: Rc<Worker>) {
         worker.watchdog.tick();
         worker.log.flush();
     }
-}
-
-async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
-    let port: Rc<str> = listener
-        .local_addr()
-        .map(|a| a.port().to_string())
-        .unwrap_or_default()
-        .into();
-    let mut stop = std::pin::pin!(worker.stop_signal());
-    loop {
-        monoio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    monoio::spawn(super::conn::serve(worker.clone(), stream, peer, port.clone()));
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    crate::warn!("worker {}: accept failed: {e}", worker.index);
-                    monoio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-    drop(listener);
 }

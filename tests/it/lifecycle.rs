@@ -213,6 +213,19 @@ fn sigterm_drains_in_flight_requests() {
         .collect();
     std::thread::sleep(Duration::from_millis(400));
     gw.signal(libc::SIGTERM);
+    // While the requests drain, the listeners are shut: new connections are refused at once
+    // rather than queued on a socket nobody accepts from any more.
+    let refused_by = Instant::now() + Duration::from_millis(800);
+    loop {
+        match std::net::TcpStream::connect(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            other => assert!(
+                Instant::now() < refused_by,
+                "still accepting after SIGTERM: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for h in inflight {
         let (status, text, connection) = h.join().unwrap();
         assert_eq!(status, 200);

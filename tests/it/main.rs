@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod accepting;
 mod balancing;
 mod bodies;
 mod failures;

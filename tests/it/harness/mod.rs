@@ -70,8 +70,11 @@ impl Gateway {
         if !gateway_extra.contains("control_listen") {
             watch.push_str("control_listen = \"off\"\n");
         }
+        if !gateway_extra.contains("pin_cores") {
+            watch.push_str("pin_cores = false\n");
+        }
         let gateway_section = format!(
-            "[gateway]\nlisten = [\"127.0.0.1:{port}\"]\npin_cores = false\naccess_log = \"{}\"\n{watch}{gateway_extra}\n",
+            "[gateway]\nlisten = [\"127.0.0.1:{port}\"]\naccess_log = \"{}\"\n{watch}{gateway_extra}\n",
             dir.join("access.log").display()
         );
         let config_path = dir.join("config.toml");

@@ -1,0 +1,182 @@
+//! Accepting connections: each worker's own SO_REUSEPORT queue, and taking over what waits in
+//! a sibling's.
+//!
+//! The kernel hashes every new connection onto one worker's listener by its addresses and
+//! ports, without looking at how busy that worker is. A worker whose core is taken (a
+//! neighbour process, interrupts, a long request) drains its queue late, and the connections
+//! hashed to it wait, or end up shared evenly with workers that have time to spare.
+//!
+//! So after every accept from its own queue, a worker looks at one sibling's queue for the
+//! same address (a different sibling each time) and, when more than one connection waits
+//! there, accepts all but one of them, a few at most. The one left is what a sibling that
+//! was merely asleep finds when the kernel's wake-up reaches it: taking that too would let a
+//! busy worker that happens to be awake pull every new connection onto itself. A backlog of
+//! two or more means the sibling is not keeping up, and a worker with time to spare takes
+//! it over: the effect of HAProxy's load-aware accept queues, with no shared queue, no lock
+//! and no wake-up of anyone. When the sibling keeps up, the cost is one `getsockopt(2)`.
+//! `steal_accepts = false` turns it off.
+//!
+//! Every listening socket stays open, shared by all workers, until the last worker is gone,
+//! so the descriptor a worker steals from is never closed and reused under it. A stopping
+//! worker shuts its listeners down instead (`shutdown(SHUT_RD)` on a listening socket stops
+//! it listening), so new connections are refused or go to another process's listeners, and
+//! siblings stealing from it get an error they ignore.
+
+use super::sockopt;
+use super::state::Worker;
+use monoio::net::{TcpListener, TcpStream};
+use socket2::SockRef;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Most connections taken from a sibling's queue per attempt.
+const STEAL_BATCH: usize = 8;
+
+/// Every worker's listening sockets, shared by all workers: `by_worker[w][a]` is worker `w`'s
+/// socket for listen address `a`.
+pub struct Listeners {
+    by_worker: Vec<Vec<std::net::TcpListener>>,
+}
+
+impl Listeners {
+    /// Binds one SO_REUSEPORT listener per worker and address; on failure, the address that
+    /// could not be bound.
+    pub fn bind(
+        workers: usize,
+        addrs: &[SocketAddr],
+    ) -> Result<Listeners, (SocketAddr, std::io::Error)> {
+        let mut by_worker = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let mut own = Vec::with_capacity(addrs.len());
+            for &addr in addrs {
+                own.push(crate::control::reuseport_listener(addr).map_err(|e| (addr, e))?);
+            }
+            by_worker.push(own);
+        }
+        Ok(Listeners { by_worker })
+    }
+
+    fn workers(&self) -> usize {
+        self.by_worker.len()
+    }
+}
+
+/// Starts worker `me`'s accept loops, one per listen address.
+pub fn start(worker: &Rc<Worker>, listeners: &Arc<Listeners>, me: usize) {
+    for (addr_index, socket) in listeners.by_worker[me].iter().enumerate() {
+        // monoio closes what it owns when the loop ends; the shared socket stays open.
+        let owned = socket.try_clone().and_then(TcpListener::from_std);
+        match owned {
+            Ok(l) => {
+                monoio::spawn(accept_loop(
+                    worker.clone(),
+                    l,
+                    Stealer {
+                        listeners: listeners.clone(),
+                        me,
+                        addr_index,
+                        next: me,
+                    },
+                ));
+            }
+            Err(e) => {
+                crate::error!("worker {}: cannot register listener: {e}", worker.index);
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+/// Takes connections waiting in siblings' queues for one listen address.
+struct Stealer {
+    listeners: Arc<Listeners>,
+    me: usize,
+    addr_index: usize,
+    /// The sibling tried last; the next attempt tries the one after it.
+    next: usize,
+}
+
+impl Stealer {
+    fn own_socket(&self) -> &std::net::TcpListener {
+        &self.listeners.by_worker[self.me][self.addr_index]
+    }
+
+    /// Accepts all but one of the connections waiting in the next sibling's queue, up to
+    /// `STEAL_BATCH`.
+    fn steal(&mut self, epoll: bool, mut take: impl FnMut(TcpStream, SocketAddr)) {
+        let n = self.listeners.workers();
+        if n < 2 {
+            return;
+        }
+        self.next = (self.next + 1) % n;
+        if self.next == self.me {
+            self.next = (self.next + 1) % n;
+        }
+        let sibling = &self.listeners.by_worker[self.next][self.addr_index];
+        let waiting = sockopt::accept_backlog(sibling).unwrap_or(0) as usize;
+        for _ in 1..waiting.min(STEAL_BATCH + 1) {
+            // Non-blocking: the listener is. The accepted socket is blocking and close-on-exec,
+            // like the ones io_uring accepts; the epoll driver needs it non-blocking.
+            let Ok((socket, peer)) = SockRef::from(sibling).accept() else {
+                return;
+            };
+            if epoll && socket.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let Some(peer) = peer.as_socket() else {
+                continue;
+            };
+            match TcpStream::from_std(socket.into()) {
+                Ok(stream) => take(stream, peer),
+                Err(e) => crate::warn!("worker {}: cannot register connection: {e}", self.me),
+            }
+        }
+    }
+
+    /// Stops the kernel queueing connections on this worker's socket (they go to the other
+    /// listeners on the address, or are refused), without closing the descriptor siblings
+    /// may be stealing from.
+    fn stop_listening(&self) {
+        // SAFETY: shutdown(2) on a descriptor this struct keeps open.
+        unsafe { libc::shutdown(self.own_socket().as_raw_fd(), libc::SHUT_RD) };
+    }
+}
+
+async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, mut stealer: Stealer) {
+    let port: Rc<str> = listener
+        .local_addr()
+        .map(|a| a.port().to_string())
+        .unwrap_or_default()
+        .into();
+    let mut stop = std::pin::pin!(worker.stop_signal());
+    loop {
+        monoio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    monoio::spawn(super::conn::serve(worker.clone(), stream, peer, port.clone()));
+                    if worker.current().shared.settings.steal_accepts {
+                        stealer.steal(worker.epoll, |stream, peer| {
+                            monoio::spawn(super::conn::serve(
+                                worker.clone(),
+                                stream,
+                                peer,
+                                port.clone(),
+                            ));
+                        });
+                    }
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    crate::warn!("worker {}: accept failed: {e}", worker.index);
+                    monoio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    stealer.stop_listening();
+    drop(listener);
+}
