@@ -16,11 +16,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-const SCRIPTS: [&str; 5] = [
+const SCRIPTS: [&str; 6] = [
     "sysctl.sh",
     "limits.sh",
     "irq-affinity.sh",
     "cpu-governor.sh",
+    "halt-poll.sh",
     "pin-workers.sh",
 ];
 
@@ -318,10 +319,11 @@ fn apply_outside_a_sandbox_needs_root() {
     }
     let state = tmp.path().join("state");
     fs::create_dir(&state).unwrap();
-    let cases: [(&str, &[&str]); 4] = [
+    let cases: [(&str, &[&str]); 5] = [
         ("sysctl.sh", &["--apply"]),
         ("limits.sh", &["--apply"]),
         ("cpu-governor.sh", &["--apply"]),
+        ("halt-poll.sh", &["--apply"]),
         ("irq-affinity.sh", &["--cores", "0", "--apply"]),
     ];
     for (name, args) in cases {
@@ -804,6 +806,89 @@ fn cpu_governor_dry_run_on_this_machine() {
         out.stdout.contains("cpufreq is not available")
             || out.stdout.contains("would set: ")
             || out.stdout.contains(" governor is already "),
+        "{out}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// halt-poll.sh
+
+const HALT_POLL: &str = "sys/module/haltpoll/parameters/guest_halt_poll_ns";
+
+/// A KVM guest's view: the haltpoll cpuidle driver, polling off.
+fn halt_poll_sandbox() -> Sandbox {
+    let sb = Sandbox::new("haltpoll");
+    sb.put(
+        "sys/devices/system/cpu/cpuidle/current_driver",
+        "haltpoll\n",
+    );
+    sb.put(HALT_POLL, "0\n");
+    sb
+}
+
+#[test]
+fn halt_poll_dry_run_prints_the_change_and_checks_its_value() {
+    let sb = halt_poll_sandbox();
+    sb.dry("halt-poll.sh", &[])
+        .assert_ok()
+        .line("cpuidle driver: haltpoll; guest_halt_poll_ns: 0, wanted 200000")
+        .line("would set: /sys/module/haltpoll/parameters/guest_halt_poll_ns = 200000 (now 0)")
+        .line("halt-poll.sh: dry run: 1 change(s) shown, none made");
+    sb.dry("halt-poll.sh", &["--ns", "0"])
+        .assert_ok()
+        .line("ok: guest_halt_poll_ns is already 0")
+        .line("halt-poll.sh: nothing to change");
+    for bad in ["abc", "-1", "10000001", "1e6"] {
+        sb.dry("halt-poll.sh", &["--ns", bad])
+            .assert_code(2)
+            .stderr_has("invalid --ns value");
+    }
+    assert_eq!(sb.read(HALT_POLL), "0\n");
+}
+
+#[test]
+fn halt_poll_without_the_haltpoll_driver_says_so() {
+    let sb = Sandbox::new("no-haltpoll");
+    sb.put(
+        "sys/devices/system/cpu/cpuidle/current_driver",
+        "intel_idle\n",
+    );
+    let before = sb.tree();
+    sb.run("halt-poll.sh", &["--apply"])
+        .assert_ok()
+        .stdout_has(
+            "note: the haltpoll cpuidle driver is not in use here (cpuidle driver: intel_idle)",
+        )
+        .line("halt-poll.sh: nothing to change");
+    assert_eq!(sb.tree(), before);
+    assert!(sb.state_is_empty());
+}
+
+#[test]
+fn halt_poll_apply_then_undo() {
+    let sb = halt_poll_sandbox();
+    let before = sb.tree();
+    sb.run("halt-poll.sh", &["--apply", "--ns", "50000"])
+        .assert_ok();
+    assert_eq!(sb.read(HALT_POLL), "50000\n");
+    // A second apply keeps the first saved value: undo still gets back to 0.
+    sb.run("halt-poll.sh", &["--apply"]).assert_ok();
+    assert_eq!(sb.read(HALT_POLL), "200000\n");
+    sb.run("halt-poll.sh", &["--undo", "--apply"])
+        .assert_ok()
+        .line("restored: /sys/module/haltpoll/parameters/guest_halt_poll_ns = 0");
+    assert_eq!(sb.tree(), before);
+    assert!(sb.state_is_empty());
+}
+
+#[test]
+fn halt_poll_dry_run_on_this_machine() {
+    let out = dry_run_here("halt-poll.sh", &[]);
+    out.assert_ok();
+    assert!(
+        out.stdout.contains("haltpoll cpuidle driver is not in use")
+            || out.stdout.contains("would set: /sys/module/haltpoll")
+            || out.stdout.contains("guest_halt_poll_ns is already"),
         "{out}"
     );
 }
