@@ -29,13 +29,16 @@ fn worker_tid(gw: &Gateway, index: usize) -> i32 {
 struct Frozen(i32);
 
 impl Frozen {
-    fn thread(tid: i32) -> Frozen {
+    /// `None` where ptrace is not permitted (a seccomp profile, Yama scope 3).
+    fn thread(tid: i32) -> Option<Frozen> {
         let null = std::ptr::null_mut::<libc::c_void>();
         // SAFETY: ptrace requests on a thread of our own child process; nothing is read or
         // written through the null pointers.
         unsafe {
-            let rc = libc::ptrace(libc::PTRACE_SEIZE, tid, null, null);
-            assert_eq!(rc, 0, "PTRACE_SEIZE: {}", std::io::Error::last_os_error());
+            if libc::ptrace(libc::PTRACE_SEIZE, tid, null, null) != 0 {
+                eprintln!("skipped: PTRACE_SEIZE: {}", std::io::Error::last_os_error());
+                return None;
+            }
             let rc = libc::ptrace(libc::PTRACE_INTERRUPT, tid, null, null);
             assert_eq!(
                 rc,
@@ -47,7 +50,7 @@ impl Frozen {
             let rc = libc::waitpid(tid, &mut status, libc::__WALL);
             assert_eq!(rc, tid, "waitpid: {}", std::io::Error::last_os_error());
         }
-        Frozen(tid)
+        Some(Frozen(tid))
     }
 }
 
@@ -59,12 +62,12 @@ impl Drop for Frozen {
     }
 }
 
-const CONNECTIONS: usize = 40;
+const CONNECTIONS: usize = 64;
 
 /// Starts two workers, stops worker 1's thread, opens `CONNECTIONS` connections with one
 /// request each, and returns how many were answered while it was stopped (waiting until
 /// 300 ms pass without a new answer). Every connection must be answered once it runs again.
-fn answered_while_worker_1_is_stopped(steal: bool, driver: &str) -> usize {
+fn answered_while_worker_1_is_stopped(steal: bool, driver: &str) -> Option<usize> {
     let backend = Backend::named("b");
     let gw = Gateway::start_with(
         &format!(
@@ -73,7 +76,7 @@ fn answered_while_worker_1_is_stopped(steal: bool, driver: &str) -> usize {
         ),
         &format!("workers = 2\nsteal_accepts = {steal}\ndriver = \"{driver}\""),
     );
-    let frozen = Frozen::thread(worker_tid(&gw, 1));
+    let frozen = Frozen::thread(worker_tid(&gw, 1))?;
 
     let mut conns: Vec<(TcpStream, Vec<u8>)> = (0..CONNECTIONS)
         .map(|_| {
@@ -122,26 +125,30 @@ fn answered_while_worker_1_is_stopped(steal: bool, driver: &str) -> usize {
             String::from_utf8_lossy(buf)
         );
     }
-    answered
+    Some(answered)
 }
 
 #[test]
 fn a_stopped_workers_connections_are_taken_over_by_its_sibling() {
     // Without stealing, the connections the kernel hashed to the stopped worker wait for it
     // (about half of them).
-    let without = answered_while_worker_1_is_stopped(false, "auto");
+    let Some(without) = answered_while_worker_1_is_stopped(false, "auto") else {
+        return;
+    };
     assert!(
         without < CONNECTIONS,
         "every connection was answered without stealing while worker 1 was stopped"
     );
-    // With stealing, worker 0 takes them over, all but the last one or two waiting.
-    let with = answered_while_worker_1_is_stopped(true, "auto");
+    // With stealing, worker 0 takes them over, all but the last one or two waiting: stealing
+    // happens on worker 0's own accepts, so only the worker-1 connections after worker 0's
+    // last one can stay (16 or more of them in a row: odds of about 1 in 65,000).
+    let with = answered_while_worker_1_is_stopped(true, "auto").unwrap();
     assert!(
         with >= CONNECTIONS * 3 / 4,
         "only {with} of {CONNECTIONS} connections answered while worker 1 was stopped (without stealing: {without})"
     );
     // The same on the epoll driver, which needs the stolen sockets non-blocking.
-    let on_epoll = answered_while_worker_1_is_stopped(true, "epoll");
+    let on_epoll = answered_while_worker_1_is_stopped(true, "epoll").unwrap();
     assert!(
         on_epoll >= CONNECTIONS * 3 / 4,
         "only {on_epoll} of {CONNECTIONS} connections answered on epoll"
