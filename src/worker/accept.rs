@@ -4,30 +4,39 @@
 //! The kernel hashes every new connection onto one worker's listener by its addresses and
 //! ports, without looking at how busy that worker is. A worker whose core is taken (a
 //! neighbour process, interrupts, a long request) drains its queue late, and the connections
-//! hashed to it wait, or end up shared evenly with workers that have time to spare.
+//! hashed to it wait, however idle the other workers are.
 //!
 //! So after every accept from its own queue, a worker looks at one sibling's queue for the
 //! same address (a different sibling each time) and, when more than one connection waits
-//! there, accepts all but one of them, a few at most. The one left is what a sibling that
-//! was merely asleep finds when the kernel's wake-up reaches it: taking that too would let a
-//! busy worker that happens to be awake pull every new connection onto itself. A backlog of
-//! two or more means the sibling is not keeping up, and a worker with time to spare takes
-//! it over: the effect of HAProxy's load-aware accept queues, with no shared queue, no lock
-//! and no wake-up of anyone. When the sibling keeps up, the cost is one `getsockopt(2)`.
-//! `steal_accepts = false` turns it off.
+//! there, accepts all but one of them, a few at most, or fewer when its own queue is not
+//! empty: it takes only what puts the sibling's backlog above its own by more than one. The
+//! one left is what a sibling that was merely asleep finds when the kernel's wake-up reaches
+//! it: taking that too would let a busy worker that happens to be awake pull every new
+//! connection onto itself. A backlog of two or more means the sibling is not keeping up; a
+//! smaller one of its own means the thief is doing better. This is the effect of HAProxy's
+//! load-aware accept queues (which compare queue lengths and connection counts), with no
+//! shared queue, no lock and no wake-up of anyone. When the sibling keeps up, the cost is one
+//! `getsockopt(2)` per accept. `steal_accepts = false` turns it off.
+//!
+//! Limits: a sibling is only relieved when another worker accepts a connection of its own,
+//! so at the end of a burst what hashed to a stuck worker after the others' last accept
+//! waits for it. With more than two workers, two thieves may act on the same reading of a
+//! backlog and leave the sibling nothing; it then wakes up to an empty queue. Connections are
+//! never moved once accepted.
 //!
 //! Every listening socket stays open, shared by all workers, until the last worker is gone,
 //! so the descriptor a worker steals from is never closed and reused under it. A stopping
 //! worker shuts its listeners down instead (`shutdown(SHUT_RD)` on a listening socket stops
-//! it listening), so new connections are refused or go to another process's listeners, and
-//! siblings stealing from it get an error they ignore.
+//! it listening and takes it out of the SO_REUSEPORT group; connections still queued on it
+//! are reset, as a close would), so new connections go to the other listeners or, once all
+//! are shut, are refused. A shut socket no longer reports a backlog, so siblings leave it
+//! alone.
 
 use super::sockopt;
 use super::state::Worker;
 use monoio::net::{TcpListener, TcpStream};
 use socket2::SockRef;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,7 +61,12 @@ impl Listeners {
         for _ in 0..workers {
             let mut own = Vec::with_capacity(addrs.len());
             for &addr in addrs {
-                own.push(crate::control::reuseport_listener(addr).map_err(|e| (addr, e))?);
+                let socket = crate::control::reuseport_listener(addr).map_err(|e| (addr, e))?;
+                // Stealing relies on it: between reading a sibling's backlog and accepting,
+                // the sibling may take the connection, and a blocking accept4(2) would then
+                // stall the thief's whole worker.
+                socket.set_nonblocking(true).map_err(|e| (addr, e))?;
+                own.push(socket);
             }
             by_worker.push(own);
         }
@@ -104,7 +118,8 @@ impl Stealer {
         &self.listeners.by_worker[self.me][self.addr_index]
     }
 
-    /// Accepts all but one of the connections waiting in the next sibling's queue, up to
+    /// Accepts connections waiting in the next sibling's queue while it holds at least two
+    /// more than this worker's own: all but one when this worker's queue is empty, at most
     /// `STEAL_BATCH`.
     fn steal(&mut self, epoll: bool, mut take: impl FnMut(TcpStream, SocketAddr)) {
         let n = self.listeners.workers();
@@ -117,16 +132,28 @@ impl Stealer {
         }
         let sibling = &self.listeners.by_worker[self.next][self.addr_index];
         let waiting = sockopt::accept_backlog(sibling).unwrap_or(0) as usize;
-        for _ in 1..waiting.min(STEAL_BATCH + 1) {
-            // Non-blocking: the listener is. The accepted socket is blocking and close-on-exec,
-            // like the ones io_uring accepts; the epoll driver needs it non-blocking.
+        if waiting < 2 {
+            return;
+        }
+        // Only a thief less behind than the sibling takes anything (the second look is taken
+        // only when there is something to take).
+        let own = sockopt::accept_backlog(self.own_socket()).unwrap_or(0) as usize;
+        let take_n = waiting.saturating_sub(own + 1).min(STEAL_BATCH);
+        for _ in 0..take_n {
+            // Non-blocking: the listener is (see `Listeners::bind`). The accepted socket is
+            // blocking, like the ones io_uring accepts (and close-on-exec, which they are
+            // not; nothing here execs); the epoll driver needs it non-blocking.
             let Ok((socket, peer)) = SockRef::from(sibling).accept() else {
                 return;
             };
-            if epoll && socket.set_nonblocking(true).is_err() {
-                continue;
+            if epoll {
+                if let Err(e) = socket.set_nonblocking(true) {
+                    crate::warn!("worker {}: dropping a connection: {e}", self.me);
+                    continue;
+                }
             }
             let Some(peer) = peer.as_socket() else {
+                crate::warn!("worker {}: dropping a connection with no IP peer", self.me);
                 continue;
             };
             match TcpStream::from_std(socket.into()) {
@@ -140,8 +167,7 @@ impl Stealer {
     /// listeners on the address, or are refused), without closing the descriptor siblings
     /// may be stealing from.
     fn stop_listening(&self) {
-        // SAFETY: shutdown(2) on a descriptor this struct keeps open.
-        unsafe { libc::shutdown(self.own_socket().as_raw_fd(), libc::SHUT_RD) };
+        let _ = SockRef::from(self.own_socket()).shutdown(std::net::Shutdown::Read);
     }
 }
 
