@@ -141,7 +141,7 @@ impl Stealer {
         let take_n = waiting.saturating_sub(own + 1).min(STEAL_BATCH);
         for _ in 0..take_n {
             // Non-blocking: the listener is (see `Listeners::bind`). The accepted socket is
-            // blocking, like the ones io_uring accepts (and close-on-exec, which they are
+            // blocking like the ones io_uring accepts (but close-on-exec, which those are
             // not; nothing here execs); the epoll driver needs it non-blocking.
             let Ok((socket, peer)) = SockRef::from(sibling).accept() else {
                 return;
