@@ -46,6 +46,9 @@ const BODY_CHUNK: usize = 64 * 1024;
 const BUFFERED_BODY_MAX: usize = 64 * 1024;
 /// A response head and body are sent in one write when together they fit in this.
 const COALESCE_LIMIT: usize = 64 * 1024;
+/// How long to wait for the answer of an upstream that stopped taking a streamed body. The
+/// socket has failed, so what it holds is already there: this only bounds the read.
+const EARLY_ANSWER_WAIT: Duration = Duration::from_secs(1);
 
 /// Accepts a connection and serves requests on it until it closes.
 /// `local_port` is the listener's port (for `X-Forwarded-Port`), known without a syscall.
@@ -69,6 +72,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, loca
         key_buf: s.key_buf,
         watch,
         linger: false,
+        early_answer: false,
         path_normalized: false,
         path_buf: Vec::new(),
         filters: None,
@@ -154,6 +158,9 @@ struct Conn {
     watch: Rc<Watch>,
     /// The last answer was sent while the client may still be sending a body.
     linger: bool,
+    /// The upstream answered before it had taken the whole request body (and stopped taking
+    /// it): the answer is relayed, then the connection closes (lingering).
+    early_answer: bool,
     /// The request path needed normalizing; the result is in `path_buf`.
     path_normalized: bool,
     path_buf: Vec<u8>,
@@ -383,6 +390,7 @@ impl Conn {
     async fn handle(&mut self) -> bool {
         let start = Instant::now();
         self.linger = false;
+        self.early_answer = false;
         let local = self.worker.current();
         self.host_lc.clear();
         {
@@ -827,6 +835,20 @@ impl Conn {
                 .await;
             let sent = match sent {
                 Ok(()) => self.read_response_head(&mut upc, timeouts.read).await,
+                // A server may answer before it has the whole body (RFC 9112 §9.3: a 413, a
+                // 401) and close; writing on then fails. Its answer, already in our socket
+                // (the kernel keeps received bytes readable after a reset), is what the client
+                // should get rather than a 502. Only for a streamed body: a body sent whole
+                // failed before the upstream could have read the head.
+                Err(SendError::Upstream(f @ Failure::Send(_))) if streamed => {
+                    match self.read_response_head(&mut upc, EARLY_ANSWER_WAIT).await {
+                        Ok(()) => {
+                            self.early_answer = true;
+                            Ok(())
+                        }
+                        Err(_) => Err(f),
+                    }
+                }
                 Err(SendError::Upstream(f)) => Err(f),
                 Err(SendError::Client(status, reason)) => {
                     balancer.borrow_mut().finished(node_idx, None);
@@ -1163,6 +1185,7 @@ impl Conn {
         let http10 = self.head.minor_version == 0;
         let dechunk = http10 && framing == ResponseFraming::Chunked;
         let client_keep = !self.head.close
+            && !self.early_answer
             && !self.worker.stopping()
             && match framing {
                 ResponseFraming::None | ResponseFraming::Length(_) => true,
@@ -1170,7 +1193,9 @@ impl Conn {
                 // Re-chunked for HTTP/1.1 clients (see relay_until_close).
                 ResponseFraming::UntilClose => !http10,
             };
-        let mut upstream_reusable = !self.resp.close;
+        let mut upstream_reusable = !self.resp.close && !self.early_answer;
+        // The client may still be sending the body the upstream did not take.
+        self.linger |= self.early_answer;
         outcome.status = self.resp.status;
         outcome.upstream_status = Some(self.resp.status);
         self.build_client_head(&upc.buf, framing, dechunk, client_keep, http10);

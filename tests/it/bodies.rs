@@ -2,7 +2,7 @@
 
 use crate::harness::backend::{fill_pattern, Fnv};
 use crate::harness::*;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -369,5 +369,60 @@ fn a_client_stalling_mid_upload_gets_408() {
             "{extra}: {:?}",
             start.elapsed()
         );
+    }
+}
+
+/// A backend that answers 413 as soon as it has a request head, without reading the body,
+/// and closes (so the gateway's further writes fail); returns its address.
+fn early_413_backend() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { return };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = s.write_all(
+                    b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large",
+                );
+                // Closing with the body unread resets the connection.
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_upstream_answering_before_the_whole_upload_is_relayed() {
+    let addr = early_413_backend();
+    let body = format!("[[upstreams]]\nid = \"u\"\nnodes = {{ \"{addr}\" = 1 }}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n");
+    for extra in ["workers = 1", "workers = 1\nsplice = false"] {
+        let gw = Gateway::start_with(&body, extra);
+        let mut c = gw.client();
+        let mut bytes =
+            format!("POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {LONG}\r\n\r\n").into_bytes();
+        bytes.extend_from_slice(&vec![b'a'; LONG as usize]);
+        let mut writer = c.stream.try_clone().unwrap();
+        // The gateway drains what the client still sends for a while (lingering close), so
+        // the client's write may or may not complete; either is fine.
+        let sender = std::thread::spawn(move || {
+            let _ = writer.write_all(&bytes);
+        });
+        let r = c.read_response(false).unwrap();
+        assert_eq!(r.status, 413, "{extra}");
+        assert_eq!(r.text(), "too large", "{extra}");
+        assert_eq!(r.header("connection"), Some("close"), "{extra}");
+        assert!(
+            c.is_closed(),
+            "{extra}: the connection closes after an early answer"
+        );
+        sender.join().unwrap();
     }
 }
