@@ -46,9 +46,9 @@ const BODY_CHUNK: usize = 64 * 1024;
 const BUFFERED_BODY_MAX: usize = 64 * 1024;
 /// A response head and body are sent in one write when together they fit in this.
 const COALESCE_LIMIT: usize = 64 * 1024;
-/// How long to wait for the answer of an upstream that stopped taking a streamed body. The
-/// socket has failed, so what it holds is already there: this only bounds the read.
-const EARLY_ANSWER_WAIT: Duration = Duration::from_secs(1);
+/// How long to look for the answer of an upstream that stopped taking a streamed body. An
+/// answer sent before that happened is already in our socket: this only bounds the read.
+const EARLY_ANSWER_WAIT: Duration = Duration::from_millis(100);
 
 /// Accepts a connection and serves requests on it until it closes.
 /// `local_port` is the listener's port (for `X-Forwarded-Port`), known without a syscall.
@@ -836,11 +836,14 @@ impl Conn {
             let sent = match sent {
                 Ok(()) => self.read_response_head(&mut upc, timeouts.read).await,
                 // A server may answer before it has the whole body (RFC 9112 §9.3: a 413, a
-                // 401) and close; writing on then fails. Its answer, already in our socket
-                // (the kernel keeps received bytes readable after a reset), is what the client
-                // should get rather than a 502. Only for a streamed body: a body sent whole
-                // failed before the upstream could have read the head.
-                Err(SendError::Upstream(f @ Failure::Send(_))) if streamed => {
+                // 401) and then close, or stop reading; writing on then fails or times out.
+                // Its answer, already in our socket (the kernel keeps received bytes readable
+                // after a reset), is what the client should get rather than a 502 or 504.
+                // Only for a streamed body: a body sent whole failed before the upstream
+                // could have read the head.
+                Err(SendError::Upstream(f @ (Failure::Send(_) | Failure::SendTimeout)))
+                    if streamed =>
+                {
                     match self.read_response_head(&mut upc, EARLY_ANSWER_WAIT).await {
                         Ok(()) => {
                             self.early_answer = true;

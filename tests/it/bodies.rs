@@ -373,8 +373,9 @@ fn a_client_stalling_mid_upload_gets_408() {
 }
 
 /// A backend that answers 413 as soon as it has a request head, without reading the body,
-/// and closes (so the gateway's further writes fail); returns its address.
-fn early_413_backend() -> String {
+/// then closes (so the gateway's further writes fail) or, with `hold`, keeps the connection
+/// without reading (so they time out); returns its address.
+fn early_413_backend(hold: bool) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
@@ -392,6 +393,9 @@ fn early_413_backend() -> String {
                 let _ = s.write_all(
                     b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large",
                 );
+                if hold {
+                    std::thread::sleep(Duration::from_secs(5));
+                }
                 // Closing with the body unread resets the connection.
             });
         }
@@ -401,9 +405,20 @@ fn early_413_backend() -> String {
 
 #[test]
 fn an_upstream_answering_before_the_whole_upload_is_relayed() {
-    let addr = early_413_backend();
-    let body = format!("[[upstreams]]\nid = \"u\"\nnodes = {{ \"{addr}\" = 1 }}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n");
-    for extra in ["workers = 1", "workers = 1\nsplice = false"] {
+    let closing = early_413_backend(false);
+    let holding = early_413_backend(true);
+    let config = |addr: &str| {
+        format!("[[upstreams]]\nid = \"u\"\nnodes = {{ \"{addr}\" = 1 }}\ntimeout = {{ connect = 1, send = 0.5, read = 5 }}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n")
+    };
+    let cases = [
+        (&closing, "workers = 1"),
+        (&closing, "workers = 1\nsplice = false"),
+        // Not closed, just no longer reading: the answer comes at the send timeout, not a 504.
+        (&holding, "workers = 1"),
+        (&holding, "workers = 1\nsplice = false"),
+    ];
+    for (addr, extra) in cases {
+        let body = config(addr);
         let gw = Gateway::start_with(&body, extra);
         let mut c = gw.client();
         let mut bytes =
