@@ -27,14 +27,19 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 
 /// A loopback port nothing listens on right now, chosen below the kernel's ephemeral range
 /// (32768+) so that no backend bound to port 0, and no outgoing connection, can take it
-/// between this call and its use by a gateway (or as a port that must stay dead).
+/// between this call and its use by a gateway (or as a port that must stay dead). Never the
+/// same port twice in one test run: two gateways started at the same moment on one port
+/// would share it through SO_REUSEPORT, each getting some of the other's connections.
 pub fn free_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_usize(COUNTER.fetch_add(1, Ordering::SeqCst));
         let port = 20_000 + (h.finish() % 12_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
             return port;
         }
     }
