@@ -46,6 +46,9 @@ const BODY_CHUNK: usize = 64 * 1024;
 const BUFFERED_BODY_MAX: usize = 64 * 1024;
 /// A response head and body are sent in one write when together they fit in this.
 const COALESCE_LIMIT: usize = 64 * 1024;
+/// Lingering close: the longest quiet gap, and the longest drain in all (nginx's defaults).
+const LINGER_IDLE: Duration = Duration::from_secs(5);
+const LINGER_TOTAL: Duration = Duration::from_secs(30);
 /// How long to look for the answer of an upstream that stopped taking a streamed body. An
 /// answer sent before that happened is already in our socket: this only bounds the read.
 const EARLY_ANSWER_WAIT: Duration = Duration::from_millis(100);
@@ -296,21 +299,33 @@ impl Conn {
         }
     }
 
-    /// Closes after an error answer sent while the client may still be sending its body:
-    /// closing at once would make the kernel reset the connection, and the client could lose
-    /// the answer. Half-close, then read and discard for a bounded time and amount (nginx's
-    /// lingering close).
+    /// Closes after an answer sent while the client may still be sending its body: closing at
+    /// once would make the kernel reset the connection, and the client could lose the answer.
+    /// Half-close, then read and discard until the client closes, goes quiet for
+    /// `LINGER_IDLE`, or `LINGER_TOTAL` has passed (nginx's lingering close, with its
+    /// `lingering_timeout` and `lingering_time` defaults). Not capped by size: a client that
+    /// writes its whole body before it reads must get to the end of it.
     async fn linger_close(&mut self) {
         use monoio::io::AsyncWriteRent;
         let _ = self.stream.shutdown().await;
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let mut drained = 0usize;
-        while drained < 4 << 20 {
+        let deadline = Instant::now() + LINGER_TOTAL;
+        loop {
             self.buf.clear();
             let left = deadline.saturating_duration_since(Instant::now());
-            match read_more_timeout(&mut self.stream, &mut self.buf, 4096, left, &self.watch).await
+            if left.is_zero() {
+                return;
+            }
+            let wait = left.min(LINGER_IDLE);
+            match read_more_timeout(
+                &mut self.stream,
+                &mut self.buf,
+                BODY_CHUNK,
+                wait,
+                &self.watch,
+            )
+            .await
             {
-                Ok(n) if n > 0 => drained += n,
+                Ok(n) if n > 0 => {}
                 _ => return,
             }
         }
@@ -839,8 +854,10 @@ impl Conn {
                 // 401) and then close, or stop reading; writing on then fails or times out.
                 // Its answer, already in our socket (the kernel keeps received bytes readable
                 // after a reset), is what the client should get rather than a 502 or 504.
-                // Only for a streamed body: a body sent whole failed before the upstream
-                // could have read the head.
+                // Only for a streamed body: a body sent whole in one write that fails is
+                // nearly always a pooled connection the upstream closed while idle, retried
+                // as such. An upstream that stops reading without closing is noticed only at
+                // the send timeout: the upstream is not read while the body streams.
                 Err(SendError::Upstream(f @ (Failure::Send(_) | Failure::SendTimeout)))
                     if streamed =>
                 {
@@ -894,7 +911,10 @@ impl Conn {
                     let outcome = self
                         .relay_response(upc, up, node.addr, &timeouts, outcome)
                         .await;
-                    balancer.borrow_mut().finished(node_idx, Some(rtt));
+                    // An early answer's time includes the upload (or the send timeout): no
+                    // latency sample for the balancer.
+                    let sample = (!self.early_answer).then_some(rtt);
+                    balancer.borrow_mut().finished(node_idx, sample);
                     return outcome;
                 }
                 Err(f) => {
