@@ -76,6 +76,17 @@ impl Listeners {
     fn workers(&self) -> usize {
         self.by_worker.len()
     }
+
+    /// Stops the kernel queueing connections on worker `w`'s sockets: they go to the other
+    /// listeners on the address, or are refused once all are shut. The descriptors stay open
+    /// for siblings that may be reading them. Called by the stopping worker itself, before it
+    /// drains: not from its accept loops, which may never run again once the worker's last
+    /// request is done and its runtime ends.
+    pub fn stop_listening(&self, w: usize) {
+        for socket in &self.by_worker[w] {
+            let _ = SockRef::from(socket).shutdown(std::net::Shutdown::Read);
+        }
+    }
 }
 
 /// Starts worker `me`'s accept loops, one per listen address.
@@ -162,13 +173,6 @@ impl Stealer {
             }
         }
     }
-
-    /// Stops the kernel queueing connections on this worker's socket (they go to the other
-    /// listeners on the address, or are refused), without closing the descriptor siblings
-    /// may be stealing from.
-    fn stop_listening(&self) {
-        let _ = SockRef::from(self.own_socket()).shutdown(std::net::Shutdown::Read);
-    }
 }
 
 async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, mut stealer: Stealer) {
@@ -203,6 +207,5 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, mut stealer: Ste
             }
         }
     }
-    stealer.stop_listening();
     drop(listener);
 }

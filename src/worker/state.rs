@@ -231,9 +231,10 @@ pub async fn run(worker: Rc<Worker>, listeners: Arc<Listeners>, mailbox: Arc<Mai
         }
     };
 
-    // Shutdown: accept loops stop (their listeners are shut), in-flight requests finish, idle
+    // Shutdown: the listeners are shut, accept loops stop, in-flight requests finish, idle
     // keep-alive connections are dropped with the runtime.
     worker.stopping.set(true);
+    listeners.stop_listening(worker.index);
     worker.wake_all();
     monoio::spawn(flush_while_draining(worker.clone()));
     if monoio::time::timeout(grace, worker.idle_signal())

@@ -185,18 +185,24 @@ fn config_file_change_is_picked_up_without_a_signal() {
     assert_eq!(gw.get("/x").text(), "b");
 }
 
-#[test]
-fn sigterm_drains_in_flight_requests() {
+/// A gateway with `workers` workers in front of a backend that answers "finished" after 3 s.
+fn gateway_before_a_slow_backend(workers: usize) -> (Backend, Gateway) {
     let slow = Backend::start(|_| {
         Reply::After(Duration::from_millis(3000), Box::new(Reply::ok("finished")))
     });
-    let mut gw = Gateway::start_with(
+    let gw = Gateway::start_with(
         &format!(
             "[[upstreams]]\nid = \"u\"\nnodes = {}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n",
             nodes_map(&[(&slow.addr(), 1)])
         ),
-        "workers = 2\ngraceful_shutdown_timeout = 10",
+        &format!("workers = {workers}\ngraceful_shutdown_timeout = 10"),
     );
+    (slow, gw)
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests() {
+    let (_slow, mut gw) = gateway_before_a_slow_backend(2);
     let addr = gw.addr();
     let inflight: Vec<_> = (0..4)
         .map(|i| {
@@ -243,4 +249,38 @@ fn sigterm_drains_in_flight_requests() {
     // (Not checked: that the port refuses connections afterwards. Once the process is gone the
     // port is free, and a concurrently running test may bind it.)
     assert!(gw.events().contains("stopped"), "{}", gw.events());
+}
+
+#[test]
+fn sigterm_shuts_idle_workers_listeners_too() {
+    // One request in flight and four workers: at least three have nothing to drain and stop
+    // at once, the process stays up for the fourth. Every listener must be shut, not only
+    // those of the worker still draining.
+    let (_slow, mut gw) = gateway_before_a_slow_backend(4);
+    let addr = gw.addr();
+    let inflight = std::thread::spawn(move || Client::connect(addr).get("/slow").text());
+    std::thread::sleep(Duration::from_millis(400));
+    gw.signal(libc::SIGTERM);
+    let signalled = Instant::now();
+    let mut refused_in_a_row = 0;
+    while refused_in_a_row < 10 {
+        match std::net::TcpStream::connect(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused_in_a_row += 1,
+            other => {
+                refused_in_a_row = 0;
+                assert!(
+                    signalled.elapsed() < Duration::from_secs(2),
+                    "still accepting {:?} after SIGTERM: {other:?}\n{}",
+                    signalled.elapsed(),
+                    gw.events()
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(inflight.join().unwrap(), "finished");
+    let status = gw
+        .wait_exit(Duration::from_secs(8))
+        .expect("gateway did not exit");
+    assert!(status.success(), "{status}");
 }
