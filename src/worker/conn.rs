@@ -34,7 +34,6 @@ use monoio::net::TcpStream;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -286,10 +285,7 @@ impl Conn {
                     // Half-close now rather than leave the FIN to close(2): a close with
                     // unread bytes in the socket resets the connection and would throw the
                     // corked tail away.
-                    // SAFETY: shutdown(2) on our open socket.
-                    unsafe {
-                        libc::shutdown(self.stream.as_raw_fd(), libc::SHUT_WR);
-                    }
+                    sockopt::shutdown_write(&self.stream);
                 }
                 if self.linger {
                     self.linger_close().await;

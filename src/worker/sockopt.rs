@@ -27,6 +27,12 @@ pub fn set_cork(stream: &TcpStream) {
     let _ = with_sock(stream, |s| s.set_cork(true));
 }
 
+/// Half-closes: sends the FIN (and whatever a cork still holds) now. Failure means the
+/// connection is gone already.
+pub fn shutdown_write(stream: &TcpStream) {
+    let _ = with_sock(stream, |s| s.shutdown(std::net::Shutdown::Write));
+}
+
 /// `TCP_QUICKACK`: acknowledge at once rather than with the next answer.
 pub fn set_quickack(stream: &TcpStream) {
     let _ = with_sock(stream, |s| s.set_quickack(true));

@@ -39,10 +39,7 @@ pub struct Watch {
 impl Watch {
     /// Watches `fd` for `limit` from now (coarse clock).
     pub fn arm(&self, fd: RawFd, dir: Dir, limit: Duration) {
-        self.deadline.set(self.clock.get() + limit);
-        self.dir.set(dir);
-        self.fired.set(false);
-        self.fd.set(fd);
+        self.arm_until(fd, dir, self.deadline_in(limit));
     }
 
     /// Watches `fd` until `deadline` (from [`Watch::deadline_in`]): for a wait that must not

@@ -72,10 +72,7 @@ const CONNECTIONS: usize = 64;
 fn answered_while_worker_1_is_stopped(steal: bool, driver: &str) -> Option<usize> {
     let backend = Backend::named("b");
     let gw = Gateway::start_with(
-        &format!(
-            "[[upstreams]]\nid = \"u\"\nnodes = {}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n",
-            nodes_map(&[(&backend.addr(), 1)])
-        ),
+        &upstream_config(&nodes_map(&[(&backend.addr(), 1)]), ""),
         &format!("workers = 2\nsteal_accepts = {steal}\ndriver = \"{driver}\""),
     );
     let frozen = Frozen::thread(worker_tid(&gw, 1))?;

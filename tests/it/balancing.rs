@@ -198,9 +198,9 @@ fn least_conn_avoids_a_node_holding_long_requests() {
         })
     };
     let (a, b) = (make("a"), make("b"));
-    let gw = Gateway::start(&format!(
-        "[[upstreams]]\nid = \"u\"\ntype = \"least_conn\"\nnodes = {}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n",
-        nodes_map(&[(&a.addr(), 1), (&b.addr(), 1)])
+    let gw = Gateway::start(&upstream_config(
+        &nodes_map(&[(&a.addr(), 1), (&b.addr(), 1)]),
+        "type = \"least_conn\"",
     ));
     let addr = gw.addr();
     let long = std::thread::spawn(move || Client::connect(addr).get("/hold").text());
@@ -225,9 +225,9 @@ fn ewma_shifts_traffic_off_a_slow_node_and_back() {
             Reply::ok("flaky")
         }
     });
-    let gw = Gateway::start(&format!(
-        "[[upstreams]]\nid = \"u\"\ntype = \"ewma\"\nnodes = {}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n",
-        nodes_map(&[(&fast.addr(), 1), (&flaky.addr(), 1)])
+    let gw = Gateway::start(&upstream_config(
+        &nodes_map(&[(&fast.addr(), 1), (&flaky.addr(), 1)]),
+        "type = \"ewma\"",
     ));
     let addr = gw.addr();
     // Share of `flaky` among the requests of 4 concurrent clients over `window`.

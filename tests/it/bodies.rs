@@ -43,9 +43,9 @@ fn large_upload_and_download_are_byte_identical_in_bounded_memory() {
             Reply::Pattern(SIZE)
         }
     });
-    let gw = Gateway::start(&format!(
-        "[[upstreams]]\nid = \"u\"\nnodes = {}\ntimeout = {{ connect = 5, send = 30, read = 30 }}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n",
-        nodes_map(&[(&be.addr(), 1)])
+    let gw = Gateway::start(&upstream_config(
+        &nodes_map(&[(&be.addr(), 1)]),
+        "timeout = { connect = 5, send = 30, read = 30 }",
     ));
     let (stop, peak) = watch_rss(gw.child.id());
 
@@ -91,10 +91,7 @@ fn large_upload_and_download_are_byte_identical_in_bounded_memory() {
 #[test]
 fn chunked_upload_streams_through() {
     let be = Backend::start(|s| Reply::ok(&format!("{} {:x}", s.body_len, s.body_hash)));
-    let gw = Gateway::start(&format!(
-        "[[upstreams]]\nid = \"u\"\nnodes = {}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n",
-        nodes_map(&[(&be.addr(), 1)])
-    ));
+    let gw = Gateway::start(&upstream_config(&nodes_map(&[(&be.addr(), 1)]), ""));
     let mut c = gw.client();
     c.send_raw(b"POST /chunky HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
     let mut writer = c.stream.try_clone().unwrap();
@@ -126,10 +123,7 @@ fn chunked_upload_streams_through() {
 const LONG: u64 = (5 << 20) + 123;
 
 fn one_upstream(be: &Backend, extra: &str) -> String {
-    format!(
-        "[[upstreams]]\nid = \"u\"\nnodes = {}\n{extra}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n",
-        nodes_map(&[(&be.addr(), 1)])
-    )
+    upstream_config(&nodes_map(&[(&be.addr(), 1)]), extra)
 }
 
 #[test]
@@ -408,7 +402,10 @@ fn an_upstream_answering_before_the_whole_upload_is_relayed() {
     let closing = early_413_backend(false);
     let holding = early_413_backend(true);
     let config = |addr: &str| {
-        format!("[[upstreams]]\nid = \"u\"\nnodes = {{ \"{addr}\" = 1 }}\ntimeout = {{ connect = 1, send = 0.5, read = 5 }}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n")
+        upstream_config(
+            &nodes_map(&[(addr, 1)]),
+            "timeout = { connect = 1, send = 0.5, read = 5 }",
+        )
     };
     let cases = [
         (&closing, "workers = 1"),

@@ -6,12 +6,6 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-fn upstream_config(nodes: &str, extra: &str) -> String {
-    format!(
-        "[[upstreams]]\nid = \"u\"\nnodes = {nodes}\n{extra}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n"
-    )
-}
-
 /// A listener whose accept queue is full, so further connects hang in SYN-SENT.
 struct Blackhole {
     addr: SocketAddr,

@@ -24,12 +24,6 @@ fn checked_backend(name: &'static str, sick: Arc<AtomicBool>) -> Backend {
     })
 }
 
-fn checked_upstream(nodes: &str, checks: &str) -> String {
-    format!(
-        "[[upstreams]]\nid = \"u\"\nnodes = {nodes}\n{checks}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n"
-    )
-}
-
 const HTTP_CHECKS: &str = r#"[upstreams.checks.active]
 http_path = "/health"
 timeout = 0.5
@@ -77,7 +71,7 @@ fn failing_health_path_ejects_and_recovers() {
     let good = checked_backend("good", Arc::new(AtomicBool::new(false)));
     let control = free_port();
     let gw = Gateway::start_with(
-        &checked_upstream(
+        &upstream_config(
             &nodes_map(&[(&flaky.addr(), 1), (&good.addr(), 1)]),
             HTTP_CHECKS,
         ),
@@ -140,7 +134,7 @@ fn tcp_checks_and_probe_timeouts() {
         }
     });
     let control = free_port();
-    let tcp_checked = checked_upstream(
+    let tcp_checked = upstream_config(
         &nodes_map(&[(&good.addr(), 1), (&format!("127.0.0.1:{closed}"), 1)]),
         "[upstreams.checks.active]\ntype = \"tcp\"\nhealthy = { interval = 1 }\nunhealthy = { interval = 1, tcp_failures = 2 }\n",
     );
@@ -204,7 +198,7 @@ fn passive_checks_eject_after_server_errors() {
     let control = free_port();
     let checks = "[upstreams.checks.active]\nhttp_path = \"/health\"\nhealthy = { interval = 300 }\nunhealthy = { interval = 300 }\n[upstreams.checks.passive]\nunhealthy = { http_failures = 3 }\n";
     let gw = Gateway::start_with(
-        &checked_upstream(
+        &upstream_config(
             &nodes_map(&[(&failing.addr(), 1), (&good.addr(), 1)]),
             checks,
         ),
@@ -236,7 +230,7 @@ fn one_probe_per_interval_with_two_workers() {
     // Two upstreams with the same node and the same checks: still one target.
     let body = format!(
         "{}\n[[upstreams]]\nid = \"v\"\nnodes = {}\n{}\n",
-        checked_upstream(
+        upstream_config(
             &nodes_map(&[(&be.addr(), 1), (&other.addr(), 1)]),
             HTTP_CHECKS
         ),
@@ -265,7 +259,7 @@ fn killing_a_node_under_load_loses_no_request() {
     let list: Vec<(&str, u32)> = list.iter().map(|(a, w)| (a.as_str(), *w)).collect();
     let checks = format!("retries = 2\n{HTTP_CHECKS}[upstreams.checks.passive]\nunhealthy = {{ tcp_failures = 2 }}\n");
     let gw = Gateway::start_with(
-        &checked_upstream(&nodes_map(&list), &checks),
+        &upstream_config(&nodes_map(&list), &checks),
         &format!("control_listen = \"127.0.0.1:{control}\"\nworkers = 2"),
     );
     let url = format!("http://127.0.0.1:{}/load", gw.port);
@@ -322,7 +316,7 @@ fn all_unhealthy_fails_open_or_refuses() {
     ]);
     let control = free_port();
     let gw = Gateway::start_with(
-        &checked_upstream(&nodes, checks),
+        &upstream_config(&nodes, checks),
         &format!("control_listen = \"127.0.0.1:{control}\"\nhealthcheck_fail_open = false"),
     );
     wait_status(control, "u", dead1, "unhealthy", Duration::from_secs(4));
@@ -334,7 +328,7 @@ fn all_unhealthy_fails_open_or_refuses() {
     // Fail-open (the default): every node is tried anyway (and here fails: 502).
     let control = free_port();
     let gw = Gateway::start_with(
-        &checked_upstream(&nodes, checks),
+        &upstream_config(&nodes, checks),
         &format!("control_listen = \"127.0.0.1:{control}\""),
     );
     wait_status(control, "u", dead1, "unhealthy", Duration::from_secs(4));

@@ -191,10 +191,7 @@ fn gateway_before_a_slow_backend(workers: usize) -> (Backend, Gateway) {
         Reply::After(Duration::from_millis(3000), Box::new(Reply::ok("finished")))
     });
     let gw = Gateway::start_with(
-        &format!(
-            "[[upstreams]]\nid = \"u\"\nnodes = {}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n",
-            nodes_map(&[(&slow.addr(), 1)])
-        ),
+        &upstream_config(&nodes_map(&[(&slow.addr(), 1)]), ""),
         &format!("workers = {workers}\ngraceful_shutdown_timeout = 10"),
     );
     (slow, gw)

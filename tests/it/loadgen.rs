@@ -148,10 +148,7 @@ fn comparison_script_selftest_passes() {
 #[test]
 fn load_generator_posts_bodies_of_the_given_size() {
     let be = Backend::start(|s| Reply::ok(&format!("{} {}", s.method, s.body_len)));
-    let gw = Gateway::start(&format!(
-        "[[upstreams]]\nid = \"u\"\nnodes = {}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n",
-        nodes_map(&[(&be.addr(), 1)])
-    ));
+    let gw = Gateway::start(&upstream_config(&nodes_map(&[(&be.addr(), 1)]), ""));
     let url = format!("http://{}/up", gw.addr());
     let (_, v) = sg_load(&[
         "--url",

@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 fn malformed_requests_are_refused_and_never_forwarded() {
     let be = Backend::named("reached");
     let gw = Gateway::start_with(
-        &format!(
-            "[[upstreams]]\nid = \"u\"\nnodes = {}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n",
-            nodes_map(&[(&be.addr(), 1)])
-        ),
+        &upstream_config(&nodes_map(&[(&be.addr(), 1)]), ""),
         "max_request_line = 1024\nmax_header_size = 4096\nmax_headers = 20",
     );
     let long_uri = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "x".repeat(2000));
@@ -85,10 +82,7 @@ fn malformed_requests_are_refused_and_never_forwarded() {
 fn slow_client_gets_header_timeout() {
     let be = Backend::named("x");
     let gw = Gateway::start_with(
-        &format!(
-            "[[upstreams]]\nid = \"u\"\nnodes = {}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n",
-            nodes_map(&[(&be.addr(), 1)])
-        ),
+        &upstream_config(&nodes_map(&[(&be.addr(), 1)]), ""),
         "client_header_timeout = 0.5",
     );
     let mut c = gw.client();

@@ -5,26 +5,16 @@ use crate::harness::*;
 use std::collections::HashMap;
 
 fn single_upstream(addr: &str, extra: &str) -> String {
-    format!(
-        r#"
-[[upstreams]]
-id = "u"
-nodes = {{ "{addr}" = 1 }}
-{extra}
-[[routes]]
-uri = "/*"
-upstream_id = "u"
-"#
-    )
+    upstream_config(&nodes_map(&[(addr, 1)]), extra)
 }
 
 #[test]
 fn weights_three_to_one_interleaved() {
     let a = Backend::named("a");
     let b = Backend::named("b");
-    let gw = Gateway::start(&format!(
-        "[[upstreams]]\nid = \"u\"\nnodes = {}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n",
-        nodes_map(&[(&a.addr(), 3), (&b.addr(), 1)])
+    let gw = Gateway::start(&upstream_config(
+        &nodes_map(&[(&a.addr(), 3), (&b.addr(), 1)]),
+        "",
     ));
     let mut client = gw.client();
     let mut counts: HashMap<String, usize> = HashMap::new();

@@ -190,6 +190,14 @@ impl Drop for Gateway {
     }
 }
 
+/// A config with one upstream `u` (`nodes` as TOML, then `extra` upstream fields) and a
+/// catch-all route to it: what most tests need.
+pub fn upstream_config(nodes: &str, extra: &str) -> String {
+    format!(
+        "[[upstreams]]\nid = \"u\"\nnodes = {nodes}\n{extra}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n"
+    )
+}
+
 /// Upstream TOML for `nodes` given as (address, weight).
 pub fn nodes_map(nodes: &[(&str, u32)]) -> String {
     let inner: Vec<String> = nodes
