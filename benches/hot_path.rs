@@ -39,6 +39,7 @@ fn router(n: usize) -> Router {
             hosts,
             methods: 0,
             vars: vec![],
+            remote_addrs: vec![],
             priority: 0,
             upstream: Some(0),
             timeout: None,
@@ -61,6 +62,7 @@ fn route_match(bencher: divan::Bencher, n: usize) {
                 path: divan::black_box(path.as_bytes()),
                 host: b"api.example.com",
                 method: b"GET",
+                remote: std::net::Ipv4Addr::LOCALHOST.into(),
                 vars: &NoVars,
             })
             .map(|r| r.upstream)
@@ -76,6 +78,7 @@ fn route_miss(bencher: divan::Bencher, n: usize) {
                 path: divan::black_box(b"/nothing/here/at/all"),
                 host: b"api.example.com",
                 method: b"GET",
+                remote: std::net::Ipv4Addr::LOCALHOST.into(),
                 vars: &NoVars,
             })
             .is_some()
@@ -152,6 +155,7 @@ fn parse_request_head(bencher: divan::Bencher) {
         max_request_line: 8192,
         max_header_size: 32 * 1024,
         max_headers: 100,
+        underscores_in_headers: false,
     };
     let mut head = RequestHead::default();
     bencher.bench_local(|| head.parse(divan::black_box(REQUEST), &limits).is_ok());

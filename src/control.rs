@@ -200,7 +200,7 @@ pub fn run(path: PathBuf) -> i32 {
     );
 
     let mut digest = file_digest(&path);
-    let grace = Duration::from_secs_f64(gw.graceful_shutdown_timeout);
+    let grace = snapshot.settings.graceful_shutdown_timeout;
     loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(Event::Signal(SIGHUP)) => {

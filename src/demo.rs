@@ -60,6 +60,7 @@ async fn serve(mut stream: TcpStream, name: Rc<str>, port: u16) {
         max_request_line: 8192,
         max_header_size: 32 * 1024,
         max_headers: 100,
+        underscores_in_headers: false,
     };
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut head = RequestHead::default();

@@ -38,6 +38,8 @@ pub struct Settings {
     pub splice_lowat: u32,
     /// Take connections waiting in sibling workers' queues (`steal_accepts`).
     pub steal_accepts: bool,
+    /// How long in-flight requests may run after SIGTERM/SIGINT.
+    pub graceful_shutdown_timeout: Duration,
 }
 
 /// One immutable, validated configuration.
@@ -59,7 +61,13 @@ pub struct Snapshot {
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
-fn seconds(field: &str, v: f64, allow_zero: bool) -> Result<Duration> {
+/// The longest duration any setting accepts: one year. Deadlines are computed by adding a
+/// setting to the current time; bounding every setting keeps that sum far from overflowing.
+pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// A duration setting in seconds: finite, not negative (nor 0 unless `allow_zero`), at most
+/// [`MAX_SECONDS`].
+pub fn seconds(field: &str, v: f64, allow_zero: bool) -> Result<Duration> {
     if !v.is_finite() || v < 0.0 || (!allow_zero && v == 0.0) {
         let bound = if allow_zero {
             "at least 0"
@@ -69,6 +77,12 @@ fn seconds(field: &str, v: f64, allow_zero: bool) -> Result<Duration> {
         return Err(ConfigError::invalid(
             field,
             format!("expected {v} to be {bound}"),
+        ));
+    }
+    if v > MAX_SECONDS {
+        return Err(ConfigError::invalid(
+            field,
+            format!("expected {v} to be at most {MAX_SECONDS} (one year)"),
         ));
     }
     Ok(Duration::from_secs_f64(v))
@@ -207,12 +221,16 @@ impl Snapshot {
         // Health targets last: every node of a checked upstream gets its shared target.
         for u in &mut upstreams {
             if let Some(checks) = &u.checks {
+                let rewrite = match &u.pass_host {
+                    PassHost::Rewrite(h) => Some(&**h),
+                    _ => None,
+                };
                 for n in &mut u.nodes {
-                    let host = n
-                        .host_port
-                        .rsplit_once(':')
-                        .map_or(&*n.host_port, |(h, _)| h);
-                    n.health = Some(health.target(n.addr, host, checks));
+                    let host = match n.host_port.rsplit_once(':') {
+                        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+                        _ => &*n.host_port,
+                    };
+                    n.health = Some(health.target(n.addr, host, rewrite, checks));
                 }
             }
         }
@@ -314,7 +332,7 @@ fn compile_gateway(g: &GatewayConfig) -> Result<(Settings, Vec<SocketAddr>)> {
             "must be at most 1073741824 bytes (0 = leave the kernel's default)",
         ));
     }
-    seconds(
+    let graceful_shutdown_timeout = seconds(
         "gateway.graceful_shutdown_timeout",
         g.graceful_shutdown_timeout,
         true,
@@ -324,6 +342,7 @@ fn compile_gateway(g: &GatewayConfig) -> Result<(Settings, Vec<SocketAddr>)> {
             max_request_line: g.max_request_line,
             max_header_size: g.max_header_size,
             max_headers: g.max_headers,
+            underscores_in_headers: g.underscores_in_headers,
         },
         client_header_timeout: seconds(
             "gateway.client_header_timeout",
@@ -337,6 +356,7 @@ fn compile_gateway(g: &GatewayConfig) -> Result<(Settings, Vec<SocketAddr>)> {
         splice: g.splice,
         splice_lowat: g.splice_lowat,
         steal_accepts: g.steal_accepts,
+        graceful_shutdown_timeout,
     };
     Ok((settings, listen))
 }
@@ -495,6 +515,19 @@ fn compile_upstream(name: &str, key: &str, u: &UpstreamConfig) -> Result<Upstrea
             })
             .collect::<Result<Vec<_>>>()?,
     };
+    if kind == BalancerKind::ConsistentHash {
+        let units = crate::upstream::balancer::chash::ring_weight(nodes.iter().map(|n| n.weight));
+        if units > crate::upstream::balancer::chash::MAX_RING_WEIGHT {
+            return Err(ConfigError::invalid(
+                &nodes_field,
+                format!(
+                    "chash weights divided by their greatest common divisor add up to {units}; \
+                     at most {} (each unit is 160 points on the hash ring of every core)",
+                    crate::upstream::balancer::chash::MAX_RING_WEIGHT
+                ),
+            ));
+        }
+    }
     let retries = match u.retries {
         None => nodes.len().saturating_sub(1) as u32,
         Some(r) if r >= 0 => r.min(u32::MAX as i64) as u32,
@@ -569,6 +602,7 @@ fn compile_upstream(name: &str, key: &str, u: &UpstreamConfig) -> Result<Upstrea
         kind,
         hash_on,
         checks,
+        drained: nodes.iter().all(|n| n.weight == 0),
         nodes,
         retries,
         retry_timeout,
@@ -731,7 +765,7 @@ fn compile_route(
                 format!("'{p}' must start with '/' (at most 4096 characters)"),
             ));
         }
-        if p[..p.len() - 1].contains('*') {
+        if p.strip_suffix('*').unwrap_or(p).contains('*') {
             return Err(ConfigError::invalid(
                 format!("{name}.uri"),
                 format!("'{p}': '*' is only allowed at the end (prefix match)"),
@@ -809,6 +843,39 @@ fn compile_route(
         })?);
     }
 
+    let remote_list: Vec<(String, &String)> = match (&r.remote_addr, &r.remote_addrs) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                name,
+                "only one of remote_addr or remote_addrs is allowed",
+            ))
+        }
+        (Some(a), None) => vec![(format!("{name}.remote_addr"), a)],
+        (None, Some(list)) if list.is_empty() => {
+            return Err(ConfigError::invalid(
+                format!("{name}.remote_addrs"),
+                "expect array to have at least 1 items",
+            ))
+        }
+        (None, Some(list)) => list
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("{name}.remote_addrs[{i}]"), a))
+            .collect(),
+        (None, None) => Vec::new(),
+    };
+    let mut remote_addrs = Vec::with_capacity(remote_list.len());
+    for (field, a) in remote_list {
+        let net = route::IpNet::parse(a).map_err(|e| ConfigError::invalid(&field, e))?;
+        if remote_addrs.contains(&net) {
+            return Err(ConfigError::invalid(
+                field,
+                format!("'{a}' appears twice (expect array items to be unique)"),
+            ));
+        }
+        remote_addrs.push(net);
+    }
+
     // APISIX precedence: route upstream_id > route upstream > service's upstream.
     let upstream = if let Some(uid) = r.upstream_id.as_deref() {
         Some(lookup_upstream(
@@ -861,6 +928,7 @@ fn compile_route(
             hosts,
             methods,
             vars,
+            remote_addrs,
             priority: r.priority,
             upstream,
             timeout,

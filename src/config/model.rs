@@ -73,6 +73,10 @@ pub struct GatewayConfig {
     pub splice_lowat: u32,
     /// After each accept, also take connections waiting in a sibling worker's queue.
     pub steal_accepts: bool,
+    /// Accept request header names containing `_` (nginx `underscores_in_headers`). Off:
+    /// such headers are dropped, since CGI/WSGI-style servers read `X_Real_IP` as
+    /// `X-Real-IP`.
+    pub underscores_in_headers: bool,
 }
 
 impl Default for GatewayConfig {
@@ -102,6 +106,7 @@ impl Default for GatewayConfig {
             splice: true,
             splice_lowat: 16384,
             steal_accepts: true,
+            underscores_in_headers: false,
         }
     }
 }
@@ -259,6 +264,12 @@ pub struct RouteConfig {
     pub methods: Option<Vec<String>>,
     #[serde(default)]
     pub vars: Option<Vec<Vec<serde_json::Value>>>,
+    /// Client address or CIDR the route is limited to (APISIX `remote_addr`).
+    #[serde(default)]
+    pub remote_addr: Option<String>,
+    /// Client addresses or CIDRs, any of which may match (APISIX `remote_addrs`).
+    #[serde(default)]
+    pub remote_addrs: Option<Vec<String>>,
     #[serde(default)]
     pub priority: i64,
     /// 1 = enabled, 0 = disabled (never matched).

@@ -132,11 +132,20 @@ pub fn compile_checks(name: &str, c: &ChecksConfig) -> Result<Checks, ConfigErro
             ))
         }
     };
-    if !(a.timeout.is_finite() && a.timeout > 0.0) {
-        return Err(ConfigError::invalid(
-            f("active.timeout"),
-            "must be greater than 0",
-        ));
+    let timeout = crate::snapshot::seconds(&f("active.timeout"), a.timeout, false)?;
+    if let Some(h) = &a.host {
+        // It becomes the probes' Host header: a host name or address, nothing that could
+        // end the header line.
+        if h.is_empty()
+            || !h
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
+        {
+            return Err(ConfigError::invalid(
+                f("active.host"),
+                format!("invalid host '{}'", h.escape_debug()),
+            ));
+        }
     }
     for (i, h) in a.req_headers.iter().enumerate() {
         if !h.contains(':') || h.contains('\r') || h.contains('\n') {
@@ -146,15 +155,16 @@ pub fn compile_checks(name: &str, c: &ChecksConfig) -> Result<Checks, ConfigErro
             ));
         }
     }
-    if !a.http_path.starts_with('/') {
+    if !a.http_path.starts_with('/') || !crate::http::request::valid_target(a.http_path.as_bytes())
+    {
         return Err(ConfigError::invalid(
             f("active.http_path"),
-            "must start with '/'",
+            "must start with '/' and hold only characters allowed in a URI (no spaces, CR or LF)",
         ));
     }
     let active = ActiveCheck {
         tcp_only,
-        timeout: Duration::from_secs_f64(a.timeout),
+        timeout,
         concurrency: range(&f("active.concurrency"), a.concurrency, 1, 10_000)? as u32,
         host: a.host.clone(),
         port: match a.port {
@@ -251,8 +261,12 @@ pub struct Target {
     pub id: u32,
     /// Where probes connect (the node's address, or `checks.active.port`).
     pub probe_addr: SocketAddr,
-    /// Host header of HTTP probes.
+    /// The target's host name (`checks.active.host`, else the node's host), as the status
+    /// API shows it.
     pub hostname: String,
+    /// Host header of HTTP probes: `upstream_host` with `pass_host = "rewrite"` (the Host the
+    /// proxied requests carry), else the node's domain, else `hostname` (APISIX's order).
+    pub host_header: String,
     pub checks: Arc<Checks>,
     /// Read by every core on every pick.
     usable: AtomicBool,
@@ -282,6 +296,7 @@ impl std::fmt::Debug for Target {
 struct TargetKey {
     probe_addr: SocketAddr,
     hostname: String,
+    host_header: String,
     checks: Checks,
 }
 
@@ -296,17 +311,35 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The target for a node at `addr` (configured host `host`) checked with `checks`.
-    pub fn target(&mut self, addr: SocketAddr, host: &str, checks: &Arc<Checks>) -> Arc<Target> {
+    /// The target for a node at `addr` (configured host `host`) checked with `checks`;
+    /// `rewrite_host` is the upstream's `upstream_host` when `pass_host = "rewrite"`.
+    pub fn target(
+        &mut self,
+        addr: SocketAddr,
+        host: &str,
+        rewrite_host: Option<&str>,
+        checks: &Arc<Checks>,
+    ) -> Arc<Target> {
         let probe_addr = SocketAddr::new(addr.ip(), checks.active.port.unwrap_or(addr.port()));
         let hostname = checks
             .active
             .host
             .clone()
             .unwrap_or_else(|| host.to_string());
+        let is_domain = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_err();
+        let host_header = match rewrite_host {
+            Some(h) => h.to_string(),
+            None if is_domain => host.to_string(),
+            None => hostname.clone(),
+        };
         let key = TargetKey {
             probe_addr,
             hostname: hostname.clone(),
+            host_header: host_header.clone(),
             checks: (**checks).clone(),
         };
         if let Some(t) = self.pending.get(&key).or_else(|| self.live.get(&key)) {
@@ -315,23 +348,26 @@ impl Registry {
             return t;
         }
         // A node whose checks changed keeps the state it had: the new checker starts where the
-        // old one was (targets of the same address and host, any check configuration).
+        // old one was (targets of the same address and host, any check configuration). State
+        // and usability are read under the machine's lock, which the prober holds while it
+        // changes both, so the copy is never half of one transition.
         let previous = self
             .live
             .iter()
             .find(|(k, _)| k.probe_addr == probe_addr && k.hostname == hostname)
             .map(|(_, t)| t.clone());
         let (machine, usable) = match &previous {
-            Some(p) => (
-                p.machine.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-                p.usable(),
-            ),
+            Some(p) => {
+                let m = p.machine.lock().unwrap_or_else(|e| e.into_inner());
+                (m.clone(), p.usable())
+            }
             None => (Machine::default(), true),
         };
         let t = Arc::new(Target {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             probe_addr,
             hostname,
+            host_header,
             checks: checks.clone(),
             usable: AtomicBool::new(usable),
             machine: Mutex::new(machine),
@@ -377,11 +413,11 @@ mod tests {
         let mut r = Registry::default();
         let c = checks();
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let t1 = r.target(a, "127.0.0.1", &c);
-        let t2 = r.target(a, "127.0.0.1", &c);
+        let t1 = r.target(a, "127.0.0.1", None, &c);
+        let t2 = r.target(a, "127.0.0.1", None, &c);
         assert!(Arc::ptr_eq(&t1, &t2), "same node, same checks: one target");
         assert_eq!(r.commit().len(), 1);
-        let again = r.target(a, "127.0.0.1", &c);
+        let again = r.target(a, "127.0.0.1", None, &c);
         assert!(Arc::ptr_eq(&t1, &again), "kept across a reload");
         r.commit();
         assert!(!t1.retired.load(Ordering::Relaxed));
@@ -390,7 +426,7 @@ mod tests {
         t1.machine.lock().unwrap().status = state::Status::Unhealthy;
         let cfg: ChecksConfig = toml::from_str("[active]\nhttp_path = \"/other\"").unwrap();
         let changed = Arc::new(compile_checks("u", &cfg).unwrap());
-        let t3 = r.target(a, "127.0.0.1", &changed);
+        let t3 = r.target(a, "127.0.0.1", None, &changed);
         assert!(!Arc::ptr_eq(&t1, &t3), "changed checks: a new target");
         assert!(!t3.usable());
         assert_eq!(t3.machine.lock().unwrap().status, state::Status::Unhealthy);

@@ -126,10 +126,14 @@ fn adopt(state: &Rc<State>, targets: Vec<Arc<Target>>) {
 pub fn apply(t: &Target, report: Report, thresholds: &Thresholds, source: &str) {
     let transition = {
         let mut m = t.machine.lock().unwrap_or_else(|e| e.into_inner());
-        m.report(report, thresholds)
+        let tr = m.report(report, thresholds);
+        // Under the lock: a reload copying this target's state sees both or neither.
+        if let Some(tr) = &tr {
+            t.set_usable(tr.usable);
+        }
+        tr
     };
     if let Some(tr) = transition {
-        t.set_usable(tr.usable);
         if tr.usable {
             crate::info!(
                 "health: {} ({}) is healthy again after {} ({source} check)",
@@ -172,6 +176,8 @@ async fn probe(t: &Target) -> Option<Report> {
     let work = async {
         let mut stream = match TcpStream::connect_addr(t.probe_addr).await {
             Ok(s) => s,
+            // Out of file descriptors (or memory) here says nothing about the node.
+            Err(e) if crate::upstream::local_resource_error(&e) => return None,
             Err(_) => return Some(Report::TcpFailure),
         };
         if a.tcp_only {
@@ -179,7 +185,7 @@ async fn probe(t: &Target) -> Option<Report> {
         }
         let mut req = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: shardgate-health\r\nConnection: close\r\n",
-            a.http_path, t.hostname
+            a.http_path, t.host_header
         );
         for h in &a.req_headers {
             req.push_str(h);
@@ -237,10 +243,17 @@ fn classify(status_line: &[u8], a: &super::ActiveCheck) -> Option<Report> {
 /// `GET /v1/healthcheck` and `GET /v1/healthcheck/{upstreams|routes|services}/{id}`.
 async fn serve_status(listener: TcpListener, state: Rc<State>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        monoio::spawn(status_conn(stream, state.clone()));
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                monoio::spawn(status_conn(stream, state.clone()));
+            }
+            Err(e) => {
+                // EMFILE and friends: the connection stays queued; back off instead of
+                // spinning on the same error.
+                crate::warn!("control API: accept failed: {e}");
+                monoio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 }
 
@@ -249,6 +262,7 @@ async fn status_conn(mut stream: TcpStream, state: Rc<State>) {
         max_request_line: 8192,
         max_header_size: 16 * 1024,
         max_headers: 64,
+        underscores_in_headers: false,
     };
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut head = RequestHead::default();
@@ -314,10 +328,18 @@ fn resource(key: &str) -> (&'static str, &str) {
 fn upstream_json(u: &crate::upstream::UpstreamSpec) -> Option<serde_json::Value> {
     let checks = u.checks.as_ref()?;
     let (kind, id) = resource(&u.key);
+    // Nodes that share a probe target (`checks.active.port` maps them to one address) are
+    // one entry, listed where the first of them is, as APISIX lists a target once.
+    let mut seen: Vec<u32> = Vec::new();
     let nodes: Vec<serde_json::Value> = u
         .nodes
         .iter()
         .filter_map(|n| n.health.as_ref())
+        .filter(|t| {
+            let new = !seen.contains(&t.id);
+            seen.push(t.id);
+            new
+        })
         .map(|t| {
             let m = t.machine.lock().unwrap_or_else(|e| e.into_inner()).clone();
             serde_json::json!({
@@ -349,6 +371,10 @@ fn status_response(path: &str, snap: &Snapshot) -> (u16, serde_json::Value) {
             .iter()
             .filter_map(|u| upstream_json(u))
             .collect();
+        if all.is_empty() {
+            // APISIX answers an empty Lua table, which its JSON encoder writes as `{}`.
+            return (200, serde_json::json!({}));
+        }
         return (200, serde_json::Value::Array(all));
     }
     let Some(rest) = path.strip_prefix("/v1/healthcheck/") else {

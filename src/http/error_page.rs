@@ -7,6 +7,18 @@ use std::io::Write;
 /// Appends a complete error response to `out`.
 /// For a HEAD request the body is left out (the Content-Length still describes it).
 pub fn write_error(out: &mut Vec<u8>, status: u16, msg: &str, close: bool, head_request: bool) {
+    write_error_with(out, status, msg, close, head_request, b"");
+}
+
+/// [`write_error`] with `extra` header lines (each ending in CRLF) in the head.
+pub fn write_error_with(
+    out: &mut Vec<u8>,
+    status: u16,
+    msg: &str,
+    close: bool,
+    head_request: bool,
+    extra: &[u8],
+) {
     let mut body = Vec::with_capacity(msg.len() + 20);
     body.extend_from_slice(b"{\"error_msg\":");
     // serde_json escapes the message properly; messages are short and this is the error path.
@@ -19,6 +31,7 @@ pub fn write_error(out: &mut Vec<u8>, status: u16, msg: &str, close: bool, head_
         reason_phrase(status),
         body.len()
     );
+    out.extend_from_slice(extra);
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }

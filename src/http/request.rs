@@ -18,6 +18,9 @@ pub struct Limits {
     pub max_request_line: usize,
     pub max_header_size: usize,
     pub max_headers: usize,
+    /// Keep header names containing `_` (nginx `underscores_in_headers`); when false they
+    /// are dropped from the parsed head, so they are neither forwarded nor matched.
+    pub underscores_in_headers: bool,
 }
 
 /// How the request body is framed.
@@ -175,6 +178,9 @@ impl RequestHead {
         let mut keep_alive = false;
 
         for h in req.headers.iter() {
+            if !limits.underscores_in_headers && memchr(b'_', h.name.as_bytes()).is_some() {
+                continue;
+            }
             let name = range_of(h.name.as_bytes());
             let value = range_of(h.value);
             let idx = self.headers.len();
@@ -258,15 +264,17 @@ impl RequestHead {
             }
             self.body = BodyFraming::Chunked;
         } else if let Some(cl) = content_length {
-            if cl > 0 {
-                self.body = BodyFraming::Length(cl);
-            }
+            // `Length(0)` is kept (not `None`): the upstream gets `Content-Length: 0`, which
+            // servers that insist on a length for a POST need.
+            self.body = BodyFraming::Length(cl);
         }
         if self.minor_version == 0 && !keep_alive {
             self.close = true;
         }
         // No body, or an HTTP/1.0 client (which cannot take a 1xx): nothing to expect.
-        if self.body == BodyFraming::None || self.minor_version == 0 {
+        if matches!(self.body, BodyFraming::None | BodyFraming::Length(0))
+            || self.minor_version == 0
+        {
             self.expect_continue = false;
         }
 
@@ -305,6 +313,9 @@ impl RequestHead {
             return Err(RequestError::bad("invalid request target"));
         }
         self.target = target_range.clone();
+        if self.target.start != usize::MAX && !valid_target(&buf[self.target.clone()]) {
+            return Err(RequestError::bad("invalid character in request target"));
+        }
         if self.target.start == usize::MAX {
             self.path = self.target.clone();
             self.query = 0..0;
@@ -379,6 +390,61 @@ fn strip_scheme(t: &[u8]) -> Option<&[u8]> {
     }
 }
 
+/// Which bytes a request target may hold: bit 0 = in the path, bit 1 = in the query.
+const TARGET_BYTES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        // RFC 3986 pchar: unreserved, pct-encoded ('%'), sub-delims, ':' and '@'; plus '/'.
+        let pchar = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'/'
+            );
+        // The query also takes '?', and the characters browsers send there unencoded (the
+        // WHATWG query percent-encode set leaves them alone); none has a meaning in a path.
+        let query = pchar || matches!(c, b'?' | b'[' | b']' | b'{' | b'}' | b'|' | b'^' | b'`');
+        t[b] = (pchar as u8) | ((query as u8) << 1);
+        b += 1;
+    }
+    t
+};
+
+/// Whether an origin-form target (`/path?query`) holds only characters RFC 3986 allows. `#`
+/// (a fragment is never sent), `\`, spaces, controls, quotes, `<`/`>` and bytes >= 0x80 are
+/// refused: backends disagree on what they mean (WHATWG parsers read `\` as `/`, many
+/// frameworks cut the path at `#`), so a path routed one way could be served another.
+pub(crate) fn valid_target(t: &[u8]) -> bool {
+    let mut mask = 1;
+    for &c in t {
+        if c == b'?' {
+            mask = 2;
+        }
+        if TARGET_BYTES[c as usize] & mask == 0 {
+            return false;
+        }
+    }
+    true
+}
+
 /// Host values: reg-name or IP literal with an optional port; no userinfo, path or spaces.
 fn valid_host(v: &[u8]) -> bool {
     !v.is_empty()
@@ -407,6 +473,7 @@ mod tests {
         max_request_line: 100,
         max_header_size: 400,
         max_headers: 10,
+        underscores_in_headers: false,
     };
 
     fn parse(raw: &[u8]) -> Result<RequestHead, RequestError> {
@@ -461,6 +528,41 @@ mod tests {
             });
             assert_eq!(e.status, *status, "{}", String::from_utf8_lossy(raw));
         }
+    }
+
+    #[test]
+    fn refuses_characters_rfc3986_does_not_allow() {
+        for target in [
+            "/admin#/../public/x",
+            "/napi/..\\admin",
+            "/caf\u{e9}",
+            "/a\"b",
+            "/a<b>",
+            "/a{b}",
+            "/a|b",
+            "/a?x=#y",
+            "/a?x=\\",
+            "/a?x=\u{e9}",
+        ] {
+            let raw = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+            let e = parse(raw.as_bytes()).err();
+            assert_eq!(e.map(|e| e.status), Some(400), "{target} must be refused");
+        }
+        for target in [
+            "/a-b_c.d~e/%41!$&'()*+,;=:@/",
+            "/s?q=a/b?c&d[]=1&e={x}|^`",
+            "/",
+        ] {
+            let raw = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert!(parse(raw.as_bytes()).is_ok(), "{target} must pass");
+        }
+    }
+
+    #[test]
+    fn keeps_an_explicit_zero_length() {
+        let h = parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert_eq!(h.body, BodyFraming::Length(0));
+        assert!(!h.expect_continue);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod vars;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use vars::{Condition, VarSource};
 
@@ -58,6 +59,59 @@ impl HostPattern {
     }
 }
 
+/// A client address or network (`remote_addrs` entries: `192.168.1.0/24`, `10.0.0.1`,
+/// `2001:db8::/32`, `::1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `ip` or `ip/prefix` (prefix at most 32 for IPv4, 128 for IPv6).
+    pub fn parse(s: &str) -> Result<IpNet, String> {
+        let (ip, prefix) = match s.split_once('/') {
+            Some((ip, p)) => (ip, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = ip
+            .parse()
+            .map_err(|_| format!("'{s}' is not an IPv4 or IPv6 address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max && !p.starts_with('+') => n,
+                _ => return Err(format!("'{s}': prefix length must be 0-{max}")),
+            },
+        };
+        Ok(IpNet { addr, prefix })
+    }
+
+    /// Whether `ip` lies in this network (an IPv4-mapped IPv6 client counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A compiled route. `upstream` indexes the snapshot's upstream table.
 #[derive(Debug)]
 pub struct Route {
@@ -66,6 +120,8 @@ pub struct Route {
     /// Bit set of allowed methods; 0 = any.
     pub methods: u32,
     pub vars: Vec<Condition>,
+    /// `remote_addrs` / `remote_addr`: the client must be in one of these (empty = any).
+    pub remote_addrs: Vec<IpNet>,
     pub priority: i64,
     /// Index into the snapshot's upstreams; `None` = the route has no upstream (503).
     pub upstream: Option<usize>,
@@ -83,6 +139,8 @@ pub struct MatchInput<'a> {
     /// Lower-case, without port.
     pub host: &'a [u8],
     pub method: &'a [u8],
+    /// The client's address.
+    pub remote: IpAddr,
     pub vars: &'a dyn VarSource,
 }
 
@@ -90,6 +148,8 @@ impl Route {
     fn accepts(&self, input: &MatchInput<'_>) -> bool {
         (self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(input.host)))
             && (self.methods == 0 || self.methods & method_bit(input.method) != 0)
+            && (self.remote_addrs.is_empty()
+                || self.remote_addrs.iter().any(|n| n.contains(input.remote)))
             && self.vars.iter().all(|c| c.matches(input.vars))
     }
 }
@@ -229,6 +289,7 @@ mod tests {
                 .map(|m| method_bit(m.as_bytes()))
                 .fold(0, |a, b| a | b),
             vars: vec![],
+            remote_addrs: vec![],
             priority,
             upstream: None,
             timeout: None,
@@ -242,6 +303,7 @@ mod tests {
             path: path.as_bytes(),
             host: host.as_bytes(),
             method: method.as_bytes(),
+            remote: std::net::Ipv4Addr::LOCALHOST.into(),
             vars: &NoVars,
         })
         .map(|r| &*r.id)
@@ -274,5 +336,30 @@ mod tests {
         assert_eq!(find(&r, "/api/v1", "x.example.org", "GET"), Some("hosted"));
         assert_eq!(find(&r, "/api", "a.com", "GET"), None);
         assert_eq!(find(&r, "/other", "example.org", "GET"), None);
+    }
+
+    #[test]
+    fn remote_addrs_match_addresses_and_networks() {
+        let net = |s: &str| IpNet::parse(s).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(net("10.0.0.0/8").contains(ip("10.1.2.3")));
+        assert!(!net("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(net("0.0.0.0/0").contains(ip("1.2.3.4")));
+        assert!(net("127.0.0.1").contains(ip("127.0.0.1")));
+        assert!(!net("127.0.0.1").contains(ip("127.0.0.2")));
+        assert!(net("127.0.0.0/8").contains(ip("::ffff:127.0.0.9")));
+        assert!(net("2001:db8::/32").contains(ip("2001:db8:1::1")));
+        assert!(!net("2001:db8::/32").contains(ip("2001:db9::1")));
+        assert!(!net("::1").contains(ip("127.0.0.1")));
+        for bad in [
+            "10.0.0.0/33",
+            "::/129",
+            "x",
+            "10.0.0.1/",
+            "10.0.0.1/+8",
+            "1.2.3",
+        ] {
+            assert!(IpNet::parse(bad).is_err(), "{bad}");
+        }
     }
 }

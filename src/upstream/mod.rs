@@ -8,6 +8,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Whether a connect failed for want of a local resource (file descriptors, memory, ports)
+/// rather than because of the node: such a failure must not count against the node's
+/// health, or a gateway short of descriptors would eject every healthy node.
+pub fn local_resource_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
+}
+
 /// Which balancing algorithm an upstream uses (its `type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BalancerKind {
@@ -123,6 +133,8 @@ pub struct UpstreamSpec {
     /// Health checks (`checks`), when configured.
     pub checks: Option<Arc<crate::health::Checks>>,
     pub nodes: Vec<Node>,
+    /// No node can ever be picked: there are none, or every one has weight 0 (503).
+    pub drained: bool,
     pub retries: u32,
     pub retry_timeout: Option<Duration>,
     pub timeouts: Timeouts,

@@ -44,8 +44,6 @@ pub struct UpstreamConn {
 
 struct Idle {
     conn: UpstreamConn,
-    /// Coarse time it went idle.
-    since: Instant,
     expires: Instant,
 }
 
@@ -98,12 +96,11 @@ impl Pool {
         let mut idle = self.idle.borrow_mut();
         let q = idle.get_mut(&addr)?;
         while let Some(entry) = q.pop_back() {
-            // Peek at connections that sat idle across a worker tick (25 ms): long enough for a
-            // backend to have closed them or sent stray bytes. One reused within the same tick
-            // skips the syscall: under load that is nearly every reuse, and the window for a
-            // stray byte to slip in is the same one as in flight.
-            let idle_long = entry.since != now;
-            if entry.expires > now && (!idle_long || still_idle(&entry.conn.stream)) {
+            // Peek at every connection before reuse, however briefly it sat idle: a backend
+            // may have closed it, or sent bytes no request asked for (an extra response a few
+            // milliseconds after a complete one), which would otherwise reach the next,
+            // unrelated client as its answer. One recv(2) per reuse.
+            if entry.expires > now && still_idle(&entry.conn.stream) {
                 drop(idle);
                 let mut conn = entry.conn;
                 conn.reused = true;
@@ -134,11 +131,10 @@ impl Pool {
         while q.len() >= policy.size {
             q.pop_front();
         }
-        q.push_back(Idle {
-            conn,
-            since: now,
-            expires: now + policy.idle_timeout,
-        });
+        let Some(expires) = now.checked_add(policy.idle_timeout) else {
+            return;
+        };
+        q.push_back(Idle { conn, expires });
     }
 
     /// Gives a connection's buffer back when the connection is dropped instead of pooled.

@@ -10,15 +10,15 @@
 //! byte reached the client) or a closed client connection (after), so no byte of it can be
 //! read as part of the next response.
 
-use super::io::{read_more_timeout, write_all, write_range, IoFail};
+use super::io::{read_more_timeout, write_all, write_all_counted, write_range, IoFail};
 use super::sockopt;
 use super::splice;
 use super::state::{Local, Worker};
 use super::vars::RequestVars;
-use super::watchdog::Watch;
+use super::watchdog::{later, Watch};
 use crate::health::state::Report;
 use crate::http::chunked::ChunkedScanner;
-use crate::http::error_page::write_error;
+use crate::http::error_page::{write_error, write_error_with};
 use crate::http::path::{needs_normalizing, normalize, BadPath};
 use crate::http::request::{BodyFraming, Parsed, RequestError, RequestHead};
 use crate::http::response::{self, ResponseFraming, ResponseHead};
@@ -27,13 +27,15 @@ use crate::log::access::Entry;
 use crate::plugin::{Flow, Phase, RequestCtx, ResponseCtx};
 use crate::route::vars::VarSource;
 use crate::route::{MatchInput, Route};
-use crate::upstream::balancer::PickContext;
+use crate::upstream::balancer::{Balancer, PickContext};
 use crate::upstream::pool::{still_idle, Pool, UpstreamConn};
 use crate::upstream::{HashOn, Node, PassHost, TemplatePart, Timeouts, UpstreamSpec};
 use monoio::net::TcpStream;
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -69,9 +71,11 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, loca
         resp: s.resp,
         host_lc: s.host_lc,
         peer_ip,
+        peer,
         local_port,
         tried: s.tried,
         key_buf: s.key_buf,
+        up_statuses: s.up_statuses,
         watch,
         linger: false,
         early_answer: false,
@@ -92,6 +96,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, loca
         peer_ip,
         tried,
         key_buf,
+        up_statuses,
         ..
     } = conn;
     buf.clear();
@@ -105,6 +110,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, loca
         peer_ip,
         tried,
         key_buf,
+        up_statuses,
     });
 }
 
@@ -119,6 +125,7 @@ pub struct Scratch {
     peer_ip: String,
     tried: Vec<usize>,
     key_buf: Vec<u8>,
+    up_statuses: Vec<u16>,
 }
 
 impl Scratch {
@@ -132,6 +139,7 @@ impl Scratch {
             peer_ip: String::with_capacity(46),
             tried: Vec::with_capacity(4),
             key_buf: Vec::new(),
+            up_statuses: Vec::with_capacity(4),
         }
     }
 
@@ -152,10 +160,15 @@ struct Conn {
     resp: ResponseHead,
     host_lc: Vec<u8>,
     peer_ip: String,
+    /// The client's address (`remote_addrs` matching).
+    peer: SocketAddr,
     local_port: Rc<str>,
     tried: Vec<usize>,
     /// The request's consistent-hashing key (chash upstreams).
     key_buf: Vec<u8>,
+    /// The status of each upstream attempt of this request (nginx's `$upstream_status`;
+    /// 502/504 for attempts that got no answer): the `X-APISIX-Upstream-Status` header.
+    up_statuses: Vec<u16>,
     /// Bounds every read and write of this connection (and of its upstream attempts).
     watch: Rc<Watch>,
     /// The last answer was sent while the client may still be sending a body.
@@ -196,17 +209,24 @@ enum Failure {
     Connect(std::io::Error),
     SendTimeout,
     Send(std::io::Error),
+    /// Sending failed after part of the request had gone out: the upstream may have started
+    /// on it, so only an idempotent request may be sent again.
+    SendPartial(std::io::Error),
     ReadTimeout,
     Read(std::io::Error),
     /// The upstream closed the connection before a complete response head.
     Closed,
     Invalid(&'static str),
+    /// The client closed its connection while the upstream was working (nginx's 499): the
+    /// attempt is abandoned, not retried, and says nothing about the node.
+    ClientGone,
 }
 
 impl Failure {
     fn status(&self) -> u16 {
         match self {
             Failure::ConnectTimeout | Failure::SendTimeout | Failure::ReadTimeout => 504,
+            Failure::ClientGone => 499,
             _ => 502,
         }
     }
@@ -216,23 +236,27 @@ impl Failure {
             Failure::ConnectTimeout => "upstream connect timed out".into(),
             Failure::Connect(e) => format!("upstream connect failed: {e}"),
             Failure::SendTimeout => "upstream send timed out".into(),
-            Failure::Send(e) => format!("upstream send failed: {e}"),
+            Failure::Send(e) | Failure::SendPartial(e) => format!("upstream send failed: {e}"),
             Failure::ReadTimeout => "upstream read timed out".into(),
             Failure::Read(e) => format!("upstream read failed: {e}"),
             Failure::Closed => "upstream closed the connection prematurely".into(),
             Failure::Invalid(why) => format!("invalid upstream response: {why}"),
+            Failure::ClientGone => "client closed the connection".into(),
         }
     }
 
-    /// How this failure counts for passive health checks.
-    fn health_report(&self) -> Report {
-        match self {
+    /// How this failure counts for passive health checks (`None`: it says nothing about the
+    /// node: the client left, or this host ran out of descriptors or memory).
+    fn health_report(&self) -> Option<Report> {
+        Some(match self {
+            Failure::ClientGone => return None,
+            Failure::Connect(e) if crate::upstream::local_resource_error(e) => return None,
             Failure::ConnectTimeout | Failure::SendTimeout | Failure::ReadTimeout => {
                 Report::Timeout
             }
             Failure::Invalid(_) => Report::HttpFailure,
             _ => Report::TcpFailure,
-        }
+        })
     }
 
     /// Failures where nothing reached the upstream, so any request may be retried.
@@ -242,7 +266,20 @@ impl Failure {
 
     /// A reused pooled connection that turned out dead: worth one fresh connection.
     fn stale_connection(&self) -> bool {
-        matches!(self, Failure::Send(_) | Failure::Read(_) | Failure::Closed)
+        matches!(
+            self,
+            Failure::Send(_) | Failure::SendPartial(_) | Failure::Read(_) | Failure::Closed
+        )
+    }
+
+    /// Failures where no other node can do better: the client left, or this host is out of
+    /// a local resource (another connect would fail the same way).
+    fn final_for_request(&self) -> bool {
+        match self {
+            Failure::ClientGone => true,
+            Failure::Connect(e) => crate::upstream::local_resource_error(e),
+            _ => false,
+        }
     }
 }
 
@@ -339,7 +376,7 @@ impl Conn {
                 if let Parsed::Complete = self.head.parse(&self.buf, &limits)? {
                     return Ok(true);
                 }
-                deadline.get_or_insert_with(|| Instant::now() + header_timeout);
+                deadline.get_or_insert_with(|| later(Instant::now(), header_timeout));
             }
             let limit = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()),
@@ -402,6 +439,7 @@ impl Conn {
         let start = Instant::now();
         self.linger = false;
         self.early_answer = false;
+        self.up_statuses.clear();
         let local = self.worker.current();
         self.host_lc.clear();
         {
@@ -431,6 +469,7 @@ impl Conn {
                 path: self.route_path(),
                 host: &self.host_lc,
                 method: &self.buf[self.head.method.clone()],
+                remote: self.peer.ip(),
                 vars: &vars,
             })
         };
@@ -577,7 +616,9 @@ impl Conn {
         let keep = body_end.is_some() && !self.head.close && !self.worker.stopping();
         self.linger = body_end.is_none();
         self.out.clear();
-        write_error(&mut self.out, status, msg, !keep, self.head.is_head);
+        let mut extra = Vec::new();
+        put_upstream_status(&mut extra, &self.up_statuses);
+        write_error_with(&mut self.out, status, msg, !keep, self.head.is_head, &extra);
         let bytes = self.out.len() as u64;
         let send = self.settings().send_timeout;
         let ok = write_all(&mut self.stream, &mut self.out, send, &self.watch)
@@ -610,6 +651,7 @@ impl Conn {
         }
         out.extend_from_slice(b"\r\n");
         let mut xff: Option<usize> = None;
+        let mut forwarded = false;
         for (i, h) in head.headers.iter().enumerate() {
             let name = &buf[h.name.clone()];
             if is_hop_by_hop(name)
@@ -626,6 +668,10 @@ impl Conn {
             }
             if eq_ignore_case(name, b"x-forwarded-for") {
                 xff.get_or_insert(i);
+                continue;
+            }
+            if eq_ignore_case(name, b"forwarded") {
+                forwarded = true;
                 continue;
             }
             out.extend_from_slice(name);
@@ -656,7 +702,25 @@ impl Conn {
         out.extend_from_slice(client_host);
         out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
         out.extend_from_slice(self.local_port.as_bytes());
-        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(b"\r\n");
+        if forwarded {
+            // A client's `Forwarded` (RFC 7239) is rebuilt as X-Forwarded-For is: its
+            // elements, then ours, so the last element is always the one this hop vouches for.
+            out.extend_from_slice(b"Forwarded: ");
+            for h in &head.headers {
+                if eq_ignore_case(&buf[h.name.clone()], b"forwarded") {
+                    out.extend_from_slice(crate::http::trim(&buf[h.value.clone()]));
+                    out.extend_from_slice(b", ");
+                }
+            }
+            if self.peer_ip.contains(':') {
+                let _ = write!(out, "for=\"[{}]\"", self.peer_ip);
+            } else {
+                let _ = write!(out, "for={}", self.peer_ip);
+            }
+            out.extend_from_slice(b";proto=http\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
     }
 
     /// How much of the body is already here.
@@ -700,7 +764,7 @@ impl Conn {
     /// Forwards the request to the route's upstream (with retries) and relays the response.
     async fn proxy(&mut self, local: &Rc<Local>, route: &Route, ui: usize) -> Outcome {
         let up: &UpstreamSpec = &local.shared.upstreams[ui];
-        if up.nodes.is_empty() {
+        if up.drained {
             let end = self.buffered_body_end();
             return self.local_error(503, "no valid upstream node", end).await;
         }
@@ -719,26 +783,32 @@ impl Conn {
         }
         // A small body still on its way is read whole before any upstream is involved (as
         // nginx buffers request bodies): a slow client then holds no backend connection, and
-        // the request can be retried and replayed.
-        if let (false, BodyFraming::Length(n)) = (body.complete, self.head.body) {
-            if n <= BUFFERED_BODY_MAX as u64 {
-                match self.read_small_body(n as usize).await {
-                    Ok(()) => match self.body_state() {
-                        Ok(b) => body = b,
-                        Err(e) => return self.local_error(e.status, e.reason, None).await,
-                    },
-                    Err((0, _)) => {
-                        return Outcome {
-                            status: 499,
-                            keep_alive: false,
-                            ..Outcome::default()
-                        }
-                    }
-                    Err((status, reason)) => return self.local_error(status, reason, None).await,
+        // the request can be retried and replayed. Chunked bodies too, up to the same size.
+        if !body.complete {
+            let read = match self.head.body {
+                BodyFraming::Length(n) if n <= BUFFERED_BODY_MAX as u64 => {
+                    Some(self.read_small_body(n as usize).await)
                 }
+                BodyFraming::Chunked => Some(self.read_small_chunked().await),
+                _ => None,
+            };
+            match read {
+                None => {}
+                Some(Ok(())) => match self.body_state() {
+                    Ok(b) => body = b,
+                    Err(e) => return self.local_error(e.status, e.reason, None).await,
+                },
+                Some(Err((0, _))) => {
+                    return Outcome {
+                        status: 499,
+                        keep_alive: false,
+                        ..Outcome::default()
+                    }
+                }
+                Some(Err((status, reason))) => return self.local_error(status, reason, None).await,
             }
         }
-        let retry_deadline = up.retry_timeout.map(|t| Instant::now() + t);
+        let retry_deadline = up.retry_timeout.and_then(|t| Instant::now().checked_add(t));
         self.tried.clear();
         if let Some(hash_on) = &up.hash_on {
             let mut key = std::mem::take(&mut self.key_buf);
@@ -747,11 +817,14 @@ impl Conn {
         }
         let balancer = &local.balancers[ui];
         // Health: skip unhealthy nodes, unless every node is unhealthy (then, like APISIX,
-        // use them all, or refuse when `healthcheck_fail_open = false`).
+        // use them all, or refuse when `healthcheck_fail_open = false`). Weight-0 nodes serve
+        // only when every weighted node is unhealthy (see `balancer`).
         let mut skip_unhealthy = false;
+        let mut standby = false;
         if up.checks.is_some() {
             if up.nodes.iter().any(|n| n.usable()) {
                 skip_unhealthy = true;
+                standby = !up.nodes.iter().any(|n| n.weight > 0 && n.usable());
             } else if self.settings().fail_open {
                 self.worker.warn_all_unhealthy(&up.key);
             } else {
@@ -759,6 +832,9 @@ impl Conn {
                 return self.local_error(503, "no healthy upstream node", end).await;
             }
         }
+        // A lone node is tried again on a retry (APISIX sends `retries + 1` attempts to it);
+        // with several nodes, each retry goes to a node not tried yet.
+        let lone = up.nodes.len() == 1;
         let mut retries_done = 0u32;
         let mut fresh_retry: Option<usize> = None;
         let mut streamed = false;
@@ -770,12 +846,16 @@ impl Conn {
             let node_idx = match fresh_retry {
                 Some(i) => i,
                 None => {
-                    let mut ctx = PickContext::new(&self.tried);
+                    let tried: &[usize] = if lone { &[] } else { &self.tried };
+                    let mut ctx = PickContext::new(tried);
                     if up.hash_on.is_some() {
                         ctx = ctx.with_key(&self.key_buf);
                     }
                     if skip_unhealthy {
                         ctx = ctx.skipping_unhealthy(&up.nodes);
+                    }
+                    if standby {
+                        ctx = ctx.standby();
                     }
                     let picked = balancer.borrow_mut().pick(&up.nodes, &ctx);
                     match picked {
@@ -783,7 +863,7 @@ impl Conn {
                         None => {
                             // Every node tried: answer with what went wrong last.
                             if let Some(f) = last_failure.take() {
-                                return self.fail(f, outcome, retries_done, &body).await;
+                                return self.fail(f, outcome, retries_done, &body, up).await;
                             }
                             let mut o = self
                                 .local_error(
@@ -819,8 +899,7 @@ impl Conn {
             let mut upc = match result {
                 Ok(c) => c,
                 Err(f) => {
-                    balancer.borrow_mut().finished(node_idx, None);
-                    self.worker.report_health(node, f.health_report());
+                    self.attempt_failed(balancer, node_idx, node, &f);
                     match self.after_failure(
                         &f,
                         up,
@@ -835,7 +914,7 @@ impl Conn {
                             last_failure = Some(f);
                             continue;
                         }
-                        Retry::No => return self.fail(f, outcome, retries_done, &body).await,
+                        Retry::No => return self.fail(f, outcome, retries_done, &body, up).await,
                     }
                 }
             };
@@ -854,9 +933,9 @@ impl Conn {
                 // nearly always a pooled connection the upstream closed while idle, retried
                 // as such. An upstream that stops reading without closing is noticed only at
                 // the send timeout: the upstream is not read while the body streams.
-                Err(SendError::Upstream(f @ (Failure::Send(_) | Failure::SendTimeout)))
-                    if streamed =>
-                {
+                Err(SendError::Upstream(
+                    f @ (Failure::Send(_) | Failure::SendPartial(_) | Failure::SendTimeout),
+                )) if streamed => {
                     match self.read_response_head(&mut upc, EARLY_ANSWER_WAIT).await {
                         Ok(()) => {
                             self.early_answer = true;
@@ -868,6 +947,7 @@ impl Conn {
                 Err(SendError::Upstream(f)) => Err(f),
                 Err(SendError::Client(status, reason)) => {
                     balancer.borrow_mut().finished(node_idx, None);
+                    self.worker.pool.discard(upc);
                     if status == 0 {
                         return Outcome {
                             status: 499,
@@ -890,6 +970,7 @@ impl Conn {
                     {
                         self.worker.report_health(node, report);
                     }
+                    self.up_statuses.push(self.resp.status);
                     if self.filters.is_some() {
                         let resp = ResponseCtx {
                             status: self.resp.status,
@@ -914,7 +995,8 @@ impl Conn {
                     return outcome;
                 }
                 Err(f) => {
-                    balancer.borrow_mut().finished(node_idx, None);
+                    let fresh_connection = upc.buf.is_empty();
+                    self.worker.pool.discard(upc);
                     let decision = self.after_failure(
                         &f,
                         up,
@@ -923,13 +1005,14 @@ impl Conn {
                         &body,
                         streamed,
                         // Only while nothing of a response arrived.
-                        reused && upc.buf.is_empty(),
+                        reused && fresh_connection,
                     );
                     // A pooled connection that failed before any response byte was most likely
                     // closed by the backend while idle: not evidence against the node.
-                    let stale = reused && upc.buf.is_empty() && f.stale_connection();
-                    if !stale {
-                        self.worker.report_health(node, f.health_report());
+                    if reused && fresh_connection && f.stale_connection() {
+                        balancer.borrow_mut().finished(node_idx, None);
+                    } else {
+                        self.attempt_failed(balancer, node_idx, node, &f);
                     }
                     match decision {
                         Retry::Fresh => {
@@ -941,10 +1024,31 @@ impl Conn {
                             last_failure = Some(f);
                             continue;
                         }
-                        Retry::No => return self.fail(f, outcome, retries_done, &body).await,
+                        Retry::No => return self.fail(f, outcome, retries_done, &body, up).await,
                     }
                 }
             }
+        }
+    }
+
+    /// Books a failed attempt: the balancer hears of it, passive health checks count it
+    /// (unless it says nothing about the node), and it joins `$upstream_status`.
+    fn attempt_failed(
+        &mut self,
+        balancer: &RefCell<Box<dyn Balancer>>,
+        node_idx: usize,
+        node: &Node,
+        f: &Failure,
+    ) {
+        match f.health_report() {
+            Some(report) => {
+                balancer.borrow_mut().failed(node_idx);
+                self.worker.report_health(node, report);
+            }
+            None => balancer.borrow_mut().finished(node_idx, None),
+        }
+        if !matches!(f, Failure::ClientGone) {
+            self.up_statuses.push(f.status());
         }
     }
 
@@ -955,6 +1059,39 @@ impl Conn {
             let s = self.settings();
             (s.client_body_timeout, s.send_timeout)
         };
+        self.send_continue(send_timeout).await?;
+        let end = self.head.len + len;
+        while self.buf.len() < end {
+            self.read_body_bytes(end - self.buf.len(), body_timeout)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// One read of request body bytes into the client buffer (at least `min_spare` free).
+    /// Errors: (0, _) = the client went away; 408 when it was silent for `body_timeout`.
+    async fn read_body_bytes(
+        &mut self,
+        min_spare: usize,
+        body_timeout: Duration,
+    ) -> Result<(), (u16, &'static str)> {
+        match read_more_timeout(
+            &mut self.stream,
+            &mut self.buf,
+            min_spare,
+            body_timeout,
+            &self.watch,
+        )
+        .await
+        {
+            Ok(0) | Err(IoFail::Io(_)) => Err((0, "")),
+            Err(IoFail::Timeout) => Err((408, "timed out reading the request body")),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// Answers `Expect: 100-continue` (once) before the body is read.
+    async fn send_continue(&mut self, send_timeout: Duration) -> Result<(), (u16, &'static str)> {
         if self.head.expect_continue {
             self.head.expect_continue = false;
             self.out.clear();
@@ -963,24 +1100,25 @@ impl Conn {
                 .await
                 .map_err(|_| (0, ""))?;
         }
-        let end = self.head.len + len;
-        while self.buf.len() < end {
-            let want = end - self.buf.len();
-            match read_more_timeout(
-                &mut self.stream,
-                &mut self.buf,
-                want,
-                body_timeout,
-                &self.watch,
-            )
-            .await
-            {
-                Ok(0) | Err(IoFail::Io(_)) => return Err((0, "")),
-                Err(IoFail::Timeout) => return Err((408, "timed out reading the request body")),
-                Ok(_) => {}
-            }
-        }
         Ok(())
+    }
+
+    /// Reads a chunked body into the client buffer until it is complete or more than
+    /// `BUFFERED_BODY_MAX` bytes of it are here (the rest is then streamed). Errors as
+    /// [`Conn::read_small_body`]; a malformed body is the caller's to find.
+    async fn read_small_chunked(&mut self) -> Result<(), (u16, &'static str)> {
+        let (body_timeout, send_timeout) = {
+            let s = self.settings();
+            (s.client_body_timeout, s.send_timeout)
+        };
+        self.send_continue(send_timeout).await?;
+        loop {
+            match self.body_state() {
+                Ok(b) if !b.complete && self.buf.len() - self.head.len <= BUFFERED_BODY_MAX => {}
+                _ => return Ok(()),
+            }
+            self.read_body_bytes(16 * 1024, body_timeout).await?;
+        }
     }
 
     /// Decides whether and how to retry after `f`.
@@ -995,10 +1133,13 @@ impl Conn {
         streamed: bool,
         reused: bool,
     ) -> Retry {
+        if f.final_for_request() {
+            return Retry::No;
+        }
         let replayable = body.complete && !streamed;
         // A reused connection that failed before any response byte was most likely closed by
         // the backend while idle. Replay on a fresh one, but a non-idempotent request only if
-        // it could not even be written (it may otherwise have been processed).
+        // not one byte of it could be written (it may otherwise have been processed).
         if reused
             && f.stale_connection()
             && replayable
@@ -1022,8 +1163,26 @@ impl Conn {
         outcome: Outcome,
         retries: u32,
         body: &BodyState,
+        up: &UpstreamSpec,
     ) -> Outcome {
         let status = f.status();
+        if let Failure::ClientGone = f {
+            // Nobody to answer: log 499 and close, as nginx does.
+            return Outcome {
+                status,
+                keep_alive: false,
+                retries,
+                ..outcome
+            };
+        }
+        // Passive checks judge the answer the client gets, as APISIX's do (its log phase
+        // classifies the final status): a gateway-made 502 or 504 counts as an HTTP failure
+        // of the last node tried when that status is in `passive.unhealthy.http_statuses`.
+        if let (Some(checks), Some(&last)) = (&up.checks, self.tried.last()) {
+            if let Some(report) = checks.passive.classify(status) {
+                self.worker.report_health(&up.nodes[last], report);
+            }
+        }
         // A body we did not finish reading leaves the connection's framing unknown: close.
         let end = body.complete.then_some(body.end);
         let mut o = self.local_error(status, &f.message(), end).await;
@@ -1064,9 +1223,14 @@ impl Conn {
             self.out.extend_from_slice(&self.buf[body_start..body.end]);
         }
         upc.served += 1;
-        write_all(&mut upc.stream, &mut self.out, t.send, &self.watch)
+        write_all_counted(&mut upc.stream, &mut self.out, t.send, &self.watch)
             .await
-            .map_err(|e| SendError::Upstream(send_failure(e)))?;
+            .map_err(|(e, written)| {
+                SendError::Upstream(match send_failure(e) {
+                    Failure::Send(e) if written > 0 => Failure::SendPartial(e),
+                    f => f,
+                })
+            })?;
         if body.complete {
             return Ok(());
         }
@@ -1162,6 +1326,20 @@ impl Conn {
         upc: &mut UpstreamConn,
         read: Duration,
     ) -> Result<(), Failure> {
+        // While the upstream works, the watchdog also looks at the client now and then: one
+        // that has gone away ends the wait (nginx's 499) instead of leaving the upstream to
+        // finish work nobody will read.
+        self.watch.watch_client(self.stream.as_raw_fd());
+        let result = self.read_response_head_inner(upc, read).await;
+        self.watch.watch_client(-1);
+        result
+    }
+
+    async fn read_response_head_inner(
+        &mut self,
+        upc: &mut UpstreamConn,
+        read: Duration,
+    ) -> Result<(), Failure> {
         let max = self.settings().limits.max_header_size;
         loop {
             if !upc.buf.is_empty() {
@@ -1184,6 +1362,9 @@ impl Conn {
             match read_more_timeout(&mut upc.stream, &mut upc.buf, 4096, read, &self.watch).await {
                 Ok(0) => return Err(Failure::Closed),
                 Ok(_) => {}
+                Err(IoFail::Timeout) if self.watch.client_gone() => {
+                    return Err(Failure::ClientGone)
+                }
                 Err(IoFail::Timeout) => return Err(Failure::ReadTimeout),
                 Err(IoFail::Io(e)) => return Err(Failure::Read(e)),
             }
@@ -1638,6 +1819,7 @@ impl Conn {
             out.extend_from_slice(&src[h.value.clone()]);
             out.extend_from_slice(b"\r\n");
         }
+        put_upstream_status(out, &self.up_statuses);
         match framing {
             ResponseFraming::Length(n) => {
                 let _ = write!(out, "Content-Length: {n}\r\n");
@@ -1713,6 +1895,22 @@ fn hash_key(out: &mut Vec<u8>, hash_on: &HashOn, vars: &RequestVars<'_>) {
         out.clear();
         out.extend_from_slice(vars.remote_ip.as_bytes());
     }
+}
+
+/// Appends `X-APISIX-Upstream-Status: 502, 502, 500` when the last attempt's status is a 5xx
+/// (APISIX's header, with nginx's `$upstream_status` as its value).
+fn put_upstream_status(out: &mut Vec<u8>, statuses: &[u16]) {
+    if !statuses.last().is_some_and(|s| (500..600).contains(s)) {
+        return;
+    }
+    out.extend_from_slice(b"X-APISIX-Upstream-Status: ");
+    for (i, s) in statuses.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        let _ = write!(out, "{s}");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends `data` as one chunk in canonical form.

@@ -53,21 +53,46 @@ pub async fn write_range(
     limit: Duration,
     watch: &Watch,
 ) -> Result<(), IoFail> {
+    write_range_counted(stream, buf, start, end, limit, watch)
+        .await
+        .map_err(|(e, _)| e)
+}
+
+/// [`write_range`], telling on failure how many bytes had been written.
+async fn write_range_counted(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    start: usize,
+    end: usize,
+    limit: Duration,
+    watch: &Watch,
+) -> Result<(), (IoFail, usize)> {
     let mut pos = start;
     while pos < end {
         watch.arm(stream.as_raw_fd(), Dir::Write, limit);
         let (res, slice) = stream.write(std::mem::take(buf).slice(pos..end)).await;
         *buf = slice.into_inner();
         if watch.disarm() {
-            return Err(IoFail::Timeout);
+            return Err((IoFail::Timeout, pos - start));
         }
         match res {
-            Ok(0) => return Err(IoFail::Io(io::ErrorKind::WriteZero.into())),
+            Ok(0) => return Err((IoFail::Io(io::ErrorKind::WriteZero.into()), pos - start)),
             Ok(n) => pos += n,
-            Err(e) => return Err(IoFail::Io(e)),
+            Err(e) => return Err((IoFail::Io(e), pos - start)),
         }
     }
     Ok(())
+}
+
+/// [`write_all`], telling on failure how many bytes had been written.
+pub async fn write_all_counted(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    limit: Duration,
+    watch: &Watch,
+) -> Result<(), (IoFail, usize)> {
+    let end = buf.len();
+    write_range_counted(stream, buf, 0, end, limit, watch).await
 }
 
 /// Writes all of `buf`.

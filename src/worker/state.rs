@@ -19,7 +19,7 @@ use crate::upstream::Node;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -62,8 +62,9 @@ pub struct Worker {
     /// Requests being served right now (from first head byte to last response byte).
     busy: Cell<usize>,
     stopping: Cell<bool>,
-    /// Wakes the accept loops and the shutdown waiter.
-    wakers: RefCell<Vec<Waker>>,
+    /// Wakes the accept loops and the shutdown waiter: one slot per live [`Signal`], so a
+    /// signal polled once per accepted connection keeps one waker, not one per poll.
+    wakers: RefCell<Vec<Weak<RefCell<Option<Waker>>>>>,
     /// Memory of finished connections, for the next ones.
     scratch: RefCell<Vec<Scratch>>,
     /// Per-operation deadlines of every connection, swept on the tick.
@@ -159,33 +160,51 @@ impl Worker {
     }
 
     fn wake_all(&self) {
-        for w in self.wakers.borrow_mut().drain(..) {
-            w.wake();
-        }
+        // Wake every live signal; keep the slots (a signal may be polled again).
+        self.wakers
+            .borrow_mut()
+            .retain(|slot| match slot.upgrade() {
+                Some(slot) => {
+                    if let Some(w) = slot.borrow_mut().take() {
+                        w.wake();
+                    }
+                    true
+                }
+                None => false,
+            });
     }
 
     /// Resolves once shutdown has begun.
     pub(super) fn stop_signal(self: &Rc<Self>) -> Signal {
-        Signal {
-            worker: self.clone(),
-            until_idle: false,
-        }
+        self.signal(false)
     }
 
     /// Resolves once shutdown has begun and no request is in flight.
     fn idle_signal(self: &Rc<Self>) -> Signal {
+        self.signal(true)
+    }
+
+    fn signal(self: &Rc<Self>, until_idle: bool) -> Signal {
+        let slot = Rc::new(RefCell::new(None));
+        let mut wakers = self.wakers.borrow_mut();
+        wakers.retain(|w| w.strong_count() > 0);
+        wakers.push(Rc::downgrade(&slot));
         Signal {
             worker: self.clone(),
-            until_idle: true,
+            until_idle,
+            slot,
         }
     }
 }
 
-/// A future over the worker's stop state (a handful of these exist per worker, not per
-/// connection, so a plain waker list is enough).
+/// A future over the worker's stop state. A handful exist per worker (one per accept loop,
+/// one for the drain), each with one waker slot that a new poll overwrites: the accept loop
+/// polls its signal once per accepted connection, and a list that grew on every poll would
+/// keep memory for every connection ever accepted.
 pub(super) struct Signal {
     worker: Rc<Worker>,
     until_idle: bool,
+    slot: Rc<RefCell<Option<Waker>>>,
 }
 
 impl Future for Signal {
@@ -195,7 +214,11 @@ impl Future for Signal {
         if w.stopping.get() && (!self.until_idle || w.busy.get() == 0) {
             Poll::Ready(())
         } else {
-            w.wakers.borrow_mut().push(cx.waker().clone());
+            let mut slot = self.slot.borrow_mut();
+            match &*slot {
+                Some(old) if old.will_wake(cx.waker()) => {}
+                _ => *slot = Some(cx.waker().clone()),
+            }
             Poll::Pending
         }
     }

@@ -34,6 +34,11 @@ pub struct Watch {
     dir: Cell<Dir>,
     deadline: Cell<Instant>,
     fired: Cell<bool>,
+    /// While set (>= 0), the client socket to look at on each tick: when the client has gone
+    /// (end of stream or reset), the armed operation is ended as if timed out and
+    /// [`Watch::client_gone`] says why.
+    client: Cell<RawFd>,
+    gone: Cell<bool>,
 }
 
 impl Watch {
@@ -58,13 +63,59 @@ impl Watch {
 
     /// The deadline `limit` from now (coarse clock).
     pub fn deadline_in(&self, limit: Duration) -> Instant {
-        self.clock.get() + limit
+        later(self.clock.get(), limit)
+    }
+
+    /// Also watch client socket `fd` (-1: stop) while operations are armed.
+    pub fn watch_client(&self, fd: RawFd) {
+        self.client.set(fd);
+        self.gone.set(false);
+    }
+
+    /// The last fired operation was ended because the client went away.
+    pub fn client_gone(&self) -> bool {
+        self.gone.get()
     }
 
     /// Stops watching; returns whether the deadline fired during the operation.
     pub fn disarm(&self) -> bool {
         self.fd.set(-1);
         self.fired.replace(false)
+    }
+}
+
+/// `now + limit`, without overflow: a limit too long to add (configs bound every duration
+/// to a year, so this is only a guard) is a year.
+pub fn later(now: Instant, limit: Duration) -> Instant {
+    now.checked_add(limit)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
+/// Whether the client behind `fd` has closed its side or reset the connection, by a
+/// non-blocking one-byte peek: end of stream or an error other than "nothing yet". Bytes
+/// waiting (a pipelined request) mean it is still there, as nginx reads it.
+fn client_departed(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: a one-byte peek into a local on a socket the watch's owner keeps open while
+    // it is being watched.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => true,
+        n if n > 0 => false,
+        _ => {
+            let e = std::io::Error::last_os_error();
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            )
+        }
     }
 }
 
@@ -92,6 +143,8 @@ impl Watchdog {
             dir: Cell::new(Dir::Read),
             deadline: Cell::new(self.clock.get()),
             fired: Cell::new(false),
+            client: Cell::new(-1),
+            gone: Cell::new(false),
         });
         self.watches.borrow_mut().push(Rc::downgrade(&w));
         w
@@ -111,7 +164,21 @@ impl Watchdog {
                 return false;
             };
             let fd = w.fd.get();
-            if fd >= 0 && w.deadline.get() <= now && !w.fired.get() {
+            if fd < 0 || w.fired.get() {
+                return true;
+            }
+            let client = w.client.get();
+            if client >= 0 && client_departed(client) {
+                // Ends the upstream read at once; the connection reports 499.
+                w.gone.set(true);
+                w.fired.set(true);
+                // SAFETY: as below: an armed watch's socket is open.
+                unsafe {
+                    libc::shutdown(fd, libc::SHUT_RD);
+                }
+                return true;
+            }
+            if w.deadline.get() <= now {
                 w.fired.set(true);
                 let how = match w.dir.get() {
                     Dir::Read => libc::SHUT_RD,

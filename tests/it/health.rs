@@ -6,7 +6,7 @@ use crate::harness::*;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A backend whose `/health` answers 500 while `sick` is set (and 200 otherwise); every other
 /// path answers its name.
@@ -30,39 +30,6 @@ timeout = 0.5
 healthy = { interval = 1, successes = 2 }
 unhealthy = { interval = 1, http_failures = 2, tcp_failures = 2, timeouts = 2 }
 "#;
-
-/// Polls the status API until `node_port`'s status is `want`; returns the time it took.
-fn wait_status(
-    control: u16,
-    upstream: &str,
-    node_port: u16,
-    want: &str,
-    limit: Duration,
-) -> Duration {
-    let start = Instant::now();
-    loop {
-        let r = Client::connect(([127, 0, 0, 1], control).into())
-            .get(&format!("/v1/healthcheck/upstreams/{upstream}"));
-        if r.status == 200 {
-            let v = r.json();
-            let status = v["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|n| n["port"] == node_port)
-                .map(|n| n["status"].as_str().unwrap().to_string());
-            if status.as_deref() == Some(want) {
-                return start.elapsed();
-            }
-        }
-        assert!(
-            start.elapsed() < limit,
-            "node {node_port} not {want} after {limit:?}: {}",
-            r.text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn failing_health_path_ejects_and_recovers() {

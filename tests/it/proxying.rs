@@ -415,6 +415,35 @@ fn stray_bytes_on_an_idle_pooled_connection_never_reach_a_client() {
 }
 
 #[test]
+fn a_stray_response_right_after_a_complete_one_never_reaches_the_next_client() {
+    // The extra response arrives 5 ms after a complete one; the next request, a few
+    // milliseconds later, reuses the pooled connection well within one worker tick.
+    let be = Backend::start(|s| {
+        if s.target == "/first" {
+            Reply::RawThen(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst".to_vec(),
+                std::time::Duration::from_millis(5),
+                b"HTTP/1.1 200 OK\r\nX-Poison: yes\r\nContent-Length: 8\r\n\r\npoisoned".to_vec(),
+            )
+        } else {
+            Reply::ok(&format!("clean {}", s.target))
+        }
+    });
+    let gw = Gateway::start(&single_upstream(&be.addr(), ""));
+    for i in 0..5 {
+        assert_eq!(gw.get("/first").text(), "first");
+        std::thread::sleep(std::time::Duration::from_millis(12));
+        let r = gw.get(&format!("/next{i}"));
+        assert_eq!(
+            r.header("x-poison"),
+            None,
+            "attempt {i}: a stray response leaked"
+        );
+        assert_eq!(r.text(), format!("clean /next{i}"));
+    }
+}
+
+#[test]
 fn keepalive_idle_timeout_closes_pooled_connections() {
     let be = Backend::named("x");
     let gw = Gateway::start(&single_upstream(

@@ -229,3 +229,109 @@ fn routing_uses_the_normalized_path() {
         assert_eq!(gw.get(path).status, 400, "{path}");
     }
 }
+
+#[test]
+fn targets_with_characters_rfc3986_forbids_are_refused() {
+    // Only /public/* is routed; the backend would serve anything it is sent.
+    let be = Backend::start(|s| Reply::ok(&format!("served {}", s.target)));
+    let gw = Gateway::start(&format!(
+        "[[upstreams]]\nid = \"p\"\nnodes = {}\n[[routes]]\nuri = \"/public/*\"\nupstream_id = \"p\"\n",
+        nodes_map(&[(&be.addr(), 1)])
+    ));
+    assert_eq!(gw.get("/admin").status, 404);
+    // A fragment that dot-segments into /public/ (backends cut at '#' and serve /admin), a
+    // backslash (WHATWG parsers read it as '/'), raw non-ASCII, quotes and the like.
+    for target in [
+        &b"/admin#/../public/x"[..],
+        b"/public/..\\admin",
+        b"/napi/..\\admin",
+        b"/public/caf\xc3\xa9",
+        b"/public/a\"b",
+        b"/public/<x>",
+        b"/public/x?q=#frag",
+        b"/public/x?q=a\\b",
+    ] {
+        let mut c = gw.client();
+        let mut req = b"GET ".to_vec();
+        req.extend_from_slice(target);
+        req.extend_from_slice(b" HTTP/1.1\r\nHost: t\r\n\r\n");
+        c.send_raw(&req);
+        let r = c.read_response(false).unwrap();
+        assert_eq!(
+            r.status,
+            400,
+            "{}: {}",
+            String::from_utf8_lossy(target),
+            r.text()
+        );
+        assert!(
+            c.is_closed(),
+            "the connection closes after a refused target"
+        );
+    }
+    assert_eq!(be.requests(), 0, "nothing reached the backend");
+    // What browsers send unencoded in a query still passes, as does every RFC 3986 path
+    // character, and percent-encoded UTF-8.
+    for target in [
+        "/public/x?a[]=1&b={c}|d^e`",
+        "/public/a-b_c.d~e!$&'()*+,;=:@",
+        "/public/caf%C3%A9",
+    ] {
+        let r = gw.get(target);
+        assert_eq!(r.status, 200, "{target}: {}", r.text());
+        assert_eq!(r.text(), format!("served {target}"));
+    }
+}
+
+#[test]
+fn remote_addrs_limit_a_route_to_client_networks() {
+    let lan = Backend::named("lan");
+    let other = Backend::named("other");
+    let gw = Gateway::start(&format!(
+        r#"
+[[upstreams]]
+id = "lan"
+nodes = {}
+[[upstreams]]
+id = "other"
+nodes = {}
+[[routes]]
+id = "loopback-only"
+uri = "/a"
+remote_addrs = ["10.0.0.0/8", "127.0.0.0/8"]
+upstream_id = "lan"
+[[routes]]
+id = "elsewhere-only"
+uri = "/b"
+remote_addr = "192.168.0.0/16"
+upstream_id = "other"
+[[routes]]
+id = "v6-only"
+uri = "/c"
+remote_addrs = ["::1"]
+upstream_id = "other"
+"#,
+        nodes_map(&[(&lan.addr(), 1)]),
+        nodes_map(&[(&other.addr(), 1)])
+    ));
+    assert_eq!(gw.get("/a").text(), "lan");
+    let r = gw.get("/b");
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.json()["error_msg"], "404 Route Not Found");
+    assert_eq!(gw.get("/c").status, 404);
+    // Invalid entries are refused with the field named.
+    for (entry, field) in [
+        (
+            "remote_addrs = [\"10.0.0.0/33\"]",
+            "routes[0].remote_addrs[0]",
+        ),
+        ("remote_addr = \"not-an-ip\"", "routes[0].remote_addr"),
+        ("remote_addrs = []", "routes[0].remote_addrs"),
+    ] {
+        let (ok, err) = check_config(&format!(
+            "[[upstreams]]\nid = \"u\"\nnodes = {{ \"127.0.0.1:1\" = 1 }}\n[[routes]]\nuri = \"/\"\nupstream_id = \"u\"\n{entry}\n"
+        ));
+        assert!(!ok, "{entry} must be refused");
+        assert!(err.contains(field), "{entry}: {err} should name {field}");
+    }
+}

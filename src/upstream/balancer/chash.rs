@@ -17,6 +17,15 @@ use super::{Balancer, Node, PickContext};
 
 /// Points per unit of (gcd-reduced) weight, as nginx and APISIX.
 const POINTS_PER_WEIGHT: u64 = 160;
+/// Most gcd-reduced weight units a ring may hold (checked when the config is validated):
+/// 655,360 points, 5 MiB per core. Weights 1 and 1,000,000 would make 160 million.
+pub const MAX_RING_WEIGHT: u64 = 4096;
+
+/// The gcd-reduced total weight of `weights`: the ring has 160 points per unit.
+pub fn ring_weight(weights: impl Iterator<Item = u32> + Clone) -> u64 {
+    let divisor = weights.clone().map(u64::from).fold(0, gcd).max(1);
+    weights.map(|w| u64::from(w) / divisor).sum()
+}
 
 pub struct ConsistentHash {
     /// (hash, node index), sorted by hash.
@@ -89,11 +98,22 @@ impl ConsistentHash {
 }
 
 impl Balancer for ConsistentHash {
-    fn pick(&mut self, _nodes: &[Node], ctx: &PickContext<'_>) -> Option<usize> {
-        if self.ring.is_empty() {
+    fn pick(&mut self, nodes: &[Node], ctx: &PickContext<'_>) -> Option<usize> {
+        if self.ring.is_empty() && !ctx.in_standby() {
             return None;
         }
-        let start = self.start(ctx.hash_key.unwrap_or(b""));
+        let key = ctx.hash_key.unwrap_or(b"");
+        if ctx.in_standby() {
+            // Weight-0 nodes have no points on the ring: spread keys over the eligible ones.
+            let eligible: Vec<usize> = (0..nodes.len())
+                .filter(|&i| ctx.weight(nodes[i].weight) > 0 && !ctx.excluded(i))
+                .collect();
+            if eligible.is_empty() {
+                return None;
+            }
+            return Some(eligible[crc32fast::hash(key) as usize % eligible.len()]);
+        }
+        let start = self.start(key);
         // Walk clockwise to the first point whose node is still eligible.
         (0..self.ring.len())
             .map(|k| self.ring[(start + k) % self.ring.len()].1 as usize)

@@ -11,8 +11,9 @@
 //! observed: a node that turned slow loses its traffic at its first slow answer, and once it
 //! gets none its cost fades until it is tried again, so it wins traffic back after it
 //! recovers. The decay time is 2 s (APISIX uses 10 s): long enough to smooth ordinary jitter,
-//! short enough that a recovered node is back within seconds. Weights are ignored, as in
-//! APISIX. State is per core, like every balancer's.
+//! short enough that a recovered node is back within seconds. Weights are ignored (as in
+//! APISIX) except weight 0, which means what it means for every balancer (see the module
+//! above). State is per core, like every balancer's.
 
 use super::{Balancer, Node, PickContext};
 use std::time::{Duration, Instant};
@@ -20,6 +21,10 @@ use std::time::{Duration, Instant};
 const DECAY_SECS: f64 = 2.0;
 /// Floor added to every cost so in-flight counts still matter between nodes never observed.
 const BASE_COST_NS: f64 = 1_000.0;
+/// A failed attempt counts as an answer this slow: without it a node that refuses
+/// connections at once would look like the fastest of all. Peak-EWMA takes it at once and
+/// lets it decay (to 1 ms in about 14 s), so the node is tried again now and then.
+const FAILURE_COST: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy)]
 struct Stats {
@@ -31,6 +36,9 @@ struct Stats {
 pub struct PeakEwma {
     stats: Vec<Stats>,
     rng: u64,
+    /// Some node has weight 0 (never picked next to weighted ones), so the O(1) fast path
+    /// does not apply.
+    zero_weights: bool,
 }
 
 impl PeakEwma {
@@ -50,6 +58,7 @@ impl PeakEwma {
                 nodes.len()
             ],
             rng: seed | 1,
+            zero_weights: nodes.iter().any(|n| n.weight == 0),
         }
     }
 
@@ -74,21 +83,22 @@ impl PeakEwma {
 
 impl Balancer for PeakEwma {
     fn pick(&mut self, nodes: &[Node], ctx: &PickContext<'_>) -> Option<usize> {
-        // Without exclusions (the common first attempt) eligible node k is node k: O(1).
-        let all = ctx.tried.is_empty();
-        let eligible = if all {
+        // The common first attempt, with nothing to skip: eligible node k is node k, O(1).
+        let all = !ctx.filters() && !self.zero_weights;
+        let eligible = |i: usize| ctx.weight(nodes[i].weight) > 0 && !ctx.excluded(i);
+        let count = if all {
             nodes.len()
         } else {
-            (0..nodes.len()).filter(|&i| !ctx.excluded(i)).count()
+            (0..nodes.len()).filter(|&i| eligible(i)).count()
         };
         let nth_eligible = |k: usize| {
             if all {
                 Some(k)
             } else {
-                (0..nodes.len()).filter(|&i| !ctx.excluded(i)).nth(k)
+                (0..nodes.len()).filter(|&i| eligible(i)).nth(k)
             }
         };
-        match eligible {
+        match count {
             0 => None,
             1 => nth_eligible(0),
             n => {
@@ -112,6 +122,10 @@ impl Balancer for PeakEwma {
         if let Some(s) = self.stats.get_mut(node) {
             s.pending += 1;
         }
+    }
+
+    fn failed(&mut self, node: usize) {
+        self.finished(node, Some(FAILURE_COST));
     }
 
     fn finished(&mut self, node: usize, rtt: Option<Duration>) {
@@ -140,6 +154,22 @@ impl Balancer for PeakEwma {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn failures_make_a_node_expensive() {
+        let ns = vec![Node::for_test(1, 1), Node::for_test(2, 1)];
+        let mut b = PeakEwma::new(&ns);
+        for _ in 0..5 {
+            b.started(0);
+            b.finished(0, Some(Duration::from_millis(1)));
+            b.started(1);
+            b.failed(1);
+        }
+        let good = (0..100)
+            .filter(|_| b.pick(&ns, &PickContext::new(&[])) == Some(0))
+            .count();
+        assert_eq!(good, 100, "the failing node must not look cheapest");
+    }
+
     use super::*;
 
     #[test]

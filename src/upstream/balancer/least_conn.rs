@@ -33,22 +33,20 @@ impl LeastConn {
 
 impl Balancer for LeastConn {
     fn pick(&mut self, nodes: &[Node], ctx: &PickContext<'_>) -> Option<usize> {
-        if nodes.len() == 1 {
-            return Some(0);
-        }
         let n = nodes.len();
         let mut best: Option<usize> = None;
         for k in 0..n {
             let i = (self.next + k) % n;
-            if nodes[i].weight == 0 || ctx.excluded(i) {
+            if ctx.weight(nodes[i].weight) == 0 || ctx.excluded(i) {
                 continue;
             }
             // (1 + a_i) / w_i < (1 + a_b) / w_b, compared without division.
             let better = match best {
                 None => true,
                 Some(b) => {
-                    let mine = (1 + u64::from(self.active[i])) * u64::from(nodes[b].weight);
-                    let theirs = (1 + u64::from(self.active[b])) * u64::from(nodes[i].weight);
+                    let (wi, wb) = (ctx.weight(nodes[i].weight), ctx.weight(nodes[b].weight));
+                    let mine = (1 + u64::from(self.active[i])) * u64::from(wb);
+                    let theirs = (1 + u64::from(self.active[b])) * u64::from(wi);
                     mine < theirs
                 }
             };

@@ -4,6 +4,12 @@
 //! upstream's node list when a config snapshot arrives, and is asked once per attempt. Retries
 //! ask again with the nodes already tried, which the balancer must skip. Algorithms that track
 //! requests in flight or latency hear about every attempt's start and end.
+//!
+//! Eligibility is the same for every algorithm, on every attempt ([`PickContext::excluded`]
+//! and [`PickContext::weight`]): a node already tried, or found unhealthy, is never picked; a
+//! node of weight 0 is never picked while a node of weight > 0 may be. Weight-0 nodes are
+//! standbys: they serve only when every weighted node is unhealthy ([`PickContext::standby`]),
+//! as APISIX's balancer does when health checks leave it only weight-0 nodes.
 
 pub mod chash;
 pub mod ewma;
@@ -25,6 +31,8 @@ pub struct PickContext<'a> {
     members: Option<&'a [usize]>,
     /// The upstream's nodes, when unhealthy ones must be skipped.
     health: Option<&'a [Node]>,
+    /// Every node of weight > 0 is unhealthy: the weight-0 nodes serve, as if of weight 1.
+    standby: bool,
 }
 
 impl<'a> PickContext<'a> {
@@ -34,7 +42,35 @@ impl<'a> PickContext<'a> {
             hash_key: None,
             members: None,
             health: None,
+            standby: false,
         }
+    }
+
+    /// Serve from the weight-0 nodes: every weighted node is unhealthy.
+    pub fn standby(mut self) -> Self {
+        self.standby = true;
+        self
+    }
+
+    /// The weight node weight `w` counts with for this pick: its own, or in standby mode 1
+    /// for weight-0 nodes and 0 for the others.
+    #[inline]
+    pub fn weight(&self, w: u32) -> u32 {
+        if self.standby {
+            u32::from(w == 0)
+        } else {
+            w
+        }
+    }
+
+    pub fn in_standby(&self) -> bool {
+        self.standby
+    }
+
+    /// Whether any node is excluded by something other than its weight (so a fast path that
+    /// assumes every weighted node is eligible does not apply).
+    pub fn filters(&self) -> bool {
+        !self.tried.is_empty() || self.health.is_some() || self.standby
     }
 
     /// Skip the nodes of `nodes` (the upstream's full list) that health checks found
@@ -77,6 +113,12 @@ pub trait Balancer {
 
     /// An attempt at `node` ended; `rtt` is its time to the response head when it succeeded.
     fn finished(&mut self, _node: usize, _rtt: Option<Duration>) {}
+
+    /// An attempt at `node` failed (connect, send, read or timeout): ended, and evidence
+    /// against the node for algorithms that score nodes.
+    fn failed(&mut self, node: usize) {
+        self.finished(node, None);
+    }
 }
 
 /// Builds the balancer for an upstream's `type`, with priority groups when its nodes have

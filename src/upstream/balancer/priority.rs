@@ -51,10 +51,6 @@ impl Balancer for Prioritized {
     fn pick(&mut self, _nodes: &[Node], ctx: &PickContext<'_>) -> Option<usize> {
         for g in &mut self.groups {
             let local_ctx = ctx.within(&g.members);
-            // A group's single node is not "always available": once tried, move on.
-            if g.members.len() == 1 && local_ctx.excluded(0) {
-                continue;
-            }
             if let Some(local) = g.inner.pick(&g.nodes, &local_ctx) {
                 return Some(g.members[local]);
             }
@@ -71,6 +67,12 @@ impl Balancer for Prioritized {
     fn finished(&mut self, node: usize, rtt: Option<Duration>) {
         if let Some(&(g, local)) = self.place.get(node) {
             self.groups[g].inner.finished(local, rtt);
+        }
+    }
+
+    fn failed(&mut self, node: usize) {
+        if let Some(&(g, local)) = self.place.get(node) {
+            self.groups[g].inner.failed(local);
         }
     }
 }

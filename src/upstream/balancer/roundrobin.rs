@@ -48,11 +48,11 @@ pub fn smooth_pick(
 
 impl Balancer for SmoothRoundRobin {
     fn pick(&mut self, nodes: &[Node], ctx: &PickContext<'_>) -> Option<usize> {
-        // APISIX's single-node fast path: the only node is used whatever its weight or history.
-        if nodes.len() == 1 {
-            return Some(0);
-        }
-        smooth_pick(&mut self.current, |i| nodes[i].weight, |i| !ctx.excluded(i))
+        smooth_pick(
+            &mut self.current,
+            |i| ctx.weight(nodes[i].weight),
+            |i| !ctx.excluded(i),
+        )
     }
 }
 

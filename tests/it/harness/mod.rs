@@ -45,8 +45,13 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// The gateway binary under test: this build's, or `SHARDGATE_BIN` when set (to run a test
+/// against an older build, e.g. to show a regression test fails there).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_shardgate")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("SHARDGATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_shardgate").into())
+    })
 }
 
 /// A running gateway process.
@@ -66,6 +71,15 @@ impl Gateway {
 
     /// Starts a gateway; `gateway_extra` is added to the `[gateway]` section.
     pub fn start_with(body: &str, gateway_extra: &str) -> Gateway {
+        Gateway::start_inner(body, gateway_extra, None)
+    }
+
+    /// Starts a gateway that may open at most `nofile` file descriptors (RLIMIT_NOFILE).
+    pub fn start_with_fd_limit(body: &str, gateway_extra: &str, nofile: u64) -> Gateway {
+        Gateway::start_inner(body, gateway_extra, Some(nofile))
+    }
+
+    fn start_inner(body: &str, gateway_extra: &str, nofile: Option<u64>) -> Gateway {
         let dir = temp_dir("gw");
         let port = free_port();
         let mut watch = String::new();
@@ -84,13 +98,28 @@ impl Gateway {
         );
         let config_path = dir.join("config.toml");
         std::fs::write(&config_path, format!("{gateway_section}\n{body}")).unwrap();
-        let child = Command::new(bin())
-            .args(["run", "-c"])
+        let mut cmd = Command::new(bin());
+        cmd.args(["run", "-c"])
             .arg(&config_path)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("events.log")).unwrap())
-            .spawn()
-            .expect("start shardgate");
+            .stderr(std::fs::File::create(dir.join("events.log")).unwrap());
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().expect("start shardgate");
         let mut gw = Gateway {
             child,
             port,
@@ -205,4 +234,57 @@ pub fn nodes_map(nodes: &[(&str, u32)]) -> String {
         .map(|(a, w)| format!("\"{a}\" = {w}"))
         .collect();
     format!("{{ {} }}", inner.join(", "))
+}
+
+/// Runs `shardgate check` on a config file holding `text`: whether it was accepted, and what
+/// the command printed on stderr. Also reports a crash (a panic aborts) as a refusal whose
+/// message says so.
+pub fn check_config(text: &str) -> (bool, String) {
+    let dir = temp_dir("check");
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run shardgate check");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut err = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.code().is_none() {
+        err.push_str(&format!("\nCRASHED: {}", out.status));
+    }
+    (out.status.success(), err)
+}
+
+/// Polls the status API until `node_port`'s status is `want`; returns the time it took.
+pub fn wait_status(
+    control: u16,
+    upstream: &str,
+    node_port: u16,
+    want: &str,
+    limit: Duration,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let r = Client::connect(([127, 0, 0, 1], control).into())
+            .get(&format!("/v1/healthcheck/upstreams/{upstream}"));
+        if r.status == 200 {
+            let v = r.json();
+            let status = v["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["port"] == node_port)
+                .map(|n| n["status"].as_str().unwrap().to_string());
+            if status.as_deref() == Some(want) {
+                return start.elapsed();
+            }
+        }
+        assert!(
+            start.elapsed() < limit,
+            "node {node_port} not {want} after {limit:?}: {}",
+            r.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
