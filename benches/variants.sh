@@ -3,15 +3,16 @@
 # BIN (the release binaries), TMP (a scratch dir) and CLK (`getconf CLK_TCK`).
 
 # measure_variant INDEX CONFIG PORT [sg-load args...]
-# Starts the gateway on CONFIG, warms up 1 s, measures DURATION s of 64-connection load on
-# PORT, stops it by PID, and appends "index cpu_us_per_req rps p99_us errors backend_us
-# load_us" to $TMP/results.tsv. The gateway's CPU is user+sys of its whole process from /proc;
+# Starts the gateway ($GW_BIN, default $BIN/shardgate) on CONFIG, warms up 1 s, measures
+# DURATION s of 64-connection load on PORT, stops it by PID, and appends "index
+# cpu_us_per_req rps p99_us errors backend_us load_us p50_us p999_us" to $TMP/results.tsv.
+# The gateway's CPU is user+sys of its whole process from /proc;
 # backend_us is the same for the process BACKEND_PID (when set), load_us the load generator's
 # own user+sys (bash `times` of the subshell that ran it), both per request.
 measure_variant() {
     local i=$1 config=$2 port=$3
     shift 3
-    "$BIN/shardgate" run -c "$config" 2>/dev/null &
+    "${GW_BIN:-$BIN/shardgate}" run -c "$config" 2>/dev/null &
     local gw=$!
     sleep 0.3
     taskset -c 1 "$BIN/sg-load" --url "http://127.0.0.1:$port/" -c 64 -d 1 --quiet "$@" > /dev/null
@@ -38,7 +39,7 @@ backend_us = (float(b1) - float(b0)) / float(clk) * 1e6 / n
 child = open(times).read().split("\n")[1]
 secs = sum(int(m) * 60 + float(s) for m, s in re.findall(r"(\d+)m([\d.]+)s", child))
 print(f"{i}\t{cpu_us:.2f}\t{d['rps']:.0f}\t{d['p99_us']:.0f}\t{d['errors']}"
-      f"\t{backend_us:.2f}\t{secs * 1e6 / n:.2f}")
+      f"\t{backend_us:.2f}\t{secs * 1e6 / n:.2f}\t{d['p50_us']:.0f}\t{d['p999_us']:.0f}")
 PY
 }
 
@@ -53,7 +54,7 @@ label, names = sys.argv[2], sys.argv[3:]
 neighbours = os.environ["NEIGHBOURS"] == "1"
 base = None
 extra_head = " backend CPU µs/req | load generator CPU µs/req |" if neighbours else ""
-print(f"| {label} | CPU µs/req (median, min-max) | ratio | req/s | p99 µs | errors |{extra_head}")
+print(f"| {label} | CPU µs/req (median, min-max) | ratio | req/s | p50 / p99 / p99.9 µs | errors |{extra_head}")
 print("|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if neighbours else ""))
 for i, name in enumerate(names):
     r = [x for x in rows if int(x[0]) == i]
@@ -62,7 +63,9 @@ for i, name in enumerate(names):
     base = base or med
     print(f"| {name} | {med:.2f} ({min(cpu):.2f}-{max(cpu):.2f}) | {med / base:.3f}× | "
           f"{statistics.median(float(x[2]) for x in r):,.0f} | "
-          f"{statistics.median(float(x[3]) for x in r):,.0f} | {sum(int(x[4]) for x in r)} |"
+          f"{statistics.median(float(x[7]) for x in r):,.0f} / "
+          f"{statistics.median(float(x[3]) for x in r):,.0f} / "
+          f"{statistics.median(float(x[8]) for x in r):,.0f} | {sum(int(x[4]) for x in r)} |"
           + (f" {statistics.median(float(x[5]) for x in r):.2f} |"
              f" {statistics.median(float(x[6]) for x in r):.2f} |" if neighbours else ""))
 PY
@@ -70,7 +73,8 @@ PY
 
 # run_one_backend_variants LABEL: the common experiment. One sg-backend (BACKEND_SIZE-byte
 # responses, default SIZE) on CPU 1, the gateway with WORKERS workers (default 1) on CPUS (default 0) configured with
-# each of VARIANTS (lines added to [gateway]) in turn, interleaved over ROUNDS rounds, load
+# each of VARIANTS (lines added to [gateway]) in turn (run by VARIANT_BINS[i] when set, else
+# $BIN/shardgate), interleaved over ROUNDS rounds, load
 # with optional NEWCONN and LOAD_EXTRA (more sg-load arguments); prints the table (NAMES label the rows). Needs GW_PORT and BE_PORT,
 # and PIDS (an array the caller's cleanup kills).
 run_one_backend_variants() {
@@ -99,6 +103,7 @@ keepalive_pool = { size = 320, idle_timeout = 60, requests = 100000 }
 uri = "/*"
 upstream_id = "b"
 EOT
+            GW_BIN=${VARIANT_BINS[$i]:-$BIN/shardgate}
             # shellcheck disable=SC2086 # LOAD_EXTRA is a list of sg-load arguments
             measure_variant "$i" "$TMP/gw.toml" "$GW_PORT" ${NEWCONN:-} ${LOAD_EXTRA:-}
         done

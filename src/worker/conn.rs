@@ -62,7 +62,9 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, loca
     let mut peer_ip = s.peer_ip;
     peer_ip.clear();
     let _ = write!(peer_ip, "{}", peer.ip());
+    let settings = worker.current().shared.settings;
     let mut conn = Conn {
+        settings,
         worker,
         stream,
         buf: s.buf,
@@ -183,6 +185,8 @@ struct Conn {
     filters: Option<(Rc<Local>, usize)>,
     /// The client socket has been made non-blocking (done on the first splice).
     nonblocking: bool,
+    /// Client-side settings, taken from the current snapshot when a request starts.
+    settings: crate::snapshot::Settings,
     /// The last answer was written corked: its tail and the FIN leave together at the
     /// half-close that ends the connection.
     corked: bool,
@@ -297,9 +301,9 @@ struct BodyState {
 }
 
 impl Conn {
-    /// Client-side settings of the current snapshot (small and `Copy`).
+    /// Client-side settings of the snapshot this request started on (small and `Copy`).
     fn settings(&self) -> crate::snapshot::Settings {
-        self.worker.current().shared.settings
+        self.settings
     }
 
     async fn run(&mut self) {
@@ -366,6 +370,8 @@ impl Conn {
 
     /// Waits for a complete request head. `Ok(false)`: the client closed or went idle.
     async fn read_head(&mut self, first: bool) -> Result<bool, RequestError> {
+        // A request keeps the settings it started with, whatever reloads happen meanwhile.
+        self.settings = self.worker.current().shared.settings;
         let (header_timeout, idle_timeout, limits) = {
             let s = self.settings();
             (s.client_header_timeout, s.keepalive_timeout, s.limits)
@@ -436,7 +442,8 @@ impl Conn {
 
     /// Serves the request whose head is parsed. Returns whether the connection stays open.
     async fn handle(&mut self) -> bool {
-        let start = Instant::now();
+        // Clock reads cost about 1% of a small request each: only when the log wants the time.
+        let start = self.worker.log.enabled().then(Instant::now);
         self.linger = false;
         self.early_answer = false;
         self.up_statuses.clear();
@@ -537,7 +544,7 @@ impl Conn {
                 host: &self.host_lc,
                 status: outcome.status,
                 bytes: outcome.bytes,
-                latency: start.elapsed(),
+                latency: start.map_or(Duration::ZERO, |t| t.elapsed()),
                 route: route.map(|r| &*r.id),
                 upstream: outcome.upstream,
                 upstream_status: outcome.upstream_status,
@@ -840,6 +847,9 @@ impl Conn {
         let mut streamed = false;
         let mut outcome = Outcome::default();
         let mut last_failure: Option<Failure> = None;
+        // Attempts are timed only for someone who reads the time (the access log, a
+        // latency-aware balancer).
+        let timed = self.worker.log.enabled() || balancer.borrow().measures_latency();
 
         loop {
             // Pick the node: the same one again for the invisible stale-connection retry.
@@ -884,7 +894,7 @@ impl Conn {
                 self.tried.push(node_idx);
             }
             outcome.upstream = Some(node.addr);
-            let attempt_start = Instant::now();
+            let attempt_start = timed.then(Instant::now);
             balancer.borrow_mut().started(node_idx);
 
             let pooled = if fresh_retry.take().is_some() {
@@ -981,8 +991,8 @@ impl Conn {
                             false,
                         );
                     }
-                    let rtt = attempt_start.elapsed();
-                    outcome.upstream_latency = Some(rtt);
+                    let rtt = attempt_start.map(|t| t.elapsed());
+                    outcome.upstream_latency = rtt;
                     outcome.retries = retries_done;
                     outcome.consumed = body.end;
                     let outcome = self
@@ -990,7 +1000,7 @@ impl Conn {
                         .await;
                     // An early answer's time includes the upload (or the send timeout): no
                     // latency sample for the balancer.
-                    let sample = (!self.early_answer).then_some(rtt);
+                    let sample = rtt.filter(|_| !self.early_answer);
                     balancer.borrow_mut().finished(node_idx, sample);
                     return outcome;
                 }

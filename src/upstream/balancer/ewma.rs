@@ -124,6 +124,10 @@ impl Balancer for PeakEwma {
         }
     }
 
+    fn measures_latency(&self) -> bool {
+        true
+    }
+
     fn failed(&mut self, node: usize) {
         self.finished(node, Some(FAILURE_COST));
     }

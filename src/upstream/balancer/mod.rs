@@ -108,6 +108,12 @@ pub trait Balancer {
     /// Index into `nodes` for the next attempt, or `None` when no eligible node is left.
     fn pick(&mut self, nodes: &[Node], ctx: &PickContext<'_>) -> Option<usize>;
 
+    /// Whether this algorithm uses the latency samples given to [`Balancer::finished`] (the
+    /// caller reads the clock only for those that do).
+    fn measures_latency(&self) -> bool {
+        false
+    }
+
     /// An attempt at `node` starts.
     fn started(&mut self, _node: usize) {}
 

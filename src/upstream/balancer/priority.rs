@@ -58,6 +58,10 @@ impl Balancer for Prioritized {
         None
     }
 
+    fn measures_latency(&self) -> bool {
+        self.groups.iter().any(|g| g.inner.measures_latency())
+    }
+
     fn started(&mut self, node: usize) {
         if let Some(&(g, local)) = self.place.get(node) {
             self.groups[g].inner.started(local);
