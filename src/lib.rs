@@ -13,6 +13,7 @@
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod fold_hash;
 pub mod health;
 pub mod http;
 pub mod log;

@@ -117,6 +117,22 @@ pub fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
+/// Appends `n` in decimal: what `write!(out, "{n}")` does, without the formatting machinery
+/// (twice per proxied response, where it was a visible share of the CPU).
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +154,14 @@ mod tests {
         assert!(is_hop_by_hop(b"Proxy-Authorization"));
         assert!(!is_hop_by_hop(b"Proxy"));
         assert!(!is_hop_by_hop(b"Content-Type"));
+    }
+
+    #[test]
+    fn decimals() {
+        for n in [0u64, 7, 10, 204, 65_536, u64::MAX] {
+            let mut out = b"x".to_vec();
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
     }
 }

@@ -15,6 +15,7 @@
 
 pub mod vars;
 
+use crate::fold_hash::FoldHash;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -157,8 +158,8 @@ impl Route {
 /// Route indices by path, for one host group.
 #[derive(Debug, Default)]
 struct PathIndex {
-    exact: HashMap<Box<[u8]>, Vec<u32>>,
-    prefix: HashMap<Box<[u8]>, Vec<u32>>,
+    exact: HashMap<Box<[u8]>, Vec<u32>, FoldHash>,
+    prefix: HashMap<Box<[u8]>, Vec<u32>, FoldHash>,
     /// Distinct prefix lengths, longest first.
     prefix_lens: Vec<usize>,
 }

@@ -22,7 +22,7 @@ use crate::http::error_page::{write_error, write_error_with};
 use crate::http::path::{needs_normalizing, normalize, BadPath};
 use crate::http::request::{BodyFraming, Parsed, RequestError, RequestHead};
 use crate::http::response::{self, ResponseFraming, ResponseHead};
-use crate::http::{eq_ignore_case, is_hop_by_hop};
+use crate::http::{eq_ignore_case, is_hop_by_hop, push_decimal};
 use crate::log::access::Entry;
 use crate::plugin::{Flow, Phase, RequestCtx, ResponseCtx};
 use crate::route::vars::VarSource;
@@ -689,7 +689,9 @@ impl Conn {
         match head.body {
             BodyFraming::None => {}
             BodyFraming::Length(n) => {
-                let _ = write!(out, "Content-Length: {n}\r\n");
+                out.extend_from_slice(b"Content-Length: ");
+                push_decimal(out, n);
+                out.extend_from_slice(b"\r\n");
             }
             BodyFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         }
@@ -1804,7 +1806,9 @@ impl Conn {
         let out = &mut self.out;
         let resp = &self.resp;
         out.clear();
-        let _ = write!(out, "HTTP/1.1 {} ", resp.status);
+        out.extend_from_slice(b"HTTP/1.1 ");
+        push_decimal(out, u64::from(resp.status));
+        out.push(b' ');
         let reason = &src[resp.reason.clone()];
         if reason.is_empty() {
             out.extend_from_slice(crate::http::reason_phrase(resp.status).as_bytes());
@@ -1832,7 +1836,9 @@ impl Conn {
         put_upstream_status(out, &self.up_statuses);
         match framing {
             ResponseFraming::Length(n) => {
-                let _ = write!(out, "Content-Length: {n}\r\n");
+                out.extend_from_slice(b"Content-Length: ");
+                push_decimal(out, n);
+                out.extend_from_slice(b"\r\n");
             }
             ResponseFraming::Chunked if !dechunk => {
                 out.extend_from_slice(b"Transfer-Encoding: chunked\r\n")
