@@ -132,10 +132,38 @@ fn running_out_of_file_descriptors_ejects_no_node() {
     let r = first.get("/during");
     assert_eq!(r.status, 502, "{}", r.text());
     assert!(r.text().contains("Too many open files"), "{}", r.text());
+    // A connection to the control API now fails to be accepted too: its accept loop backs
+    // off instead of spinning on the error (a spin burns the prober thread's core).
+    let _waiting = std::net::TcpStream::connect(("127.0.0.1", control)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = thread_cpu_ticks(gw.child.id(), "shardgate-healt");
     std::thread::sleep(Duration::from_millis(1500));
+    let spent = thread_cpu_ticks(gw.child.id(), "shardgate-healt") - before;
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    assert!(
+        spent < hz / 2,
+        "the prober thread used {spent} ticks of CPU in 1.5 s while out of descriptors"
+    );
     drop(idle);
     drop(first);
     wait_status(control, "u", be.port, "healthy", Duration::from_secs(3));
     assert!(!gw.events().contains("is unhealthy"), "{}", gw.events());
     assert_eq!(gw.get("/after").status, 200);
+}
+
+/// User + system CPU ticks of the thread of process `pid` whose name is `name` (as the
+/// kernel shortens it, 15 bytes).
+fn thread_cpu_ticks(pid: u32, name: &str) -> u64 {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+            // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+            let after = &stat[stat.rfind(')').unwrap() + 2..];
+            let f: Vec<&str> = after.split_whitespace().collect();
+            return f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        }
+    }
+    panic!("no thread named {name} in process {pid}");
 }
