@@ -2,10 +2,10 @@
 //! parsing. Run with `cargo bench --bench hot_path`; results are recorded in BENCHMARKS.md.
 
 use shardgate::http::request::{Limits, RequestHead};
-use shardgate::route::vars::{Var, VarSource};
 use shardgate::route::{HostPattern, MatchInput, Route, Router};
 use shardgate::upstream::balancer::{self, PickContext};
 use shardgate::upstream::{BalancerKind, Node};
+use shardgate::vars::{Var, VarSource};
 use std::net::SocketAddr;
 use std::time::Duration;
 

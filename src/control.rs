@@ -14,10 +14,8 @@ use crate::log::access::AccessLogConfig;
 use crate::snapshot::Snapshot;
 use crate::worker::{self, ControlMsg, Listeners, RuntimeOptions, WorkerHandle, WorkerSpec};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -27,25 +25,6 @@ use std::time::Duration;
 pub fn check(path: &Path) -> Result<Snapshot, crate::config::ConfigError> {
     let config = Config::load(path)?;
     Snapshot::compile(&config, 1, &mut HealthRegistry::default())
-}
-
-/// A listening socket with SO_REUSEPORT: every worker binds its own on the same address and
-/// the kernel spreads new connections across them.
-pub fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    // Accepted sockets inherit TCP_NODELAY from the listener on Linux.
-    socket.set_nodelay(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(4096)?;
-    // No quick ACK for a connection's first request (set after listen(2), or the kernel does
-    // not carry it to accepted sockets): the answer carries the ACK instead of a packet of
-    // its own, as HAProxy does by default. About 2% more new-connection requests/s.
-    // Failure only keeps quick ACKs.
-    let _ = socket.set_quickack(false);
-    Ok(socket.into())
 }
 
 fn file_digest(path: &Path) -> Option<u64> {

@@ -5,18 +5,19 @@
 //! All semantic validation lives here, so `shardgate check` and a live reload refuse exactly
 //! the same configs, with errors that name the offending field.
 
-use crate::config::Plugins;
+use crate::config::{seconds, Plugins};
 use crate::config::{
     Config, ConfigError, GatewayConfig, NodesConfig, RouteConfig, TimeoutConfig, UpstreamConfig,
 };
 use crate::health::{compile_checks, Registry as HealthRegistry};
 use crate::http::request::Limits;
 use crate::plugin::{self, BuildCtx, Chain, Instance, Registry};
-use crate::route::vars::Var;
-use crate::route::{self, vars::Condition, HostPattern, Route, Router};
+use crate::route::{self, HostPattern, Route, Router};
 use crate::upstream::{
     BalancerKind, HashOn, KeepalivePolicy, Node, PassHost, TemplatePart, Timeouts, UpstreamSpec,
 };
+use crate::vars::Condition;
+use crate::vars::Var;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -60,33 +61,6 @@ pub struct Snapshot {
 }
 
 type Result<T> = std::result::Result<T, ConfigError>;
-
-/// The longest duration any setting accepts: one year. Deadlines are computed by adding a
-/// setting to the current time; bounding every setting keeps that sum far from overflowing.
-pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
-
-/// A duration setting in seconds: finite, not negative (nor 0 unless `allow_zero`), at most
-/// [`MAX_SECONDS`].
-pub fn seconds(field: &str, v: f64, allow_zero: bool) -> Result<Duration> {
-    if !v.is_finite() || v < 0.0 || (!allow_zero && v == 0.0) {
-        let bound = if allow_zero {
-            "at least 0"
-        } else {
-            "greater than 0"
-        };
-        return Err(ConfigError::invalid(
-            field,
-            format!("expected {v} to be {bound}"),
-        ));
-    }
-    if v > MAX_SECONDS {
-        return Err(ConfigError::invalid(
-            field,
-            format!("expected {v} to be at most {MAX_SECONDS} (one year)"),
-        ));
-    }
-    Ok(Duration::from_secs_f64(v))
-}
 
 /// `upstreams[0] (id "demo")`: how errors point at an object.
 fn object_name(kind: &str, index: usize, id: Option<&str>) -> String {

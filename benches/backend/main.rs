@@ -44,7 +44,7 @@ fn main() {
     let mut threads = Vec::new();
     for i in 0..args.threads.max(1) {
         let cpu = (!args.cpus.is_empty()).then(|| args.cpus[i % args.cpus.len()]);
-        let listener = shardgate::control::reuseport_listener(args.listen)
+        let listener = shardgate::net::listen::reuseport_listener(args.listen)
             .unwrap_or_else(|e| panic!("listen on {}: {e}", args.listen));
         threads.push(std::thread::spawn(move || {
             if let Some(cpu) = cpu {

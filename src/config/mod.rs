@@ -2,14 +2,16 @@
 //! upstreams) in TOML, with APISIX's field names and defaults.
 //!
 //! These types are plain data. They are checked and turned into the runtime form by
-//! [`crate::snapshot::Snapshot::compile`], which is where every semantic rule lives; serde only
+//! `Snapshot::compile` (snapshot.rs), which is where every semantic rule lives; serde only
 //! catches unknown fields and wrong types, and its messages already name the field and line.
 
 mod checks;
+mod duration;
 mod error;
 mod model;
 
 pub use checks::*;
+pub use duration::{seconds, MAX_SECONDS};
 pub use error::ConfigError;
 pub use model::*;
 
@@ -17,7 +19,7 @@ use std::path::Path;
 
 impl Config {
     /// Reads and parses a TOML config file. Semantic validation happens in
-    /// [`crate::snapshot::Snapshot::compile`].
+    /// `Snapshot::compile` (snapshot.rs).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             path: path.display().to_string(),

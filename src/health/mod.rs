@@ -132,7 +132,7 @@ pub fn compile_checks(name: &str, c: &ChecksConfig) -> Result<Checks, ConfigErro
             ))
         }
     };
-    let timeout = crate::snapshot::seconds(&f("active.timeout"), a.timeout, false)?;
+    let timeout = crate::config::seconds(&f("active.timeout"), a.timeout, false)?;
     if let Some(h) = &a.host {
         // It becomes the probes' Host header: a host name or address, nothing that could
         // end the header line.

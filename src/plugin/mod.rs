@@ -21,7 +21,7 @@
 
 pub mod traffic_split;
 
-use crate::route::vars::VarSource;
+use crate::vars::VarSource;
 use std::any::Any;
 use std::sync::Arc;
 

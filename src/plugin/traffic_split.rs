@@ -9,8 +9,8 @@
 
 use super::{BuildCtx, CoreState, Flow, Plugin, RequestCtx};
 use crate::config::UpstreamConfig;
-use crate::route::vars::Condition;
 use crate::upstream::balancer::roundrobin::smooth_pick;
+use crate::vars::Condition;
 use serde::Deserialize;
 
 #[derive(Deserialize)]

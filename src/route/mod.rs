@@ -13,13 +13,11 @@
 //! so the cost grows with how many different prefix lengths the config has, not with how many
 //! routes it has.
 
-pub mod vars;
-
 use crate::fold_hash::FoldHash;
+use crate::vars::{Condition, VarSource};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use vars::{Condition, VarSource};
 
 /// Methods APISIX accepts in `methods`, each a bit in [`Route::methods`].
 pub const METHODS: [&str; 10] = [
@@ -272,7 +270,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vars::Var;
+    use crate::vars::Var;
 
     struct NoVars;
     impl VarSource for NoVars {

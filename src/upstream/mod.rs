@@ -31,11 +31,11 @@ pub enum BalancerKind {
 #[derive(Debug, Clone)]
 pub enum HashOn {
     /// `vars`: one request variable (`remote_addr`, `uri`, `arg_id`, `http_x_user`...).
-    Var(crate::route::vars::Var),
+    Var(crate::vars::Var),
     /// `header`: a request header, by name.
-    Header(crate::route::vars::Var),
+    Header(crate::vars::Var),
     /// `cookie`: a cookie, by name.
-    Cookie(crate::route::vars::Var),
+    Cookie(crate::vars::Var),
     /// `vars_combinations`: a template such as `$host$uri`.
     Template(Vec<TemplatePart>),
     /// `consumer`: the authenticated consumer (no auth plugins yet: the remote address).
@@ -46,7 +46,7 @@ pub enum HashOn {
 #[derive(Debug, Clone)]
 pub enum TemplatePart {
     Literal(String),
-    Var(crate::route::vars::Var),
+    Var(crate::vars::Var),
 }
 
 /// One backend address.

@@ -32,8 +32,8 @@
 //! are shut, are refused. A shut socket no longer reports a backlog, so siblings leave it
 //! alone.
 
-use super::sockopt;
 use super::state::Worker;
+use crate::net::sockopt;
 use monoio::net::{TcpListener, TcpStream};
 use socket2::SockRef;
 use std::net::SocketAddr;
@@ -61,7 +61,7 @@ impl Listeners {
         for _ in 0..workers {
             let mut own = Vec::with_capacity(addrs.len());
             for &addr in addrs {
-                let socket = crate::control::reuseport_listener(addr).map_err(|e| (addr, e))?;
+                let socket = crate::net::listen::reuseport_listener(addr).map_err(|e| (addr, e))?;
                 // Stealing relies on it: between reading a sibling's backlog and accepting,
                 // the sibling may take the connection, and a blocking accept4(2) would then
                 // stall the thief's whole worker.
@@ -187,10 +187,10 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, mut stealer: Ste
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    monoio::spawn(super::conn::serve(worker.clone(), stream, peer, port.clone()));
+                    monoio::spawn(crate::proxy::serve(worker.clone(), stream, peer, port.clone()));
                     if worker.current().shared.settings.steal_accepts {
                         stealer.steal(worker.epoll, |stream, peer| {
-                            monoio::spawn(super::conn::serve(
+                            monoio::spawn(crate::proxy::serve(
                                 worker.clone(),
                                 stream,
                                 peer,

@@ -6,20 +6,15 @@
 //! between requests: a request holds an `Rc` of the snapshot it started on until it ends.
 
 mod accept;
-mod conn;
-mod io;
+mod lifecycle;
 mod mailbox;
 mod runtime;
-mod sockopt;
-mod splice;
 mod state;
-mod vars;
-mod watchdog;
 
 pub use accept::Listeners;
 pub use mailbox::Mailbox;
 pub use runtime::{build as build_runtime, RuntimeOptions, WorkerRuntime};
-pub use state::Worker;
+pub use state::{Local, Worker};
 
 use crate::log::access::{AccessLog, AccessLogConfig};
 use crate::snapshot::Snapshot;
@@ -85,7 +80,7 @@ pub fn spawn(spec: WorkerSpec) -> std::io::Result<WorkerHandle> {
                     log,
                     spec.passive,
                 ));
-                state::run(worker, spec.listeners, inbox).await;
+                lifecycle::run(worker, spec.listeners, inbox).await;
             });
         })?;
     Ok(WorkerHandle { mailbox, thread })

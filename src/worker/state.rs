@@ -1,11 +1,10 @@
-//! A worker's own state and its top-level tasks: the control-message loop and
-//! housekeeping (pool sweeping, access-log flushing), plus the graceful-shutdown sequence.
+//! A worker's own state: the per-core view of the current snapshot, the keepalive and buffer
+//! pools, the access log, the watchdog, the in-flight count and the stop signals. What the
+//! worker does with it over time is in `lifecycle.rs`.
 
-use super::accept::Listeners;
-use super::conn::Scratch;
-use super::splice::PipePool;
-use super::watchdog::Watchdog;
-use super::{ControlMsg, Mailbox};
+use crate::net::splice::PipePool;
+use crate::net::watchdog::Watchdog;
+use crate::proxy::Scratch;
 
 /// Connection scratch sets kept for reuse per core.
 const MAX_SCRATCH: usize = 1024;
@@ -34,7 +33,7 @@ pub struct Local {
 }
 
 impl Local {
-    fn new(shared: Arc<Snapshot>) -> Local {
+    pub(super) fn new(shared: Arc<Snapshot>) -> Local {
         let balancers = shared
             .upstreams
             .iter()
@@ -54,14 +53,14 @@ pub struct Worker {
     pub index: usize,
     /// The runtime runs on the epoll driver (sockets must be non-blocking), not io_uring.
     pub epoll: bool,
-    current: RefCell<Rc<Local>>,
+    pub(super) current: RefCell<Rc<Local>>,
     pub pool: Pool,
     /// Empty pipes for splicing long bodies.
     pub pipes: PipePool,
     pub log: AccessLog,
     /// Requests being served right now (from first head byte to last response byte).
-    busy: Cell<usize>,
-    stopping: Cell<bool>,
+    pub(super) busy: Cell<usize>,
+    pub(super) stopping: Cell<bool>,
     /// Wakes the accept loops and the shutdown waiter: one slot per live [`Signal`], so a
     /// signal polled once per accepted connection keeps one waker, not one per poll.
     wakers: RefCell<Vec<Weak<RefCell<Option<Waker>>>>>,
@@ -69,7 +68,7 @@ pub struct Worker {
     scratch: RefCell<Vec<Scratch>>,
     /// Per-operation deadlines of every connection, swept on the tick.
     pub watchdog: Watchdog,
-    passive: Arc<PassiveQueue>,
+    pub(super) passive: Arc<PassiveQueue>,
     /// Passive health outcomes since the last tick.
     passive_batch: RefCell<Vec<(u32, Report)>>,
     all_down_logged: Cell<Option<std::time::Instant>>,
@@ -121,7 +120,7 @@ impl Worker {
         }
     }
 
-    fn flush_health(&self) {
+    pub(super) fn flush_health(&self) {
         let mut batch = self.passive_batch.borrow_mut();
         if !batch.is_empty() {
             self.passive.push(std::mem::take(&mut *batch));
@@ -129,7 +128,7 @@ impl Worker {
     }
 
     pub fn take_scratch(&self) -> Scratch {
-        self.scratch.borrow_mut().pop().unwrap_or_else(Scratch::new)
+        self.scratch.borrow_mut().pop().unwrap_or_default()
     }
 
     pub fn give_scratch(&self, s: Scratch) {
@@ -159,7 +158,7 @@ impl Worker {
         }
     }
 
-    fn wake_all(&self) {
+    pub(super) fn wake_all(&self) {
         // Wake every live signal; keep the slots (a signal may be polled again).
         self.wakers
             .borrow_mut()
@@ -180,7 +179,7 @@ impl Worker {
     }
 
     /// Resolves once shutdown has begun and no request is in flight.
-    fn idle_signal(self: &Rc<Self>) -> Signal {
+    pub(super) fn idle_signal(self: &Rc<Self>) -> Signal {
         self.signal(true)
     }
 
@@ -221,65 +220,5 @@ impl Future for Signal {
             }
             Poll::Pending
         }
-    }
-}
-
-/// How often a worker looks at its mailbox, flushes its access log and sweeps its pool.
-const TICK: Duration = Duration::from_millis(25);
-
-/// Runs a worker until shutdown completes.
-pub async fn run(worker: Rc<Worker>, listeners: Arc<Listeners>, mailbox: Arc<Mailbox>) {
-    super::accept::start(&worker, &listeners, worker.index);
-
-    // Housekeeping until told to stop: control messages, log flushing, pool sweeping.
-    let mut ticks = 0u32;
-    let grace = 'serve: loop {
-        monoio::time::sleep(TICK).await;
-        worker.watchdog.tick();
-        worker.flush_health();
-        while let Some(msg) = mailbox.take() {
-            match msg {
-                ControlMsg::Snapshot(s) => {
-                    let version = s.version;
-                    *worker.current.borrow_mut() = Rc::new(Local::new(s));
-                    mailbox.set_applied(version);
-                }
-                ControlMsg::Shutdown { grace } => break 'serve grace,
-            }
-        }
-        worker.log.flush();
-        ticks = ticks.wrapping_add(1);
-        if ticks.is_multiple_of(40) {
-            worker.pool.sweep();
-        }
-    };
-
-    // Shutdown: the listeners are shut, accept loops stop, in-flight requests finish, idle
-    // keep-alive connections are dropped with the runtime.
-    worker.stopping.set(true);
-    listeners.stop_listening(worker.index);
-    worker.wake_all();
-    monoio::spawn(flush_while_draining(worker.clone()));
-    if monoio::time::timeout(grace, worker.idle_signal())
-        .await
-        .is_err()
-    {
-        crate::warn!(
-            "worker {}: {} request(s) still in flight after the {:?} grace period",
-            worker.index,
-            worker.busy.get(),
-            grace
-        );
-    }
-    worker.pool.clear();
-    worker.log.flush();
-}
-
-/// Keeps the access log flowing while in-flight requests finish.
-async fn flush_while_draining(worker: Rc<Worker>) {
-    loop {
-        monoio::time::sleep(TICK).await;
-        worker.watchdog.tick();
-        worker.log.flush();
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::http::request::RequestHead;
 use crate::http::trim;
-use crate::route::vars::{Var, VarSource};
+use crate::vars::{Var, VarSource};
 
 pub struct RequestVars<'a> {
     pub buf: &'a [u8],

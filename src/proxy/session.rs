@@ -1,0 +1,263 @@
+//! One client connection: the keep-alive loop (read a head, serve it, go round again),
+//! head reading with its timeouts, refusals of malformed heads, and the lingering close.
+
+use crate::http::error_page::write_error;
+use crate::http::request::{Parsed, RequestError, RequestHead};
+use crate::http::response::ResponseHead;
+use crate::log::access::Entry;
+use crate::net::io::{read_more_timeout, write_all, IoFail};
+use crate::net::sockopt;
+use crate::net::watchdog::{later, Watch};
+use crate::worker::{Local, Worker};
+use monoio::net::TcpStream;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use super::scratch::Scratch;
+use super::{BODY_CHUNK, LINGER_IDLE, LINGER_TOTAL};
+
+/// Accepts a connection and serves requests on it until it closes.
+/// `local_port` is the listener's port (for `X-Forwarded-Port`), known without a syscall.
+pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, local_port: Rc<str>) {
+    let s = worker.take_scratch();
+    let watch = worker.watchdog.watch();
+    let mut peer_ip = s.peer_ip;
+    peer_ip.clear();
+    let _ = write!(peer_ip, "{}", peer.ip());
+    let settings = worker.current().shared.settings;
+    let mut conn = Conn {
+        settings,
+        worker,
+        stream,
+        buf: s.buf,
+        out: s.out,
+        head: s.head,
+        resp: s.resp,
+        host_lc: s.host_lc,
+        peer_ip,
+        peer,
+        local_port,
+        tried: s.tried,
+        key_buf: s.key_buf,
+        up_statuses: s.up_statuses,
+        watch,
+        linger: false,
+        early_answer: false,
+        path_normalized: false,
+        path_buf: Vec::new(),
+        filters: None,
+        nonblocking: false,
+        corked: false,
+    };
+    conn.run().await;
+    let Conn {
+        worker,
+        mut buf,
+        mut out,
+        head,
+        resp,
+        host_lc,
+        peer_ip,
+        tried,
+        key_buf,
+        up_statuses,
+        ..
+    } = conn;
+    buf.clear();
+    out.clear();
+    worker.give_scratch(Scratch {
+        buf,
+        out,
+        head,
+        resp,
+        host_lc,
+        peer_ip,
+        tried,
+        key_buf,
+        up_statuses,
+    });
+}
+
+pub(super) struct Conn {
+    pub(super) worker: Rc<Worker>,
+    pub(super) stream: TcpStream,
+    /// Received bytes; the current request's head starts at 0.
+    pub(super) buf: Vec<u8>,
+    /// Scratch for heads the gateway writes (to the upstream and to the client).
+    pub(super) out: Vec<u8>,
+    pub(super) head: RequestHead,
+    pub(super) resp: ResponseHead,
+    pub(super) host_lc: Vec<u8>,
+    pub(super) peer_ip: String,
+    /// The client's address (`remote_addrs` matching).
+    pub(super) peer: SocketAddr,
+    pub(super) local_port: Rc<str>,
+    pub(super) tried: Vec<usize>,
+    /// The request's consistent-hashing key (chash upstreams).
+    pub(super) key_buf: Vec<u8>,
+    /// The status of each upstream attempt of this request (nginx's `$upstream_status`;
+    /// 502/504 for attempts that got no answer): the `X-APISIX-Upstream-Status` header.
+    pub(super) up_statuses: Vec<u16>,
+    /// Bounds every read and write of this connection (and of its upstream attempts).
+    pub(super) watch: Rc<Watch>,
+    /// The last answer was sent while the client may still be sending a body.
+    pub(super) linger: bool,
+    /// The upstream answered before it had taken the whole request body (and stopped taking
+    /// it): the answer is relayed, then the connection closes (lingering).
+    pub(super) early_answer: bool,
+    /// The request path needed normalizing; the result is in `path_buf`.
+    pub(super) path_normalized: bool,
+    pub(super) path_buf: Vec<u8>,
+    /// The snapshot and route index whose plugins filter this response (when it has any).
+    pub(super) filters: Option<(Rc<Local>, usize)>,
+    /// The client socket has been made non-blocking (done on the first splice).
+    pub(super) nonblocking: bool,
+    /// Client-side settings, taken from the current snapshot when a request starts.
+    pub(super) settings: crate::snapshot::Settings,
+    /// The last answer was written corked: its tail and the FIN leave together at the
+    /// half-close that ends the connection.
+    pub(super) corked: bool,
+}
+
+impl Conn {
+    /// Client-side settings of the snapshot this request started on (small and `Copy`).
+    pub(super) fn settings(&self) -> crate::snapshot::Settings {
+        self.settings
+    }
+
+    pub(super) async fn run(&mut self) {
+        let mut first = true;
+        loop {
+            match self.read_head(first).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    self.refuse(e).await;
+                    return;
+                }
+            }
+            first = false;
+            self.worker.request_started();
+            let keep = self.handle().await;
+            self.worker.request_finished();
+            if !keep || self.worker.stopping() {
+                if self.corked {
+                    // Half-close now rather than leave the FIN to close(2): a close with
+                    // unread bytes in the socket resets the connection and would throw the
+                    // corked tail away.
+                    sockopt::shutdown_write(&self.stream);
+                }
+                if self.linger {
+                    self.linger_close().await;
+                }
+                return;
+            }
+        }
+    }
+
+    /// Closes after an answer sent while the client may still be sending its body: closing at
+    /// once would make the kernel reset the connection, and the client could lose the answer.
+    /// Half-close, then read and discard until the client closes, goes quiet for
+    /// `LINGER_IDLE`, or `LINGER_TOTAL` has passed (nginx's lingering close, with its
+    /// `lingering_timeout` and `lingering_time` defaults). Not capped by size: a client that
+    /// writes its whole body before it reads must get to the end of it.
+    pub(super) async fn linger_close(&mut self) {
+        use monoio::io::AsyncWriteRent;
+        let _ = self.stream.shutdown().await;
+        let deadline = Instant::now() + LINGER_TOTAL;
+        loop {
+            self.buf.clear();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let wait = left.min(LINGER_IDLE);
+            match read_more_timeout(
+                &mut self.stream,
+                &mut self.buf,
+                BODY_CHUNK,
+                wait,
+                &self.watch,
+            )
+            .await
+            {
+                Ok(n) if n > 0 => {}
+                _ => return,
+            }
+        }
+    }
+
+    /// Waits for a complete request head. `Ok(false)`: the client closed or went idle.
+    pub(super) async fn read_head(&mut self, first: bool) -> Result<bool, RequestError> {
+        // A request keeps the settings it started with, whatever reloads happen meanwhile.
+        self.settings = self.worker.current().shared.settings;
+        let (header_timeout, idle_timeout, limits) = {
+            let s = self.settings();
+            (s.client_header_timeout, s.keepalive_timeout, s.limits)
+        };
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if !self.buf.is_empty() {
+                if let Parsed::Complete = self.head.parse(&self.buf, &limits)? {
+                    return Ok(true);
+                }
+                deadline.get_or_insert_with(|| later(Instant::now(), header_timeout));
+            }
+            let limit = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None if first => header_timeout,
+                None => idle_timeout,
+            };
+            let had_bytes = !self.buf.is_empty();
+            match read_more_timeout(&mut self.stream, &mut self.buf, 4096, limit, &self.watch).await
+            {
+                Ok(0) | Err(IoFail::Io(_)) => return Ok(false),
+                Ok(_) => {}
+                Err(IoFail::Timeout) if !had_bytes => return Ok(false),
+                Err(IoFail::Timeout) => {
+                    return Err(RequestError {
+                        status: 408,
+                        reason: "timed out reading the request head",
+                    })
+                }
+            }
+        }
+    }
+
+    /// Answers a request refused at the head stage, then the connection closes.
+    pub(super) async fn refuse(&mut self, e: RequestError) {
+        let start = Instant::now();
+        self.out.clear();
+        write_error(&mut self.out, e.status, e.reason, true, false);
+        let bytes = self.out.len() as u64;
+        let send = self.settings().send_timeout;
+        let sent = write_all(&mut self.stream, &mut self.out, send, &self.watch)
+            .await
+            .is_ok();
+        // Log before lingering: the linger reuses the buffer that holds the request line.
+        if self.worker.log.enabled() {
+            let line_end = self.buf.iter().position(|&b| b == b'\r' || b == b'\n');
+            let line = &self.buf[..line_end.unwrap_or(self.buf.len()).min(256)];
+            self.worker.log.log(&Entry {
+                remote: &self.peer_ip,
+                method: b"-",
+                uri: line,
+                minor_version: 1,
+                host: b"",
+                status: e.status,
+                bytes,
+                latency: start.elapsed(),
+                route: None,
+                upstream: None,
+                upstream_status: None,
+                upstream_latency: None,
+                retries: 0,
+            });
+        }
+        if sent {
+            self.linger_close().await;
+        }
+    }
+}

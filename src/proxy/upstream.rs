@@ -1,0 +1,470 @@
+//! The upstream attempt loop: pick a node (balancer, health, weights), take a pooled
+//! connection or connect, send, read the response head, and on failure decide whether and
+//! where to try again.
+
+use super::vars::RequestVars;
+use crate::http::request::BodyFraming;
+use crate::http::response::{self};
+use crate::net::io::{read_more_timeout, IoFail};
+use crate::net::sockopt;
+use crate::plugin::ResponseCtx;
+use crate::route::Route;
+use crate::upstream::balancer::{Balancer, PickContext};
+use crate::upstream::pool::{Pool, UpstreamConn};
+use crate::upstream::{HashOn, Node, TemplatePart, Timeouts, UpstreamSpec};
+use crate::vars::VarSource;
+use crate::worker::Local;
+use monoio::net::TcpStream;
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::ctx::Outcome;
+use super::error::{Failure, SendError};
+use super::request_body::BodyState;
+use super::session::Conn;
+use super::{BUFFERED_BODY_MAX, EARLY_ANSWER_WAIT};
+
+pub(super) enum Retry {
+    /// The same node on a fresh connection (the pooled one was stale); not counted.
+    Fresh,
+    /// Another node, counted against `retries`.
+    Other,
+    No,
+}
+
+/// Fills `out` with a consistent-hashing key. A key whose source is missing falls back to
+/// the client address, as APISIX does (a present but empty value hashes as empty).
+pub(super) fn hash_key(out: &mut Vec<u8>, hash_on: &HashOn, vars: &RequestVars<'_>) {
+    out.clear();
+    let found = match hash_on {
+        HashOn::Var(v) | HashOn::Header(v) | HashOn::Cookie(v) => match vars.var(v) {
+            Some(value) => {
+                out.extend_from_slice(value);
+                true
+            }
+            None => false,
+        },
+        HashOn::Template(parts) => {
+            let mut any = false;
+            for part in parts {
+                match part {
+                    TemplatePart::Literal(s) => out.extend_from_slice(s.as_bytes()),
+                    TemplatePart::Var(v) => {
+                        if let Some(value) = vars.var(v) {
+                            out.extend_from_slice(value);
+                            any = true;
+                        }
+                    }
+                }
+            }
+            any
+        }
+        HashOn::Consumer => false,
+    };
+    if !found {
+        out.clear();
+        out.extend_from_slice(vars.remote_ip.as_bytes());
+    }
+}
+
+pub(super) async fn connect(
+    pool: &Pool,
+    addr: SocketAddr,
+    limit: Duration,
+) -> Result<UpstreamConn, Failure> {
+    match monoio::time::timeout(limit, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(pool.attach(stream))
+        }
+        Ok(Err(e)) => Err(Failure::Connect(e)),
+        Err(_) => Err(Failure::ConnectTimeout),
+    }
+}
+
+impl Conn {
+    /// Forwards the request to the route's upstream (with retries) and relays the response.
+    pub(super) async fn proxy(&mut self, local: &Rc<Local>, route: &Route, ui: usize) -> Outcome {
+        let up: &UpstreamSpec = &local.shared.upstreams[ui];
+        if up.drained {
+            let end = self.buffered_body_end();
+            return self.local_error(503, "no valid upstream node", end).await;
+        }
+        let timeouts: Timeouts = route.timeout.unwrap_or(up.timeouts);
+        let mut body = match self.body_state() {
+            Ok(b) => b,
+            Err(e) => {
+                return self.local_error(e.status, e.reason, None).await;
+            }
+        };
+        // The listener turns quick ACKs off (the answer carries the ACK). A client that
+        // writes its head and body separately with Nagle on would wait for that ACK before
+        // sending the body, so acknowledge at once while a body is on its way.
+        if !body.complete {
+            sockopt::set_quickack(&self.stream);
+        }
+        // A small body still on its way is read whole before any upstream is involved (as
+        // nginx buffers request bodies): a slow client then holds no backend connection, and
+        // the request can be retried and replayed. Chunked bodies too, up to the same size.
+        if !body.complete {
+            let read = match self.head.body {
+                BodyFraming::Length(n) if n <= BUFFERED_BODY_MAX as u64 => {
+                    Some(self.read_small_body(n as usize).await)
+                }
+                BodyFraming::Chunked => Some(self.read_small_chunked().await),
+                _ => None,
+            };
+            match read {
+                None => {}
+                Some(Ok(())) => match self.body_state() {
+                    Ok(b) => body = b,
+                    Err(e) => return self.local_error(e.status, e.reason, None).await,
+                },
+                Some(Err((0, _))) => {
+                    return Outcome {
+                        status: 499,
+                        keep_alive: false,
+                        ..Outcome::default()
+                    }
+                }
+                Some(Err((status, reason))) => return self.local_error(status, reason, None).await,
+            }
+        }
+        let retry_deadline = up.retry_timeout.and_then(|t| Instant::now().checked_add(t));
+        self.tried.clear();
+        if let Some(hash_on) = &up.hash_on {
+            let mut key = std::mem::take(&mut self.key_buf);
+            hash_key(&mut key, hash_on, &self.vars());
+            self.key_buf = key;
+        }
+        let balancer = &local.balancers[ui];
+        // Health: skip unhealthy nodes, unless every node is unhealthy (then, like APISIX,
+        // use them all, or refuse when `healthcheck_fail_open = false`). Weight-0 nodes serve
+        // only when every weighted node is unhealthy (see `balancer`).
+        let mut skip_unhealthy = false;
+        let mut standby = false;
+        if up.checks.is_some() {
+            if up.nodes.iter().any(|n| n.usable()) {
+                skip_unhealthy = true;
+                standby = !up.nodes.iter().any(|n| n.weight > 0 && n.usable());
+            } else if self.settings().fail_open {
+                self.worker.warn_all_unhealthy(&up.key);
+            } else {
+                let end = self.buffered_body_end();
+                return self.local_error(503, "no healthy upstream node", end).await;
+            }
+        }
+        // A lone node is tried again on a retry (APISIX sends `retries + 1` attempts to it);
+        // with several nodes, each retry goes to a node not tried yet.
+        let lone = up.nodes.len() == 1;
+        let mut retries_done = 0u32;
+        let mut fresh_retry: Option<usize> = None;
+        let mut streamed = false;
+        let mut outcome = Outcome::default();
+        let mut last_failure: Option<Failure> = None;
+        // Attempts are timed only for someone who reads the time (the access log, a
+        // latency-aware balancer).
+        let timed = self.worker.log.enabled() || balancer.borrow().measures_latency();
+
+        loop {
+            // Pick the node: the same one again for the invisible stale-connection retry.
+            let node_idx = match fresh_retry {
+                Some(i) => i,
+                None => {
+                    let tried: &[usize] = if lone { &[] } else { &self.tried };
+                    let mut ctx = PickContext::new(tried);
+                    if up.hash_on.is_some() {
+                        ctx = ctx.with_key(&self.key_buf);
+                    }
+                    if skip_unhealthy {
+                        ctx = ctx.skipping_unhealthy(&up.nodes);
+                    }
+                    if standby {
+                        ctx = ctx.standby();
+                    }
+                    let picked = balancer.borrow_mut().pick(&up.nodes, &ctx);
+                    match picked {
+                        Some(i) => i,
+                        None => {
+                            // Every node tried: answer with what went wrong last.
+                            if let Some(f) = last_failure.take() {
+                                return self.fail(f, outcome, retries_done, &body, up).await;
+                            }
+                            let mut o = self
+                                .local_error(
+                                    502,
+                                    "all upstream nodes tried or none available",
+                                    body.complete.then_some(body.end),
+                                )
+                                .await;
+                            o.retries = retries_done;
+                            o.upstream = outcome.upstream;
+                            return o;
+                        }
+                    }
+                }
+            };
+            let node = &up.nodes[node_idx];
+            if fresh_retry.is_none() {
+                self.tried.push(node_idx);
+            }
+            outcome.upstream = Some(node.addr);
+            let attempt_start = timed.then(Instant::now);
+            balancer.borrow_mut().started(node_idx);
+
+            let pooled = if fresh_retry.take().is_some() {
+                None
+            } else {
+                self.worker.pool.take(node.addr, self.worker.watchdog.now())
+            };
+            let result = match pooled {
+                Some(c) => Ok(c),
+                None => connect(&self.worker.pool, node.addr, timeouts.connect).await,
+            };
+            let mut upc = match result {
+                Ok(c) => c,
+                Err(f) => {
+                    self.attempt_failed(balancer, node_idx, node, &f);
+                    match self.after_failure(
+                        &f,
+                        up,
+                        retries_done,
+                        retry_deadline,
+                        &body,
+                        streamed,
+                        false,
+                    ) {
+                        Retry::Fresh | Retry::Other => {
+                            retries_done += 1;
+                            last_failure = Some(f);
+                            continue;
+                        }
+                        Retry::No => return self.fail(f, outcome, retries_done, &body, up).await,
+                    }
+                }
+            };
+            let reused = upc.reused;
+
+            let sent = self
+                .send_request(&mut upc, up, node, &mut body, &timeouts, &mut streamed)
+                .await;
+            let sent = match sent {
+                Ok(()) => self.read_response_head(&mut upc, timeouts.read).await,
+                // A server may answer before it has the whole body (RFC 9112 §9.3: a 413, a
+                // 401) and then close, or stop reading; writing on then fails or times out.
+                // Its answer, already in our socket (the kernel keeps received bytes readable
+                // after a reset), is what the client should get rather than a 502 or 504.
+                // Only for a streamed body: a body sent whole in one write that fails is
+                // nearly always a pooled connection the upstream closed while idle, retried
+                // as such. An upstream that stops reading without closing is noticed only at
+                // the send timeout: the upstream is not read while the body streams.
+                Err(SendError::Upstream(
+                    f @ (Failure::Send(_) | Failure::SendPartial(_) | Failure::SendTimeout),
+                )) if streamed => {
+                    match self.read_response_head(&mut upc, EARLY_ANSWER_WAIT).await {
+                        Ok(()) => {
+                            self.early_answer = true;
+                            Ok(())
+                        }
+                        Err(_) => Err(f),
+                    }
+                }
+                Err(SendError::Upstream(f)) => Err(f),
+                Err(SendError::Client(status, reason)) => {
+                    balancer.borrow_mut().finished(node_idx, None);
+                    self.worker.pool.discard(upc);
+                    if status == 0 {
+                        return Outcome {
+                            status: 499,
+                            keep_alive: false,
+                            retries: retries_done,
+                            ..outcome
+                        };
+                    }
+                    let mut o = self.local_error(status, reason, None).await;
+                    o.upstream = outcome.upstream;
+                    return o;
+                }
+            };
+            match sent {
+                Ok(()) => {
+                    if let Some(report) = up
+                        .checks
+                        .as_ref()
+                        .and_then(|c| c.passive.classify(self.resp.status))
+                    {
+                        self.worker.report_health(node, report);
+                    }
+                    self.up_statuses.push(self.resp.status);
+                    if self.filters.is_some() {
+                        let resp = ResponseCtx {
+                            status: self.resp.status,
+                        };
+                        local.plugin_states.run_response(
+                            [&local.shared.global, &route.plugins],
+                            &resp,
+                            false,
+                        );
+                    }
+                    let rtt = attempt_start.map(|t| t.elapsed());
+                    outcome.upstream_latency = rtt;
+                    outcome.retries = retries_done;
+                    outcome.consumed = body.end;
+                    let outcome = self
+                        .relay_response(upc, up, node.addr, &timeouts, outcome)
+                        .await;
+                    // An early answer's time includes the upload (or the send timeout): no
+                    // latency sample for the balancer.
+                    let sample = rtt.filter(|_| !self.early_answer);
+                    balancer.borrow_mut().finished(node_idx, sample);
+                    return outcome;
+                }
+                Err(f) => {
+                    let fresh_connection = upc.buf.is_empty();
+                    self.worker.pool.discard(upc);
+                    let decision = self.after_failure(
+                        &f,
+                        up,
+                        retries_done,
+                        retry_deadline,
+                        &body,
+                        streamed,
+                        // Only while nothing of a response arrived.
+                        reused && fresh_connection,
+                    );
+                    // A pooled connection that failed before any response byte was most likely
+                    // closed by the backend while idle: not evidence against the node.
+                    if reused && fresh_connection && f.stale_connection() {
+                        balancer.borrow_mut().finished(node_idx, None);
+                    } else {
+                        self.attempt_failed(balancer, node_idx, node, &f);
+                    }
+                    match decision {
+                        Retry::Fresh => {
+                            fresh_retry = Some(node_idx);
+                            continue;
+                        }
+                        Retry::Other => {
+                            retries_done += 1;
+                            last_failure = Some(f);
+                            continue;
+                        }
+                        Retry::No => return self.fail(f, outcome, retries_done, &body, up).await,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Books a failed attempt: the balancer hears of it, passive health checks count it
+    /// (unless it says nothing about the node), and it joins `$upstream_status`.
+    pub(super) fn attempt_failed(
+        &mut self,
+        balancer: &RefCell<Box<dyn Balancer>>,
+        node_idx: usize,
+        node: &Node,
+        f: &Failure,
+    ) {
+        match f.health_report() {
+            Some(report) => {
+                balancer.borrow_mut().failed(node_idx);
+                self.worker.report_health(node, report);
+            }
+            None => balancer.borrow_mut().finished(node_idx, None),
+        }
+        if !matches!(f, Failure::ClientGone) {
+            self.up_statuses.push(f.status());
+        }
+    }
+
+    /// Decides whether and how to retry after `f`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn after_failure(
+        &self,
+        f: &Failure,
+        up: &UpstreamSpec,
+        retries_done: u32,
+        deadline: Option<Instant>,
+        body: &BodyState,
+        streamed: bool,
+        reused: bool,
+    ) -> Retry {
+        if f.final_for_request() {
+            return Retry::No;
+        }
+        let replayable = body.complete && !streamed;
+        // A reused connection that failed before any response byte was most likely closed by
+        // the backend while idle. Replay on a fresh one, but a non-idempotent request only if
+        // not one byte of it could be written (it may otherwise have been processed).
+        if reused
+            && f.stale_connection()
+            && replayable
+            && (self.head.idempotent || matches!(f, Failure::Send(_)))
+        {
+            return Retry::Fresh;
+        }
+        if retries_done >= up.retries || deadline.is_some_and(|d| Instant::now() >= d) {
+            return Retry::No;
+        }
+        if f.nothing_sent() || (replayable && self.head.idempotent) {
+            Retry::Other
+        } else {
+            Retry::No
+        }
+    }
+
+    /// Reads the response head into `upc.buf` and parses it into `self.resp`, skipping
+    /// interim 1xx responses.
+    pub(super) async fn read_response_head(
+        &mut self,
+        upc: &mut UpstreamConn,
+        read: Duration,
+    ) -> Result<(), Failure> {
+        // While the upstream works, the watchdog also looks at the client now and then: one
+        // that has gone away ends the wait (nginx's 499) instead of leaving the upstream to
+        // finish work nobody will read.
+        self.watch.watch_client(self.stream.as_raw_fd());
+        let result = self.read_response_head_inner(upc, read).await;
+        self.watch.watch_client(-1);
+        result
+    }
+
+    pub(super) async fn read_response_head_inner(
+        &mut self,
+        upc: &mut UpstreamConn,
+        read: Duration,
+    ) -> Result<(), Failure> {
+        let max = self.settings().limits.max_header_size;
+        loop {
+            if !upc.buf.is_empty() {
+                match self.resp.parse(&upc.buf, self.head.is_head, max) {
+                    Ok(response::Parsed::Complete) => {
+                        if self.resp.status == 101 {
+                            return Err(Failure::Invalid("unexpected 101 Switching Protocols"));
+                        }
+                        if (100..200).contains(&self.resp.status) {
+                            let n = self.resp.len;
+                            upc.buf.drain(..n);
+                            continue;
+                        }
+                        return Ok(());
+                    }
+                    Ok(response::Parsed::Partial) => {}
+                    Err(why) => return Err(Failure::Invalid(why)),
+                }
+            }
+            match read_more_timeout(&mut upc.stream, &mut upc.buf, 4096, read, &self.watch).await {
+                Ok(0) => return Err(Failure::Closed),
+                Ok(_) => {}
+                Err(IoFail::Timeout) if self.watch.client_gone() => {
+                    return Err(Failure::ClientGone)
+                }
+                Err(IoFail::Timeout) => return Err(Failure::ReadTimeout),
+                Err(IoFail::Io(e)) => return Err(Failure::Read(e)),
+            }
+        }
+    }
+}
