@@ -28,12 +28,19 @@ impl Conn {
         msg: &str,
         body_end: Option<usize>,
     ) -> Outcome {
-        let keep = body_end.is_some() && !self.head.close && !self.worker.stopping();
+        let keep = body_end.is_some() && !self.req.head.close && !self.worker.stopping();
         self.linger = body_end.is_none();
         self.out.clear();
         let mut extra = Vec::new();
-        put_upstream_status(&mut extra, &self.up_statuses);
-        write_error_with(&mut self.out, status, msg, !keep, self.head.is_head, &extra);
+        put_upstream_status(&mut extra, &self.req.up_statuses);
+        write_error_with(
+            &mut self.out,
+            status,
+            msg,
+            !keep,
+            self.req.head.is_head,
+            &extra,
+        );
         let bytes = self.out.len() as u64;
         let send = self.settings().send_timeout;
         let ok = write_all(&mut self.stream, &mut self.out, send, &self.watch)
@@ -69,7 +76,7 @@ impl Conn {
         // Passive checks judge the answer the client gets, as APISIX's do (its log phase
         // classifies the final status): a gateway-made 502 or 504 counts as an HTTP failure
         // of the last node tried when that status is in `passive.unhealthy.http_statuses`.
-        if let (Some(checks), Some(&last)) = (&up.checks, self.tried.last()) {
+        if let (Some(checks), Some(&last)) = (&up.checks, self.req.tried.last()) {
             if let Some(report) = checks.passive.classify(status) {
                 self.worker.report_health(&up.nodes[last], report);
             }

@@ -1,8 +1,60 @@
-//! What one request leaves behind: its status, bytes, upstream facts and keep-alive verdict,
-//! for the access log and the connection loop.
+//! Per-request state: the snapshot a request runs on, its parsed heads, its route, the
+//! nodes it tried, and what it leaves behind ([`Outcome`]). Everything that serves a request
+//! reads its settings from here, so a reload in the middle of a request changes nothing
+//! about it.
 
+use crate::http::request::RequestHead;
+use crate::http::response::ResponseHead;
+use crate::snapshot::Settings;
+use crate::worker::Local;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Duration;
+
+/// One request's state. Its vectors are recycled from request to request and from
+/// connection to connection (see `Scratch`), so starting a request allocates nothing.
+pub(super) struct Ctx {
+    /// The snapshot (routes, upstreams, plugins) and this core's state for it, as current
+    /// when the request's head was complete.
+    pub(super) local: Rc<Local>,
+    /// Client-side settings of that snapshot.
+    pub(super) settings: Settings,
+    /// The route that matched (index into the snapshot's router).
+    pub(super) route: Option<usize>,
+    /// Plugins run for this request (the route's or global rules'): their response phases
+    /// see the response, and its body is not spliced past them.
+    pub(super) plugins: bool,
+    pub(super) head: RequestHead,
+    /// The upstream's response head (of the attempt being relayed).
+    pub(super) resp: ResponseHead,
+    /// Lower-case Host without port.
+    pub(super) host_lc: Vec<u8>,
+    /// The request path needed normalizing; the result is in `path_buf`.
+    pub(super) path_normalized: bool,
+    pub(super) path_buf: Vec<u8>,
+    /// Nodes tried so far (indices into the upstream's nodes).
+    pub(super) tried: Vec<usize>,
+    /// The request's consistent-hashing key (chash upstreams).
+    pub(super) key_buf: Vec<u8>,
+    /// The status of each upstream attempt (nginx's `$upstream_status`; 502/504 for attempts
+    /// that got no answer): the `X-APISIX-Upstream-Status` header.
+    pub(super) up_statuses: Vec<u16>,
+    /// The upstream answered before it had taken the whole request body (and stopped taking
+    /// it): the answer is relayed, then the connection closes (lingering).
+    pub(super) early_answer: bool,
+}
+
+impl Ctx {
+    /// Starts a request on the snapshot `local`.
+    pub(super) fn begin(&mut self, local: Rc<Local>) {
+        self.settings = local.shared.settings;
+        self.local = local;
+        self.route = None;
+        self.plugins = false;
+        self.early_answer = false;
+        self.up_statuses.clear();
+    }
+}
 
 /// What happened to one request, for the access log and the keep-alive decision.
 #[derive(Default)]

@@ -40,7 +40,7 @@ impl Conn {
     /// Writes the request head for `node` into `self.out`.
     pub(super) fn build_upstream_head(&mut self, up: &UpstreamSpec, node: &Node) {
         let buf = &self.buf;
-        let head = &self.head;
+        let head = &self.req.head;
         let out = &mut self.out;
         out.clear();
         out.extend_from_slice(&buf[head.method.clone()]);
@@ -139,7 +139,7 @@ impl Conn {
         http10: bool,
     ) {
         let out = &mut self.out;
-        let resp = &self.resp;
+        let resp = &self.req.resp;
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 ");
         push_decimal(out, u64::from(resp.status));
@@ -168,7 +168,7 @@ impl Conn {
             out.extend_from_slice(&src[h.value.clone()]);
             out.extend_from_slice(b"\r\n");
         }
-        put_upstream_status(out, &self.up_statuses);
+        put_upstream_status(out, &self.req.up_statuses);
         match framing {
             ResponseFraming::Length(n) => {
                 out.extend_from_slice(b"Content-Length: ");

@@ -10,64 +10,47 @@ use crate::route::{MatchInput, Route};
 use crate::worker::Local;
 use std::time::{Duration, Instant};
 
+use super::ctx::Outcome;
 use super::session::Conn;
 
 impl Conn {
-    /// Serves the request whose head is parsed. Returns whether the connection stays open.
+    /// Serves the request whose head is parsed: every phase, in order. Returns whether the
+    /// connection stays open.
     pub(super) async fn handle(&mut self) -> bool {
         // Clock reads cost about 1% of a small request each: only when the log wants the time.
         let start = self.worker.log.enabled().then(Instant::now);
         self.linger = false;
-        self.early_answer = false;
-        self.up_statuses.clear();
-        let local = self.worker.current();
-        self.host_lc.clear();
-        {
-            let host = &self.buf[self.head.host.clone()];
-            let without_port = match host.last() {
-                _ if host.first() == Some(&b'[') => host,
-                _ => match host.iter().rposition(|&b| b == b':') {
-                    Some(i) => &host[..i],
-                    None => host,
-                },
-            };
-            self.host_lc
-                .extend(without_port.iter().map(|b| b.to_ascii_lowercase()));
-        }
-        // Route on the normalized path (as nginx's $uri), refusing paths that cannot be.
-        self.path_normalized = needs_normalizing(self.head.path(&self.buf));
-        if self.path_normalized {
-            let raw = self.head.path(&self.buf);
-            if let Err(BadPath(why)) = normalize(raw, &mut self.path_buf) {
-                let outcome = self.local_error(400, why, None).await;
-                return outcome.keep_alive;
-            }
-        }
-        let route = {
-            let vars = self.vars();
-            local.shared.router.find(&MatchInput {
-                path: self.route_path(),
-                host: &self.host_lc,
-                method: &self.buf[self.head.method.clone()],
-                remote: self.peer.ip(),
-                vars: &vars,
-            })
-        };
+        // The request runs on the snapshot current now, to its end, whatever reloads come.
+        self.req.begin(self.worker.current());
+        let local = self.req.local.clone();
 
+        // 1. Host and path: the lower-case host without port; the path normalized as nginx's
+        //    $uri (a path that cannot be is a 400).
+        self.set_host();
+        if let Err(BadPath(why)) = self.normalize_path() {
+            let outcome = self.local_error(400, why, None).await;
+            return self.finish(outcome, None, start);
+        }
+
+        // 2. Routing.
+        let route = self.find_route(&local);
+
+        // 3. Plugins: rewrite, access, before_proxy; any may answer, or choose the upstream.
+        // 4. Proxying, or an answer of the gateway's own.
         let outcome = match route {
             None => {
                 let end = self.buffered_body_end();
                 self.local_error(404, "404 Route Not Found", end).await
             }
             Some(route) => {
-                let with_plugins = !local.shared.global.is_empty() || !route.plugins.is_empty();
-                let decision = if with_plugins {
-                    self.filters = Some((local.clone(), route.index));
+                self.req.route = Some(route.index);
+                self.req.plugins = !local.shared.global.is_empty() || !route.plugins.is_empty();
+                let decision = if self.req.plugins {
                     self.run_plugins(&local, route)
                 } else {
                     Ok(route.upstream)
                 };
-                let outcome = match decision {
+                match decision {
                     Err((status, message)) => {
                         let end = self.buffered_body_end();
                         self.local_error(status, &message, end).await
@@ -82,43 +65,36 @@ impl Conn {
                         .await
                     }
                     Ok(Some(ui)) => self.proxy(&local, route, ui).await,
-                };
-                if with_plugins {
-                    let resp = ResponseCtx {
-                        status: outcome.status,
-                    };
-                    local.plugin_states.run_response(
-                        [&local.shared.global, &route.plugins],
-                        &resp,
-                        true,
-                    );
-                    self.filters = None;
                 }
-                outcome
             }
         };
 
+        // 5. The log phase of the plugins, then the access log.
+        if let Some(route) = route.filter(|_| self.req.plugins) {
+            let resp = ResponseCtx {
+                status: outcome.status,
+            };
+            local
+                .plugin_states
+                .run_response([&local.shared.global, &route.plugins], &resp, true);
+        }
+        self.finish(outcome, route.map(|r| &*r.id), start)
+    }
+
+    /// Logs the request and drops its bytes from the buffer when the connection goes on.
+    /// Returns whether it does.
+    fn finish(&mut self, outcome: Outcome, route: Option<&str>, start: Option<Instant>) -> bool {
         if self.worker.log.enabled() {
-            let target_end = if self.head.target.start == usize::MAX {
-                0
-            } else {
-                self.head.target.end
-            };
-            let uri = if target_end == 0 {
-                &b"/"[..]
-            } else {
-                &self.buf[self.head.target.start.min(target_end)..target_end]
-            };
             self.worker.log.log(&Entry {
                 remote: &self.peer_ip,
-                method: &self.buf[self.head.method.clone()],
-                uri,
-                minor_version: self.head.minor_version,
-                host: &self.host_lc,
+                method: &self.buf[self.req.head.method.clone()],
+                uri: self.req.head.target(&self.buf),
+                minor_version: self.req.head.minor_version,
+                host: &self.req.host_lc,
                 status: outcome.status,
                 bytes: outcome.bytes,
                 latency: start.map_or(Duration::ZERO, |t| t.elapsed()),
-                route: route.map(|r| &*r.id),
+                route,
                 upstream: outcome.upstream,
                 upstream_status: outcome.upstream_status,
                 upstream_latency: outcome.upstream_latency,
@@ -127,10 +103,45 @@ impl Conn {
         }
         // The head (and the body, when forwarded) are consumed; keep what follows.
         if outcome.keep_alive {
-            let consumed = outcome.consumed.max(self.head.len).min(self.buf.len());
+            let consumed = outcome.consumed.max(self.req.head.len).min(self.buf.len());
             self.buf.drain(..consumed);
         }
         outcome.keep_alive
+    }
+
+    /// Sets the lower-case Host without its port.
+    fn set_host(&mut self) {
+        self.req.host_lc.clear();
+        let host = &self.buf[self.req.head.host.clone()];
+        let without_port = match host.iter().rposition(|&b| b == b':') {
+            Some(i) if host.first() != Some(&b'[') => &host[..i],
+            _ => host,
+        };
+        self.req
+            .host_lc
+            .extend(without_port.iter().map(|b| b.to_ascii_lowercase()));
+    }
+
+    /// Normalizes the path when it needs it (percent-decoding, dot segments, slashes).
+    fn normalize_path(&mut self) -> Result<(), BadPath> {
+        self.req.path_normalized = needs_normalizing(self.req.head.path(&self.buf));
+        if self.req.path_normalized {
+            let raw = self.req.head.path(&self.buf);
+            normalize(raw, &mut self.req.path_buf)?;
+        }
+        Ok(())
+    }
+
+    /// The route for this request, if any.
+    fn find_route<'l>(&self, local: &'l Local) -> Option<&'l Route> {
+        let vars = self.vars();
+        local.shared.router.find(&MatchInput {
+            path: self.route_path(),
+            host: &self.req.host_lc,
+            method: &self.buf[self.req.head.method.clone()],
+            remote: self.peer.ip(),
+            vars: &vars,
+        })
     }
 
     /// Runs the rewrite, access and before_proxy phases of the global and route plugins.
@@ -158,8 +169,9 @@ impl Conn {
 
     /// Shows response body bytes to the plugins' body_filter phase (when the route has any).
     pub(super) fn filter_body(&self, data: &[u8]) {
-        if let Some((local, index)) = &self.filters {
-            let route = local.shared.router.route(*index);
+        if let (true, Some(index)) = (self.req.plugins, self.req.route) {
+            let local = &self.req.local;
+            let route = local.shared.router.route(index);
             local
                 .plugin_states
                 .run_body([&local.shared.global, &route.plugins], data);
@@ -170,9 +182,9 @@ impl Conn {
     pub(super) fn vars(&self) -> RequestVars<'_> {
         RequestVars {
             buf: &self.buf,
-            head: &self.head,
+            head: &self.req.head,
             path: self.route_path(),
-            host: &self.host_lc,
+            host: &self.req.host_lc,
             remote_ip: &self.peer_ip,
             server_port: &self.local_port,
         }
@@ -180,10 +192,10 @@ impl Conn {
 
     /// The path routing and the `uri` variable see: normalized when the raw one needed it.
     pub(super) fn route_path(&self) -> &[u8] {
-        if self.path_normalized {
-            &self.path_buf
+        if self.req.path_normalized {
+            &self.req.path_buf
         } else {
-            self.head.path(&self.buf)
+            self.req.head.path(&self.buf)
         }
     }
 }

@@ -28,9 +28,9 @@ pub(super) struct BodyState {
 impl Conn {
     /// How much of the body is already here.
     pub(super) fn body_state(&self) -> Result<BodyState, RequestError> {
-        let start = self.head.len;
+        let start = self.req.head.len;
         let avail = self.buf.len() - start;
-        Ok(match self.head.body {
+        Ok(match self.req.head.body {
             BodyFraming::None => BodyState {
                 complete: true,
                 end: start,
@@ -72,7 +72,7 @@ impl Conn {
             (s.client_body_timeout, s.send_timeout)
         };
         self.send_continue(send_timeout).await?;
-        let end = self.head.len + len;
+        let end = self.req.head.len + len;
         while self.buf.len() < end {
             self.read_body_bytes(end - self.buf.len(), body_timeout)
                 .await?;
@@ -107,8 +107,8 @@ impl Conn {
         &mut self,
         send_timeout: Duration,
     ) -> Result<(), (u16, &'static str)> {
-        if self.head.expect_continue {
-            self.head.expect_continue = false;
+        if self.req.head.expect_continue {
+            self.req.head.expect_continue = false;
             self.out.clear();
             self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
             write_all(&mut self.stream, &mut self.out, send_timeout, &self.watch)
@@ -129,7 +129,8 @@ impl Conn {
         self.send_continue(send_timeout).await?;
         loop {
             match self.body_state() {
-                Ok(b) if !b.complete && self.buf.len() - self.head.len <= BUFFERED_BODY_MAX => {}
+                Ok(b) if !b.complete && self.buf.len() - self.req.head.len <= BUFFERED_BODY_MAX => {
+                }
                 _ => return Ok(()),
             }
             self.read_body_bytes(16 * 1024, body_timeout).await?;
@@ -148,11 +149,11 @@ impl Conn {
         streamed: &mut bool,
     ) -> Result<(), SendError> {
         self.build_upstream_head(up, node);
-        let body_start = self.head.len;
+        let body_start = self.req.head.len;
         // Chunked bodies are re-encoded canonically (plain sizes, no extensions, no trailers),
         // so the upstream never sees framing details that a lenient parser could read
         // differently; their payload passes unchanged.
-        let chunked = self.head.body == BodyFraming::Chunked;
+        let chunked = self.req.head.body == BodyFraming::Chunked;
         let mut encoder = ChunkedScanner::new();
         if chunked {
             let (buf, out) = (&self.buf, &mut self.out);
@@ -185,7 +186,7 @@ impl Conn {
             let s = self.settings();
             (s.client_body_timeout, s.send_timeout)
         };
-        if self.head.expect_continue {
+        if self.req.head.expect_continue {
             self.out.clear();
             self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
             write_all(&mut self.stream, &mut self.out, send_timeout, &self.watch)

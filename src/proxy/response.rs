@@ -41,11 +41,11 @@ impl Conn {
         t: &Timeouts,
         mut outcome: Outcome,
     ) -> Outcome {
-        let framing = self.resp.framing();
-        let http10 = self.head.minor_version == 0;
+        let framing = self.req.resp.framing();
+        let http10 = self.req.head.minor_version == 0;
         let dechunk = http10 && framing == ResponseFraming::Chunked;
-        let client_keep = !self.head.close
-            && !self.early_answer
+        let client_keep = !self.req.head.close
+            && !self.req.early_answer
             && !self.worker.stopping()
             && match framing {
                 ResponseFraming::None | ResponseFraming::Length(_) => true,
@@ -53,21 +53,21 @@ impl Conn {
                 // Re-chunked for HTTP/1.1 clients (see relay_until_close).
                 ResponseFraming::UntilClose => !http10,
             };
-        let mut upstream_reusable = !self.resp.close && !self.early_answer;
+        let mut upstream_reusable = !self.req.resp.close && !self.req.early_answer;
         // The client may still be sending the body the upstream did not take.
-        self.linger |= self.early_answer;
-        outcome.status = self.resp.status;
-        outcome.upstream_status = Some(self.resp.status);
+        self.linger |= self.req.early_answer;
+        outcome.status = self.req.resp.status;
+        outcome.upstream_status = Some(self.req.resp.status);
         self.build_client_head(&upc.buf, framing, dechunk, client_keep, http10);
         let complete = match framing {
             ResponseFraming::None => true,
-            ResponseFraming::Length(n) => (upc.buf.len() - self.resp.len) as u64 == n,
+            ResponseFraming::Length(n) => (upc.buf.len() - self.req.resp.len) as u64 == n,
             _ => false,
         };
         // Not when more bytes from the client are already here (a pipelining client): the
         // close would then reset the connection, and a reset drops whatever the cork still
         // holds (the half-close sends it, but not always all of it at once).
-        let pipelined = self.buf.len() > outcome.consumed.max(self.head.len);
+        let pipelined = self.buf.len() > outcome.consumed.max(self.req.head.len);
         // Corked, a complete last answer's tail waits for the half-close right after, and the
         // FIN leaves in the same segment (7 packets per new-connection request instead of 9:
         // 7% less gateway CPU per request measured). Never for an answer still to be relayed:
@@ -76,7 +76,7 @@ impl Conn {
             sockopt::set_cork(&self.stream);
             self.corked = true;
         }
-        let head_len = self.resp.len;
+        let head_len = self.req.resp.len;
         let send = self.settings().send_timeout;
 
         // Fast path: the whole body is already here and our head is no longer than the
@@ -249,7 +249,7 @@ impl Conn {
             if remaining == 0 {
                 return Ok(());
             }
-            if remaining >= splice::MIN_SPLICE && self.filters.is_none() && self.settings().splice {
+            if remaining >= splice::MIN_SPLICE && !self.req.plugins && self.settings().splice {
                 if let Some(done) = self
                     .splice_rest(upc, remaining, read, send, outcome, reusable)
                     .await

@@ -2,19 +2,19 @@
 //! head reading with its timeouts, refusals of malformed heads, and the lingering close.
 
 use crate::http::error_page::write_error;
-use crate::http::request::{Parsed, RequestError, RequestHead};
-use crate::http::response::ResponseHead;
+use crate::http::request::{Parsed, RequestError};
 use crate::log::access::Entry;
 use crate::net::io::{read_more_timeout, write_all, IoFail};
 use crate::net::sockopt;
 use crate::net::watchdog::{later, Watch};
-use crate::worker::{Local, Worker};
+use crate::worker::Worker;
 use monoio::net::TcpStream;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
+use super::ctx::Ctx;
 use super::scratch::Scratch;
 use super::{BODY_CHUNK, LINGER_IDLE, LINGER_TOTAL};
 
@@ -26,43 +26,42 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, loca
     let mut peer_ip = s.peer_ip;
     peer_ip.clear();
     let _ = write!(peer_ip, "{}", peer.ip());
-    let settings = worker.current().shared.settings;
+    let local = worker.current();
     let mut conn = Conn {
-        settings,
         worker,
         stream,
         buf: s.buf,
         out: s.out,
-        head: s.head,
-        resp: s.resp,
-        host_lc: s.host_lc,
         peer_ip,
         peer,
         local_port,
-        tried: s.tried,
-        key_buf: s.key_buf,
-        up_statuses: s.up_statuses,
         watch,
         linger: false,
-        early_answer: false,
-        path_normalized: false,
-        path_buf: Vec::new(),
-        filters: None,
         nonblocking: false,
         corked: false,
+        req: Ctx {
+            settings: local.shared.settings,
+            local,
+            route: None,
+            plugins: false,
+            head: s.head,
+            resp: s.resp,
+            host_lc: s.host_lc,
+            path_normalized: false,
+            path_buf: s.path_buf,
+            tried: s.tried,
+            key_buf: s.key_buf,
+            up_statuses: s.up_statuses,
+            early_answer: false,
+        },
     };
     conn.run().await;
     let Conn {
         worker,
         mut buf,
         mut out,
-        head,
-        resp,
-        host_lc,
         peer_ip,
-        tried,
-        key_buf,
-        up_statuses,
+        req,
         ..
     } = conn;
     buf.clear();
@@ -70,13 +69,14 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, loca
     worker.give_scratch(Scratch {
         buf,
         out,
-        head,
-        resp,
-        host_lc,
+        head: req.head,
+        resp: req.resp,
+        host_lc: req.host_lc,
+        path_buf: req.path_buf,
         peer_ip,
-        tried,
-        key_buf,
-        up_statuses,
+        tried: req.tried,
+        key_buf: req.key_buf,
+        up_statuses: req.up_statuses,
     });
 }
 
@@ -87,44 +87,27 @@ pub(super) struct Conn {
     pub(super) buf: Vec<u8>,
     /// Scratch for heads the gateway writes (to the upstream and to the client).
     pub(super) out: Vec<u8>,
-    pub(super) head: RequestHead,
-    pub(super) resp: ResponseHead,
-    pub(super) host_lc: Vec<u8>,
     pub(super) peer_ip: String,
     /// The client's address (`remote_addrs` matching).
     pub(super) peer: SocketAddr,
     pub(super) local_port: Rc<str>,
-    pub(super) tried: Vec<usize>,
-    /// The request's consistent-hashing key (chash upstreams).
-    pub(super) key_buf: Vec<u8>,
-    /// The status of each upstream attempt of this request (nginx's `$upstream_status`;
-    /// 502/504 for attempts that got no answer): the `X-APISIX-Upstream-Status` header.
-    pub(super) up_statuses: Vec<u16>,
     /// Bounds every read and write of this connection (and of its upstream attempts).
     pub(super) watch: Rc<Watch>,
     /// The last answer was sent while the client may still be sending a body.
     pub(super) linger: bool,
-    /// The upstream answered before it had taken the whole request body (and stopped taking
-    /// it): the answer is relayed, then the connection closes (lingering).
-    pub(super) early_answer: bool,
-    /// The request path needed normalizing; the result is in `path_buf`.
-    pub(super) path_normalized: bool,
-    pub(super) path_buf: Vec<u8>,
-    /// The snapshot and route index whose plugins filter this response (when it has any).
-    pub(super) filters: Option<(Rc<Local>, usize)>,
     /// The client socket has been made non-blocking (done on the first splice).
     pub(super) nonblocking: bool,
-    /// Client-side settings, taken from the current snapshot when a request starts.
-    pub(super) settings: crate::snapshot::Settings,
     /// The last answer was written corked: its tail and the FIN leave together at the
     /// half-close that ends the connection.
     pub(super) corked: bool,
+    /// The request being served.
+    pub(super) req: Ctx,
 }
 
 impl Conn {
     /// Client-side settings of the snapshot this request started on (small and `Copy`).
     pub(super) fn settings(&self) -> crate::snapshot::Settings {
-        self.settings
+        self.req.settings
     }
 
     pub(super) async fn run(&mut self) {
@@ -192,7 +175,7 @@ impl Conn {
     /// Waits for a complete request head. `Ok(false)`: the client closed or went idle.
     pub(super) async fn read_head(&mut self, first: bool) -> Result<bool, RequestError> {
         // A request keeps the settings it started with, whatever reloads happen meanwhile.
-        self.settings = self.worker.current().shared.settings;
+        self.req.settings = self.worker.current().shared.settings;
         let (header_timeout, idle_timeout, limits) = {
             let s = self.settings();
             (s.client_header_timeout, s.keepalive_timeout, s.limits)
@@ -200,7 +183,7 @@ impl Conn {
         let mut deadline: Option<Instant> = None;
         loop {
             if !self.buf.is_empty() {
-                if let Parsed::Complete = self.head.parse(&self.buf, &limits)? {
+                if let Parsed::Complete = self.req.head.parse(&self.buf, &limits)? {
                     return Ok(true);
                 }
                 deadline.get_or_insert_with(|| later(Instant::now(), header_timeout));

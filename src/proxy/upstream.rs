@@ -110,7 +110,7 @@ impl Conn {
         // nginx buffers request bodies): a slow client then holds no backend connection, and
         // the request can be retried and replayed. Chunked bodies too, up to the same size.
         if !body.complete {
-            let read = match self.head.body {
+            let read = match self.req.head.body {
                 BodyFraming::Length(n) if n <= BUFFERED_BODY_MAX as u64 => {
                     Some(self.read_small_body(n as usize).await)
                 }
@@ -134,11 +134,11 @@ impl Conn {
             }
         }
         let retry_deadline = up.retry_timeout.and_then(|t| Instant::now().checked_add(t));
-        self.tried.clear();
+        self.req.tried.clear();
         if let Some(hash_on) = &up.hash_on {
-            let mut key = std::mem::take(&mut self.key_buf);
+            let mut key = std::mem::take(&mut self.req.key_buf);
             hash_key(&mut key, hash_on, &self.vars());
-            self.key_buf = key;
+            self.req.key_buf = key;
         }
         let balancer = &local.balancers[ui];
         // Health: skip unhealthy nodes, unless every node is unhealthy (then, like APISIX,
@@ -174,10 +174,10 @@ impl Conn {
             let node_idx = match fresh_retry {
                 Some(i) => i,
                 None => {
-                    let tried: &[usize] = if lone { &[] } else { &self.tried };
+                    let tried: &[usize] = if lone { &[] } else { &self.req.tried };
                     let mut ctx = PickContext::new(tried);
                     if up.hash_on.is_some() {
-                        ctx = ctx.with_key(&self.key_buf);
+                        ctx = ctx.with_key(&self.req.key_buf);
                     }
                     if skip_unhealthy {
                         ctx = ctx.skipping_unhealthy(&up.nodes);
@@ -209,7 +209,7 @@ impl Conn {
             };
             let node = &up.nodes[node_idx];
             if fresh_retry.is_none() {
-                self.tried.push(node_idx);
+                self.req.tried.push(node_idx);
             }
             outcome.upstream = Some(node.addr);
             let attempt_start = timed.then(Instant::now);
@@ -266,7 +266,7 @@ impl Conn {
                 )) if streamed => {
                     match self.read_response_head(&mut upc, EARLY_ANSWER_WAIT).await {
                         Ok(()) => {
-                            self.early_answer = true;
+                            self.req.early_answer = true;
                             Ok(())
                         }
                         Err(_) => Err(f),
@@ -294,14 +294,14 @@ impl Conn {
                     if let Some(report) = up
                         .checks
                         .as_ref()
-                        .and_then(|c| c.passive.classify(self.resp.status))
+                        .and_then(|c| c.passive.classify(self.req.resp.status))
                     {
                         self.worker.report_health(node, report);
                     }
-                    self.up_statuses.push(self.resp.status);
-                    if self.filters.is_some() {
+                    self.req.up_statuses.push(self.req.resp.status);
+                    if self.req.plugins {
                         let resp = ResponseCtx {
-                            status: self.resp.status,
+                            status: self.req.resp.status,
                         };
                         local.plugin_states.run_response(
                             [&local.shared.global, &route.plugins],
@@ -318,7 +318,7 @@ impl Conn {
                         .await;
                     // An early answer's time includes the upload (or the send timeout): no
                     // latency sample for the balancer.
-                    let sample = rtt.filter(|_| !self.early_answer);
+                    let sample = rtt.filter(|_| !self.req.early_answer);
                     balancer.borrow_mut().finished(node_idx, sample);
                     return outcome;
                 }
@@ -376,7 +376,7 @@ impl Conn {
             None => balancer.borrow_mut().finished(node_idx, None),
         }
         if !matches!(f, Failure::ClientGone) {
-            self.up_statuses.push(f.status());
+            self.req.up_statuses.push(f.status());
         }
     }
 
@@ -402,21 +402,21 @@ impl Conn {
         if reused
             && f.stale_connection()
             && replayable
-            && (self.head.idempotent || matches!(f, Failure::Send(_)))
+            && (self.req.head.idempotent || matches!(f, Failure::Send(_)))
         {
             return Retry::Fresh;
         }
         if retries_done >= up.retries || deadline.is_some_and(|d| Instant::now() >= d) {
             return Retry::No;
         }
-        if f.nothing_sent() || (replayable && self.head.idempotent) {
+        if f.nothing_sent() || (replayable && self.req.head.idempotent) {
             Retry::Other
         } else {
             Retry::No
         }
     }
 
-    /// Reads the response head into `upc.buf` and parses it into `self.resp`, skipping
+    /// Reads the response head into `upc.buf` and parses it into `self.req.resp`, skipping
     /// interim 1xx responses.
     pub(super) async fn read_response_head(
         &mut self,
@@ -440,13 +440,13 @@ impl Conn {
         let max = self.settings().limits.max_header_size;
         loop {
             if !upc.buf.is_empty() {
-                match self.resp.parse(&upc.buf, self.head.is_head, max) {
+                match self.req.resp.parse(&upc.buf, self.req.head.is_head, max) {
                     Ok(response::Parsed::Complete) => {
-                        if self.resp.status == 101 {
+                        if self.req.resp.status == 101 {
                             return Err(Failure::Invalid("unexpected 101 Switching Protocols"));
                         }
-                        if (100..200).contains(&self.resp.status) {
-                            let n = self.resp.len;
+                        if (100..200).contains(&self.req.resp.status) {
+                            let n = self.req.resp.len;
                             upc.buf.drain(..n);
                             continue;
                         }

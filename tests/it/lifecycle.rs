@@ -272,3 +272,42 @@ fn sigterm_shuts_idle_workers_listeners_too() {
         .expect("gateway did not exit");
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn a_reload_mid_request_keeps_that_requests_settings() {
+    // 16 MiB that the client does not read for 2 s: with the 30 s send_timeout the request
+    // started with, it arrives whole; the 0.5 s one a reload brings in meanwhile must not
+    // apply to it.
+    const SIZE: u64 = 16 << 20;
+    let be = Backend::start(|_| {
+        Reply::After(
+            std::time::Duration::from_millis(800),
+            Box::new(Reply::Pattern(SIZE)),
+        )
+    });
+    let body = upstream_config(&nodes_map(&[(&be.addr(), 1)]), "");
+    let gw = Gateway::start_with(&body, "workers = 1\nsend_timeout = 30");
+    let mut c = gw.client();
+    c.send("GET", "/big", &[], b"");
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    std::fs::write(
+        &gw.config_path,
+        text.replace("send_timeout = 30", "send_timeout = 0.5"),
+    )
+    .unwrap();
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_for_event(|e| e.contains("config reloaded")),
+        "{}",
+        gw.events()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let r = c.read_response(false).expect("the whole response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len() as u64, SIZE);
+    assert!(
+        gw.events().contains("version 2"),
+        "the reload was taken: {}",
+        gw.events()
+    );
+}
