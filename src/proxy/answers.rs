@@ -8,7 +8,7 @@ use crate::upstream::UpstreamSpec;
 
 use super::ctx::Outcome;
 use super::editor::put_upstream_status;
-use super::error::Failure;
+use super::error::ProxyError;
 use super::request_body::BodyState;
 use super::session::Conn;
 
@@ -57,14 +57,14 @@ impl Conn {
 
     pub(super) async fn fail(
         &mut self,
-        f: Failure,
+        f: ProxyError,
         outcome: Outcome,
         retries: u32,
         body: &BodyState,
         up: &UpstreamSpec,
     ) -> Outcome {
         let status = f.status();
-        if let Failure::ClientGone = f {
+        if let ProxyError::ClientGone = f {
             // Nobody to answer: log 499 and close, as nginx does.
             return Outcome {
                 status,
@@ -87,6 +87,23 @@ impl Conn {
         o.upstream = outcome.upstream;
         o.upstream_status = Some(status);
         o.retries = retries;
+        o
+    }
+
+    /// Ends a request whose client side failed: a client that is gone gets nothing (499 in
+    /// the access log); otherwise an error answer, and the connection closes (its framing is
+    /// in doubt). `so_far` carries what the attempts left (upstream, retries).
+    pub(super) async fn client_failed(&mut self, e: ProxyError, so_far: Outcome) -> Outcome {
+        if let ProxyError::ClientGone = e {
+            return Outcome {
+                status: e.status(),
+                keep_alive: false,
+                ..so_far
+            };
+        }
+        let mut o = self.local_error(e.status(), &e.message(), None).await;
+        o.upstream = so_far.upstream;
+        o.retries = so_far.retries;
         o
     }
 }

@@ -1,12 +1,32 @@
-//! Why an upstream attempt failed, and what follows from each reason: the status the client
-//! gets, what passive health checks count, whether another attempt may be made.
+//! The request path's errors and the policy for each, in one place.
+//!
+//! The policy:
+//! - Before any byte of a response went to the client, every failure becomes an answer of
+//!   the gateway's own ([`ProxyError::status`]), unless the client itself is gone (499 in the
+//!   access log, nothing sent).
+//! - An upstream failure may be retried on another node (`upstream.rs` decides with
+//!   [`ProxyError::nothing_sent`], [`ProxyError::stale_connection`] and the request's
+//!   replayability); a client-side failure, or a local resource shortage, never is
+//!   ([`ProxyError::final_for_request`]).
+//! - Passive health checks count only what says something about the node
+//!   ([`ProxyError::health_report`]).
+//! - After the response head went to the client, a failure can only end the connection:
+//!   that is [`Abort`], which carries no reason because none changes what happens.
 
 use crate::health::state::Report;
 use crate::net::io::IoFail;
 
-/// Why an attempt at an upstream node failed before a response head arrived.
+/// Which side of the proxy failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Side {
+    Client,
+    Upstream,
+}
+
+/// Why a request could not be served before its response began.
 #[derive(Debug)]
-pub(super) enum Failure {
+pub(super) enum ProxyError {
+    /// Upstream side.
     ConnectTimeout,
     Connect(std::io::Error),
     SendTimeout,
@@ -19,84 +39,111 @@ pub(super) enum Failure {
     /// The upstream closed the connection before a complete response head.
     Closed,
     Invalid(&'static str),
-    /// The client closed its connection while the upstream was working (nginx's 499): the
-    /// attempt is abandoned, not retried, and says nothing about the node.
+    /// Client side: the client closed or reset its connection (nginx's 499): nothing is
+    /// answered, the upstream attempt is abandoned, the node is not blamed.
     ClientGone,
+    /// The client went silent for `client_body_timeout` while sending its body.
+    ClientBodyTimeout,
+    /// The client's chunked body is malformed.
+    BadChunkedBody,
 }
 
-impl Failure {
+impl ProxyError {
+    pub(super) fn side(&self) -> Side {
+        match self {
+            ProxyError::ClientGone | ProxyError::ClientBodyTimeout | ProxyError::BadChunkedBody => {
+                Side::Client
+            }
+            _ => Side::Upstream,
+        }
+    }
+
+    /// The status the client gets (499 only for the access log: nothing is sent).
     pub(super) fn status(&self) -> u16 {
         match self {
-            Failure::ConnectTimeout | Failure::SendTimeout | Failure::ReadTimeout => 504,
-            Failure::ClientGone => 499,
+            ProxyError::ConnectTimeout | ProxyError::SendTimeout | ProxyError::ReadTimeout => 504,
+            ProxyError::ClientGone => 499,
+            ProxyError::ClientBodyTimeout => 408,
+            ProxyError::BadChunkedBody => 400,
             _ => 502,
         }
     }
 
     pub(super) fn message(&self) -> String {
         match self {
-            Failure::ConnectTimeout => "upstream connect timed out".into(),
-            Failure::Connect(e) => format!("upstream connect failed: {e}"),
-            Failure::SendTimeout => "upstream send timed out".into(),
-            Failure::Send(e) | Failure::SendPartial(e) => format!("upstream send failed: {e}"),
-            Failure::ReadTimeout => "upstream read timed out".into(),
-            Failure::Read(e) => format!("upstream read failed: {e}"),
-            Failure::Closed => "upstream closed the connection prematurely".into(),
-            Failure::Invalid(why) => format!("invalid upstream response: {why}"),
-            Failure::ClientGone => "client closed the connection".into(),
+            ProxyError::ConnectTimeout => "upstream connect timed out".into(),
+            ProxyError::Connect(e) => format!("upstream connect failed: {e}"),
+            ProxyError::SendTimeout => "upstream send timed out".into(),
+            ProxyError::Send(e) | ProxyError::SendPartial(e) => {
+                format!("upstream send failed: {e}")
+            }
+            ProxyError::ReadTimeout => "upstream read timed out".into(),
+            ProxyError::Read(e) => format!("upstream read failed: {e}"),
+            ProxyError::Closed => "upstream closed the connection prematurely".into(),
+            ProxyError::Invalid(why) => format!("invalid upstream response: {why}"),
+            ProxyError::ClientGone => "client closed the connection".into(),
+            ProxyError::ClientBodyTimeout => "timed out reading the request body".into(),
+            ProxyError::BadChunkedBody => "invalid chunked request body".into(),
         }
     }
 
     /// How this failure counts for passive health checks (`None`: it says nothing about the
-    /// node: the client left, or this host ran out of descriptors or memory).
+    /// node: the client's fault, or this host ran out of descriptors or memory).
     pub(super) fn health_report(&self) -> Option<Report> {
         Some(match self {
-            Failure::ClientGone => return None,
-            Failure::Connect(e) if crate::upstream::local_resource_error(e) => return None,
-            Failure::ConnectTimeout | Failure::SendTimeout | Failure::ReadTimeout => {
+            _ if self.side() == Side::Client => return None,
+            ProxyError::Connect(e) if crate::upstream::local_resource_error(e) => return None,
+            ProxyError::ConnectTimeout | ProxyError::SendTimeout | ProxyError::ReadTimeout => {
                 Report::Timeout
             }
-            Failure::Invalid(_) => Report::HttpFailure,
+            ProxyError::Invalid(_) => Report::HttpFailure,
             _ => Report::TcpFailure,
         })
     }
 
     /// Failures where nothing reached the upstream, so any request may be retried.
     pub(super) fn nothing_sent(&self) -> bool {
-        matches!(self, Failure::ConnectTimeout | Failure::Connect(_))
+        matches!(self, ProxyError::ConnectTimeout | ProxyError::Connect(_))
     }
 
     /// A reused pooled connection that turned out dead: worth one fresh connection.
     pub(super) fn stale_connection(&self) -> bool {
         matches!(
             self,
-            Failure::Send(_) | Failure::SendPartial(_) | Failure::Read(_) | Failure::Closed
+            ProxyError::Send(_)
+                | ProxyError::SendPartial(_)
+                | ProxyError::Read(_)
+                | ProxyError::Closed
         )
     }
 
-    /// Failures where no other node can do better: the client left, or this host is out of
-    /// a local resource (another connect would fail the same way).
+    /// Failures no other attempt can do better on: the client's, or this host out of a local
+    /// resource (another connect would fail the same way).
     pub(super) fn final_for_request(&self) -> bool {
         match self {
-            Failure::ClientGone => true,
-            Failure::Connect(e) => crate::upstream::local_resource_error(e),
+            _ if self.side() == Side::Client => true,
+            ProxyError::Connect(e) => crate::upstream::local_resource_error(e),
             _ => false,
+        }
+    }
+
+    /// A failed write to the upstream.
+    pub(super) fn upstream_send(e: IoFail) -> ProxyError {
+        match e {
+            IoFail::Timeout => ProxyError::SendTimeout,
+            IoFail::Io(e) => ProxyError::Send(e),
+        }
+    }
+
+    /// A failed read of the request body from the client.
+    pub(super) fn client_read(e: IoFail) -> ProxyError {
+        match e {
+            IoFail::Timeout => ProxyError::ClientBodyTimeout,
+            IoFail::Io(_) => ProxyError::ClientGone,
         }
     }
 }
 
-/// The request is over; the connection must close (client gone, or framing lost).
+/// The response had begun (or the exchange is otherwise past answering): the connection
+/// must close.
 pub(super) struct Abort;
-
-pub(super) enum SendError {
-    Upstream(Failure),
-    /// The client side failed: status 0 = it went away, else answer with this status.
-    Client(u16, &'static str),
-}
-
-pub(super) fn send_failure(e: IoFail) -> Failure {
-    match e {
-        IoFail::Timeout => Failure::SendTimeout,
-        IoFail::Io(e) => Failure::Send(e),
-    }
-}

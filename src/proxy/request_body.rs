@@ -4,14 +4,14 @@
 
 use crate::http::chunked::ChunkedScanner;
 use crate::http::request::{BodyFraming, RequestError};
-use crate::net::io::{read_more_timeout, write_all, write_all_counted, write_range, IoFail};
+use crate::net::io::{read_more_timeout, write_all, write_all_counted, write_range};
 use crate::net::splice;
 use crate::upstream::pool::UpstreamConn;
 use crate::upstream::{Node, Timeouts, UpstreamSpec};
 use std::time::Duration;
 
 use super::editor::put_chunk;
-use super::error::{send_failure, Failure, SendError};
+use super::error::ProxyError;
 use super::session::Conn;
 use super::{BODY_CHUNK, BUFFERED_BODY_MAX};
 
@@ -65,8 +65,8 @@ impl Conn {
     }
 
     /// Reads the rest of a Content-Length body of `len` bytes into the client buffer, answering
-    /// `Expect: 100-continue` first. Errors: (0, _) = the client went away; else the status.
-    pub(super) async fn read_small_body(&mut self, len: usize) -> Result<(), (u16, &'static str)> {
+    /// `Expect: 100-continue` first.
+    pub(super) async fn read_small_body(&mut self, len: usize) -> Result<(), ProxyError> {
         let (body_timeout, send_timeout) = {
             let s = self.settings();
             (s.client_body_timeout, s.send_timeout)
@@ -81,12 +81,11 @@ impl Conn {
     }
 
     /// One read of request body bytes into the client buffer (at least `min_spare` free).
-    /// Errors: (0, _) = the client went away; 408 when it was silent for `body_timeout`.
     pub(super) async fn read_body_bytes(
         &mut self,
         min_spare: usize,
         body_timeout: Duration,
-    ) -> Result<(), (u16, &'static str)> {
+    ) -> Result<(), ProxyError> {
         match read_more_timeout(
             &mut self.stream,
             &mut self.buf,
@@ -96,24 +95,21 @@ impl Conn {
         )
         .await
         {
-            Ok(0) | Err(IoFail::Io(_)) => Err((0, "")),
-            Err(IoFail::Timeout) => Err((408, "timed out reading the request body")),
+            Ok(0) => Err(ProxyError::ClientGone),
+            Err(e) => Err(ProxyError::client_read(e)),
             Ok(_) => Ok(()),
         }
     }
 
     /// Answers `Expect: 100-continue` (once) before the body is read.
-    pub(super) async fn send_continue(
-        &mut self,
-        send_timeout: Duration,
-    ) -> Result<(), (u16, &'static str)> {
+    pub(super) async fn send_continue(&mut self, send_timeout: Duration) -> Result<(), ProxyError> {
         if self.req.head.expect_continue {
             self.req.head.expect_continue = false;
             self.out.clear();
             self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
             write_all(&mut self.stream, &mut self.out, send_timeout, &self.watch)
                 .await
-                .map_err(|_| (0, ""))?;
+                .map_err(|_| ProxyError::ClientGone)?;
         }
         Ok(())
     }
@@ -121,7 +117,7 @@ impl Conn {
     /// Reads a chunked body into the client buffer until it is complete or more than
     /// `BUFFERED_BODY_MAX` bytes of it are here (the rest is then streamed). Errors as
     /// [`Conn::read_small_body`]; a malformed body is the caller's to find.
-    pub(super) async fn read_small_chunked(&mut self) -> Result<(), (u16, &'static str)> {
+    pub(super) async fn read_small_chunked(&mut self) -> Result<(), ProxyError> {
         let (body_timeout, send_timeout) = {
             let s = self.settings();
             (s.client_body_timeout, s.send_timeout)
@@ -147,7 +143,7 @@ impl Conn {
         body: &mut BodyState,
         t: &Timeouts,
         streamed: &mut bool,
-    ) -> Result<(), SendError> {
+    ) -> Result<(), ProxyError> {
         self.build_upstream_head(up, node);
         let body_start = self.req.head.len;
         // Chunked bodies are re-encoded canonically (plain sizes, no extensions, no trailers),
@@ -160,7 +156,7 @@ impl Conn {
             let data = &buf[body_start..body.end];
             encoder
                 .advance(data, |r| put_chunk(out, &data[r]))
-                .map_err(|_| SendError::Client(400, "invalid chunked request body"))?;
+                .map_err(|_| ProxyError::BadChunkedBody)?;
             if encoder.is_done() {
                 out.extend_from_slice(b"0\r\n\r\n");
             }
@@ -170,11 +166,9 @@ impl Conn {
         upc.served += 1;
         write_all_counted(&mut upc.stream, &mut self.out, t.send, &self.watch)
             .await
-            .map_err(|(e, written)| {
-                SendError::Upstream(match send_failure(e) {
-                    Failure::Send(e) if written > 0 => Failure::SendPartial(e),
-                    f => f,
-                })
+            .map_err(|(e, written)| match ProxyError::upstream_send(e) {
+                ProxyError::Send(e) if written > 0 => ProxyError::SendPartial(e),
+                f => f,
             })?;
         if body.complete {
             return Ok(());
@@ -191,7 +185,7 @@ impl Conn {
             self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
             write_all(&mut self.stream, &mut self.out, send_timeout, &self.watch)
                 .await
-                .map_err(|_| SendError::Client(0, ""))?;
+                .map_err(|_| ProxyError::ClientGone)?;
         }
         self.buf.truncate(body_start);
         if !chunked && body.remaining >= splice::MIN_SPLICE && self.settings().splice {
@@ -217,10 +211,8 @@ impl Conn {
             )
             .await
             {
-                Ok(0) | Err(IoFail::Io(_)) => return Err(SendError::Client(0, "")),
-                Err(IoFail::Timeout) => {
-                    return Err(SendError::Client(408, "timed out reading the request body"))
-                }
+                Ok(0) => return Err(ProxyError::ClientGone),
+                Err(e) => return Err(ProxyError::client_read(e)),
                 Ok(_) => {}
             }
             let (take, done) = if chunked {
@@ -229,14 +221,14 @@ impl Conn {
                 let new = &buf[body_start..];
                 let used = encoder
                     .advance(new, |r| put_chunk(out, &new[r]))
-                    .map_err(|_| SendError::Client(400, "invalid chunked request body"))?;
+                    .map_err(|_| ProxyError::BadChunkedBody)?;
                 let done = encoder.is_done();
                 if done {
                     out.extend_from_slice(b"0\r\n\r\n");
                 }
                 write_all(&mut upc.stream, &mut self.out, t.send, &self.watch)
                     .await
-                    .map_err(|e| SendError::Upstream(send_failure(e)))?;
+                    .map_err(ProxyError::upstream_send)?;
                 (used, done)
             } else {
                 let new_len = self.buf.len() - body_start;
@@ -251,7 +243,7 @@ impl Conn {
                     &self.watch,
                 )
                 .await
-                .map_err(|e| SendError::Upstream(send_failure(e)))?;
+                .map_err(ProxyError::upstream_send)?;
                 (take, body.remaining == 0)
             };
             // Drop the forwarded bytes; anything after them is the next request.
@@ -272,7 +264,7 @@ impl Conn {
         len: u64,
         body_timeout: Duration,
         send: Duration,
-    ) -> Option<Result<(), SendError>> {
+    ) -> Option<Result<(), ProxyError>> {
         if !self.splice_ready(upc) {
             return None;
         }
@@ -281,11 +273,8 @@ impl Conn {
             splice::relay(&self.worker.pipes, &self.stream, &upc.stream, len, &how).await?;
         Some(match result {
             Ok(()) => Ok(()),
-            Err(splice::RelayError::Source(IoFail::Timeout)) => {
-                Err(SendError::Client(408, "timed out reading the request body"))
-            }
-            Err(splice::RelayError::Source(_)) => Err(SendError::Client(0, "")),
-            Err(splice::RelayError::Destination(e)) => Err(SendError::Upstream(send_failure(e))),
+            Err(splice::RelayError::Source(e)) => Err(ProxyError::client_read(e)),
+            Err(splice::RelayError::Destination(e)) => Err(ProxyError::upstream_send(e)),
         })
     }
 }

@@ -22,7 +22,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::ctx::Outcome;
-use super::error::{Failure, SendError};
+use super::error::{ProxyError, Side};
 use super::request_body::BodyState;
 use super::session::Conn;
 use super::{BUFFERED_BODY_MAX, EARLY_ANSWER_WAIT};
@@ -74,14 +74,14 @@ pub(super) async fn connect(
     pool: &Pool,
     addr: SocketAddr,
     limit: Duration,
-) -> Result<UpstreamConn, Failure> {
+) -> Result<UpstreamConn, ProxyError> {
     match monoio::time::timeout(limit, TcpStream::connect_addr(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             Ok(pool.attach(stream))
         }
-        Ok(Err(e)) => Err(Failure::Connect(e)),
-        Err(_) => Err(Failure::ConnectTimeout),
+        Ok(Err(e)) => Err(ProxyError::Connect(e)),
+        Err(_) => Err(ProxyError::ConnectTimeout),
     }
 }
 
@@ -123,14 +123,7 @@ impl Conn {
                     Ok(b) => body = b,
                     Err(e) => return self.local_error(e.status, e.reason, None).await,
                 },
-                Some(Err((0, _))) => {
-                    return Outcome {
-                        status: 499,
-                        keep_alive: false,
-                        ..Outcome::default()
-                    }
-                }
-                Some(Err((status, reason))) => return self.local_error(status, reason, None).await,
+                Some(Err(e)) => return self.client_failed(e, Outcome::default()).await,
             }
         }
         let retry_deadline = up.retry_timeout.and_then(|t| Instant::now().checked_add(t));
@@ -164,7 +157,7 @@ impl Conn {
         let mut fresh_retry: Option<usize> = None;
         let mut streamed = false;
         let mut outcome = Outcome::default();
-        let mut last_failure: Option<Failure> = None;
+        let mut last_failure: Option<ProxyError> = None;
         // Attempts are timed only for someone who reads the time (the access log, a
         // latency-aware balancer).
         let timed = self.worker.log.enabled() || balancer.borrow().measures_latency();
@@ -261,33 +254,23 @@ impl Conn {
                 // nearly always a pooled connection the upstream closed while idle, retried
                 // as such. An upstream that stops reading without closing is noticed only at
                 // the send timeout: the upstream is not read while the body streams.
-                Err(SendError::Upstream(
-                    f @ (Failure::Send(_) | Failure::SendPartial(_) | Failure::SendTimeout),
-                )) if streamed => {
-                    match self.read_response_head(&mut upc, EARLY_ANSWER_WAIT).await {
-                        Ok(()) => {
-                            self.req.early_answer = true;
-                            Ok(())
-                        }
-                        Err(_) => Err(f),
-                    }
-                }
-                Err(SendError::Upstream(f)) => Err(f),
-                Err(SendError::Client(status, reason)) => {
+                Err(e) if e.side() == Side::Client => {
                     balancer.borrow_mut().finished(node_idx, None);
                     self.worker.pool.discard(upc);
-                    if status == 0 {
-                        return Outcome {
-                            status: 499,
-                            keep_alive: false,
-                            retries: retries_done,
-                            ..outcome
-                        };
-                    }
-                    let mut o = self.local_error(status, reason, None).await;
-                    o.upstream = outcome.upstream;
-                    return o;
+                    outcome.retries = retries_done;
+                    return self.client_failed(e, outcome).await;
                 }
+                Err(
+                    f
+                    @ (ProxyError::Send(_) | ProxyError::SendPartial(_) | ProxyError::SendTimeout),
+                ) if streamed => match self.read_response_head(&mut upc, EARLY_ANSWER_WAIT).await {
+                    Ok(()) => {
+                        self.req.early_answer = true;
+                        Ok(())
+                    }
+                    Err(_) => Err(f),
+                },
+                Err(f) => Err(f),
             };
             match sent {
                 Ok(()) => {
@@ -366,7 +349,7 @@ impl Conn {
         balancer: &RefCell<Box<dyn Balancer>>,
         node_idx: usize,
         node: &Node,
-        f: &Failure,
+        f: &ProxyError,
     ) {
         match f.health_report() {
             Some(report) => {
@@ -375,7 +358,7 @@ impl Conn {
             }
             None => balancer.borrow_mut().finished(node_idx, None),
         }
-        if !matches!(f, Failure::ClientGone) {
+        if !matches!(f, ProxyError::ClientGone) {
             self.req.up_statuses.push(f.status());
         }
     }
@@ -384,7 +367,7 @@ impl Conn {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn after_failure(
         &self,
-        f: &Failure,
+        f: &ProxyError,
         up: &UpstreamSpec,
         retries_done: u32,
         deadline: Option<Instant>,
@@ -402,7 +385,7 @@ impl Conn {
         if reused
             && f.stale_connection()
             && replayable
-            && (self.req.head.idempotent || matches!(f, Failure::Send(_)))
+            && (self.req.head.idempotent || matches!(f, ProxyError::Send(_)))
         {
             return Retry::Fresh;
         }
@@ -422,7 +405,7 @@ impl Conn {
         &mut self,
         upc: &mut UpstreamConn,
         read: Duration,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), ProxyError> {
         // While the upstream works, the watchdog also looks at the client now and then: one
         // that has gone away ends the wait (nginx's 499) instead of leaving the upstream to
         // finish work nobody will read.
@@ -436,14 +419,14 @@ impl Conn {
         &mut self,
         upc: &mut UpstreamConn,
         read: Duration,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), ProxyError> {
         let max = self.settings().limits.max_header_size;
         loop {
             if !upc.buf.is_empty() {
                 match self.req.resp.parse(&upc.buf, self.req.head.is_head, max) {
                     Ok(response::Parsed::Complete) => {
                         if self.req.resp.status == 101 {
-                            return Err(Failure::Invalid("unexpected 101 Switching Protocols"));
+                            return Err(ProxyError::Invalid("unexpected 101 Switching Protocols"));
                         }
                         if (100..200).contains(&self.req.resp.status) {
                             let n = self.req.resp.len;
@@ -453,17 +436,17 @@ impl Conn {
                         return Ok(());
                     }
                     Ok(response::Parsed::Partial) => {}
-                    Err(why) => return Err(Failure::Invalid(why)),
+                    Err(why) => return Err(ProxyError::Invalid(why)),
                 }
             }
             match read_more_timeout(&mut upc.stream, &mut upc.buf, 4096, read, &self.watch).await {
-                Ok(0) => return Err(Failure::Closed),
+                Ok(0) => return Err(ProxyError::Closed),
                 Ok(_) => {}
                 Err(IoFail::Timeout) if self.watch.client_gone() => {
-                    return Err(Failure::ClientGone)
+                    return Err(ProxyError::ClientGone)
                 }
-                Err(IoFail::Timeout) => return Err(Failure::ReadTimeout),
-                Err(IoFail::Io(e)) => return Err(Failure::Read(e)),
+                Err(IoFail::Timeout) => return Err(ProxyError::ReadTimeout),
+                Err(IoFail::Io(e)) => return Err(ProxyError::Read(e)),
             }
         }
     }
