@@ -106,8 +106,10 @@ impl Snapshot {
         let mut global = Chain::default();
         for (i, g) in config.global_rules.iter().enumerate() {
             let name = object_name("global_rules", i, g.id.as_deref());
+            let owner = format!("global_rules/{}", g.id.as_deref().unwrap_or(&i.to_string()));
             for (_, instance) in build_plugins(
                 &name,
+                &owner,
                 &g.plugins,
                 &upstream_ids,
                 &mut upstreams,
@@ -148,7 +150,14 @@ impl Snapshot {
                 }
             }
             let plugins = match &s.plugins {
-                Some(p) => build_plugins(&name, p, &upstream_ids, &mut upstreams, &mut registry)?,
+                Some(p) => build_plugins(
+                    &name,
+                    &format!("services/{id}"),
+                    p,
+                    &upstream_ids,
+                    &mut upstreams,
+                    &mut registry,
+                )?,
                 None => Vec::new(),
             };
             let info = ServiceInfo {
@@ -674,8 +683,11 @@ struct ServiceInfo<'a> {
 type Services<'a> = HashMap<&'a str, ServiceInfo<'a>>;
 
 /// Builds the plugins configured on one object (`{name}.plugins`).
+/// `owner` identifies the object across reloads (`routes/ID`, `services/ID`,
+/// `global_rules/ID`): an unchanged plugin on the same owner keeps its per-core state.
 fn build_plugins(
     name: &str,
+    owner: &str,
     plugins: &Plugins,
     upstream_ids: &HashMap<&str, usize>,
     upstreams: &mut Vec<UpstreamSpec>,
@@ -701,7 +713,8 @@ fn build_plugins(
                 format!("failed to check the configuration of plugin {plugin} err: {e}"),
             )
         })?;
-        out.push((plugin.clone(), registry.add(built)));
+        let key = format!("{owner}/{plugin}:{conf}");
+        out.push((plugin.clone(), registry.add(built, key)));
     }
     Ok(out)
 }
@@ -879,7 +892,14 @@ fn compile_route(
     }
     // Route plugins, then the service's plugins the route does not configure itself.
     let own = match &r.plugins {
-        Some(p) => build_plugins(name, p, upstream_ids, upstreams, registry)?,
+        Some(p) => build_plugins(
+            name,
+            &format!("routes/{id}"),
+            p,
+            upstream_ids,
+            upstreams,
+            registry,
+        )?,
         None => Vec::new(),
     };
     let mut plugins = Chain::default();

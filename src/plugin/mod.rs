@@ -17,12 +17,16 @@
 //! Plugin instances are built once per config snapshot and shared by every core. A plugin
 //! that needs mutable state (a round-robin position, counters) asks for a per-core state
 //! object, which each core creates for itself when the snapshot arrives: no locks, no
-//! cross-core traffic.
+//! cross-core traffic. An instance whose owner (route, service or global rule id), name
+//! and configuration are unchanged keeps its state through a reload: the core hands the
+//! same state object to the new snapshot.
 
 pub mod traffic_split;
 
 use crate::vars::VarSource;
 use std::any::Any;
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 /// What a phase decides.
@@ -121,6 +125,8 @@ impl Chain {
 #[derive(Default)]
 pub struct Registry {
     pub instances: Vec<Arc<dyn Plugin>>,
+    /// Per slot: owner, name and configuration; equal keys across snapshots share state.
+    keys: Vec<String>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -132,29 +138,46 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    pub fn add(&mut self, plugin: Arc<dyn Plugin>) -> Instance {
+    /// Adds an instance; `key` says what it is (owner, name, configuration): an instance
+    /// with the same key in the next snapshot inherits its per-core state.
+    pub fn add(&mut self, plugin: Arc<dyn Plugin>, key: String) -> Instance {
         self.instances.push(plugin.clone());
+        self.keys.push(key);
         Instance {
             plugin,
             slot: self.instances.len() - 1,
         }
     }
 
-    /// One core's states for every instance.
-    pub fn core_states(&self) -> PluginStates {
+    /// One core's states for every instance: carried over from `previous` (this core's
+    /// states for the snapshot before, with its registry) where the key is unchanged, fresh
+    /// otherwise.
+    pub fn core_states(&self, previous: Option<(&Registry, &PluginStates)>) -> PluginStates {
+        let mut carried: std::collections::HashMap<&str, &Rc<RefCell<CoreState>>> =
+            std::collections::HashMap::new();
+        if let Some((registry, states)) = previous {
+            for (key, state) in registry.keys.iter().zip(&states.states) {
+                carried.insert(key, state);
+            }
+        }
         PluginStates {
             states: self
                 .instances
                 .iter()
-                .map(|p| std::cell::RefCell::new(p.core_state()))
+                .zip(&self.keys)
+                .map(|(p, key)| match carried.get(key.as_str()) {
+                    Some(state) => Rc::clone(state),
+                    None => Rc::new(RefCell::new(p.core_state())),
+                })
                 .collect(),
         }
     }
 }
 
-/// One core's plugin states for one snapshot.
+/// One core's plugin states for one snapshot (shared with the next snapshot's where the
+/// instance is unchanged, so in-flight requests of either see the same state).
 pub struct PluginStates {
-    states: Vec<std::cell::RefCell<CoreState>>,
+    states: Vec<Rc<RefCell<CoreState>>>,
 }
 
 impl PluginStates {

@@ -19,7 +19,7 @@ pub fn local_resource_error(e: &std::io::Error) -> bool {
 }
 
 /// Which balancing algorithm an upstream uses (its `type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BalancerKind {
     RoundRobin,
     LeastConn,

@@ -26,7 +26,8 @@ pub async fn run(worker: Rc<Worker>, listeners: Arc<Listeners>, mailbox: Arc<Mai
             match msg {
                 ControlMsg::Snapshot(s) => {
                     let version = s.version;
-                    *worker.current.borrow_mut() = Rc::new(Local::new(s));
+                    let next = Local::new(s, Some(&worker.current()));
+                    *worker.current.borrow_mut() = Rc::new(next);
                     mailbox.set_applied(version);
                 }
                 ControlMsg::Shutdown { grace } => break 'serve grace,

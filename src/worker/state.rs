@@ -16,6 +16,7 @@ use crate::upstream::balancer::{self, Balancer};
 use crate::upstream::pool::Pool;
 use crate::upstream::Node;
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
@@ -27,19 +28,59 @@ use std::time::Duration;
 /// state for each of its upstreams. Built on the core when the snapshot arrives.
 pub struct Local {
     pub shared: Arc<Snapshot>,
-    pub balancers: Vec<RefCell<Box<dyn Balancer>>>,
+    /// One balancer per upstream of the snapshot; shared with the previous snapshot's where
+    /// the upstream is unchanged (see [`BalancerKey`]).
+    pub balancers: Vec<Rc<RefCell<Box<dyn Balancer>>>>,
     /// This core's state for every plugin instance of the snapshot.
     pub plugin_states: PluginStates,
 }
 
+/// What makes two upstreams' balancers interchangeable: the same upstream (its id, or the
+/// route, service or plugin it is inline in), the same algorithm, and the same nodes with the
+/// same weights and priorities. A reload that leaves these alone leaves the balancer's state
+/// alone too: round-robin positions, least-conn counts and EWMA scores survive it.
+#[derive(PartialEq, Eq, Hash)]
+struct BalancerKey {
+    upstream: Arc<str>,
+    kind: crate::upstream::BalancerKind,
+    nodes: Vec<(std::net::SocketAddr, u32, i64)>,
+}
+
+impl BalancerKey {
+    fn of(u: &crate::upstream::UpstreamSpec) -> BalancerKey {
+        BalancerKey {
+            upstream: u.key.clone(),
+            kind: u.kind,
+            nodes: u
+                .nodes
+                .iter()
+                .map(|n| (n.addr, n.weight, n.priority))
+                .collect(),
+        }
+    }
+}
+
 impl Local {
-    pub(super) fn new(shared: Arc<Snapshot>) -> Local {
+    /// This core's view of `shared`, carrying over the state of `previous` (this core's view
+    /// of the snapshot before) wherever an upstream or plugin instance is unchanged.
+    pub(super) fn new(shared: Arc<Snapshot>, previous: Option<&Local>) -> Local {
+        let mut carried: HashMap<BalancerKey, &Rc<RefCell<Box<dyn Balancer>>>> = HashMap::new();
+        if let Some(p) = previous {
+            for (u, b) in p.shared.upstreams.iter().zip(&p.balancers) {
+                carried.insert(BalancerKey::of(u), b);
+            }
+        }
         let balancers = shared
             .upstreams
             .iter()
-            .map(|u| RefCell::new(balancer::build(u.kind, &u.nodes)))
+            .map(|u| match carried.get(&BalancerKey::of(u)) {
+                Some(b) => Rc::clone(b),
+                None => Rc::new(RefCell::new(balancer::build(u.kind, &u.nodes))),
+            })
             .collect();
-        let plugin_states = shared.plugins.core_states();
+        let plugin_states = shared
+            .plugins
+            .core_states(previous.map(|p| (&p.shared.plugins, &p.plugin_states)));
         Local {
             shared,
             balancers,
@@ -85,7 +126,7 @@ impl Worker {
         Worker {
             index,
             epoll,
-            current: RefCell::new(Rc::new(Local::new(snapshot))),
+            current: RefCell::new(Rc::new(Local::new(snapshot, None))),
             pool: Pool::default(),
             pipes: PipePool::default(),
             log,

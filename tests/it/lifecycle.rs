@@ -311,3 +311,75 @@ fn a_reload_mid_request_keeps_that_requests_settings() {
         gw.events()
     );
 }
+
+#[test]
+fn balancer_and_plugin_state_survive_a_reload_of_something_else() {
+    let a = Backend::named("a");
+    let b = Backend::named("b");
+    let c = Backend::named("c");
+    // Route /rr: round robin 3:1 (a a b a a a b a); route /split: traffic-split 3:1 between
+    // upstream "a" and "b" (the same smooth sequence, kept by the plugin's per-core state).
+    let config = |extra: &str| {
+        format!(
+            r#"
+[[upstreams]]
+id = "rr"
+nodes = [{{ host = "127.0.0.1", port = {ap}, weight = 3 }}, {{ host = "127.0.0.1", port = {bp}, weight = 1 }}]
+[[upstreams]]
+id = "a"
+nodes = {{ "{a}" = 1 }}
+[[upstreams]]
+id = "b"
+nodes = {{ "{b}" = 1 }}
+[[routes]]
+id = "rr"
+uri = "/rr"
+upstream_id = "rr"
+[[routes]]
+id = "split"
+uri = "/split"
+upstream_id = "c"
+[routes.plugins.traffic-split]
+rules = [{{ weighted_upstreams = [{{ upstream_id = "a", weight = 3 }}, {{ upstream_id = "b", weight = 1 }}] }}]
+[[upstreams]]
+id = "c"
+nodes = {{ "{c}" = 1 }}
+{extra}
+"#,
+            a = a.addr(),
+            b = b.addr(),
+            c = c.addr(),
+            ap = a.port,
+            bp = b.port
+        )
+    };
+    let gw = Gateway::start(&config(""));
+    let mut client = gw.client();
+    let mut take =
+        |path: &str, n: usize| -> Vec<String> { (0..n).map(|_| client.get(path).text()).collect() };
+    assert_eq!(take("/rr", 2), ["a", "a"]);
+    assert_eq!(take("/split", 2), ["a", "a"]);
+    // An unrelated change: a new route.
+    gw.write_config(&config(
+        "[[routes]]\nid = \"new\"\nuri = \"/new\"\nupstream_id = \"c\"\n",
+    ));
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_for_event(|e| e.contains("live on all workers") && e.contains("version 2")),
+        "{}",
+        gw.events()
+    );
+    assert_eq!(gw.get("/new").text(), "c");
+    // Both sequences go on where they were (a reset would start again with "a a").
+    assert_eq!(take("/rr", 2), ["b", "a"]);
+    assert_eq!(take("/split", 2), ["b", "a"]);
+    // Changing the upstream itself starts its balancer afresh.
+    gw.write_config(&config("").replace("weight = 3", "weight = 2"));
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_for_event(|e| e.contains("version 3")),
+        "{}",
+        gw.events()
+    );
+    assert_eq!(take("/rr", 3), ["a", "b", "a"]);
+}
