@@ -21,76 +21,96 @@
 //! and configuration are unchanged keeps its state through a reload: the core hands the
 //! same state object to the new snapshot.
 
+mod api;
 pub mod traffic_split;
 
-use crate::vars::VarSource;
-use std::any::Any;
+pub use api::*;
+
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-/// What a phase decides.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Flow {
-    Continue,
-    /// Answer the client directly with this status and a JSON `{"error_msg": ...}` body.
-    Respond {
-        status: u16,
-        message: String,
-    },
+/// Declares every plugin once: the [`Plugin`] enum (static dispatch: no boxing per call, an
+/// async phase of one plugin costs nothing to the others), the dispatch of each phase, and
+/// building by name.
+macro_rules! plugins {
+    ($($variant:ident($ty:ty) = $name:literal,)*) => {
+        /// Every plugin the gateway has, by its APISIX name.
+        pub enum Plugin {
+            $($variant($ty),)*
+        }
+
+        /// The plugin names [`build`] knows.
+        pub const NAMES: &[&str] = &[$($name),*];
+
+        impl Plugin {
+            pub fn name(&self) -> &'static str {
+                match self { $(Plugin::$variant(p) => p.name(),)* }
+            }
+
+            pub fn priority(&self) -> i32 {
+                match self { $(Plugin::$variant(p) => p.priority(),)* }
+            }
+
+            fn core_state(&self) -> CoreState {
+                match self { $(Plugin::$variant(p) => p.core_state(),)* }
+            }
+
+            async fn run(
+                &self,
+                phase: Phase,
+                ctx: &mut RequestCtx<'_>,
+                state: &RefCell<CoreState>,
+            ) -> Flow {
+                match (self, phase) {
+                    $(
+                        (Plugin::$variant(p), Phase::Rewrite) => p.rewrite(ctx, state).await,
+                        (Plugin::$variant(p), Phase::Access) => p.access(ctx, state).await,
+                        (Plugin::$variant(p), Phase::BeforeProxy) => {
+                            p.before_proxy(ctx, state).await
+                        }
+                    )*
+                }
+            }
+
+            fn header_filter(&self, ctx: &mut ResponseCtx<'_>, state: &RefCell<CoreState>) {
+                match self { $(Plugin::$variant(p) => p.header_filter(ctx, state),)* }
+            }
+
+            fn body_filter(&self, chunk: &[u8], state: &RefCell<CoreState>) {
+                match self { $(Plugin::$variant(p) => p.body_filter(chunk, state),)* }
+            }
+
+            fn log(&self, ctx: &LogCtx, state: &RefCell<CoreState>) {
+                match self { $(Plugin::$variant(p) => p.log(ctx, state),)* }
+            }
+        }
+
+        /// Builds the plugin `name` from its config; the error names what is wrong.
+        pub fn build(
+            name: &str,
+            conf: &serde_json::Value,
+            ctx: &mut BuildCtx<'_>,
+        ) -> Result<Plugin, String> {
+            match name {
+                $($name => Ok(Plugin::$variant(<$ty>::build(conf, ctx)?)),)*
+                other => Err(format!(
+                    "unknown plugin \"{other}\" (available: {})",
+                    NAMES.join(", ")
+                )),
+            }
+        }
+    };
 }
 
-/// The request as plugins see it.
-pub struct RequestCtx<'a> {
-    pub vars: &'a dyn VarSource,
-    /// Index of the upstream the request will go to (the route's, unless a plugin changes
-    /// it); `None` when the route has none.
-    pub upstream: Option<usize>,
-}
-
-/// The response as `header_filter` and `log` see it.
-pub struct ResponseCtx {
-    pub status: u16,
-}
-
-/// Per-core mutable state of one plugin instance.
-pub type CoreState = Box<dyn Any>;
-
-/// One plugin. Every phase has a default that does nothing.
-pub trait Plugin: Send + Sync {
-    fn name(&self) -> &'static str;
-
-    /// Higher runs first within a phase (APISIX's plugin priorities).
-    fn priority(&self) -> i32;
-
-    /// A fresh per-core state object (created on every core for every snapshot).
-    fn core_state(&self) -> CoreState {
-        Box::new(())
-    }
-
-    fn rewrite(&self, _ctx: &mut RequestCtx<'_>, _state: &mut CoreState) -> Flow {
-        Flow::Continue
-    }
-
-    fn access(&self, _ctx: &mut RequestCtx<'_>, _state: &mut CoreState) -> Flow {
-        Flow::Continue
-    }
-
-    fn before_proxy(&self, _ctx: &mut RequestCtx<'_>, _state: &mut CoreState) -> Flow {
-        Flow::Continue
-    }
-
-    fn header_filter(&self, _resp: &ResponseCtx, _state: &mut CoreState) {}
-
-    fn body_filter(&self, _chunk: &[u8], _state: &mut CoreState) {}
-
-    fn log(&self, _resp: &ResponseCtx, _state: &mut CoreState) {}
+plugins! {
+    TrafficSplit(traffic_split::TrafficSplit) = "traffic-split",
 }
 
 /// A plugin instance in a chain, with the slot of its per-core state.
 #[derive(Clone)]
 pub struct Instance {
-    pub plugin: Arc<dyn Plugin>,
+    pub plugin: Arc<Plugin>,
     /// Index into the core's plugin states (see [`PluginStates`]).
     pub slot: usize,
 }
@@ -124,7 +144,7 @@ impl Chain {
 /// Every plugin instance of a snapshot, by slot, so each core can make their states.
 #[derive(Default)]
 pub struct Registry {
-    pub instances: Vec<Arc<dyn Plugin>>,
+    pub instances: Vec<Arc<Plugin>>,
     /// Per slot: owner, name and configuration; equal keys across snapshots share state.
     keys: Vec<String>,
 }
@@ -140,7 +160,7 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// Adds an instance; `key` says what it is (owner, name, configuration): an instance
     /// with the same key in the next snapshot inherits its per-core state.
-    pub fn add(&mut self, plugin: Arc<dyn Plugin>, key: String) -> Instance {
+    pub fn add(&mut self, plugin: Arc<Plugin>, key: String) -> Instance {
         self.instances.push(plugin.clone());
         self.keys.push(key);
         Instance {
@@ -181,17 +201,13 @@ pub struct PluginStates {
 }
 
 impl PluginStates {
-    /// Runs `phase` for the global chain then the route chain; stops at the first answer.
-    pub fn run(&self, chains: [&Chain; 2], ctx: &mut RequestCtx<'_>, phase: Phase) -> Flow {
+    /// Runs a request phase for the global chain then the route chain; stops at the first
+    /// answer.
+    pub async fn run(&self, chains: [&Chain; 2], phase: Phase, ctx: &mut RequestCtx<'_>) -> Flow {
         for chain in chains {
             for i in &chain.plugins {
-                let mut state = self.states[i.slot].borrow_mut();
-                let flow = match phase {
-                    Phase::Rewrite => i.plugin.rewrite(ctx, &mut state),
-                    Phase::Access => i.plugin.access(ctx, &mut state),
-                    Phase::BeforeProxy => i.plugin.before_proxy(ctx, &mut state),
-                };
-                if flow != Flow::Continue {
+                let flow = i.plugin.run(phase, ctx, &self.states[i.slot]).await;
+                if let Flow::Respond(_) = flow {
                     return flow;
                 }
             }
@@ -199,26 +215,32 @@ impl PluginStates {
         Flow::Continue
     }
 
-    /// Runs `header_filter` (or `log`) for both chains.
-    pub fn run_response(&self, chains: [&Chain; 2], resp: &ResponseCtx, log: bool) {
+    /// Runs `header_filter` for both chains.
+    pub fn header_filter(&self, chains: [&Chain; 2], ctx: &mut ResponseCtx<'_>) {
         for chain in chains {
             for i in &chain.plugins {
-                let mut state = self.states[i.slot].borrow_mut();
-                if log {
-                    i.plugin.log(resp, &mut state);
-                } else {
-                    i.plugin.header_filter(resp, &mut state);
+                i.plugin.header_filter(ctx, &self.states[i.slot]);
+                if let Some(s) = ctx.response.status {
+                    ctx.status = s;
                 }
             }
         }
     }
 
     /// Runs `body_filter` for both chains.
-    pub fn run_body(&self, chains: [&Chain; 2], chunk: &[u8]) {
+    pub fn body_filter(&self, chains: [&Chain; 2], chunk: &[u8]) {
         for chain in chains {
             for i in &chain.plugins {
-                i.plugin
-                    .body_filter(chunk, &mut self.states[i.slot].borrow_mut());
+                i.plugin.body_filter(chunk, &self.states[i.slot]);
+            }
+        }
+    }
+
+    /// Runs `log` for both chains.
+    pub fn log(&self, chains: [&Chain; 2], ctx: &LogCtx) {
+        for chain in chains {
+            for i in &chain.plugins {
+                i.plugin.log(ctx, &self.states[i.slot]);
             }
         }
     }
@@ -241,18 +263,4 @@ pub struct BuildCtx<'a> {
         &'a mut dyn FnMut(&str, &crate::config::UpstreamConfig) -> Result<usize, String>,
     /// Where the plugin's config sits, for error messages (`routes[0] (id "r").plugins`).
     pub field: String,
-}
-
-/// Builds the plugin `name` from its config; the error names what is wrong.
-pub fn build(
-    name: &str,
-    conf: &serde_json::Value,
-    ctx: &mut BuildCtx<'_>,
-) -> Result<Arc<dyn Plugin>, String> {
-    match name {
-        "traffic-split" => Ok(Arc::new(traffic_split::TrafficSplit::build(conf, ctx)?)),
-        other => Err(format!(
-            "unknown plugin \"{other}\" (available: traffic-split)"
-        )),
-    }
 }

@@ -7,11 +7,12 @@
 //! goes to the route's upstream. The split is smooth weighted round robin per rule and per
 //! core, so an 80/20 split interleaves (4 to one, then 1 to the other) instead of bursting.
 
-use super::{BuildCtx, CoreState, Flow, Plugin, RequestCtx};
+use super::{BuildCtx, CoreState, Flow, Phases, RequestCtx};
 use crate::config::UpstreamConfig;
 use crate::upstream::balancer::roundrobin::smooth_pick;
 use crate::vars::Condition;
 use serde::Deserialize;
+use std::cell::RefCell;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,7 +146,7 @@ struct State {
     current: Vec<Vec<i64>>,
 }
 
-impl Plugin for TrafficSplit {
+impl Phases for TrafficSplit {
     fn name(&self) -> &'static str {
         "traffic-split"
     }
@@ -164,7 +165,8 @@ impl Plugin for TrafficSplit {
         })
     }
 
-    fn access(&self, ctx: &mut RequestCtx<'_>, state: &mut CoreState) -> Flow {
+    async fn access(&self, ctx: &mut RequestCtx<'_>, state: &RefCell<CoreState>) -> Flow {
+        let mut state = state.borrow_mut();
         let Some(state) = state.downcast_mut::<State>() else {
             return Flow::Continue;
         };

@@ -2,12 +2,13 @@
 //! failures): APISIX's `{"error_msg": ...}` bodies, and whether the connection can go on
 //! after them.
 
-use crate::http::error_page::write_error_with;
+use crate::http::{push_decimal, reason_phrase};
 use crate::net::io::write_all;
+use crate::plugin::Answer;
 use crate::upstream::UpstreamSpec;
 
 use super::ctx::Outcome;
-use super::editor::put_upstream_status;
+use super::editor::{put_header, put_upstream_status};
 use super::error::ProxyError;
 use super::request_body::BodyState;
 use super::session::Conn;
@@ -19,35 +20,62 @@ impl Conn {
         self.body_state().ok().filter(|b| b.complete).map(|b| b.end)
     }
 
-    /// Answers with a gateway-made error. `body_end` is where this request's bytes end in the
-    /// buffer when they have all been read; without it the connection closes (after
-    /// draining what the client is still sending, so it sees the answer).
+    /// Answers with a gateway-made error (APISIX's `{"error_msg": ...}` body). `body_end`
+    /// is where this request's bytes end in the buffer when they have all been read; without
+    /// it the connection closes (after draining what the client is still sending, so it sees
+    /// the answer).
     pub(super) async fn local_error(
         &mut self,
         status: u16,
         msg: &str,
         body_end: Option<usize>,
     ) -> Outcome {
+        self.answer(Answer::error(status, msg), body_end).await
+    }
+
+    /// Sends an answer the gateway makes (an error, or a plugin's): the plugins'
+    /// header_filter sees it first and may change it, as it would an upstream's response.
+    pub(super) async fn answer(&mut self, mut answer: Answer, body_end: Option<usize>) -> Outcome {
         let keep = body_end.is_some() && !self.req.head.close && !self.worker.stopping();
         self.linger = body_end.is_none();
-        self.out.clear();
-        let mut extra = Vec::new();
-        put_upstream_status(&mut extra, &self.req.up_statuses);
-        write_error_with(
-            &mut self.out,
-            status,
-            msg,
-            !keep,
-            self.req.head.is_head,
-            &extra,
-        );
+        answer.status = self.response_phase(answer.status, true);
+        let edits = &mut self.req.edits.response;
+        if let Some(body) = edits.body.take() {
+            answer.body = body;
+        }
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        push_decimal(out, u64::from(answer.status));
+        out.push(b' ');
+        out.extend_from_slice(reason_phrase(answer.status).as_bytes());
+        out.extend_from_slice(b"\r\nServer: shardgate\r\n");
+        for (name, value) in &answer.headers {
+            if !edits.headers.drops(name.as_bytes()) {
+                put_header(out, name, value);
+            }
+        }
+        for (name, value) in edits.headers.written() {
+            put_header(out, name, value);
+        }
+        out.extend_from_slice(b"Content-Length: ");
+        push_decimal(out, answer.body.len() as u64);
+        out.extend_from_slice(b"\r\n");
+        put_upstream_status(out, &self.req.up_statuses);
+        if !keep {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !self.req.head.is_head {
+            out.extend_from_slice(&answer.body);
+        }
         let bytes = self.out.len() as u64;
         let send = self.settings().send_timeout;
         let ok = write_all(&mut self.stream, &mut self.out, send, &self.watch)
             .await
             .is_ok();
         Outcome {
-            status,
+            status: answer.status,
             bytes,
             keep_alive: keep && ok,
             consumed: body_end.unwrap_or(0),

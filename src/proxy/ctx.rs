@@ -5,6 +5,7 @@
 
 use crate::http::request::RequestHead;
 use crate::http::response::ResponseHead;
+use crate::plugin::{RequestEdits, ResponseEdits};
 use crate::snapshot::Settings;
 use crate::worker::Local;
 use std::net::SocketAddr;
@@ -42,6 +43,15 @@ pub(super) struct Ctx {
     /// The upstream answered before it had taken the whole request body (and stopped taking
     /// it): the answer is relayed, then the connection closes (lingering).
     pub(super) early_answer: bool,
+    /// What plugins changed in the request and in the response.
+    pub(super) edits: Edits,
+}
+
+/// The plugins' changes to one request and its response.
+#[derive(Default)]
+pub(super) struct Edits {
+    pub(super) request: RequestEdits,
+    pub(super) response: ResponseEdits,
 }
 
 impl Ctx {
@@ -53,6 +63,8 @@ impl Ctx {
         self.plugins = false;
         self.early_answer = false;
         self.up_statuses.clear();
+        self.edits.request.clear();
+        self.edits.response.clear();
     }
 }
 

@@ -41,19 +41,30 @@ impl Conn {
     pub(super) fn build_upstream_head(&mut self, up: &UpstreamSpec, node: &Node) {
         let buf = &self.buf;
         let head = &self.req.head;
+        let edits = &self.req.edits.request;
         let out = &mut self.out;
         out.clear();
-        out.extend_from_slice(&buf[head.method.clone()]);
+        match &edits.method {
+            Some(m) => out.extend_from_slice(m.as_bytes()),
+            None => out.extend_from_slice(&buf[head.method.clone()]),
+        }
         out.push(b' ');
-        out.extend_from_slice(head.target(buf));
+        match &edits.uri {
+            Some(uri) => out.extend_from_slice(uri.as_bytes()),
+            None => out.extend_from_slice(head.target(buf)),
+        }
         out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         let client_host = &buf[head.host.clone()];
-        match &up.pass_host {
-            PassHost::Pass if !client_host.is_empty() => out.extend_from_slice(client_host),
-            PassHost::Pass | PassHost::Node => out.extend_from_slice(node.host_port.as_bytes()),
-            PassHost::Rewrite(h) => out.extend_from_slice(h.as_bytes()),
+        match (&edits.host, &up.pass_host) {
+            (Some(h), _) => out.extend_from_slice(h.as_bytes()),
+            (None, PassHost::Pass) if !client_host.is_empty() => out.extend_from_slice(client_host),
+            (None, PassHost::Pass | PassHost::Node) => {
+                out.extend_from_slice(node.host_port.as_bytes())
+            }
+            (None, PassHost::Rewrite(h)) => out.extend_from_slice(h.as_bytes()),
         }
         out.extend_from_slice(b"\r\n");
+        let edited = !edits.headers.is_empty();
         let mut xff: Option<usize> = None;
         let mut forwarded = false;
         for (i, h) in head.headers.iter().enumerate() {
@@ -78,6 +89,9 @@ impl Conn {
                 forwarded = true;
                 continue;
             }
+            if edited && edits.headers.drops(name) {
+                continue;
+            }
             out.extend_from_slice(name);
             out.extend_from_slice(b": ");
             out.extend_from_slice(&buf[h.value.clone()]);
@@ -91,6 +105,13 @@ impl Conn {
                 out.extend_from_slice(b"\r\n");
             }
             BodyFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        }
+        if edited {
+            for (name, value) in edits.headers.written() {
+                if !gateway_owned(name.as_bytes()) {
+                    put_header(out, name, value);
+                }
+            }
         }
         out.extend_from_slice(b"X-Forwarded-For: ");
         if xff.is_some() {
@@ -140,20 +161,26 @@ impl Conn {
     ) {
         let out = &mut self.out;
         let resp = &self.req.resp;
+        let edits = &self.req.edits.response;
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 ");
-        push_decimal(out, u64::from(resp.status));
+        let status = edits.status.unwrap_or(resp.status);
+        push_decimal(out, u64::from(status));
         out.push(b' ');
         let reason = &src[resp.reason.clone()];
-        if reason.is_empty() {
-            out.extend_from_slice(crate::http::reason_phrase(resp.status).as_bytes());
+        if reason.is_empty() || status != resp.status {
+            out.extend_from_slice(crate::http::reason_phrase(status).as_bytes());
         } else {
             out.extend_from_slice(reason);
         }
         out.extend_from_slice(b"\r\n");
+        let edited = !edits.headers.is_empty();
         for h in &resp.headers {
             let name = &src[h.name.clone()];
-            if is_hop_by_hop(name) || resp.listed_in_connection(src, name) {
+            if is_hop_by_hop(name)
+                || resp.listed_in_connection(src, name)
+                || (edited && edits.headers.drops(name))
+            {
                 continue;
             }
             // Content-Length is re-written for framed bodies; a 204 (or 1xx) must not carry one
@@ -167,6 +194,13 @@ impl Conn {
             out.extend_from_slice(b": ");
             out.extend_from_slice(&src[h.value.clone()]);
             out.extend_from_slice(b"\r\n");
+        }
+        if edited {
+            for (name, value) in edits.headers.written() {
+                if !gateway_owned(name.as_bytes()) {
+                    put_header(out, name, value);
+                }
+            }
         }
         put_upstream_status(out, &self.req.up_statuses);
         match framing {
@@ -190,4 +224,21 @@ impl Conn {
         }
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// Appends one header field.
+pub(super) fn put_header(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Header fields plugins may not set: the gateway writes them itself (framing, Host,
+/// connection management), and a second value could split the message differently.
+pub(super) fn gateway_owned(name: &[u8]) -> bool {
+    eq_ignore_case(name, b"content-length")
+        || eq_ignore_case(name, b"transfer-encoding")
+        || eq_ignore_case(name, b"host")
+        || is_hop_by_hop(name)
 }

@@ -5,12 +5,12 @@
 use super::vars::RequestVars;
 use crate::http::path::{needs_normalizing, normalize, BadPath};
 use crate::log::access::Entry;
-use crate::plugin::{Flow, Phase, RequestCtx, ResponseCtx};
+use crate::plugin::{Answer, Flow, LogCtx, Phase, RequestCtx, ResponseCtx};
 use crate::route::{MatchInput, Route};
 use crate::worker::Local;
 use std::time::{Duration, Instant};
 
-use super::ctx::Outcome;
+use super::ctx::{Ctx, Edits, Outcome};
 use super::session::Conn;
 
 impl Conn {
@@ -46,14 +46,14 @@ impl Conn {
                 self.req.route = Some(route.index);
                 self.req.plugins = !local.shared.global.is_empty() || !route.plugins.is_empty();
                 let decision = if self.req.plugins {
-                    self.run_plugins(&local, route)
+                    self.run_plugins(&local, route).await
                 } else {
                     Ok(route.upstream)
                 };
                 match decision {
-                    Err((status, message)) => {
+                    Err(answer) => {
                         let end = self.buffered_body_end();
-                        self.local_error(status, &message, end).await
+                        self.answer(answer, end).await
                     }
                     Ok(None) => {
                         let end = self.buffered_body_end();
@@ -71,12 +71,12 @@ impl Conn {
 
         // 5. The log phase of the plugins, then the access log.
         if let Some(route) = route.filter(|_| self.req.plugins) {
-            let resp = ResponseCtx {
+            let ctx = LogCtx {
                 status: outcome.status,
             };
             local
                 .plugin_states
-                .run_response([&local.shared.global, &route.plugins], &resp, true);
+                .log([&local.shared.global, &route.plugins], &ctx);
         }
         self.finish(outcome, route.map(|r| &*r.id), start)
     }
@@ -146,25 +146,46 @@ impl Conn {
 
     /// Runs the rewrite, access and before_proxy phases of the global and route plugins.
     /// Returns the upstream to use, or the answer a plugin gave.
-    pub(super) fn run_plugins(
-        &self,
+    pub(super) async fn run_plugins(
+        &mut self,
         local: &Local,
         route: &Route,
-    ) -> Result<Option<usize>, (u16, String)> {
-        let vars = self.vars();
+    ) -> Result<Option<usize>, Answer> {
+        let (vars, edits) = self.vars_and_edits();
         let mut ctx = RequestCtx {
             vars: &vars,
             upstream: route.upstream,
+            request: &mut edits.request,
+            response: &mut edits.response,
         };
         let chains = [&local.shared.global, &route.plugins];
         for phase in [Phase::Rewrite, Phase::Access, Phase::BeforeProxy] {
-            if let Flow::Respond { status, message } =
-                local.plugin_states.run(chains, &mut ctx, phase)
-            {
-                return Err((status, message));
+            if let Flow::Respond(answer) = local.plugin_states.run(chains, phase, &mut ctx).await {
+                return Err(answer);
             }
         }
         Ok(ctx.upstream)
+    }
+
+    /// Runs the plugins' header_filter on a response about to go out with `status` (the
+    /// upstream's, or one the gateway made: `by_gateway`). Returns the status to send.
+    pub(super) fn response_phase(&mut self, status: u16, by_gateway: bool) -> u16 {
+        let (true, Some(index)) = (self.req.plugins, self.req.route) else {
+            return status;
+        };
+        let local = self.req.local.clone();
+        let route = local.shared.router.route(index);
+        let (vars, edits) = self.vars_and_edits();
+        let mut ctx = ResponseCtx {
+            vars: &vars,
+            status,
+            by_gateway,
+            response: &mut edits.response,
+        };
+        local
+            .plugin_states
+            .header_filter([&local.shared.global, &route.plugins], &mut ctx);
+        ctx.status
     }
 
     /// Shows response body bytes to the plugins' body_filter phase (when the route has any).
@@ -174,8 +195,35 @@ impl Conn {
             let route = local.shared.router.route(index);
             local
                 .plugin_states
-                .run_body([&local.shared.global, &route.plugins], data);
+                .body_filter([&local.shared.global, &route.plugins], data);
         }
+    }
+
+    /// The request's variables, beside the plugins' edits (borrowed apart, so a phase can
+    /// read the one and change the other).
+    pub(super) fn vars_and_edits(&mut self) -> (RequestVars<'_>, &mut Edits) {
+        let Ctx {
+            head,
+            host_lc,
+            path_buf,
+            path_normalized,
+            edits,
+            ..
+        } = &mut self.req;
+        let path = if *path_normalized {
+            &path_buf[..]
+        } else {
+            head.path(&self.buf)
+        };
+        let vars = RequestVars {
+            buf: &self.buf,
+            head,
+            path,
+            host: host_lc,
+            remote_ip: &self.peer_ip,
+            server_port: &self.local_port,
+        };
+        (vars, edits)
     }
 
     /// The current request's variables (`uri`, `http_*`, `arg_*`, ...).

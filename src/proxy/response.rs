@@ -41,6 +41,17 @@ impl Conn {
         t: &Timeouts,
         mut outcome: Outcome,
     ) -> Outcome {
+        let status = self
+            .req
+            .edits
+            .response
+            .status
+            .unwrap_or(self.req.resp.status);
+        outcome.status = status;
+        outcome.upstream_status = Some(self.req.resp.status);
+        if let Some(body) = self.req.edits.response.body.take() {
+            return self.send_replaced_body(upc, body, outcome).await;
+        }
         let framing = self.req.resp.framing();
         let http10 = self.req.head.minor_version == 0;
         let dechunk = http10 && framing == ResponseFraming::Chunked;
@@ -56,8 +67,6 @@ impl Conn {
         let mut upstream_reusable = !self.req.resp.close && !self.req.early_answer;
         // The client may still be sending the body the upstream did not take.
         self.linger |= self.req.early_answer;
-        outcome.status = self.req.resp.status;
-        outcome.upstream_status = Some(self.req.resp.status);
         self.build_client_head(&upc.buf, framing, dechunk, client_keep, http10);
         let complete = match framing {
             ResponseFraming::None => true,
@@ -159,6 +168,29 @@ impl Conn {
             addr,
             outcome,
         )
+    }
+
+    /// Sends the upstream's response head with a body a plugin gave instead of its own.
+    /// The upstream's body is not read, so its connection is not reused.
+    async fn send_replaced_body(
+        &mut self,
+        upc: UpstreamConn,
+        body: Vec<u8>,
+        mut outcome: Outcome,
+    ) -> Outcome {
+        let http10 = self.req.head.minor_version == 0;
+        let keep = !self.req.head.close && !self.req.early_answer && !self.worker.stopping();
+        self.linger |= self.req.early_answer;
+        let framing = ResponseFraming::Length(body.len() as u64);
+        self.build_client_head(&upc.buf, framing, false, keep, http10);
+        self.worker.pool.discard(upc);
+        if !self.req.head.is_head {
+            self.out.extend_from_slice(&body);
+        }
+        let send = self.settings().send_timeout;
+        let ok = self.send_out(send, &mut outcome).await.is_ok();
+        outcome.keep_alive = ok && keep;
+        outcome
     }
 
     /// After a relay: pools the upstream connection if the exchange ended cleanly, and

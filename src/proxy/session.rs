@@ -53,6 +53,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, loca
             key_buf: s.key_buf,
             up_statuses: s.up_statuses,
             early_answer: false,
+            edits: Default::default(),
         },
     };
     conn.run().await;

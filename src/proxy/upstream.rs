@@ -7,7 +7,6 @@ use crate::http::request::BodyFraming;
 use crate::http::response::{self};
 use crate::net::io::{read_more_timeout, IoFail};
 use crate::net::sockopt;
-use crate::plugin::ResponseCtx;
 use crate::route::Route;
 use crate::upstream::balancer::{Balancer, PickContext};
 use crate::upstream::pool::{Pool, UpstreamConn};
@@ -282,16 +281,7 @@ impl Conn {
                         self.worker.report_health(node, report);
                     }
                     self.req.up_statuses.push(self.req.resp.status);
-                    if self.req.plugins {
-                        let resp = ResponseCtx {
-                            status: self.req.resp.status,
-                        };
-                        local.plugin_states.run_response(
-                            [&local.shared.global, &route.plugins],
-                            &resp,
-                            false,
-                        );
-                    }
+                    self.response_phase(self.req.resp.status, false);
                     let rtt = attempt_start.map(|t| t.elapsed());
                     outcome.upstream_latency = rtt;
                     outcome.retries = retries_done;

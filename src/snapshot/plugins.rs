@@ -40,7 +40,10 @@ pub(super) fn build_plugins(
             )
         })?;
         let key = format!("{owner}/{plugin}:{conf}");
-        out.push((plugin.clone(), registry.add(built, key)));
+        out.push((
+            plugin.clone(),
+            registry.add(std::sync::Arc::new(built), key),
+        ));
     }
     Ok(out)
 }
