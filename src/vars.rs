@@ -57,6 +57,82 @@ pub trait VarSource {
     fn var(&self, var: &Var) -> Option<&[u8]>;
 }
 
+/// Text with variables in it (`$host$uri`, `/api/${arg_v}/x`): chash keys, plugin values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    parts: Vec<TemplatePart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TemplatePart {
+    Literal(String),
+    Var(Var),
+}
+
+impl Template {
+    /// Parses `$var` and `${var}` among literal text (`$` followed by anything else is an
+    /// error, so a typo is caught when the config loads).
+    pub fn parse(t: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut rest = t;
+        while let Some(pos) = rest.find('$') {
+            if pos > 0 {
+                parts.push(TemplatePart::Literal(rest[..pos].to_string()));
+            }
+            let after = &rest[pos + 1..];
+            let (name, next) = if let Some(inner) = after.strip_prefix('{') {
+                let end = inner.find('}').ok_or("unclosed '${'")?;
+                (&inner[..end], &inner[end + 1..])
+            } else {
+                let end = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                (&after[..end], &after[end..])
+            };
+            if name.is_empty() {
+                return Err("'$' must be followed by a variable name".into());
+            }
+            parts.push(TemplatePart::Var(Var::parse(name)?));
+            rest = next;
+        }
+        if !rest.is_empty() {
+            parts.push(TemplatePart::Literal(rest.to_string()));
+        }
+        Ok(Template { parts })
+    }
+
+    /// Whether any part is a variable (a template without one is constant text).
+    pub fn has_vars(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, TemplatePart::Var(_)))
+    }
+
+    /// Appends the text with each variable's value (missing ones as empty) to `out`.
+    /// Returns whether any variable had a value.
+    pub fn render(&self, vars: &dyn VarSource, out: &mut Vec<u8>) -> bool {
+        let mut any = false;
+        for part in &self.parts {
+            match part {
+                TemplatePart::Literal(s) => out.extend_from_slice(s.as_bytes()),
+                TemplatePart::Var(v) => {
+                    if let Some(value) = vars.var(v) {
+                        out.extend_from_slice(value);
+                        any = true;
+                    }
+                }
+            }
+        }
+        any
+    }
+
+    /// The rendered text as a string (lossy for non-UTF-8 values).
+    pub fn render_string(&self, vars: &dyn VarSource) -> String {
+        let mut out = Vec::new();
+        self.render(vars, &mut out);
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Eq(Vec<u8>),

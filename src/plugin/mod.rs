@@ -22,6 +22,11 @@
 //! same state object to the new snapshot.
 
 mod api;
+mod conf;
+pub mod fault_injection;
+pub mod proxy_rewrite;
+pub mod request_id;
+pub mod response_rewrite;
 pub mod traffic_split;
 
 pub use api::*;
@@ -104,6 +109,10 @@ macro_rules! plugins {
 }
 
 plugins! {
+    FaultInjection(fault_injection::FaultInjection) = "fault-injection",
+    ProxyRewrite(proxy_rewrite::ProxyRewrite) = "proxy-rewrite",
+    RequestId(request_id::RequestId) = "request-id",
+    ResponseRewrite(response_rewrite::ResponseRewrite) = "response-rewrite",
     TrafficSplit(traffic_split::TrafficSplit) = "traffic-split",
 }
 
@@ -114,6 +123,11 @@ pub struct Instance {
     /// Index into the core's plugin states (see [`PluginStates`]).
     pub slot: usize,
 }
+
+/// No plugins: the route chain of a request no route matched (global rules still run).
+pub static EMPTY_CHAIN: Chain = Chain {
+    plugins: Vec::new(),
+};
 
 /// The plugins that run for one route (global rules excluded), in execution order.
 #[derive(Clone, Default)]

@@ -5,7 +5,7 @@
 use super::vars::RequestVars;
 use crate::http::path::{needs_normalizing, normalize, BadPath};
 use crate::log::access::Entry;
-use crate::plugin::{Answer, Flow, LogCtx, Phase, RequestCtx, ResponseCtx};
+use crate::plugin::{Answer, Chain, Flow, LogCtx, Phase, RequestCtx, ResponseCtx, EMPTY_CHAIN};
 use crate::route::{MatchInput, Route};
 use crate::worker::Local;
 use std::time::{Duration, Instant};
@@ -37,46 +37,45 @@ impl Conn {
 
         // 3. Plugins: rewrite, access, before_proxy; any may answer, or choose the upstream.
         // 4. Proxying, or an answer of the gateway's own.
-        let outcome = match route {
-            None => {
+        self.req.route = route.map(|r| r.index);
+        let route_chain = route.map_or(&EMPTY_CHAIN, |r| &r.plugins);
+        self.req.plugins = !local.shared.global.is_empty() || !route_chain.is_empty();
+        let decision = if self.req.plugins {
+            self.run_plugins(&local, route_chain, route.and_then(|r| r.upstream))
+                .await
+        } else {
+            Ok(route.and_then(|r| r.upstream))
+        };
+        let outcome = match (route, decision) {
+            (_, Err(answer)) => {
+                let end = self.buffered_body_end();
+                self.answer(answer, end).await
+            }
+            // Global rules run for a request no route matched, as in APISIX; it is still a 404.
+            (None, Ok(_)) => {
                 let end = self.buffered_body_end();
                 self.local_error(404, "404 Route Not Found", end).await
             }
-            Some(route) => {
-                self.req.route = Some(route.index);
-                self.req.plugins = !local.shared.global.is_empty() || !route.plugins.is_empty();
-                let decision = if self.req.plugins {
-                    self.run_plugins(&local, route).await
-                } else {
-                    Ok(route.upstream)
-                };
-                match decision {
-                    Err(answer) => {
-                        let end = self.buffered_body_end();
-                        self.answer(answer, end).await
-                    }
-                    Ok(None) => {
-                        let end = self.buffered_body_end();
-                        self.local_error(
-                            503,
-                            "missing upstream configuration in Route or Service",
-                            end,
-                        )
-                        .await
-                    }
-                    Ok(Some(ui)) => self.proxy(&local, route, ui).await,
-                }
+            (Some(_), Ok(None)) => {
+                let end = self.buffered_body_end();
+                self.local_error(
+                    503,
+                    "missing upstream configuration in Route or Service",
+                    end,
+                )
+                .await
             }
+            (Some(route), Ok(Some(ui))) => self.proxy(&local, route, ui).await,
         };
 
         // 5. The log phase of the plugins, then the access log.
-        if let Some(route) = route.filter(|_| self.req.plugins) {
+        if self.req.plugins {
             let ctx = LogCtx {
                 status: outcome.status,
             };
             local
                 .plugin_states
-                .log([&local.shared.global, &route.plugins], &ctx);
+                .log([&local.shared.global, route_chain], &ctx);
         }
         self.finish(outcome, route.map(|r| &*r.id), start)
     }
@@ -149,16 +148,17 @@ impl Conn {
     pub(super) async fn run_plugins(
         &mut self,
         local: &Local,
-        route: &Route,
+        route_chain: &Chain,
+        upstream: Option<usize>,
     ) -> Result<Option<usize>, Answer> {
         let (vars, edits) = self.vars_and_edits();
         let mut ctx = RequestCtx {
             vars: &vars,
-            upstream: route.upstream,
+            upstream,
             request: &mut edits.request,
             response: &mut edits.response,
         };
-        let chains = [&local.shared.global, &route.plugins];
+        let chains = [&local.shared.global, route_chain];
         for phase in [Phase::Rewrite, Phase::Access, Phase::BeforeProxy] {
             if let Flow::Respond(answer) = local.plugin_states.run(chains, phase, &mut ctx).await {
                 return Err(answer);
@@ -170,11 +170,14 @@ impl Conn {
     /// Runs the plugins' header_filter on a response about to go out with `status` (the
     /// upstream's, or one the gateway made: `by_gateway`). Returns the status to send.
     pub(super) fn response_phase(&mut self, status: u16, by_gateway: bool) -> u16 {
-        let (true, Some(index)) = (self.req.plugins, self.req.route) else {
+        if !self.req.plugins {
             return status;
-        };
+        }
         let local = self.req.local.clone();
-        let route = local.shared.router.route(index);
+        let route_chain = self
+            .req
+            .route
+            .map_or(&EMPTY_CHAIN, |i| &local.shared.router.route(i).plugins);
         let (vars, edits) = self.vars_and_edits();
         let mut ctx = ResponseCtx {
             vars: &vars,
@@ -184,18 +187,21 @@ impl Conn {
         };
         local
             .plugin_states
-            .header_filter([&local.shared.global, &route.plugins], &mut ctx);
+            .header_filter([&local.shared.global, route_chain], &mut ctx);
         ctx.status
     }
 
     /// Shows response body bytes to the plugins' body_filter phase (when the route has any).
     pub(super) fn filter_body(&self, data: &[u8]) {
-        if let (true, Some(index)) = (self.req.plugins, self.req.route) {
+        if self.req.plugins {
             let local = &self.req.local;
-            let route = local.shared.router.route(index);
+            let route_chain = self
+                .req
+                .route
+                .map_or(&EMPTY_CHAIN, |i| &local.shared.router.route(i).plugins);
             local
                 .plugin_states
-                .body_filter([&local.shared.global, &route.plugins], data);
+                .body_filter([&local.shared.global, route_chain], data);
         }
     }
 

@@ -10,7 +10,7 @@ use crate::net::sockopt;
 use crate::route::Route;
 use crate::upstream::balancer::{Balancer, PickContext};
 use crate::upstream::pool::{Pool, UpstreamConn};
-use crate::upstream::{HashOn, Node, TemplatePart, Timeouts, UpstreamSpec};
+use crate::upstream::{HashOn, Node, Timeouts, UpstreamSpec};
 use crate::vars::VarSource;
 use crate::worker::Local;
 use monoio::net::TcpStream;
@@ -46,21 +46,7 @@ pub(super) fn hash_key(out: &mut Vec<u8>, hash_on: &HashOn, vars: &RequestVars<'
             }
             None => false,
         },
-        HashOn::Template(parts) => {
-            let mut any = false;
-            for part in parts {
-                match part {
-                    TemplatePart::Literal(s) => out.extend_from_slice(s.as_bytes()),
-                    TemplatePart::Var(v) => {
-                        if let Some(value) = vars.var(v) {
-                            out.extend_from_slice(value);
-                            any = true;
-                        }
-                    }
-                }
-            }
-            any
-        }
+        HashOn::Template(t) => t.render(vars, out),
         HashOn::Consumer => false,
     };
     if !found {

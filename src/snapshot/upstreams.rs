@@ -6,9 +6,9 @@ use crate::config::seconds;
 use crate::config::{ConfigError, NodesConfig, TimeoutConfig, UpstreamConfig};
 use crate::health::compile_checks;
 use crate::upstream::{
-    BalancerKind, HashOn, KeepalivePolicy, Node, PassHost, TemplatePart, Timeouts, UpstreamSpec,
+    BalancerKind, HashOn, KeepalivePolicy, Node, PassHost, Timeouts, UpstreamSpec,
 };
-use crate::vars::Var;
+use crate::vars::{Template, Var};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
@@ -299,9 +299,13 @@ pub(super) fn compile_hash_on(name: &str, u: &UpstreamConfig) -> Result<HashOn> 
             }
             HashOn::Cookie(Var::Cookie(k.to_string()))
         }
-        "vars_combinations" => HashOn::Template(
-            parse_template(key()?).map_err(|e| ConfigError::invalid(&key_field, e))?,
-        ),
+        "vars_combinations" => {
+            let t = Template::parse(key()?).map_err(|e| ConfigError::invalid(&key_field, e))?;
+            if !t.has_vars() {
+                return Err(ConfigError::invalid(&key_field, "the key has no $variable"));
+            }
+            HashOn::Template(t)
+        }
         "consumer" => HashOn::Consumer,
         other => {
             return Err(ConfigError::invalid(
@@ -312,37 +316,4 @@ pub(super) fn compile_hash_on(name: &str, u: &UpstreamConfig) -> Result<HashOn> 
             ))
         }
     })
-}
-
-/// Parses a `vars_combinations` template: `$var` or `${var}` among literal text.
-pub(super) fn parse_template(t: &str) -> std::result::Result<Vec<TemplatePart>, String> {
-    let mut parts = Vec::new();
-    let mut rest = t;
-    while let Some(pos) = rest.find('$') {
-        if pos > 0 {
-            parts.push(TemplatePart::Literal(rest[..pos].to_string()));
-        }
-        let after = &rest[pos + 1..];
-        let (name, next) = if let Some(inner) = after.strip_prefix('{') {
-            let end = inner.find('}').ok_or("unclosed '${' in key")?;
-            (&inner[..end], &inner[end + 1..])
-        } else {
-            let end = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
-            (&after[..end], &after[end..])
-        };
-        if name.is_empty() {
-            return Err("'$' must be followed by a variable name".into());
-        }
-        parts.push(TemplatePart::Var(Var::parse(name)?));
-        rest = next;
-    }
-    if !rest.is_empty() {
-        parts.push(TemplatePart::Literal(rest.to_string()));
-    }
-    if !parts.iter().any(|p| matches!(p, TemplatePart::Var(_))) {
-        return Err("the key has no $variable".into());
-    }
-    Ok(parts)
 }

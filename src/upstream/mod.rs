@@ -37,16 +37,9 @@ pub enum HashOn {
     /// `cookie`: a cookie, by name.
     Cookie(crate::vars::Var),
     /// `vars_combinations`: a template such as `$host$uri`.
-    Template(Vec<TemplatePart>),
+    Template(crate::vars::Template),
     /// `consumer`: the authenticated consumer (no auth plugins yet: the remote address).
     Consumer,
-}
-
-/// A piece of a `vars_combinations` template.
-#[derive(Debug, Clone)]
-pub enum TemplatePart {
-    Literal(String),
-    Var(crate::vars::Var),
 }
 
 /// One backend address.

@@ -19,6 +19,7 @@ mod malformed;
 mod memory;
 mod plugins;
 mod proxying;
+mod rewrite_plugins;
 mod routing;
 mod slow_clients;
 mod tuning;
