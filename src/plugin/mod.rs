@@ -23,8 +23,12 @@
 
 mod api;
 mod conf;
+pub mod cors;
 pub mod fault_injection;
+pub mod ip_restriction;
+pub mod mocking;
 pub mod proxy_rewrite;
+pub mod redirect;
 pub mod request_id;
 pub mod response_rewrite;
 pub mod traffic_split;
@@ -109,8 +113,12 @@ macro_rules! plugins {
 }
 
 plugins! {
+    Cors(cors::Cors) = "cors",
     FaultInjection(fault_injection::FaultInjection) = "fault-injection",
+    IpRestriction(ip_restriction::IpRestriction) = "ip-restriction",
+    Mocking(mocking::Mocking) = "mocking",
     ProxyRewrite(proxy_rewrite::ProxyRewrite) = "proxy-rewrite",
+    Redirect(redirect::Redirect) = "redirect",
     RequestId(request_id::RequestId) = "request-id",
     ResponseRewrite(response_rewrite::ResponseRewrite) = "response-rewrite",
     TrafficSplit(traffic_split::TrafficSplit) = "traffic-split",

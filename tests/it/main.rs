@@ -4,6 +4,7 @@
 mod harness;
 
 mod accepting;
+mod access_plugins;
 mod balancing;
 mod bodies;
 mod config_fuzz;
