@@ -16,6 +16,9 @@ pub struct Config {
     /// Plugins that run for every request, before route and service plugins.
     #[serde(default)]
     pub global_rules: Vec<GlobalRuleConfig>,
+    /// Reusable plugin sets, bound to routes by `plugin_config_id` (APISIX `plugin_configs`).
+    #[serde(default)]
+    pub plugin_configs: Vec<PluginConfigConfig>,
     /// Built-in demo backends, so the shipped config answers without any other server.
     #[serde(default)]
     pub demo: Option<DemoConfig>,
@@ -242,6 +245,20 @@ pub struct GlobalRuleConfig {
     pub plugins: Plugins,
 }
 
+/// A reusable set of plugins (APISIX `plugin_configs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfigConfig {
+    #[serde(default, deserialize_with = "opt_id")]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub desc: Option<String>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub plugins: Plugins,
+}
+
 /// A route: what to match and where to send it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -279,6 +296,9 @@ pub struct RouteConfig {
     pub timeout: Option<TimeoutConfig>,
     #[serde(default, deserialize_with = "opt_id")]
     pub service_id: Option<String>,
+    /// A plugin config whose plugins this route takes (its own win on a conflict).
+    #[serde(default, deserialize_with = "opt_id")]
+    pub plugin_config_id: Option<String>,
     #[serde(default, deserialize_with = "opt_id")]
     pub upstream_id: Option<String>,
     #[serde(default)]

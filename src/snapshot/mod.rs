@@ -15,7 +15,7 @@ mod upstreams;
 
 use gateway::compile_gateway;
 use plugins::build_plugins;
-use routes::{compile_route, ServiceInfo, Services};
+use routes::{compile_route, PluginConfigs, ServiceInfo, Services};
 use upstreams::compile_upstream;
 
 use crate::config::{Config, ConfigError};
@@ -179,6 +179,30 @@ impl Snapshot {
             }
         }
 
+        let mut plugin_configs = PluginConfigs::new();
+        for (i, pc) in config.plugin_configs.iter().enumerate() {
+            let name = object_name("plugin_configs", i, pc.id.as_deref());
+            let id = pc
+                .id
+                .as_deref()
+                .ok_or_else(|| ConfigError::invalid(&name, "missing id"))?;
+            check_id(&format!("{name}.id"), id)?;
+            let plugins = build_plugins(
+                &name,
+                &format!("plugin_configs/{id}"),
+                &pc.plugins,
+                &upstream_ids,
+                &mut upstreams,
+                &mut registry,
+            )?;
+            if plugin_configs.insert(id.to_string(), plugins).is_some() {
+                return Err(ConfigError::invalid(
+                    format!("{name}.id"),
+                    "duplicate plugin config id",
+                ));
+            }
+        }
+
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut uris = Vec::with_capacity(config.routes.len());
         let mut route_ids: HashMap<String, ()> = HashMap::new();
@@ -198,6 +222,7 @@ impl Snapshot {
                 r,
                 &upstream_ids,
                 &services,
+                &plugin_configs,
                 &mut upstreams,
                 &mut registry,
             )?;

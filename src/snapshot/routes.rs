@@ -12,6 +12,9 @@ use crate::upstream::UpstreamSpec;
 use crate::vars::Condition;
 use std::collections::HashMap;
 
+/// Plugin configs by id: their plugins, built once and shared by the routes that name them.
+pub(super) type PluginConfigs = HashMap<String, Vec<(String, Instance)>>;
+
 /// What routes take from a service.
 pub(super) struct ServiceInfo<'a> {
     pub(super) upstream: Option<usize>,
@@ -27,6 +30,7 @@ pub(super) fn compile_route(
     r: &RouteConfig,
     upstream_ids: &HashMap<&str, usize>,
     services: &Services<'_>,
+    plugin_configs: &PluginConfigs,
     upstreams: &mut Vec<UpstreamSpec>,
     registry: &mut Registry,
 ) -> Result<(Route, Vec<String>)> {
@@ -186,13 +190,24 @@ pub(super) fn compile_route(
         && r.upstream.is_none()
         && r.service_id.is_none()
         && r.plugins.is_none()
+        && r.plugin_config_id.is_none()
     {
         return Err(ConfigError::invalid(
             name,
-            "needs one of upstream_id, upstream, service_id or plugins",
+            "needs one of upstream_id, upstream, service_id, plugins or plugin_config_id",
         ));
     }
-    // Route plugins, then the service's plugins the route does not configure itself.
+    let plugin_config = match r.plugin_config_id.as_deref() {
+        Some(pid) => Some(plugin_configs.get(pid).ok_or_else(|| {
+            ConfigError::invalid(
+                format!("{name}.plugin_config_id"),
+                format!("plugin config \"{pid}\" does not exist"),
+            )
+        })?),
+        None => None,
+    };
+    // APISIX's merge order: the route's own plugins, then its plugin config's, then its
+    // service's; a plugin configured at more than one level takes the first one's config.
     let own = match &r.plugins {
         Some(p) => build_plugins(
             name,
@@ -204,15 +219,19 @@ pub(super) fn compile_route(
         )?,
         None => Vec::new(),
     };
-    let mut plugins = Chain::default();
-    if let Some(s) = service {
-        for (pname, instance) in &s.plugins {
-            if !own.iter().any(|(n, _)| n == pname) {
-                plugins.plugins.push(instance.clone());
+    let mut merged: Vec<(String, Instance)> = own;
+    for level in [plugin_config, service.map(|s| &s.plugins)]
+        .into_iter()
+        .flatten()
+    {
+        for (pname, instance) in level {
+            if !merged.iter().any(|(n, _)| n == pname) {
+                merged.push((pname.clone(), instance.clone()));
             }
         }
     }
-    plugins.plugins.extend(own.into_iter().map(|(_, i)| i));
+    let mut plugins = Chain::default();
+    plugins.plugins.extend(merged.into_iter().map(|(_, i)| i));
     plugins.sort();
     let timeout = match &r.timeout {
         Some(t) => Some(compile_timeouts(&format!("{name}.timeout"), t)?),

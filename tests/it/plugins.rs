@@ -171,3 +171,79 @@ fn plugin_config_errors_name_the_field() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn plugin_configs_merge_between_route_and_service_as_apisix() {
+    let be = Backend::start(|s| Reply::ok(s.header("X-A").unwrap_or("-")));
+    let config = format!(
+        r#"
+[[upstreams]]
+id = "u"
+nodes = {{ "{}" = 1 }}
+[[global_rules]]
+id = "g"
+[global_rules.plugins.cors]
+[[services]]
+id = "s"
+upstream_id = "u"
+[services.plugins.proxy-rewrite]
+headers = {{ set = {{ X-A = "service" }} }}
+[services.plugins.response-rewrite]
+headers = {{ set = {{ X-Level = "service" }} }}
+[[plugin_configs]]
+id = "pc"
+desc = "shared"
+[plugin_configs.plugins.proxy-rewrite]
+headers = {{ set = {{ X-A = "plugin_config" }} }}
+[plugin_configs.plugins.request-id]
+[[routes]]
+id = "r1"
+uri = "/r1"
+service_id = "s"
+plugin_config_id = "pc"
+[routes.plugins.proxy-rewrite]
+headers = {{ set = {{ X-A = "route" }} }}
+[[routes]]
+id = "r2"
+uri = "/r2"
+service_id = "s"
+plugin_config_id = "pc"
+[[routes]]
+id = "r3"
+uri = "/r3"
+service_id = "s"
+"#,
+        be.addr()
+    );
+    let gw = Gateway::start(&config);
+    let r = gw.get("/r1");
+    assert_eq!(r.text(), "route", "the route's own proxy-rewrite wins");
+    assert_eq!(r.header("X-Level"), Some("service"));
+    assert!(
+        r.header("X-Request-Id").is_some(),
+        "the plugin config's request-id runs"
+    );
+    assert_eq!(
+        r.header("Access-Control-Allow-Origin"),
+        Some("*"),
+        "global rule"
+    );
+    let r = gw.get("/r2");
+    assert_eq!(
+        r.text(),
+        "plugin_config",
+        "the plugin config beats the service"
+    );
+    assert!(r.header("X-Request-Id").is_some());
+    let r = gw.get("/r3");
+    assert_eq!(r.text(), "service");
+    assert_eq!(r.header("X-Request-Id"), None);
+    // A plugin config that does not exist is refused at load, naming the field.
+    let (ok, err) =
+        check_config(&config.replace("plugin_config_id = \"pc\"", "plugin_config_id = \"nope\""));
+    assert!(!ok);
+    assert!(
+        err.contains("routes[0] (id \"r1\").plugin_config_id"),
+        "{err}"
+    );
+}
