@@ -15,7 +15,7 @@ mod upstreams;
 
 use gateway::compile_gateway;
 use plugins::build_plugins;
-use routes::{compile_route, PluginConfigs, ServiceInfo, Services};
+use routes::{compile_route, PluginConfigs, Referenced, ServiceInfo, Services};
 use upstreams::compile_upstream;
 
 use crate::config::{Config, ConfigError};
@@ -220,9 +220,11 @@ impl Snapshot {
                 &name,
                 &id,
                 r,
-                &upstream_ids,
-                &services,
-                &plugin_configs,
+                &Referenced {
+                    upstream_ids: &upstream_ids,
+                    services: &services,
+                    plugin_configs: &plugin_configs,
+                },
                 &mut upstreams,
                 &mut registry,
             )?;

@@ -12,6 +12,13 @@ use crate::upstream::UpstreamSpec;
 use crate::vars::Condition;
 use std::collections::HashMap;
 
+/// What routes may refer to by id, compiled before them.
+pub(super) struct Referenced<'a> {
+    pub(super) upstream_ids: &'a HashMap<&'a str, usize>,
+    pub(super) services: &'a Services<'a>,
+    pub(super) plugin_configs: &'a PluginConfigs,
+}
+
 /// Plugin configs by id: their plugins, built once and shared by the routes that name them.
 pub(super) type PluginConfigs = HashMap<String, Vec<(String, Instance)>>;
 
@@ -28,9 +35,7 @@ pub(super) fn compile_route(
     name: &str,
     id: &str,
     r: &RouteConfig,
-    upstream_ids: &HashMap<&str, usize>,
-    services: &Services<'_>,
-    plugin_configs: &PluginConfigs,
+    refs: &Referenced<'_>,
     upstreams: &mut Vec<UpstreamSpec>,
     registry: &mut Registry,
 ) -> Result<(Route, Vec<String>)> {
@@ -73,7 +78,7 @@ pub(super) fn compile_route(
     }
 
     let service = match r.service_id.as_deref() {
-        Some(sid) => Some(services.get(sid).ok_or_else(|| {
+        Some(sid) => Some(refs.services.get(sid).ok_or_else(|| {
             ConfigError::invalid(
                 format!("{name}.service_id"),
                 format!("service \"{sid}\" does not exist"),
@@ -172,7 +177,7 @@ pub(super) fn compile_route(
     // APISIX precedence: route upstream_id > route upstream > service's upstream.
     let upstream = if let Some(uid) = r.upstream_id.as_deref() {
         Some(lookup_upstream(
-            upstream_ids,
+            refs.upstream_ids,
             &format!("{name}.upstream_id"),
             uid,
         )?)
@@ -198,7 +203,7 @@ pub(super) fn compile_route(
         ));
     }
     let plugin_config = match r.plugin_config_id.as_deref() {
-        Some(pid) => Some(plugin_configs.get(pid).ok_or_else(|| {
+        Some(pid) => Some(refs.plugin_configs.get(pid).ok_or_else(|| {
             ConfigError::invalid(
                 format!("{name}.plugin_config_id"),
                 format!("plugin config \"{pid}\" does not exist"),
@@ -213,7 +218,7 @@ pub(super) fn compile_route(
             name,
             &format!("routes/{id}"),
             p,
-            upstream_ids,
+            refs.upstream_ids,
             upstreams,
             registry,
         )?,
