@@ -126,10 +126,26 @@ impl Template {
 
     /// The rendered text as a string (lossy for non-UTF-8 values).
     pub fn render_string(&self, vars: &dyn VarSource) -> String {
-        let mut out = Vec::new();
-        self.render(vars, &mut out);
-        String::from_utf8(out)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        let mut out = String::new();
+        self.render_str(vars, &mut out);
+        out
+    }
+
+    /// Appends the rendered text to a string (lossy for non-UTF-8 values).
+    pub fn render_str(&self, vars: &dyn VarSource, out: &mut String) {
+        for part in &self.parts {
+            match part {
+                TemplatePart::Literal(s) => out.push_str(s),
+                TemplatePart::Var(v) => {
+                    if let Some(value) = vars.var(v) {
+                        match std::str::from_utf8(value) {
+                            Ok(s) => out.push_str(s),
+                            Err(_) => out.push_str(&String::from_utf8_lossy(value)),
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -3,9 +3,10 @@
 //! - `rewrite`, `access`, `before_proxy` ([`RequestCtx`]): read request variables, change the
 //!   request that goes upstream ([`RequestEdits`]: method, uri, Host, headers), choose another
 //!   upstream, prepare response changes ([`ResponseEdits`]), or answer the request themselves
-//!   ([`Flow::Respond`] with any status, headers and body). These phases are `async`: a plugin
-//!   may await a timer or a backend without blocking the core (dispatch is static, so a plugin
-//!   that does not await costs no allocation).
+//!   ([`Flow::Respond`] with any status, headers and body). A plugin that must wait (a
+//!   timer, a backend) implements them as one `async` [`Phases::request_phase`] and says so
+//!   ([`PhaseSet::AWAITS`]): it waits without blocking the core. Dispatch is static, and a
+//!   plugin that never waits is called synchronously: no future, no allocation.
 //! - `header_filter` ([`ResponseCtx`]): the response head is about to go to the client, the
 //!   upstream's or one the gateway made (404, 502, 503, 504, a plugin's answer): change its
 //!   status, headers, or replace its body.
@@ -20,6 +21,7 @@
 use crate::vars::VarSource;
 use std::any::Any;
 use std::cell::RefCell;
+use std::ops::Range;
 
 /// What a request phase decides.
 pub enum Flow {
@@ -58,12 +60,14 @@ impl Answer {
 }
 
 /// Header changes, applied in this order: remove, set (replaces every field of that name),
-/// add (appends a field).
+/// add (appends a field). Names and values are kept in one text buffer that keeps its
+/// capacity from request to request, so editing headers allocates nothing once warm.
 #[derive(Debug, Default, Clone)]
 pub struct HeaderEdits {
-    pub remove: Vec<String>,
-    pub set: Vec<(String, String)>,
-    pub add: Vec<(String, String)>,
+    text: String,
+    remove: Vec<Range<usize>>,
+    set: Vec<(Range<usize>, Range<usize>)>,
+    add: Vec<(Range<usize>, Range<usize>)>,
 }
 
 impl HeaderEdits {
@@ -72,25 +76,56 @@ impl HeaderEdits {
     }
 
     pub fn clear(&mut self) {
+        self.text.clear();
         self.remove.clear();
         self.set.clear();
         self.add.clear();
     }
 
-    /// Sets `name` to `value`, replacing the original fields and earlier sets of that name.
+    fn push(&mut self, s: &str) -> Range<usize> {
+        let start = self.text.len();
+        self.text.push_str(s);
+        start..self.text.len()
+    }
+
+    fn forget(&mut self, name: &str) {
+        let text = &self.text;
+        self.set
+            .retain(|(n, _)| !text[n.clone()].eq_ignore_ascii_case(name));
+        self.add
+            .retain(|(n, _)| !text[n.clone()].eq_ignore_ascii_case(name));
+    }
+
+    /// Sets `name` to `value`, replacing the original fields and earlier changes of that name.
     pub fn set(&mut self, name: &str, value: &str) {
-        self.set.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-        self.set.push((name.to_string(), value.to_string()));
+        self.set_with(name, |out| out.push_str(value));
+    }
+
+    /// [`HeaderEdits::set`] with the value written by `value` (no intermediate string).
+    pub fn set_with(&mut self, name: &str, value: impl FnOnce(&mut String)) {
+        self.forget(name);
+        let n = self.push(name);
+        let start = self.text.len();
+        value(&mut self.text);
+        self.set.push((n, start..self.text.len()));
     }
 
     pub fn add(&mut self, name: &str, value: &str) {
-        self.add.push((name.to_string(), value.to_string()));
+        self.add_with(name, |out| out.push_str(value));
+    }
+
+    /// [`HeaderEdits::add`] with the value written by `value`.
+    pub fn add_with(&mut self, name: &str, value: impl FnOnce(&mut String)) {
+        let n = self.push(name);
+        let start = self.text.len();
+        value(&mut self.text);
+        self.add.push((n, start..self.text.len()));
     }
 
     pub fn remove(&mut self, name: &str) {
-        self.set.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-        self.add.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-        self.remove.push(name.to_string());
+        self.forget(name);
+        let n = self.push(name);
+        self.remove.push(n);
     }
 
     /// Whether an original field called `name` is dropped (removed or replaced by a set).
@@ -98,12 +133,15 @@ impl HeaderEdits {
         self.remove
             .iter()
             .chain(self.set.iter().map(|(n, _)| n))
-            .any(|n| n.as_bytes().eq_ignore_ascii_case(name))
+            .any(|n| self.text[n.clone()].as_bytes().eq_ignore_ascii_case(name))
     }
 
     /// The fields to write after the original ones: sets, then adds.
-    pub fn written(&self) -> impl Iterator<Item = &(String, String)> {
-        self.set.iter().chain(self.add.iter())
+    pub fn written(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.set
+            .iter()
+            .chain(self.add.iter())
+            .map(|(n, v)| (&self.text[n.clone()], &self.text[v.clone()]))
     }
 }
 
@@ -176,6 +214,24 @@ pub struct ResponseCtx<'a> {
     pub response: &'a mut ResponseEdits,
 }
 
+/// The request phases, in their order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Rewrite,
+    Access,
+    BeforeProxy,
+}
+
+impl Phase {
+    pub fn set(self) -> PhaseSet {
+        match self {
+            Phase::Rewrite => PhaseSet::REWRITE,
+            Phase::Access => PhaseSet::ACCESS,
+            Phase::BeforeProxy => PhaseSet::BEFORE_PROXY,
+        }
+    }
+}
+
 /// The finished request as `log` sees it.
 pub struct LogCtx {
     pub status: u16,
@@ -184,7 +240,33 @@ pub struct LogCtx {
 /// Per-core mutable state of one plugin instance.
 pub type CoreState = Box<dyn Any>;
 
-/// One plugin's behaviour. Every phase has a default that does nothing.
+/// The phases a plugin implements, so the others are not even called (a call to an async
+/// phase builds and moves a future, which costs even when it does nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PhaseSet(u8);
+
+impl PhaseSet {
+    pub const REWRITE: PhaseSet = PhaseSet(1);
+    pub const ACCESS: PhaseSet = PhaseSet(2);
+    pub const BEFORE_PROXY: PhaseSet = PhaseSet(4);
+    pub const HEADER_FILTER: PhaseSet = PhaseSet(8);
+    pub const BODY_FILTER: PhaseSet = PhaseSet(16);
+    pub const LOG: PhaseSet = PhaseSet(32);
+    /// The request phases wait (a timer, a backend): [`Phases::request_phase`] is called
+    /// instead of the synchronous `rewrite` / `access` / `before_proxy`.
+    pub const AWAITS: PhaseSet = PhaseSet(64);
+
+    pub const fn with(self, other: PhaseSet) -> PhaseSet {
+        PhaseSet(self.0 | other.0)
+    }
+
+    pub const fn has(self, other: PhaseSet) -> bool {
+        self.0 & other.0 != 0
+    }
+}
+
+/// One plugin's behaviour. Every phase has a default that does nothing; [`Phases::uses`]
+/// lists the ones a plugin implements.
 #[allow(async_fn_in_trait)] // dispatched statically, on one core: no Send bound wanted
 pub trait Phases {
     fn name(&self) -> &'static str;
@@ -192,20 +274,34 @@ pub trait Phases {
     /// Higher runs first within a phase (APISIX's plugin priorities).
     fn priority(&self) -> i32;
 
+    /// The phases this plugin implements (only these are called).
+    fn uses(&self) -> PhaseSet;
+
     /// A fresh per-core state object.
     fn core_state(&self) -> CoreState {
         Box::new(())
     }
 
-    async fn rewrite(&self, _ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
+    fn rewrite(&self, _ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
         Flow::Continue
     }
 
-    async fn access(&self, _ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
+    fn access(&self, _ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
         Flow::Continue
     }
 
-    async fn before_proxy(&self, _ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
+    fn before_proxy(&self, _ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
+        Flow::Continue
+    }
+
+    /// The request phases of a plugin that waits ([`PhaseSet::AWAITS`]). Kept apart from
+    /// the synchronous ones so that a plugin that never waits costs no future at all.
+    async fn request_phase(
+        &self,
+        _phase: Phase,
+        _ctx: &mut RequestCtx<'_>,
+        _state: &RefCell<CoreState>,
+    ) -> Flow {
         Flow::Continue
     }
 

@@ -121,10 +121,10 @@ impl HeaderOps {
             edits.remove(name);
         }
         for (name, value) in &self.set {
-            edits.set(name, &value.render_string(vars));
+            edits.set_with(name, |out| value.render_str(vars, out));
         }
         for (name, value) in &self.add {
-            edits.add(name, &value.render_string(vars));
+            edits.add_with(name, |out| value.render_str(vars, out));
         }
     }
 }

@@ -5,7 +5,7 @@
 //! `allow_headers` (`*`; `**` echoes the requested ones), `expose_headers`, `max_age` (5),
 //! `allow_credential` (false; with it, `*` is refused since browsers ignore it).
 
-use super::{Answer, BuildCtx, CoreState, Flow, HeaderEdits, Phases, RequestCtx};
+use super::{Answer, BuildCtx, CoreState, Flow, HeaderEdits, PhaseSet, Phases, RequestCtx};
 use crate::vars::Var;
 use regex::bytes::Regex;
 use serde::Deserialize;
@@ -159,7 +159,11 @@ impl Phases for Cors {
         4000
     }
 
-    async fn rewrite(&self, ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
+    fn uses(&self) -> PhaseSet {
+        PhaseSet::REWRITE
+    }
+
+    fn rewrite(&self, ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
         let origin = ctx.vars.var(&self.origin_var);
         if let Some(allowed) = self.allowed_origin(origin) {
             let mut h = std::mem::take(&mut ctx.response.headers);

@@ -5,7 +5,7 @@
 //! which must hold) and wins its `percentage` draw.
 
 use super::conf::{header_value, AnyOf};
-use super::{Answer, BuildCtx, CoreState, Flow, Phases, RequestCtx};
+use super::{Answer, BuildCtx, CoreState, Flow, Phase, PhaseSet, Phases, RequestCtx};
 use crate::vars::Template;
 use serde::Deserialize;
 use std::cell::RefCell;
@@ -142,6 +142,10 @@ impl Phases for FaultInjection {
         11000
     }
 
+    fn uses(&self) -> PhaseSet {
+        PhaseSet::REWRITE.with(PhaseSet::AWAITS)
+    }
+
     fn core_state(&self) -> CoreState {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -150,10 +154,20 @@ impl Phases for FaultInjection {
         Box::new(Draws(seed ^ (self as *const Self as u64).rotate_left(29)))
     }
 
-    async fn rewrite(&self, ctx: &mut RequestCtx<'_>, state: &RefCell<CoreState>) -> Flow {
+    async fn request_phase(
+        &self,
+        phase: Phase,
+        ctx: &mut RequestCtx<'_>,
+        state: &RefCell<CoreState>,
+    ) -> Flow {
+        if phase != Phase::Rewrite {
+            return Flow::Continue;
+        }
         if let Some(d) = &self.delay {
             if d.when.holds(ctx.vars) && Draws::hit(state, d.percentage) {
-                monoio::time::sleep(d.duration).await;
+                // Boxed: the timer lives only while a request waits, not in every plugin call's
+                // future.
+                Box::pin(monoio::time::sleep(d.duration)).await;
             }
         }
         if let Some(a) = &self.abort {

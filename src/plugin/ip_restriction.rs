@@ -2,7 +2,7 @@
 //! through, or refuse those in `blacklist` (addresses or CIDRs, IPv4 and IPv6), answering
 //! `response_code` (403) with `message`.
 
-use super::{Answer, BuildCtx, CoreState, Flow, Phases, RequestCtx};
+use super::{Answer, BuildCtx, CoreState, Flow, PhaseSet, Phases, RequestCtx};
 use crate::route::IpNet;
 use crate::vars::Var;
 use serde::Deserialize;
@@ -75,7 +75,11 @@ impl Phases for IpRestriction {
         3000
     }
 
-    async fn access(&self, ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
+    fn uses(&self) -> PhaseSet {
+        PhaseSet::ACCESS
+    }
+
+    fn access(&self, ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
         let ip = ctx
             .vars
             .var(&Var::RemoteAddr)

@@ -4,7 +4,7 @@
 //! `x-mock-by` unless `with_mock_header` is false.
 
 use super::conf::{check_header_name, header_value};
-use super::{Answer, BuildCtx, CoreState, Flow, Phases, RequestCtx};
+use super::{Answer, BuildCtx, CoreState, Flow, Phase, PhaseSet, Phases, RequestCtx};
 use crate::vars::Template;
 use serde::Deserialize;
 use std::cell::RefCell;
@@ -94,9 +94,21 @@ impl Phases for Mocking {
         10900
     }
 
-    async fn access(&self, ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
+    fn uses(&self) -> PhaseSet {
+        PhaseSet::ACCESS.with(PhaseSet::AWAITS)
+    }
+
+    async fn request_phase(
+        &self,
+        phase: Phase,
+        ctx: &mut RequestCtx<'_>,
+        _state: &RefCell<CoreState>,
+    ) -> Flow {
+        if phase != Phase::Access {
+            return Flow::Continue;
+        }
         if !self.delay.is_zero() {
-            monoio::time::sleep(self.delay).await;
+            Box::pin(monoio::time::sleep(self.delay)).await;
         }
         let headers = self
             .headers

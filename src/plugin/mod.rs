@@ -61,11 +61,15 @@ macro_rules! plugins {
                 match self { $(Plugin::$variant(p) => p.priority(),)* }
             }
 
+            pub fn uses(&self) -> PhaseSet {
+                match self { $(Plugin::$variant(p) => p.uses(),)* }
+            }
+
             fn core_state(&self) -> CoreState {
                 match self { $(Plugin::$variant(p) => p.core_state(),)* }
             }
 
-            async fn run(
+            fn run_now(
                 &self,
                 phase: Phase,
                 ctx: &mut RequestCtx<'_>,
@@ -73,12 +77,21 @@ macro_rules! plugins {
             ) -> Flow {
                 match (self, phase) {
                     $(
-                        (Plugin::$variant(p), Phase::Rewrite) => p.rewrite(ctx, state).await,
-                        (Plugin::$variant(p), Phase::Access) => p.access(ctx, state).await,
-                        (Plugin::$variant(p), Phase::BeforeProxy) => {
-                            p.before_proxy(ctx, state).await
-                        }
+                        (Plugin::$variant(p), Phase::Rewrite) => p.rewrite(ctx, state),
+                        (Plugin::$variant(p), Phase::Access) => p.access(ctx, state),
+                        (Plugin::$variant(p), Phase::BeforeProxy) => p.before_proxy(ctx, state),
                     )*
+                }
+            }
+
+            async fn run_waiting(
+                &self,
+                phase: Phase,
+                ctx: &mut RequestCtx<'_>,
+                state: &RefCell<CoreState>,
+            ) -> Flow {
+                match self {
+                    $(Plugin::$variant(p) => p.request_phase(phase, ctx, state).await,)*
                 }
             }
 
@@ -130,17 +143,22 @@ pub struct Instance {
     pub plugin: Arc<Plugin>,
     /// Index into the core's plugin states (see [`PluginStates`]).
     pub slot: usize,
+    /// The phases it implements, kept here so skipping the others reads no plugin memory.
+    pub uses: PhaseSet,
 }
 
 /// No plugins: the route chain of a request no route matched (global rules still run).
 pub static EMPTY_CHAIN: Chain = Chain {
     plugins: Vec::new(),
+    awaits: false,
 };
 
 /// The plugins that run for one route (global rules excluded), in execution order.
 #[derive(Clone, Default)]
 pub struct Chain {
     pub plugins: Vec<Instance>,
+    /// Some plugin of the chain waits in its request phases (set by [`Chain::sort`]).
+    pub awaits: bool,
 }
 
 impl std::fmt::Debug for Chain {
@@ -157,9 +175,11 @@ impl Chain {
     }
 
     /// Sorts by descending priority (stable: equal priorities keep config order).
+    /// Also notes whether any plugin waits.
     pub fn sort(&mut self) {
         self.plugins
             .sort_by_key(|i| std::cmp::Reverse(i.plugin.priority()));
+        self.awaits = self.plugins.iter().any(|i| i.uses.has(PhaseSet::AWAITS));
     }
 }
 
@@ -186,6 +206,7 @@ impl Registry {
         self.instances.push(plugin.clone());
         self.keys.push(key);
         Instance {
+            uses: plugin.uses(),
             plugin,
             slot: self.instances.len() - 1,
         }
@@ -226,9 +247,30 @@ impl PluginStates {
     /// Runs a request phase for the global chain then the route chain; stops at the first
     /// answer.
     pub async fn run(&self, chains: [&Chain; 2], phase: Phase, ctx: &mut RequestCtx<'_>) -> Flow {
+        let wanted = phase.set();
         for chain in chains {
-            for i in &chain.plugins {
-                let flow = i.plugin.run(phase, ctx, &self.states[i.slot]).await;
+            for i in chain.plugins.iter().filter(|i| i.uses.has(wanted)) {
+                let state = &self.states[i.slot];
+                let flow = if i.uses.has(PhaseSet::AWAITS) {
+                    i.plugin.run_waiting(phase, ctx, state).await
+                } else {
+                    i.plugin.run_now(phase, ctx, state)
+                };
+                if let Flow::Respond(_) = flow {
+                    return flow;
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    /// [`PluginStates::run`] for chains where no plugin waits ([`Chain::awaits`]): no
+    /// future at all.
+    pub fn run_now(&self, chains: [&Chain; 2], phase: Phase, ctx: &mut RequestCtx<'_>) -> Flow {
+        let wanted = phase.set();
+        for chain in chains {
+            for i in chain.plugins.iter().filter(|i| i.uses.has(wanted)) {
+                let flow = i.plugin.run_now(phase, ctx, &self.states[i.slot]);
                 if let Flow::Respond(_) = flow {
                     return flow;
                 }
@@ -240,7 +282,11 @@ impl PluginStates {
     /// Runs `header_filter` for both chains.
     pub fn header_filter(&self, chains: [&Chain; 2], ctx: &mut ResponseCtx<'_>) {
         for chain in chains {
-            for i in &chain.plugins {
+            for i in chain
+                .plugins
+                .iter()
+                .filter(|i| i.uses.has(PhaseSet::HEADER_FILTER))
+            {
                 i.plugin.header_filter(ctx, &self.states[i.slot]);
                 if let Some(s) = ctx.response.status {
                     ctx.status = s;
@@ -252,7 +298,11 @@ impl PluginStates {
     /// Runs `body_filter` for both chains.
     pub fn body_filter(&self, chains: [&Chain; 2], chunk: &[u8]) {
         for chain in chains {
-            for i in &chain.plugins {
+            for i in chain
+                .plugins
+                .iter()
+                .filter(|i| i.uses.has(PhaseSet::BODY_FILTER))
+            {
                 i.plugin.body_filter(chunk, &self.states[i.slot]);
             }
         }
@@ -261,19 +311,11 @@ impl PluginStates {
     /// Runs `log` for both chains.
     pub fn log(&self, chains: [&Chain; 2], ctx: &LogCtx) {
         for chain in chains {
-            for i in &chain.plugins {
+            for i in chain.plugins.iter().filter(|i| i.uses.has(PhaseSet::LOG)) {
                 i.plugin.log(ctx, &self.states[i.slot]);
             }
         }
     }
-}
-
-/// The request phases that can answer or redirect a request.
-#[derive(Debug, Clone, Copy)]
-pub enum Phase {
-    Rewrite,
-    Access,
-    BeforeProxy,
 }
 
 /// What building a plugin may need from the snapshot being compiled.

@@ -5,7 +5,7 @@
 //! `use_real_request_uri_unsafe` sends the client's target exactly as received.
 
 use super::conf::HeaderOps;
-use super::{BuildCtx, CoreState, Flow, Phases, RequestCtx};
+use super::{BuildCtx, CoreState, Flow, PhaseSet, Phases, RequestCtx};
 use crate::http::request::valid_target;
 use crate::vars::{Template, Var, VarSource};
 use regex::Regex;
@@ -135,7 +135,11 @@ impl Phases for ProxyRewrite {
         1008
     }
 
-    async fn rewrite(&self, ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
+    fn uses(&self) -> PhaseSet {
+        PhaseSet::REWRITE
+    }
+
+    fn rewrite(&self, ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
         if self.real_uri {
             // The client's target as received (already validated when it was parsed).
             if let Some(raw) = ctx.vars.var(&Var::RequestUri) {

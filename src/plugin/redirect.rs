@@ -3,7 +3,7 @@
 //! `ret_code` (302), optionally keeping the query (`append_query_string`); or to the same
 //! URL over https (`http_to_https`, 301).
 
-use super::{Answer, BuildCtx, CoreState, Flow, Phases, RequestCtx};
+use super::{Answer, BuildCtx, CoreState, Flow, PhaseSet, Phases, RequestCtx};
 use crate::vars::{Template, Var};
 use regex::Regex;
 use serde::Deserialize;
@@ -92,7 +92,11 @@ impl Phases for Redirect {
         900
     }
 
-    async fn rewrite(&self, ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
+    fn uses(&self) -> PhaseSet {
+        PhaseSet::REWRITE
+    }
+
+    fn rewrite(&self, ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
         let text = |v: Var| {
             ctx.vars
                 .var(&v)

@@ -3,7 +3,7 @@
 //! response (`include_in_response`, default true), error answers of the gateway's included.
 //! `algorithm`: `uuid` (v4, drawn from a per-thread generator: no system call per id).
 
-use super::{BuildCtx, CoreState, Flow, Phases, RequestCtx};
+use super::{BuildCtx, CoreState, Flow, PhaseSet, Phases, RequestCtx};
 use crate::vars::Var;
 use serde::Deserialize;
 use std::cell::RefCell;
@@ -65,17 +65,25 @@ impl Phases for RequestId {
         12015
     }
 
-    async fn rewrite(&self, ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
-        let id = match ctx.vars.var(&self.var).filter(|v| !v.is_empty()) {
-            Some(sent) => String::from_utf8_lossy(sent).into_owned(),
+    fn uses(&self) -> PhaseSet {
+        PhaseSet::REWRITE
+    }
+
+    fn rewrite(&self, ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
+        let mut generated = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id: &str = match ctx.vars.var(&self.var).filter(|v| !v.is_empty()) {
+            // A client's id is kept as sent (header values are checked when parsed).
+            Some(sent) => std::str::from_utf8(sent).unwrap_or(""),
             None => {
-                let id = uuid::Uuid::new_v4().to_string();
-                ctx.request.headers.set(&self.header, &id);
+                let id = uuid::Uuid::new_v4()
+                    .hyphenated()
+                    .encode_lower(&mut generated);
+                ctx.request.headers.set(&self.header, id);
                 id
             }
         };
         if self.include_in_response {
-            ctx.response.headers.set(&self.header, &id);
+            ctx.response.headers.set(&self.header, id);
         }
         Flow::Continue
     }

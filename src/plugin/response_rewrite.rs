@@ -4,7 +4,7 @@
 //! with `body_base64`), when the request matches `vars` (or always).
 
 use super::conf::{AnyOf, HeaderOps};
-use super::{BuildCtx, CoreState, Phases, ResponseCtx};
+use super::{BuildCtx, CoreState, PhaseSet, Phases, ResponseCtx};
 use base64::Engine;
 use serde::Deserialize;
 use std::cell::RefCell;
@@ -75,6 +75,10 @@ impl Phases for ResponseRewrite {
 
     fn priority(&self) -> i32 {
         899
+    }
+
+    fn uses(&self) -> PhaseSet {
+        PhaseSet::HEADER_FILTER
     }
 
     fn header_filter(&self, ctx: &mut ResponseCtx<'_>, _state: &RefCell<CoreState>) {

@@ -7,7 +7,7 @@
 //! goes to the route's upstream. The split is smooth weighted round robin per rule and per
 //! core, so an 80/20 split interleaves (4 to one, then 1 to the other) instead of bursting.
 
-use super::{BuildCtx, CoreState, Flow, Phases, RequestCtx};
+use super::{BuildCtx, CoreState, Flow, PhaseSet, Phases, RequestCtx};
 use crate::config::UpstreamConfig;
 use crate::upstream::balancer::roundrobin::smooth_pick;
 use crate::vars::Condition;
@@ -155,6 +155,10 @@ impl Phases for TrafficSplit {
         966
     }
 
+    fn uses(&self) -> PhaseSet {
+        PhaseSet::ACCESS
+    }
+
     fn core_state(&self) -> CoreState {
         Box::new(State {
             current: self
@@ -165,7 +169,7 @@ impl Phases for TrafficSplit {
         })
     }
 
-    async fn access(&self, ctx: &mut RequestCtx<'_>, state: &RefCell<CoreState>) -> Flow {
+    fn access(&self, ctx: &mut RequestCtx<'_>, state: &RefCell<CoreState>) -> Flow {
         let mut state = state.borrow_mut();
         let Some(state) = state.downcast_mut::<State>() else {
             return Flow::Continue;

@@ -159,8 +159,14 @@ impl Conn {
             response: &mut edits.response,
         };
         let chains = [&local.shared.global, route_chain];
+        let awaits = local.shared.global.awaits || route_chain.awaits;
         for phase in [Phase::Rewrite, Phase::Access, Phase::BeforeProxy] {
-            if let Flow::Respond(answer) = local.plugin_states.run(chains, phase, &mut ctx).await {
+            let flow = if awaits {
+                local.plugin_states.run(chains, phase, &mut ctx).await
+            } else {
+                local.plugin_states.run_now(chains, phase, &mut ctx)
+            };
+            if let Flow::Respond(answer) = flow {
                 return Err(answer);
             }
         }
