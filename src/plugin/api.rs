@@ -202,6 +202,9 @@ pub struct RequestCtx<'a> {
     pub request: &'a mut RequestEdits,
     /// Changes to apply to the response, whoever makes it.
     pub response: &'a mut ResponseEdits,
+    /// Where a plugin that establishes the client's real address (real-ip) records it, once:
+    /// `remote_addr` for the plugins after it, the log and the upstream's X-Real-IP.
+    pub remote_addr: &'a std::cell::OnceCell<String>,
 }
 
 /// The response as `header_filter` sees it.

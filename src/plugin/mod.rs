@@ -28,6 +28,7 @@ pub mod fault_injection;
 pub mod ip_restriction;
 pub mod mocking;
 pub mod proxy_rewrite;
+pub mod real_ip;
 pub mod redirect;
 pub mod request_id;
 pub mod response_rewrite;
@@ -131,6 +132,7 @@ plugins! {
     IpRestriction(ip_restriction::IpRestriction) = "ip-restriction",
     Mocking(mocking::Mocking) = "mocking",
     ProxyRewrite(proxy_rewrite::ProxyRewrite) = "proxy-rewrite",
+    RealIp(real_ip::RealIp) = "real-ip",
     Redirect(redirect::Redirect) = "redirect",
     RequestId(request_id::RequestId) = "request-id",
     ResponseRewrite(response_rewrite::ResponseRewrite) = "response-rewrite",

@@ -8,6 +8,7 @@ use crate::http::response::ResponseHead;
 use crate::plugin::{RequestEdits, ResponseEdits};
 use crate::snapshot::Settings;
 use crate::worker::Local;
+use std::cell::OnceCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -45,6 +46,10 @@ pub(super) struct Ctx {
     pub(super) early_answer: bool,
     /// What plugins changed in the request and in the response.
     pub(super) edits: Edits,
+    /// The client address a plugin established (real-ip): `remote_addr` for the plugins
+    /// after it, the access log and the X-Real-IP / X-Forwarded-For sent upstream. Set once
+    /// per request, so readers hold plain references to it.
+    pub(super) real_ip: OnceCell<String>,
 }
 
 /// The plugins' changes to one request and its response.
@@ -65,6 +70,7 @@ impl Ctx {
         self.up_statuses.clear();
         self.edits.request.clear();
         self.edits.response.clear();
+        self.real_ip.take();
     }
 }
 

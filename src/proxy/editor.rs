@@ -122,9 +122,10 @@ impl Conn {
                 }
             }
         }
-        out.extend_from_slice(self.peer_ip.as_bytes());
+        let remote = self.req.real_ip.get().map_or(&self.peer_ip, |s| s);
+        out.extend_from_slice(remote.as_bytes());
         out.extend_from_slice(b"\r\nX-Real-IP: ");
-        out.extend_from_slice(self.peer_ip.as_bytes());
+        out.extend_from_slice(remote.as_bytes());
         out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
         out.extend_from_slice(client_host);
         out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
@@ -140,10 +141,10 @@ impl Conn {
                     out.extend_from_slice(b", ");
                 }
             }
-            if self.peer_ip.contains(':') {
-                let _ = write!(out, "for=\"[{}]\"", self.peer_ip);
+            if remote.contains(':') {
+                let _ = write!(out, "for=\"[{remote}]\"");
             } else {
-                let _ = write!(out, "for={}", self.peer_ip);
+                let _ = write!(out, "for={remote}");
             }
             out.extend_from_slice(b";proto=http\r\n");
         }

@@ -85,7 +85,7 @@ impl Conn {
     fn finish(&mut self, outcome: Outcome, route: Option<&str>, start: Option<Instant>) -> bool {
         if self.worker.log.enabled() {
             self.worker.log.log(&Entry {
-                remote: &self.peer_ip,
+                remote: self.remote_ip(),
                 method: &self.buf[self.req.head.method.clone()],
                 uri: self.req.head.target(&self.buf),
                 minor_version: self.req.head.minor_version,
@@ -157,6 +157,7 @@ impl Conn {
             upstream,
             request: &mut edits.request,
             response: &mut edits.response,
+            remote_addr: vars.real_ip,
         };
         let chains = [&local.shared.global, route_chain];
         let awaits = local.shared.global.awaits || route_chain.awaits;
@@ -220,8 +221,10 @@ impl Conn {
             path_buf,
             path_normalized,
             edits,
+            real_ip,
             ..
         } = &mut self.req;
+        let real_ip = &*real_ip;
         let path = if *path_normalized {
             &path_buf[..]
         } else {
@@ -233,6 +236,7 @@ impl Conn {
             path,
             host: host_lc,
             remote_ip: &self.peer_ip,
+            real_ip,
             server_port: &self.local_port,
         };
         (vars, edits)
@@ -246,6 +250,7 @@ impl Conn {
             path: self.route_path(),
             host: &self.req.host_lc,
             remote_ip: &self.peer_ip,
+            real_ip: &self.req.real_ip,
             server_port: &self.local_port,
         }
     }

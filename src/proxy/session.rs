@@ -54,6 +54,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, loca
             up_statuses: s.up_statuses,
             early_answer: false,
             edits: Default::default(),
+            real_ip: Default::default(),
         },
     };
     conn.run().await;
@@ -106,6 +107,11 @@ pub(super) struct Conn {
 }
 
 impl Conn {
+    /// The client's address as this request knows it: the peer's, or what real-ip found.
+    pub(super) fn remote_ip(&self) -> &str {
+        self.req.real_ip.get().map_or(&self.peer_ip, |s| s.as_str())
+    }
+
     /// Client-side settings of the snapshot this request started on (small and `Copy`).
     pub(super) fn settings(&self) -> crate::snapshot::Settings {
         self.req.settings

@@ -51,7 +51,7 @@ pub(super) fn hash_key(out: &mut Vec<u8>, hash_on: &HashOn, vars: &RequestVars<'
     };
     if !found {
         out.clear();
-        out.extend_from_slice(vars.remote_ip.as_bytes());
+        out.extend_from_slice(vars.remote().as_bytes());
     }
 }
 

@@ -13,6 +13,8 @@ pub struct RequestVars<'a> {
     /// Lower-case host without port.
     pub host: &'a [u8],
     pub remote_ip: &'a str,
+    /// What real-ip established, when it did (it wins over `remote_ip`).
+    pub real_ip: &'a std::cell::OnceCell<String>,
     pub server_port: &'a str,
 }
 
@@ -57,6 +59,13 @@ impl RequestVars<'_> {
     }
 }
 
+impl RequestVars<'_> {
+    /// The client's address: what real-ip established, else the peer's.
+    pub fn remote(&self) -> &str {
+        self.real_ip.get().map_or(self.remote_ip, |s| s.as_str())
+    }
+}
+
 impl VarSource for RequestVars<'_> {
     fn var(&self, var: &Var) -> Option<&[u8]> {
         match var {
@@ -68,7 +77,7 @@ impl VarSource for RequestVars<'_> {
                 &self.buf[self.head.query.clone()]
             }),
             Var::Host => Some(self.host),
-            Var::RemoteAddr => Some(self.remote_ip.as_bytes()),
+            Var::RemoteAddr => Some(self.remote().as_bytes()),
             Var::RequestMethod => Some(&self.buf[self.head.method.clone()]),
             Var::Scheme => Some(b"http"),
             Var::ServerPort => Some(self.server_port.as_bytes()),

@@ -180,3 +180,40 @@ fn bad_configs_are_refused_with_the_field_named() {
         assert!(err.contains(want), "{plugin}: {err} should name {want}");
     }
 }
+
+#[test]
+fn real_ip_takes_the_client_address_from_a_trusted_proxy() {
+    let be = Backend::start(|s| Reply::ok(s.header("X-Real-IP").unwrap_or("-")));
+    let gw = Gateway::start(&format!(
+        "{}{}{}{}",
+        route_with(&be, "/last", "[routes.plugins.real-ip]\nsource = \"http_x_forwarded_for\"\ntrusted_addresses = [\"127.0.0.0/8\"]\n"),
+        route_with(&be, "/deeper", "[routes.plugins.real-ip]\nsource = \"http_x_forwarded_for\"\ntrusted_addresses = [\"127.0.0.0/8\"]\nrecursive = true\n"),
+        route_with(&be, "/untrusted", "[routes.plugins.real-ip]\nsource = \"http_x_real_ip\"\ntrusted_addresses = [\"10.0.0.0/8\"]\n"),
+        route_with(&be, "/blocked", "[routes.plugins.real-ip]\nsource = \"http_x_real_ip\"\n[routes.plugins.ip-restriction]\nblacklist = [\"6.6.6.0/24\"]\n")
+    ));
+    let get = |path: &str, headers: &[(&str, &str)]| gw.client().request("GET", path, headers, b"");
+    let xff = [("X-Forwarded-For", "9.9.9.9, 127.0.0.5")];
+    assert_eq!(get("/last", &xff).text(), "127.0.0.5");
+    assert_eq!(get("/deeper", &xff).text(), "9.9.9.9");
+    // The peer is not trusted: the header is not believed.
+    assert_eq!(
+        get("/untrusted", &[("X-Real-IP", "1.2.3.4")]).text(),
+        "127.0.0.1"
+    );
+    // Not an address: ignored.
+    assert_eq!(
+        get("/last", &[("X-Forwarded-For", "not-an-ip")]).text(),
+        "127.0.0.1"
+    );
+    // Later plugins and the access log see the real address.
+    assert_eq!(get("/blocked", &[("X-Real-IP", "6.6.6.6")]).status, 403);
+    assert_eq!(
+        get("/blocked", &[("X-Real-IP", "7.7.7.7")]).text(),
+        "7.7.7.7"
+    );
+    assert!(
+        gw.wait_for_event(|_| gw.access_log().contains("7.7.7.7 - ")),
+        "{}",
+        gw.access_log()
+    );
+}
