@@ -43,29 +43,4 @@ unhealthy = { interval = 1 }
 [upstreams.checks.passive]
 unhealthy = { http_failures = 5 }'
 NAMES=("no health checks" "active (1 s) + passive checks")
-: > "$TMP/results.tsv"
-for round in $(seq 1 "$ROUNDS"); do
-    for i in 0 1; do
-        extra=""
-        [ "$i" = 1 ] && extra=$CHECKS
-        cat > "$TMP/gw.toml" <<EOT
-[gateway]
-listen = ["127.0.0.1:$GW_PORT"]
-workers = 1
-cpus = [0]
-access_log = "off"
-watch_config = false
-control_listen = "off"
-[[upstreams]]
-id = "b"
-nodes = $NODES
-keepalive_pool = { size = 320, idle_timeout = 60, requests = 100000 }
-$extra
-[[routes]]
-uri = "/*"
-upstream_id = "b"
-EOT
-        measure_variant "$i" "$TMP/gw.toml" "$GW_PORT"
-    done
-done
-print_variants gateway "${NAMES[@]}"
+run_with_and_without gateway "$NODES" "$CHECKS" ""

@@ -43,29 +43,4 @@ headers = { set = { X-Via = "shardgate" } }
 [routes.plugins.response-rewrite]
 headers = { set = { X-Served-By = "shardgate" } }'
 NAMES=("route without plugins" "request-id, cors, ip-restriction, proxy-rewrite, response-rewrite")
-: > "$TMP/results.tsv"
-for round in $(seq 1 "$ROUNDS"); do
-    for i in 0 1; do
-        extra=""
-        [ "$i" = 1 ] && extra=$PLUGINS
-        cat > "$TMP/gw.toml" <<EOT
-[gateway]
-listen = ["127.0.0.1:$GW_PORT"]
-workers = 1
-cpus = [0]
-access_log = "off"
-watch_config = false
-control_listen = "off"
-[[upstreams]]
-id = "b"
-nodes = { "127.0.0.1:$BE_PORT" = 1 }
-keepalive_pool = { size = 320, idle_timeout = 60, requests = 100000 }
-[[routes]]
-uri = "/*"
-upstream_id = "b"
-$extra
-EOT
-        measure_variant "$i" "$TMP/gw.toml" "$GW_PORT"
-    done
-done
-print_variants route "${NAMES[@]}"
+run_with_and_without route "{ \"127.0.0.1:$BE_PORT\" = 1 }" "" "$PLUGINS"

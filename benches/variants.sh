@@ -110,3 +110,38 @@ EOT
     done
     print_variants "$1" "${NAMES[@]}"
 }
+
+# run_with_and_without LABEL NODES UPSTREAM_EXTRA ROUTE_EXTRA: the common two-way experiment.
+# The gateway (1 worker on CPU 0, access log off) proxies "/*" to upstream NODES, once as is
+# and once with UPSTREAM_EXTRA added to the upstream and ROUTE_EXTRA to the route,
+# interleaved over ROUNDS rounds; prints the table (NAMES label the two rows). Needs GW_PORT.
+run_with_and_without() {
+    local label=$1 nodes=$2 upstream_extra=$3 route_extra=$4 round i
+    : > "$TMP/results.tsv"
+    for round in $(seq 1 "$ROUNDS"); do
+        for i in 0 1; do
+            local ue="" re=""
+            if [ "$i" = 1 ]; then ue=$upstream_extra; re=$route_extra; fi
+            cat > "$TMP/gw.toml" <<EOT
+[gateway]
+listen = ["127.0.0.1:$GW_PORT"]
+workers = 1
+cpus = [0]
+access_log = "off"
+watch_config = false
+control_listen = "off"
+[[upstreams]]
+id = "b"
+nodes = $nodes
+keepalive_pool = { size = 320, idle_timeout = 60, requests = 100000 }
+$ue
+[[routes]]
+uri = "/*"
+upstream_id = "b"
+$re
+EOT
+            measure_variant "$i" "$TMP/gw.toml" "$GW_PORT"
+        done
+    done
+    print_variants "$label" "${NAMES[@]}"
+}

@@ -41,11 +41,10 @@ pub struct Answer {
 impl Answer {
     /// APISIX's error shape: `{"error_msg": message}`.
     pub fn error(status: u16, message: &str) -> Answer {
-        let body = serde_json::json!({ "error_msg": message }).to_string() + "\n";
         Answer {
             status,
             headers: vec![("Content-Type".into(), "application/json".into())],
-            body: body.into_bytes(),
+            body: crate::http::error_page::error_body(message),
         }
     }
 

@@ -11,6 +11,7 @@ use crate::vars::{Template, Var, VarSource};
 use regex::Regex;
 use serde::Deserialize;
 use std::cell::RefCell;
+use std::fmt::Write as _;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -113,15 +114,13 @@ impl ProxyRewrite {
 }
 
 /// Percent-encodes what may not stand in a request target (the rendered uri may hold
-/// decoded variables), leaving `?` and what is already valid alone.
+/// decoded variables), leaving `?`, `%` and what is already valid alone.
 fn encode_target(raw: &[u8], out: &mut String) {
     for &b in raw {
-        if b != b'%' && valid_target(&[b]) || b == b'?' {
+        if b == b'?' || valid_target(&[b]) {
             out.push(b as char);
-        } else if b == b'%' {
-            out.push('%');
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}");
         }
     }
 }
