@@ -24,6 +24,10 @@ pub enum Var {
     Http(String),
     /// `cookie_NAME`.
     Cookie(String),
+    /// The response status (response phases only; nothing before a response exists).
+    Status,
+    /// `upstream_http_NAME`: a header of the response as it came (response phases only).
+    UpstreamHttp(String),
 }
 
 impl Var {
@@ -37,8 +41,11 @@ impl Var {
             "request_method" => Var::RequestMethod,
             "scheme" => Var::Scheme,
             "server_port" => Var::ServerPort,
+            "status" => Var::Status,
             _ => {
-                if let Some(a) = name.strip_prefix("arg_") {
+                if let Some(h) = name.strip_prefix("upstream_http_") {
+                    Var::UpstreamHttp(h.to_ascii_lowercase())
+                } else if let Some(a) = name.strip_prefix("arg_") {
                     Var::Arg(a.to_string())
                 } else if let Some(h) = name.strip_prefix("http_") {
                     Var::Http(h.to_ascii_lowercase())

@@ -3,6 +3,7 @@
 //! (monoio-http's h1 codec buffers whole bodies and mis-frames HEAD/304; see the README.)
 
 pub mod chunked;
+pub mod coding;
 pub mod error_page;
 pub mod path;
 pub mod request;

@@ -10,14 +10,22 @@
 //! - `header_filter` ([`ResponseCtx`]): the response head is about to go to the client, the
 //!   upstream's or one the gateway made (404, 502, 503, 504, a plugin's answer): change its
 //!   status, headers, or replace its body.
-//! - `body_filter`: each piece of the response body, to look at.
+//! - `body_filter` ([`BodyCtx`]): each piece of the response body, to change. Only when a
+//!   header_filter asked for it ([`ResponseEdits::change_body`]): the body is then decoded
+//!   from its framing, passed through every body filter of the request, and sent re-framed
+//!   (chunked, or until close to an HTTP/1.0 client). Otherwise the body is copied (or
+//!   spliced) untouched and no body filter runs.
 //! - `log` ([`LogCtx`]): the request is over.
+//!
+//! Per-request state: [`Slots`] hold one value per plugin of the request (a body a filter
+//! holds back, a compressor, a span), from its first phase to its log phase.
 //!
 //! Per-core state: every plugin instance has one state object per core
 //! ([`Phases::core_state`]), handed to each phase as a `RefCell`. Borrow it briefly and
 //! never across an `.await`: another request on the same core may run the same plugin
 //! meanwhile.
 
+use crate::http::response::ResponseHead;
 use crate::vars::VarSource;
 use std::any::Any;
 use std::cell::RefCell;
@@ -176,19 +184,137 @@ impl RequestEdits {
 pub struct ResponseEdits {
     pub status: Option<u16>,
     pub headers: HeaderEdits,
-    /// A body that replaces the response's own.
+    /// A body that replaces the response's own (the body filters still see it).
     pub body: Option<Vec<u8>>,
+    /// Some body filter will change the body (see [`ResponseEdits::change_body`]).
+    body_changes: bool,
 }
 
 impl ResponseEdits {
     pub fn is_empty(&self) -> bool {
-        self.status.is_none() && self.headers.is_empty() && self.body.is_none()
+        self.status.is_none()
+            && self.headers.is_empty()
+            && self.body.is_none()
+            && !self.body_changes
     }
 
     pub fn clear(&mut self) {
         self.status = None;
         self.headers.clear();
         self.body = None;
+        self.body_changes = false;
+    }
+
+    /// Called in header_filter by a plugin whose body_filter will change the body: the body
+    /// then passes through the body filters and goes out re-framed, since its length is no
+    /// longer known (Content-Length is dropped; ETag and Last-Modified described the old
+    /// body and are dropped too, as APISIX does). A body filter changes nothing unless
+    /// some plugin asked for this.
+    pub fn change_body(&mut self) {
+        if !self.body_changes {
+            self.body_changes = true;
+            self.headers.remove("ETag");
+            self.headers.remove("Last-Modified");
+        }
+    }
+
+    /// Whether the body goes through the body filters.
+    pub fn body_changes(&self) -> bool {
+        self.body_changes
+    }
+}
+
+/// One value per plugin of a request, kept from its first phase to its log phase (a plugin
+/// finds its own: the dispatcher points the slots at the plugin it calls). Empty slots cost
+/// nothing; a plugin that stores a value pays one allocation for that request.
+#[derive(Default)]
+pub struct Slots {
+    items: Vec<Option<Box<dyn Any>>>,
+    current: usize,
+}
+
+impl Slots {
+    /// The calling plugin's value, if it stored one of type `T`.
+    pub fn get<T: Any>(&mut self) -> Option<&mut T> {
+        self.items
+            .get_mut(self.current)?
+            .as_mut()?
+            .downcast_mut::<T>()
+    }
+
+    /// Stores the calling plugin's value (replacing what it had).
+    pub fn put<T: Any>(&mut self, value: T) {
+        if self.items.len() <= self.current {
+            self.items.resize_with(self.current + 1, || None);
+        }
+        self.items[self.current] = Some(Box::new(value));
+    }
+
+    /// Takes the calling plugin's value out.
+    pub fn take<T: Any>(&mut self) -> Option<T> {
+        let item = self.items.get_mut(self.current)?;
+        match item.take()?.downcast::<T>() {
+            Ok(v) => Some(*v),
+            Err(other) => {
+                *item = Some(other);
+                None
+            }
+        }
+    }
+
+    /// Points the slots at the plugin at `position` in the request's plugin order.
+    pub(crate) fn point_at(&mut self, position: usize) {
+        self.current = position;
+    }
+
+    /// Drops every value (the request is over).
+    pub fn clear(&mut self) {
+        if !self.items.is_empty() {
+            self.items.clear();
+        }
+    }
+}
+
+/// The response head as it came (from the upstream, or as the gateway made it), before the
+/// plugins' changes.
+#[derive(Clone, Copy)]
+pub enum ResponseHeaders<'a> {
+    Upstream {
+        buf: &'a [u8],
+        head: &'a ResponseHead,
+    },
+    Gateway(&'a [(String, String)]),
+}
+
+impl<'a> ResponseHeaders<'a> {
+    /// The first field called `name` (any case), its value trimmed.
+    pub fn get(&self, name: &str) -> Option<&'a [u8]> {
+        self.find(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+    }
+
+    /// The field a variable names (`upstream_http_content_type`: lower case, `_` for `-`).
+    pub fn get_var(&self, var_name: &str) -> Option<&'a [u8]> {
+        self.find(|n| {
+            n.len() == var_name.len()
+                && n.iter().zip(var_name.bytes()).all(|(&a, b)| {
+                    let a = a.to_ascii_lowercase();
+                    (a == b && a != b'_') || (a == b'-' && b == b'_')
+                })
+        })
+    }
+
+    fn find(&self, mut is: impl FnMut(&[u8]) -> bool) -> Option<&'a [u8]> {
+        match *self {
+            ResponseHeaders::Upstream { buf, head } => head
+                .headers
+                .iter()
+                .find(|h| is(&buf[h.name.clone()]))
+                .map(|h| crate::http::trim(&buf[h.value.clone()])),
+            ResponseHeaders::Gateway(fields) => fields
+                .iter()
+                .find(|(n, _)| is(n.as_bytes()))
+                .map(|(_, v)| crate::http::trim(v.as_bytes())),
+        }
     }
 }
 
@@ -204,16 +330,31 @@ pub struct RequestCtx<'a> {
     /// Where a plugin that establishes the client's real address (real-ip) records it, once:
     /// `remote_addr` for the plugins after it, the log and the upstream's X-Real-IP.
     pub remote_addr: &'a std::cell::OnceCell<String>,
+    pub slots: &'a mut Slots,
 }
 
 /// The response as `header_filter` sees it.
 pub struct ResponseCtx<'a> {
+    /// The request's variables, and `status` and `upstream_http_*` of the response.
     pub vars: &'a dyn VarSource,
     /// The status as it stands (after earlier plugins' changes).
     pub status: u16,
     /// The gateway made this response (no route, an upstream failure, a plugin's answer).
     pub by_gateway: bool,
+    /// Its header fields as they came.
+    pub headers: ResponseHeaders<'a>,
     pub response: &'a mut ResponseEdits,
+    pub slots: &'a mut Slots,
+}
+
+/// A piece of the response body as `body_filter` sees it.
+pub struct BodyCtx<'a> {
+    /// The piece's bytes (payload only, whatever the framing): a filter may change them,
+    /// or take them all to hand on later (an empty piece sends nothing).
+    pub data: &'a mut Vec<u8>,
+    /// The body ends after this piece: whatever a filter held back must go out now.
+    pub last: bool,
+    pub slots: &'a mut Slots,
 }
 
 /// The request phases, in their order.
@@ -235,8 +376,9 @@ impl Phase {
 }
 
 /// The finished request as `log` sees it.
-pub struct LogCtx {
+pub struct LogCtx<'a> {
     pub status: u16,
+    pub slots: &'a mut Slots,
 }
 
 /// Per-core mutable state of one plugin instance.
@@ -309,7 +451,7 @@ pub trait Phases {
 
     fn header_filter(&self, _ctx: &mut ResponseCtx<'_>, _state: &RefCell<CoreState>) {}
 
-    fn body_filter(&self, _chunk: &[u8], _state: &RefCell<CoreState>) {}
+    fn body_filter(&self, _ctx: &mut BodyCtx<'_>, _state: &RefCell<CoreState>) {}
 
-    fn log(&self, _ctx: &LogCtx, _state: &RefCell<CoreState>) {}
+    fn log(&self, _ctx: &mut LogCtx<'_>, _state: &RefCell<CoreState>) {}
 }

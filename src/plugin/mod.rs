@@ -7,7 +7,7 @@
 //!    (traffic-split, rate limiting);
 //! 3. `before_proxy`: last look before the request leaves for the chosen node;
 //! 4. `header_filter`: the upstream's response head arrived;
-//! 5. `body_filter`: a piece of the response body passes;
+//! 5. `body_filter`: a piece of the response body passes (and may be changed);
 //! 6. `log`: the request is over (metrics, logging).
 //!
 //! Which plugins run: global rules (`[[global_rules]]`) first in every phase, then the route's
@@ -100,11 +100,11 @@ macro_rules! plugins {
                 match self { $(Plugin::$variant(p) => p.header_filter(ctx, state),)* }
             }
 
-            fn body_filter(&self, chunk: &[u8], state: &RefCell<CoreState>) {
-                match self { $(Plugin::$variant(p) => p.body_filter(chunk, state),)* }
+            fn body_filter(&self, ctx: &mut BodyCtx<'_>, state: &RefCell<CoreState>) {
+                match self { $(Plugin::$variant(p) => p.body_filter(ctx, state),)* }
             }
 
-            fn log(&self, ctx: &LogCtx, state: &RefCell<CoreState>) {
+            fn log(&self, ctx: &mut LogCtx<'_>, state: &RefCell<CoreState>) {
                 match self { $(Plugin::$variant(p) => p.log(ctx, state),)* }
             }
         }
@@ -250,17 +250,16 @@ impl PluginStates {
     /// answer.
     pub async fn run(&self, chains: [&Chain; 2], phase: Phase, ctx: &mut RequestCtx<'_>) -> Flow {
         let wanted = phase.set();
-        for chain in chains {
-            for i in chain.plugins.iter().filter(|i| i.uses.has(wanted)) {
-                let state = &self.states[i.slot];
-                let flow = if i.uses.has(PhaseSet::AWAITS) {
-                    i.plugin.run_waiting(phase, ctx, state).await
-                } else {
-                    i.plugin.run_now(phase, ctx, state)
-                };
-                if let Flow::Respond(_) = flow {
-                    return flow;
-                }
+        for (position, i) in in_order(chains, wanted) {
+            ctx.slots.point_at(position);
+            let state = &self.states[i.slot];
+            let flow = if i.uses.has(PhaseSet::AWAITS) {
+                i.plugin.run_waiting(phase, ctx, state).await
+            } else {
+                i.plugin.run_now(phase, ctx, state)
+            };
+            if let Flow::Respond(_) = flow {
+                return flow;
             }
         }
         Flow::Continue
@@ -269,13 +268,11 @@ impl PluginStates {
     /// [`PluginStates::run`] for chains where no plugin waits ([`Chain::awaits`]): no
     /// future at all.
     pub fn run_now(&self, chains: [&Chain; 2], phase: Phase, ctx: &mut RequestCtx<'_>) -> Flow {
-        let wanted = phase.set();
-        for chain in chains {
-            for i in chain.plugins.iter().filter(|i| i.uses.has(wanted)) {
-                let flow = i.plugin.run_now(phase, ctx, &self.states[i.slot]);
-                if let Flow::Respond(_) = flow {
-                    return flow;
-                }
+        for (position, i) in in_order(chains, phase.set()) {
+            ctx.slots.point_at(position);
+            let flow = i.plugin.run_now(phase, ctx, &self.states[i.slot]);
+            if let Flow::Respond(_) = flow {
+                return flow;
             }
         }
         Flow::Continue
@@ -283,41 +280,42 @@ impl PluginStates {
 
     /// Runs `header_filter` for both chains.
     pub fn header_filter(&self, chains: [&Chain; 2], ctx: &mut ResponseCtx<'_>) {
-        for chain in chains {
-            for i in chain
-                .plugins
-                .iter()
-                .filter(|i| i.uses.has(PhaseSet::HEADER_FILTER))
-            {
-                i.plugin.header_filter(ctx, &self.states[i.slot]);
-                if let Some(s) = ctx.response.status {
-                    ctx.status = s;
-                }
+        for (position, i) in in_order(chains, PhaseSet::HEADER_FILTER) {
+            ctx.slots.point_at(position);
+            i.plugin.header_filter(ctx, &self.states[i.slot]);
+            if let Some(s) = ctx.response.status {
+                ctx.status = s;
             }
         }
     }
 
-    /// Runs `body_filter` for both chains.
-    pub fn body_filter(&self, chains: [&Chain; 2], chunk: &[u8]) {
-        for chain in chains {
-            for i in chain
-                .plugins
-                .iter()
-                .filter(|i| i.uses.has(PhaseSet::BODY_FILTER))
-            {
-                i.plugin.body_filter(chunk, &self.states[i.slot]);
-            }
+    /// Runs `body_filter` for both chains, each plugin on what the one before handed on.
+    pub fn body_filter(&self, chains: [&Chain; 2], ctx: &mut BodyCtx<'_>) {
+        for (position, i) in in_order(chains, PhaseSet::BODY_FILTER) {
+            ctx.slots.point_at(position);
+            i.plugin.body_filter(ctx, &self.states[i.slot]);
         }
     }
 
     /// Runs `log` for both chains.
-    pub fn log(&self, chains: [&Chain; 2], ctx: &LogCtx) {
-        for chain in chains {
-            for i in chain.plugins.iter().filter(|i| i.uses.has(PhaseSet::LOG)) {
-                i.plugin.log(ctx, &self.states[i.slot]);
-            }
+    pub fn log(&self, chains: [&Chain; 2], ctx: &mut LogCtx<'_>) {
+        for (position, i) in in_order(chains, PhaseSet::LOG) {
+            ctx.slots.point_at(position);
+            i.plugin.log(ctx, &self.states[i.slot]);
         }
     }
+}
+
+/// The plugins of both chains that implement `phase`, with their position in the request's
+/// plugin order (global rules first; the position names the plugin's [`Slots`] entry).
+fn in_order(chains: [&Chain; 2], phase: PhaseSet) -> impl Iterator<Item = (usize, &Instance)> {
+    let [global, route] = chains;
+    global
+        .plugins
+        .iter()
+        .chain(&route.plugins)
+        .enumerate()
+        .filter(move |(_, i)| i.uses.has(phase))
 }
 
 /// What building a plugin may need from the snapshot being compiled.

@@ -1,11 +1,21 @@
-//! `response-rewrite` (APISIX priority 899, header_filter): change the response the client
-//! gets, the upstream's or one the gateway made: `status_code`, `headers` (`set`, `add` as
-//! `"Name: value"` strings, `remove`, or the older flat form), and `body` (plain, or base64
-//! with `body_base64`), when the request matches `vars` (or always).
+//! `response-rewrite` (APISIX priority 899, header_filter and body_filter): change the
+//! response the client gets, the upstream's or one the gateway made: `status_code`, `headers`
+//! (`set`, `add` as `"Name: value"` strings, `remove`, or the older flat form), `body` (plain,
+//! or base64 with `body_base64`) or `filters` (regex substitutions on the body), when the
+//! response matches `vars` (request variables, `status`, `upstream_http_*`), or always.
+//!
+//! `filters` hold the body back (decoded when the upstream sent it gzip or br; the client
+//! gets it decoded) and substitute at its end. Past `max_resp_body_size` bytes held, the
+//! filters run on what is held and the rest of the body streams on unfiltered; nothing is
+//! dropped (APISIX cuts the piece that crosses the limit). A body in a coding the gateway
+//! cannot decode passes untouched, as does one that turns out corrupt (what was decoded
+//! before the error is sent, then the body ends; logged).
 
 use super::conf::{AnyOf, HeaderOps};
-use super::{BuildCtx, CoreState, PhaseSet, Phases, ResponseCtx};
+use super::{BodyCtx, BuildCtx, CoreState, PhaseSet, Phases, ResponseCtx};
+use crate::http::coding::{Coding, Decoder};
 use base64::Engine;
+use regex::bytes::{Regex, RegexBuilder};
 use serde::Deserialize;
 use std::cell::RefCell;
 
@@ -18,14 +28,57 @@ struct Config {
     body_base64: bool,
     headers: Option<serde_json::Value>,
     vars: Option<serde_json::Value>,
-    filters: Option<serde_json::Value>,
+    filters: Option<Vec<FilterConfig>>,
+    max_resp_body_size: Option<i64>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilterConfig {
+    regex: String,
+    replace: String,
+    #[serde(default = "once")]
+    scope: String,
+    #[serde(default = "jo")]
+    options: String,
+}
+
+fn once() -> String {
+    "once".into()
+}
+
+fn jo() -> String {
+    "jo".into()
+}
+
+/// APISIX's default `max_resp_body_size`: 64 MiB.
+const DEFAULT_MAX_BODY: usize = 64 * 1024 * 1024;
 
 pub struct ResponseRewrite {
     status: Option<u16>,
     body: Option<Vec<u8>>,
     headers: HeaderOps,
     when: AnyOf,
+    filters: Vec<Filter>,
+    max_body: usize,
+}
+
+/// One body substitution.
+struct Filter {
+    regex: Regex,
+    /// The replacement in the regex crate's syntax (`${1}`).
+    replace: String,
+    /// `scope = "global"`: every match, not only the first.
+    global: bool,
+}
+
+/// A response whose body the filters are holding back.
+struct Held {
+    decoder: Decoder,
+    /// The limit was passed: the rest of the body streams on unfiltered.
+    streaming: bool,
+    /// The body could not be decoded: nothing more is sent.
+    failed: bool,
 }
 
 impl ResponseRewrite {
@@ -40,9 +93,31 @@ impl ResponseRewrite {
             }
             None => None,
         };
-        if c.filters.is_some() {
-            return Err("property \"filters\": body filters are not supported yet".into());
+        if c.body.is_some() && c.filters.is_some() {
+            return Err("\"body\" and \"filters\" cannot both be set".into());
         }
+        let filters =
+            match &c.filters {
+                Some(list) if list.is_empty() => return Err(
+                    "property \"filters\" validation failed: expect array to have at least 1 items"
+                        .into(),
+                ),
+                Some(list) => list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| Filter::build(i, f))
+                    .collect::<Result<_, _>>()?,
+                None => Vec::new(),
+            };
+        let max_body = match c.max_resp_body_size {
+            None => DEFAULT_MAX_BODY,
+            Some(n) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX),
+            Some(n) => {
+                return Err(format!(
+                "property \"max_resp_body_size\" validation failed: expected {n} to be at least 1"
+            ))
+            }
+        };
         let body = match (c.body, c.body_base64) {
             (Some(b), true) => Some(
                 base64::engine::general_purpose::STANDARD
@@ -64,8 +139,100 @@ impl ResponseRewrite {
             body,
             headers,
             when: AnyOf::parse("vars", c.vars.as_ref(), false)?,
+            filters,
+            max_body,
         })
     }
+
+    /// Substitutes every filter in turn over the whole of `body`.
+    fn substitute(&self, body: &mut Vec<u8>) {
+        for f in &self.filters {
+            let replaced = if f.global {
+                f.regex.replace_all(body, f.replace.as_bytes())
+            } else {
+                f.regex.replace(body, f.replace.as_bytes())
+            };
+            if let std::borrow::Cow::Owned(new) = replaced {
+                *body = new;
+            }
+        }
+    }
+}
+
+impl Filter {
+    fn build(i: usize, f: &FilterConfig) -> Result<Filter, String> {
+        let field = format!("filters[{i}]");
+        if f.regex.is_empty() {
+            return Err(format!(
+                "property \"{field}.regex\" validation failed: string too short, expected at least 1, got 0"
+            ));
+        }
+        let global = match f.scope.as_str() {
+            "once" => false,
+            "global" => true,
+            _ => {
+                return Err(format!(
+                    "property \"{field}.scope\" validation failed: matches none of the enum values (\"once\", \"global\")"
+                ))
+            }
+        };
+        let mut b = RegexBuilder::new(&f.regex);
+        b.size_limit(1 << 20);
+        for o in f.options.chars() {
+            match o {
+                'i' => b.case_insensitive(true),
+                'm' => b.multi_line(true),
+                's' => b.dot_matches_new_line(true),
+                'x' => b.ignore_whitespace(true),
+                'u' => b.unicode(true),
+                // PCRE's JIT and compile-once: always so here.
+                'j' | 'o' => &mut b,
+                other => {
+                    return Err(format!(
+                        "property \"{field}.options\": unsupported regex option '{other}' (supported: i, m, s, x, u, j, o)"
+                    ))
+                }
+            };
+        }
+        let regex = b
+            .build()
+            .map_err(|e| format!("regex \"{}\" validation failed: {e}", f.regex))?;
+        Ok(Filter {
+            regex,
+            replace: replacement(&f.replace),
+            global,
+        })
+    }
+}
+
+/// ngx.re.sub's replacement (`$0`, `$1`, `${1}`, `$$`) in the regex crate's syntax, where
+/// `$1a` would name a group `1a`: numbered groups are braced, any other `$` is literal.
+fn replacement(ngx: &str) -> String {
+    let mut out = String::with_capacity(ngx.len() + 4);
+    let mut chars = ngx.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        if c != '$' {
+            out.push(c);
+            continue;
+        }
+        match chars.peek().map(|&(_, c)| c) {
+            Some('$') => {
+                chars.next();
+                out.push_str("$$");
+            }
+            Some('{') => out.push('$'),
+            Some(d) if d.is_ascii_digit() => {
+                out.push_str("${");
+                while let Some(&(_, d)) = chars.peek().filter(|(_, d)| d.is_ascii_digit()) {
+                    out.push(d);
+                    chars.next();
+                }
+                out.push('}');
+            }
+            _ => out.push_str("$$"),
+        }
+    }
+    out
 }
 
 impl Phases for ResponseRewrite {
@@ -78,7 +245,11 @@ impl Phases for ResponseRewrite {
     }
 
     fn uses(&self) -> PhaseSet {
-        PhaseSet::HEADER_FILTER
+        if self.filters.is_empty() {
+            PhaseSet::HEADER_FILTER
+        } else {
+            PhaseSet::HEADER_FILTER.with(PhaseSet::BODY_FILTER)
+        }
     }
 
     fn header_filter(&self, ctx: &mut ResponseCtx<'_>, _state: &RefCell<CoreState>) {
@@ -90,7 +261,58 @@ impl Phases for ResponseRewrite {
         }
         if let Some(body) = &self.body {
             ctx.response.body = Some(body.clone());
+            // The new body is not the upstream's representation (nor compressed).
+            for name in ["Content-Encoding", "ETag", "Last-Modified"] {
+                ctx.response.headers.remove(name);
+            }
+        }
+        if !self.filters.is_empty() {
+            match Coding::from_header(ctx.headers.get("content-encoding")) {
+                Some(coding) => {
+                    ctx.response.change_body();
+                    if coding != Coding::Identity {
+                        ctx.response.headers.remove("Content-Encoding");
+                    }
+                    ctx.slots.put(Held {
+                        decoder: Decoder::new(coding),
+                        streaming: false,
+                        failed: false,
+                    });
+                }
+                None => crate::warn!(
+                    "response-rewrite: filters not applied: the body's Content-Encoding cannot be decoded"
+                ),
+            }
         }
         self.headers.apply(ctx.vars, &mut ctx.response.headers);
+    }
+
+    fn body_filter(&self, ctx: &mut BodyCtx<'_>, _state: &RefCell<CoreState>) {
+        let Some(held) = ctx.slots.get::<Held>() else {
+            return;
+        };
+        if held.failed {
+            ctx.data.clear();
+            return;
+        }
+        let mut result = held.decoder.write(ctx.data);
+        ctx.data.clear();
+        if ctx.last && result.is_ok() {
+            result = held.decoder.finish();
+        }
+        let decoded = held.decoder.output();
+        if let Err(e) = result {
+            crate::warn!("response-rewrite: the response body could not be decoded: {e}");
+            held.failed = true;
+            std::mem::swap(decoded, ctx.data);
+            return;
+        }
+        if held.streaming {
+            std::mem::swap(decoded, ctx.data);
+        } else if ctx.last || decoded.len() >= self.max_body {
+            held.streaming = true;
+            std::mem::swap(decoded, ctx.data);
+            self.substitute(ctx.data);
+        }
     }
 }

@@ -38,11 +38,15 @@ impl Conn {
     pub(super) async fn answer(&mut self, mut answer: Answer, body_end: Option<usize>) -> Outcome {
         let keep = body_end.is_some() && !self.req.head.close && !self.worker.stopping();
         self.linger = body_end.is_none();
-        answer.status = self.response_phase(answer.status, true);
-        let edits = &mut self.req.edits.response;
-        if let Some(body) = edits.body.take() {
+        answer.status = self.response_phase(answer.status, &[], Some(&answer.headers));
+        if let Some(body) = self.req.edits.response.body.take() {
             answer.body = body;
         }
+        if self.req.edits.response.body_changes() {
+            // The whole body is here: one last piece, and its length is known after.
+            self.filter_piece(&mut answer.body, true);
+        }
+        let edits = &mut self.req.edits.response;
         let out = &mut self.out;
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 ");

@@ -5,7 +5,7 @@
 
 use crate::http::request::RequestHead;
 use crate::http::response::ResponseHead;
-use crate::plugin::{RequestEdits, ResponseEdits};
+use crate::plugin::{RequestEdits, ResponseEdits, Slots};
 use crate::snapshot::Settings;
 use crate::worker::Local;
 use std::cell::OnceCell;
@@ -57,6 +57,8 @@ pub(super) struct Ctx {
 pub(super) struct Edits {
     pub(super) request: RequestEdits,
     pub(super) response: ResponseEdits,
+    /// The plugins' per-request values.
+    pub(super) slots: Slots,
 }
 
 impl Ctx {
@@ -70,6 +72,7 @@ impl Ctx {
         self.up_statuses.clear();
         self.edits.request.clear();
         self.edits.response.clear();
+        self.edits.slots.clear();
         self.real_ip.take();
     }
 }

@@ -185,9 +185,13 @@ impl Conn {
                 continue;
             }
             // Content-Length is re-written for framed bodies; a 204 (or 1xx) must not carry one
-            // at all (HEAD and 304 keep theirs: they describe the representation).
+            // at all (HEAD and 304 keep theirs: they describe the representation, unless a
+            // plugin changes it).
             if eq_ignore_case(name, b"content-length")
-                && (framing != ResponseFraming::None || resp.status == 204 || resp.status < 200)
+                && (framing != ResponseFraming::None
+                    || resp.status == 204
+                    || resp.status < 200
+                    || edits.body_changes())
             {
                 continue;
             }

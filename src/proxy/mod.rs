@@ -10,7 +10,8 @@
 //! 4. `upstream.rs`: the attempt loop: pick a node, pooled connection or connect, send
 //!    (`request_body.rs`), read the response head; retry on failure (`error.rs` says what
 //!    each failure means).
-//! 5. `response.rs`: relay the response head (`editor.rs` rewrites both heads) and body.
+//! 5. `response.rs`: relay the response head (`editor.rs` rewrites both heads) and body;
+//!    `body_filter.rs` when a plugin changes the body (decoded, filtered, re-chunked).
 //! 6. `answers.rs`: what the gateway answers itself (404, 502, 503, 504, refusals).
 //!
 //! Bodies are streamed in both directions through the two connections' buffers (bounded:
@@ -23,6 +24,7 @@
 //! read as part of the next response.
 
 mod answers;
+mod body_filter;
 mod ctx;
 mod editor;
 mod error;

@@ -2,10 +2,13 @@
 //! routing, the plugins' rewrite / access / before_proxy phases, proxying (or an answer of
 //! the gateway's own), the response phases, the access log.
 
-use super::vars::RequestVars;
+use super::vars::{RequestVars, ResponseVars};
 use crate::http::path::{needs_normalizing, normalize, BadPath};
 use crate::log::access::Entry;
-use crate::plugin::{Answer, Chain, Flow, LogCtx, Phase, RequestCtx, ResponseCtx, EMPTY_CHAIN};
+use crate::plugin::{
+    Answer, BodyCtx, Chain, Flow, LogCtx, Phase, RequestCtx, ResponseCtx, ResponseHeaders,
+    EMPTY_CHAIN,
+};
 use crate::route::{MatchInput, Route};
 use crate::worker::Local;
 use std::time::{Duration, Instant};
@@ -70,12 +73,14 @@ impl Conn {
 
         // 5. The log phase of the plugins, then the access log.
         if self.req.plugins {
-            let ctx = LogCtx {
+            let mut ctx = LogCtx {
                 status: outcome.status,
+                slots: &mut self.req.edits.slots,
             };
             local
                 .plugin_states
-                .log([&local.shared.global, route_chain], &ctx);
+                .log([&local.shared.global, route_chain], &mut ctx);
+            self.req.edits.slots.clear();
         }
         self.finish(outcome, route.map(|r| &*r.id), start)
     }
@@ -158,6 +163,7 @@ impl Conn {
             request: &mut edits.request,
             response: &mut edits.response,
             remote_addr: vars.real_ip,
+            slots: &mut edits.slots,
         };
         let chains = [&local.shared.global, route_chain];
         let awaits = local.shared.global.awaits || route_chain.awaits;
@@ -174,9 +180,15 @@ impl Conn {
         Ok(ctx.upstream)
     }
 
-    /// Runs the plugins' header_filter on a response about to go out with `status` (the
-    /// upstream's, or one the gateway made: `by_gateway`). Returns the status to send.
-    pub(super) fn response_phase(&mut self, status: u16, by_gateway: bool) -> u16 {
+    /// Runs the plugins' header_filter on a response about to go out with `status`: the
+    /// upstream's (its head parsed in `req.resp`, its bytes in `upstream_buf`), or one the
+    /// gateway made (`gateway`: its header fields). Returns the status to send.
+    pub(super) fn response_phase(
+        &mut self,
+        status: u16,
+        upstream_buf: &[u8],
+        gateway: Option<&[(String, String)]>,
+    ) -> u16 {
         if !self.req.plugins {
             return status;
         }
@@ -185,12 +197,22 @@ impl Conn {
             .req
             .route
             .map_or(&EMPTY_CHAIN, |i| &local.shared.router.route(i).plugins);
-        let (vars, edits) = self.vars_and_edits();
+        let (request, edits, resp) = self.request_parts();
+        let headers = match gateway {
+            Some(fields) => ResponseHeaders::Gateway(fields),
+            None => ResponseHeaders::Upstream {
+                buf: upstream_buf,
+                head: resp,
+            },
+        };
+        let vars = ResponseVars::new(request, status, headers);
         let mut ctx = ResponseCtx {
             vars: &vars,
             status,
-            by_gateway,
+            by_gateway: gateway.is_some(),
+            headers,
             response: &mut edits.response,
+            slots: &mut edits.slots,
         };
         local
             .plugin_states
@@ -198,23 +220,40 @@ impl Conn {
         ctx.status
     }
 
-    /// Shows response body bytes to the plugins' body_filter phase (when the route has any).
-    pub(super) fn filter_body(&self, data: &[u8]) {
-        if self.req.plugins {
-            let local = &self.req.local;
-            let route_chain = self
-                .req
-                .route
-                .map_or(&EMPTY_CHAIN, |i| &local.shared.router.route(i).plugins);
-            local
-                .plugin_states
-                .body_filter([&local.shared.global, route_chain], data);
-        }
+    /// Passes a piece of the response body through the plugins' body filters (only when a
+    /// header_filter asked to change the body). `last`: the body ends with this piece.
+    pub(super) fn filter_piece(&mut self, data: &mut Vec<u8>, last: bool) {
+        let local = &self.req.local;
+        let route_chain = self
+            .req
+            .route
+            .map_or(&EMPTY_CHAIN, |i| &local.shared.router.route(i).plugins);
+        let mut ctx = BodyCtx {
+            data,
+            last,
+            slots: &mut self.req.edits.slots,
+        };
+        local
+            .plugin_states
+            .body_filter([&local.shared.global, route_chain], &mut ctx);
     }
 
     /// The request's variables, beside the plugins' edits (borrowed apart, so a phase can
     /// read the one and change the other).
     pub(super) fn vars_and_edits(&mut self) -> (RequestVars<'_>, &mut Edits) {
+        let (vars, edits, _) = self.request_parts();
+        (vars, edits)
+    }
+
+    /// The request's variables, the plugins' edits and the upstream's response head, borrowed
+    /// apart.
+    fn request_parts(
+        &mut self,
+    ) -> (
+        RequestVars<'_>,
+        &mut Edits,
+        &crate::http::response::ResponseHead,
+    ) {
         let Ctx {
             head,
             host_lc,
@@ -222,6 +261,7 @@ impl Conn {
             path_normalized,
             edits,
             real_ip,
+            resp,
             ..
         } = &mut self.req;
         let real_ip = &*real_ip;
@@ -239,7 +279,7 @@ impl Conn {
             real_ip,
             server_port: &self.local_port,
         };
-        (vars, edits)
+        (vars, edits, resp)
     }
 
     /// The current request's variables (`uri`, `http_*`, `arg_*`, ...).

@@ -53,6 +53,9 @@ impl Conn {
             return self.send_replaced_body(upc, body, outcome).await;
         }
         let framing = self.req.resp.framing();
+        if self.req.edits.response.body_changes() && framing != ResponseFraming::None {
+            return self.relay_changed(upc, up, addr, t, outcome).await;
+        }
         let http10 = self.req.head.minor_version == 0;
         let dechunk = http10 && framing == ResponseFraming::Chunked;
         let client_keep = !self.req.head.close
@@ -94,7 +97,6 @@ impl Conn {
         if let ResponseFraming::Length(n) = framing {
             let body_here = (upc.buf.len() - head_len) as u64;
             if body_here == n && self.out.len() <= head_len {
-                self.filter_body(&upc.buf[head_len..]);
                 let start = head_len - self.out.len();
                 upc.buf[start..head_len].copy_from_slice(&self.out);
                 self.out.clear();
@@ -175,9 +177,12 @@ impl Conn {
     async fn send_replaced_body(
         &mut self,
         upc: UpstreamConn,
-        body: Vec<u8>,
+        mut body: Vec<u8>,
         mut outcome: Outcome,
     ) -> Outcome {
+        if self.req.edits.response.body_changes() {
+            self.filter_piece(&mut body, true);
+        }
         let http10 = self.req.head.minor_version == 0;
         let keep = !self.req.head.close && !self.req.early_answer && !self.worker.stopping();
         self.linger |= self.req.early_answer;
@@ -274,14 +279,13 @@ impl Conn {
             }
             let n = upc.buf.len();
             if n > 0 || !self.out.is_empty() {
-                self.filter_body(&upc.buf[..n]);
                 self.send_body(upc, n, send, outcome).await?;
                 remaining -= n as u64;
             }
             if remaining == 0 {
                 return Ok(());
             }
-            if remaining >= splice::MIN_SPLICE && !self.req.plugins && self.settings().splice {
+            if remaining >= splice::MIN_SPLICE && self.settings().splice {
                 if let Some(done) = self
                     .splice_rest(upc, remaining, read, send, outcome, reusable)
                     .await
@@ -378,22 +382,17 @@ impl Conn {
             if !upc.buf.is_empty() {
                 if dechunk {
                     // HTTP/1.0 client: forward payload only, the connection close ends it.
-                    let before = self.out.len();
                     let out = &mut self.out;
                     let data = &upc.buf;
                     let used = scanner
                         .advance(data, |r| out.extend_from_slice(&data[r]))
                         .map_err(|_| Abort)?;
                     upc.buf.drain(..used);
-                    self.filter_body(&self.out[before..]);
                     if !self.out.is_empty() {
                         self.send_out(send, outcome).await?;
                     }
                 } else {
-                    let data = &upc.buf;
-                    let used = scanner
-                        .advance(data, |r| self.filter_body(&data[r]))
-                        .map_err(|_| Abort)?;
+                    let used = scanner.advance(&upc.buf, |_| {}).map_err(|_| Abort)?;
                     self.send_body(upc, used, send, outcome).await?;
                 }
                 if scanner.is_done() {
@@ -433,7 +432,6 @@ impl Conn {
             let n = upc.buf.len();
             if rechunk {
                 if n > 0 {
-                    self.filter_body(&upc.buf[..n]);
                     let _ = write!(self.out, "{n:x}\r\n");
                     self.out.extend_from_slice(&upc.buf[..n]);
                     self.out.extend_from_slice(b"\r\n");
@@ -443,7 +441,6 @@ impl Conn {
                     self.send_out(send, outcome).await?;
                 }
             } else if n > 0 || !self.out.is_empty() {
-                self.filter_body(&upc.buf[..n]);
                 self.send_body(upc, n, send, outcome).await?;
             }
             // The body goes on past this buffer: relay the rest through a large one.

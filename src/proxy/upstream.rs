@@ -267,7 +267,7 @@ impl Conn {
                         self.worker.report_health(node, report);
                     }
                     self.req.up_statuses.push(self.req.resp.status);
-                    self.response_phase(self.req.resp.status, false);
+                    self.response_phase(self.req.resp.status, &upc.buf, None);
                     let rtt = attempt_start.map(|t| t.elapsed());
                     outcome.upstream_latency = rtt;
                     outcome.retries = retries_done;

@@ -3,6 +3,7 @@
 
 use crate::http::request::RequestHead;
 use crate::http::trim;
+use crate::plugin::ResponseHeaders;
 use crate::vars::{Var, VarSource};
 
 pub struct RequestVars<'a> {
@@ -84,6 +85,42 @@ impl VarSource for RequestVars<'_> {
             Var::Arg(name) => self.arg(name),
             Var::Http(name) => self.header(name),
             Var::Cookie(name) => self.cookie(name),
+            // No response yet.
+            Var::Status | Var::UpstreamHttp(_) => None,
+        }
+    }
+}
+
+/// The variables of a response phase: the request's, and the response's `status` and
+/// `upstream_http_*`.
+pub struct ResponseVars<'a> {
+    pub request: RequestVars<'a>,
+    /// The status, as three digits.
+    pub status: [u8; 3],
+    pub headers: ResponseHeaders<'a>,
+}
+
+impl<'a> ResponseVars<'a> {
+    pub fn new(request: RequestVars<'a>, status: u16, headers: ResponseHeaders<'a>) -> Self {
+        let s = status.min(999);
+        ResponseVars {
+            request,
+            status: [
+                b'0' + (s / 100) as u8,
+                b'0' + (s / 10 % 10) as u8,
+                b'0' + (s % 10) as u8,
+            ],
+            headers,
+        }
+    }
+}
+
+impl VarSource for ResponseVars<'_> {
+    fn var(&self, var: &Var) -> Option<&[u8]> {
+        match var {
+            Var::Status => Some(&self.status),
+            Var::UpstreamHttp(name) => self.headers.get_var(name),
+            other => self.request.var(other),
         }
     }
 }

@@ -7,6 +7,7 @@ mod accepting;
 mod access_plugins;
 mod balancing;
 mod bodies;
+mod body_filters;
 mod config_fuzz;
 mod config_limits;
 mod eligibility;
