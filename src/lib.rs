@@ -21,6 +21,7 @@ pub mod net;
 pub mod plugin;
 pub mod proxy;
 pub mod route;
+pub mod schema;
 pub mod snapshot;
 pub mod upstream;
 pub mod vars;

@@ -161,6 +161,10 @@ pub struct RequestEdits {
     /// The Host header (overrides `pass_host`).
     pub host: Option<String>,
     pub headers: HeaderEdits,
+    /// A body that replaces the request's own (sent with its Content-Length). Honoured
+    /// only when the whole body was read before the plugins ran ([`RequestCtx::body`] was
+    /// given): a body still streaming in cannot be swapped.
+    pub body: Option<Vec<u8>>,
 }
 
 impl RequestEdits {
@@ -169,6 +173,7 @@ impl RequestEdits {
             && self.uri.is_none()
             && self.host.is_none()
             && self.headers.is_empty()
+            && self.body.is_none()
     }
 
     pub fn clear(&mut self) {
@@ -176,6 +181,7 @@ impl RequestEdits {
         self.uri = None;
         self.host = None;
         self.headers.clear();
+        self.body = None;
     }
 }
 
@@ -318,9 +324,31 @@ impl<'a> ResponseHeaders<'a> {
     }
 }
 
+/// The request's header fields as received (names as sent; values untrimmed).
+#[derive(Clone, Copy)]
+pub struct RequestHeaders<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) fields: &'a [crate::http::HeaderRange],
+}
+
+impl<'a> RequestHeaders<'a> {
+    /// Every field, in order: (name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        let buf = self.buf;
+        self.fields
+            .iter()
+            .map(move |h| (&buf[h.name.clone()], &buf[h.value.clone()]))
+    }
+}
+
 /// The request as `rewrite`, `access` and `before_proxy` see it.
 pub struct RequestCtx<'a> {
     pub vars: &'a dyn VarSource,
+    pub headers: RequestHeaders<'a>,
+    /// The whole request body (payload, chunked framing removed), when a plugin of the
+    /// request reads bodies ([`Phases::reads_body`]) and the body was no larger than its
+    /// limit; empty when the request has none. `None` otherwise.
+    pub body: Option<&'a [u8]>,
     /// Index of the upstream the request will go to (the route's, unless a plugin changes
     /// it); `None` when the route has none.
     pub upstream: Option<usize>,
@@ -420,6 +448,13 @@ pub trait Phases {
 
     /// The phases this plugin implements (only these are called).
     fn uses(&self) -> PhaseSet;
+
+    /// The plugin reads request bodies of up to this many bytes: the gateway reads the whole
+    /// body (when no larger) before the request phases run, and hands it over as
+    /// [`RequestCtx::body`].
+    fn reads_body(&self) -> Option<usize> {
+        None
+    }
 
     /// A fresh per-core state object.
     fn core_state(&self) -> CoreState {

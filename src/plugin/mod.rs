@@ -31,6 +31,7 @@ pub mod proxy_rewrite;
 pub mod real_ip;
 pub mod redirect;
 pub mod request_id;
+pub mod request_validation;
 pub mod response_rewrite;
 pub mod traffic_split;
 
@@ -68,6 +69,10 @@ macro_rules! plugins {
 
             fn core_state(&self) -> CoreState {
                 match self { $(Plugin::$variant(p) => p.core_state(),)* }
+            }
+
+            pub fn reads_body(&self) -> Option<usize> {
+                match self { $(Plugin::$variant(p) => p.reads_body(),)* }
             }
 
             fn run_now(
@@ -135,6 +140,7 @@ plugins! {
     RealIp(real_ip::RealIp) = "real-ip",
     Redirect(redirect::Redirect) = "redirect",
     RequestId(request_id::RequestId) = "request-id",
+    RequestValidation(request_validation::RequestValidation) = "request-validation",
     ResponseRewrite(response_rewrite::ResponseRewrite) = "response-rewrite",
     TrafficSplit(traffic_split::TrafficSplit) = "traffic-split",
 }
@@ -153,6 +159,7 @@ pub struct Instance {
 pub static EMPTY_CHAIN: Chain = Chain {
     plugins: Vec::new(),
     awaits: false,
+    reads_body: None,
 };
 
 /// The plugins that run for one route (global rules excluded), in execution order.
@@ -161,6 +168,8 @@ pub struct Chain {
     pub plugins: Vec<Instance>,
     /// Some plugin of the chain waits in its request phases (set by [`Chain::sort`]).
     pub awaits: bool,
+    /// Some plugin reads request bodies, up to this size (the largest asked for).
+    pub reads_body: Option<usize>,
 }
 
 impl std::fmt::Debug for Chain {
@@ -182,6 +191,11 @@ impl Chain {
         self.plugins
             .sort_by_key(|i| std::cmp::Reverse(i.plugin.priority()));
         self.awaits = self.plugins.iter().any(|i| i.uses.has(PhaseSet::AWAITS));
+        self.reads_body = self
+            .plugins
+            .iter()
+            .filter_map(|i| i.plugin.reads_body())
+            .max();
     }
 }
 

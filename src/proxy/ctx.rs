@@ -59,6 +59,8 @@ pub(super) struct Edits {
     pub(super) response: ResponseEdits,
     /// The plugins' per-request values.
     pub(super) slots: Slots,
+    /// A chunked request body without its framing, for plugins that read bodies.
+    pub(super) decoded_body: Vec<u8>,
 }
 
 impl Ctx {

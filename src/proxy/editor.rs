@@ -97,14 +97,21 @@ impl Conn {
             out.extend_from_slice(&buf[h.value.clone()]);
             out.extend_from_slice(b"\r\n");
         }
-        match head.body {
-            BodyFraming::None => {}
-            BodyFraming::Length(n) => {
+        match (&edits.body, head.body) {
+            (Some(body), _) => {
+                out.extend_from_slice(b"Content-Length: ");
+                push_decimal(out, body.len() as u64);
+                out.extend_from_slice(b"\r\n");
+            }
+            (None, BodyFraming::None) => {}
+            (None, BodyFraming::Length(n)) => {
                 out.extend_from_slice(b"Content-Length: ");
                 push_decimal(out, n);
                 out.extend_from_slice(b"\r\n");
             }
-            BodyFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+            (None, BodyFraming::Chunked) => {
+                out.extend_from_slice(b"Transfer-Encoding: chunked\r\n")
+            }
         }
         if edited {
             for (name, value) in edits.headers.written() {

@@ -6,14 +6,15 @@ use super::vars::{RequestVars, ResponseVars};
 use crate::http::path::{needs_normalizing, normalize, BadPath};
 use crate::log::access::Entry;
 use crate::plugin::{
-    Answer, BodyCtx, Chain, Flow, LogCtx, Phase, RequestCtx, ResponseCtx, ResponseHeaders,
-    EMPTY_CHAIN,
+    Answer, BodyCtx, Chain, Flow, LogCtx, Phase, RequestCtx, RequestHeaders, ResponseCtx,
+    ResponseHeaders, EMPTY_CHAIN,
 };
 use crate::route::{MatchInput, Route};
 use crate::worker::Local;
 use std::time::{Duration, Instant};
 
 use super::ctx::{Ctx, Edits, Outcome};
+use super::request_body::BodyAt;
 use super::session::Conn;
 
 impl Conn {
@@ -38,40 +39,46 @@ impl Conn {
         // 2. Routing.
         let route = self.find_route(&local);
 
-        // 3. Plugins: rewrite, access, before_proxy; any may answer, or choose the upstream.
-        // 4. Proxying, or an answer of the gateway's own.
+        // 3. The request body, read whole first when a plugin reads it (request-validation).
+        // 4. Plugins: rewrite, access, before_proxy; any may answer, or choose the upstream.
+        // 5. Proxying, or an answer of the gateway's own.
         self.req.route = route.map(|r| r.index);
         let route_chain = route.map_or(&EMPTY_CHAIN, |r| &r.plugins);
         self.req.plugins = !local.shared.global.is_empty() || !route_chain.is_empty();
-        let decision = if self.req.plugins {
-            self.run_plugins(&local, route_chain, route.and_then(|r| r.upstream))
-                .await
-        } else {
-            Ok(route.and_then(|r| r.upstream))
-        };
-        let outcome = match (route, decision) {
-            (_, Err(answer)) => {
-                let end = self.buffered_body_end();
-                self.answer(answer, end).await
+        let outcome = 'serve: {
+            let reads_body = local.shared.global.reads_body.max(route_chain.reads_body);
+            if let Some(limit) = reads_body {
+                if let Err(e) = self.buffer_body(limit).await {
+                    break 'serve self.client_failed(e, Outcome::default()).await;
+                }
             }
-            // Global rules run for a request no route matched, as in APISIX; it is still a 404.
-            (None, Ok(_)) => {
-                let end = self.buffered_body_end();
-                self.local_error(404, "404 Route Not Found", end).await
+            let decision = if self.req.plugins {
+                let upstream = route.and_then(|r| r.upstream);
+                self.run_plugins(&local, route_chain, upstream, reads_body)
+                    .await
+            } else {
+                Ok(route.and_then(|r| r.upstream))
+            };
+            match (route, decision) {
+                (_, Err(answer)) => {
+                    let end = self.buffered_body_end();
+                    self.answer(answer, end).await
+                }
+                // Global rules run for a request no route matched, as in APISIX; still a 404.
+                (None, Ok(_)) => {
+                    let end = self.buffered_body_end();
+                    self.local_error(404, "404 Route Not Found", end).await
+                }
+                (Some(_), Ok(None)) => {
+                    let end = self.buffered_body_end();
+                    let why = "missing upstream configuration in Route or Service";
+                    self.local_error(503, why, end).await
+                }
+                (Some(route), Ok(Some(ui))) => self.proxy(&local, route, ui).await,
             }
-            (Some(_), Ok(None)) => {
-                let end = self.buffered_body_end();
-                self.local_error(
-                    503,
-                    "missing upstream configuration in Route or Service",
-                    end,
-                )
-                .await
-            }
-            (Some(route), Ok(Some(ui))) => self.proxy(&local, route, ui).await,
         };
 
-        // 5. The log phase of the plugins, then the access log.
+        // 6. The log phase of the plugins, then the access log.
         if self.req.plugins {
             let mut ctx = LogCtx {
                 status: outcome.status,
@@ -148,17 +155,29 @@ impl Conn {
         })
     }
 
-    /// Runs the rewrite, access and before_proxy phases of the global and route plugins.
-    /// Returns the upstream to use, or the answer a plugin gave.
+    /// Runs the rewrite, access and before_proxy phases of the global and route plugins
+    /// (`reads_body`: one of them reads bodies up to this size). Returns the upstream to use,
+    /// or the answer a plugin gave.
     pub(super) async fn run_plugins(
         &mut self,
         local: &Local,
         route_chain: &Chain,
         upstream: Option<usize>,
+        reads_body: Option<usize>,
     ) -> Result<Option<usize>, Answer> {
+        let body_at = reads_body.and_then(|limit| self.whole_body(limit));
         let (vars, edits) = self.vars_and_edits();
+        let body = body_at.map(|at| match at {
+            BodyAt::Buffer(r) => &vars.buf[r],
+            BodyAt::Decoded => &edits.decoded_body[..],
+        });
         let mut ctx = RequestCtx {
             vars: &vars,
+            headers: RequestHeaders {
+                buf: vars.buf,
+                fields: &vars.head.headers,
+            },
+            body,
             upstream,
             request: &mut edits.request,
             response: &mut edits.response,

@@ -13,7 +13,13 @@ use std::time::Duration;
 use super::editor::put_chunk;
 use super::error::ProxyError;
 use super::session::Conn;
-use super::{BODY_CHUNK, BUFFERED_BODY_MAX};
+use super::BODY_CHUNK;
+
+/// Where a whole request body is (see [`Conn::whole_body`]).
+pub(super) enum BodyAt {
+    Buffer(std::ops::Range<usize>),
+    Decoded,
+}
 
 /// How a request's body sits in the client buffer when forwarding starts.
 pub(super) struct BodyState {
@@ -114,10 +120,43 @@ impl Conn {
         Ok(())
     }
 
+    /// Reads the whole body into the client buffer when it is no larger than `limit` (for
+    /// plugins that read bodies). A larger body is left to stream; a malformed one is the
+    /// proxy step's to refuse.
+    pub(super) async fn buffer_body(&mut self, limit: usize) -> Result<(), ProxyError> {
+        match self.body_state() {
+            Ok(b) if !b.complete => {}
+            _ => return Ok(()),
+        }
+        match self.req.head.body {
+            BodyFraming::Length(n) if n <= limit as u64 => self.read_small_body(n as usize).await,
+            BodyFraming::Chunked => self.read_small_chunked(limit).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Where the whole body is, when all of it has arrived and it is no larger than
+    /// `limit`: its bytes in the client buffer, or (chunked) its payload decoded into
+    /// `edits.decoded_body`.
+    pub(super) fn whole_body(&mut self, limit: usize) -> Option<BodyAt> {
+        let b = self.body_state().ok().filter(|b| b.complete)?;
+        let start = self.req.head.len;
+        if self.req.head.body != BodyFraming::Chunked {
+            return (b.end - start <= limit).then_some(BodyAt::Buffer(start..b.end));
+        }
+        let out = &mut self.req.edits.decoded_body;
+        out.clear();
+        let data = &self.buf[start..b.end];
+        ChunkedScanner::new()
+            .advance(data, |r| out.extend_from_slice(&data[r]))
+            .ok()?;
+        (out.len() <= limit).then_some(BodyAt::Decoded)
+    }
+
     /// Reads a chunked body into the client buffer until it is complete or more than
-    /// `BUFFERED_BODY_MAX` bytes of it are here (the rest is then streamed). Errors as
+    /// `limit` bytes of it are here (the rest is then streamed). Errors as
     /// [`Conn::read_small_body`]; a malformed body is the caller's to find.
-    pub(super) async fn read_small_chunked(&mut self) -> Result<(), ProxyError> {
+    pub(super) async fn read_small_chunked(&mut self, limit: usize) -> Result<(), ProxyError> {
         let (body_timeout, send_timeout) = {
             let s = self.settings();
             (s.client_body_timeout, s.send_timeout)
@@ -125,8 +164,7 @@ impl Conn {
         self.send_continue(send_timeout).await?;
         loop {
             match self.body_state() {
-                Ok(b) if !b.complete && self.buf.len() - self.req.head.len <= BUFFERED_BODY_MAX => {
-                }
+                Ok(b) if !b.complete && self.buf.len() - self.req.head.len <= limit => {}
                 _ => return Ok(()),
             }
             self.read_body_bytes(16 * 1024, body_timeout).await?;
@@ -144,6 +182,9 @@ impl Conn {
         t: &Timeouts,
         streamed: &mut bool,
     ) -> Result<(), ProxyError> {
+        if !body.complete && self.req.edits.request.body.take().is_some() {
+            crate::warn!("a plugin replaced a request body still streaming in: ignored");
+        }
         self.build_upstream_head(up, node);
         let body_start = self.req.head.len;
         // Chunked bodies are re-encoded canonically (plain sizes, no extensions, no trailers),
@@ -151,7 +192,9 @@ impl Conn {
         // differently; their payload passes unchanged.
         let chunked = self.req.head.body == BodyFraming::Chunked;
         let mut encoder = ChunkedScanner::new();
-        if chunked {
+        if let Some(replaced) = &self.req.edits.request.body {
+            self.out.extend_from_slice(replaced);
+        } else if chunked {
             let (buf, out) = (&self.buf, &mut self.out);
             let data = &buf[body_start..body.end];
             encoder

@@ -99,7 +99,7 @@ impl Conn {
                 BodyFraming::Length(n) if n <= BUFFERED_BODY_MAX as u64 => {
                     Some(self.read_small_body(n as usize).await)
                 }
-                BodyFraming::Chunked => Some(self.read_small_chunked().await),
+                BodyFraming::Chunked => Some(self.read_small_chunked(BUFFERED_BODY_MAX).await),
                 _ => None,
             };
             match read {

@@ -25,3 +25,4 @@ mod rewrite_plugins;
 mod routing;
 mod slow_clients;
 mod tuning;
+mod validation;
