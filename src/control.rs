@@ -7,11 +7,13 @@
 //! good snapshot is posted to each worker's lock-free mailbox; workers switch between
 //! requests and report the version they switched to.
 
-use crate::config::Config;
+use crate::config::{ConfigError, GatewayConfig};
+use crate::dns::Names;
 use crate::health::prober::{self, ProberHandle, ProberMsg};
 use crate::health::Registry as HealthRegistry;
 use crate::log::access::AccessLogConfig;
-use crate::snapshot::Snapshot;
+use crate::resources::{load_file, Resources, Source, Store};
+use crate::snapshot::{ProcessSettings, Snapshot};
 use crate::worker::{self, ControlMsg, Listeners, RuntimeOptions, WorkerHandle, WorkerSpec};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::collections::hash_map::DefaultHasher;
@@ -22,9 +24,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Loads and validates a config file the way `run` would (for `shardgate check`).
-pub fn check(path: &Path) -> Result<Snapshot, crate::config::ConfigError> {
-    let config = Config::load(path)?;
-    Snapshot::compile(&config, 1, &mut HealthRegistry::default())
+pub fn check(path: &Path) -> Result<Snapshot, ConfigError> {
+    let file = load_file(path)?;
+    compile(
+        &file.gateway,
+        &file.resources,
+        &mut Names::default(),
+        1,
+        &mut HealthRegistry::default(),
+    )
+}
+
+/// Compiles settings and resources into a snapshot, resolving the node host names the
+/// compilation asks for (blocking DNS, here on the control thread; see `dns.rs`).
+pub fn compile(
+    gateway: &GatewayConfig,
+    resources: &Resources,
+    names: &mut Names,
+    version: u64,
+    health: &mut HealthRegistry,
+) -> Result<Snapshot, ConfigError> {
+    match Snapshot::compile(gateway, resources, names, version, health) {
+        Err(ConfigError::Unresolved(missing)) => {
+            names.resolve(&missing)?;
+            Snapshot::compile(gateway, resources, names, version, health)
+        }
+        done => done,
+    }
 }
 
 fn file_digest(path: &Path) -> Option<u64> {
@@ -40,8 +66,9 @@ enum Event {
 
 /// Runs the gateway until it is told to stop. Returns the process exit code.
 pub fn run(path: PathBuf) -> i32 {
-    let config = match Config::load(&path) {
-        Ok(c) => c,
+    // The file provider: process settings and resources from config.toml.
+    let file = match load_file(&path) {
+        Ok(f) => f,
         Err(e) => {
             crate::error!("{e}");
             return 1;
@@ -69,17 +96,27 @@ pub fn run(path: PathBuf) -> i32 {
         .expect("signal thread");
 
     let mut health = HealthRegistry::default();
-    let mut snapshot = match Snapshot::compile(&config, 1, &mut health) {
+    let mut store = Store::new(Source::File(path.clone()));
+    let mut snapshot = match compile(
+        &file.gateway,
+        &file.resources,
+        &mut Names::default(),
+        1,
+        &mut health,
+    ) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             crate::error!("{e}");
             return 1;
         }
     };
+    store.replace(file.resources);
+    // Read once: a reload that changes one of these is reported and waits for a restart.
+    let process = snapshot.process.clone();
     let targets = health.commit();
 
     // The prober: active checks, passive outcomes, the control API.
-    let control = match snapshot.control_listen {
+    let control = match process.control_listen {
         Some(addr) => match prober::bind_control(addr) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -96,9 +133,7 @@ pub fn run(path: PathBuf) -> i32 {
             return 1;
         }
     };
-    let gw = config.gateway.clone();
-
-    if let Some(demo) = &config.demo {
+    if let Some(demo) = &file.demo {
         if let Err(e) = crate::demo::start(&demo.backends) {
             crate::error!("cannot start demo backends: {e}");
             return 1;
@@ -109,35 +144,35 @@ pub fn run(path: PathBuf) -> i32 {
     // Must run before any thread is pinned: it reads this thread's affinity mask.
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = if gw.workers == 0 {
+    let workers = if process.workers == 0 {
         cores.len().min(parallelism).max(1)
     } else {
-        gw.workers
+        process.workers
     };
     let core_for = |i: usize| -> Option<core_affinity::CoreId> {
-        if !gw.pin_cores {
+        if !process.pin_cores {
             return None;
         }
-        if !gw.cpus.is_empty() {
+        if !process.cpus.is_empty() {
             return Some(core_affinity::CoreId {
-                id: gw.cpus[i % gw.cpus.len()],
+                id: process.cpus[i % process.cpus.len()],
             });
         }
         (!cores.is_empty()).then(|| cores[i % cores.len()])
     };
 
     let access_log = AccessLogConfig {
-        target: gw.access_log.clone(),
-        json: gw.access_log_format == "json",
+        target: process.access_log.clone(),
+        json: process.access_log_format == "json",
     };
     let runtime = RuntimeOptions {
-        driver: gw.driver.clone(),
-        uring_flags: gw.io_uring_flags,
-        defer_taskrun: gw.io_uring_defer_taskrun,
-        entries: gw.io_uring_entries,
+        driver: process.driver.clone(),
+        uring_flags: process.io_uring_flags,
+        defer_taskrun: process.io_uring_defer_taskrun,
+        entries: process.io_uring_entries,
     };
 
-    let listeners = match Listeners::bind(workers, &snapshot.listen) {
+    let listeners = match Listeners::bind(workers, &process.listen) {
         Ok(l) => Arc::new(l),
         Err((addr, e)) => {
             crate::error!("cannot listen on {addr} (gateway.listen): {e}");
@@ -166,25 +201,35 @@ pub fn run(path: PathBuf) -> i32 {
     crate::info!(
         "shardgate {} listening on {} with {} worker(s){}; config {} ({} routes)",
         env!("CARGO_PKG_VERSION"),
-        snapshot
+        process
             .listen
             .iter()
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
             .join(", "),
         workers,
-        if gw.pin_cores { ", pinned" } else { "" },
+        if process.pin_cores { ", pinned" } else { "" },
         path.display(),
         snapshot.router.len()
     );
 
+    let mut reload = |snapshot: &mut Arc<Snapshot>| {
+        let plane = Plane {
+            running: &process,
+            store: &mut store,
+            workers: &handles,
+            health: &mut health,
+            prober: &prober,
+        };
+        plane.reload(&path, snapshot);
+    };
     let mut digest = file_digest(&path);
     let grace = snapshot.settings.graceful_shutdown_timeout;
     loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(Event::Signal(SIGHUP)) => {
                 digest = file_digest(&path);
-                reload(&path, &mut snapshot, &handles, &mut health, &prober);
+                reload(&mut snapshot);
             }
             Ok(Event::Signal(sig)) => {
                 crate::info!(
@@ -195,12 +240,12 @@ pub fn run(path: PathBuf) -> i32 {
                 break;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if gw.watch_config {
+                if process.watch_config {
                     let now = file_digest(&path);
                     if now.is_some() && now != digest {
                         digest = now;
                         crate::info!("config file changed");
-                        reload(&path, &mut snapshot, &handles, &mut health, &prober);
+                        reload(&mut snapshot);
                     }
                 }
             }
@@ -219,54 +264,69 @@ pub fn run(path: PathBuf) -> i32 {
     0
 }
 
-/// Loads, validates and publishes a new config; keeps the old one on any error.
-fn reload(
-    path: &Path,
-    current: &mut Arc<Snapshot>,
-    workers: &[WorkerHandle],
-    health: &mut HealthRegistry,
-    prober: &ProberHandle,
-) {
-    let next_version = current.version + 1;
-    let compiled = Config::load(path).and_then(|c| Snapshot::compile(&c, next_version, health));
-    match compiled {
-        Ok(s) => {
-            if s.control_listen != current.control_listen {
-                crate::warn!(
-                    "gateway.control_listen changed; the control listener is kept until a restart"
+/// What a reload touches.
+struct Plane<'a> {
+    /// The process settings the gateway started with.
+    running: &'a ProcessSettings,
+    store: &'a mut Store,
+    workers: &'a [WorkerHandle],
+    health: &'a mut HealthRegistry,
+    prober: &'a ProberHandle,
+}
+
+impl Plane<'_> {
+    /// Loads, validates and publishes the config file; keeps the old one on any error.
+    fn reload(self, path: &Path, current: &mut Arc<Snapshot>) {
+        let next_version = current.version + 1;
+        // A file reload looks every node host name up again.
+        let mut names = Names::default();
+        let compiled = load_file(path).and_then(|f| {
+            let s = compile(
+                &f.gateway,
+                &f.resources,
+                &mut names,
+                next_version,
+                self.health,
+            )?;
+            Ok((s, f.resources))
+        });
+        let (s, resources) = match compiled {
+            Ok(done) => done,
+            Err(e) => {
+                self.health.abort();
+                crate::error!(
+                    "config reload refused, version {} keeps serving: {e}",
+                    current.version
                 );
+                return;
             }
-            let targets = health.commit();
-            if s.listen != current.listen {
-                crate::warn!(
-                    "gateway.listen changed; listeners are kept as they are until a restart"
-                );
-            }
-            let s = Arc::new(s);
-            prober.mailbox.push(ProberMsg::Update(targets, s.clone()));
-            for w in workers {
-                w.mailbox.send(ControlMsg::Snapshot(s.clone()));
-            }
-            // Report once every worker serves new requests with it.
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while workers.iter().any(|w| w.mailbox.applied() < s.version)
-                && std::time::Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            crate::info!(
-                "config reloaded: version {} ({} routes), live on all workers",
-                s.version,
-                s.router.len()
-            );
-            *current = s;
-        }
-        Err(e) => {
-            health.abort();
-            crate::error!(
-                "config reload refused, version {} keeps serving: {e}",
-                current.version
+        };
+        for field in self.running.changed_in(&s.process) {
+            crate::warn!(
+                "{field} changed: it takes effect at the next restart (the running value is kept)"
             );
         }
+        let targets = self.health.commit();
+        let s = Arc::new(s);
+        self.prober
+            .mailbox
+            .push(ProberMsg::Update(targets, s.clone()));
+        for w in self.workers {
+            w.mailbox.send(ControlMsg::Snapshot(s.clone()));
+        }
+        let revision = self.store.replace(resources);
+        // Report once every worker serves new requests with it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.workers.iter().any(|w| w.mailbox.applied() < s.version)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        crate::info!(
+            "config reloaded: version {} ({} routes, resources revision {revision}), live on all workers",
+            s.version,
+            s.router.len()
+        );
+        *current = s;
     }
 }

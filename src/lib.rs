@@ -13,6 +13,7 @@
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod dns;
 pub mod fold_hash;
 pub mod health;
 pub mod http;
@@ -20,6 +21,7 @@ pub mod log;
 pub mod net;
 pub mod plugin;
 pub mod proxy;
+pub mod resources;
 pub mod route;
 pub mod schema;
 pub mod snapshot;

@@ -15,6 +15,10 @@ pub enum ConfigError {
     /// `upstreams[0] (id "demo").nodes`.
     #[error("invalid config: {field}: {reason}")]
     Invalid { field: String, reason: String },
+    /// Compilation met node host names not resolved yet: the control plane resolves them
+    /// and compiles again (see `dns.rs`); a user never sees this one.
+    #[error("host names not resolved yet: {}", .0.iter().map(|n| n.host.as_str()).collect::<Vec<_>>().join(", "))]
+    Unresolved(Vec<crate::dns::Unresolved>),
 }
 
 impl ConfigError {

@@ -1,5 +1,7 @@
-//! The `[gateway]` section: listeners, client-side limits and timeouts, and the switches
-//! every connection reads ([`super::Settings`]).
+//! The `[gateway]` section, in two parts: process settings, read once at start
+//! ([`ProcessSettings`]: listeners, workers, io_uring, the control listener, the access log),
+//! and the reloadable client-side limits, timeouts and switches every connection reads
+//! ([`super::Settings`]).
 
 use super::{Result, Settings};
 use crate::config::seconds;
@@ -7,7 +9,69 @@ use crate::config::{ConfigError, GatewayConfig};
 use crate::http::request::Limits;
 use std::net::SocketAddr;
 
-pub(super) fn compile_gateway(g: &GatewayConfig) -> Result<(Settings, Vec<SocketAddr>)> {
+/// The settings that take effect only at start: a reload that changes one is reported, and
+/// the running value is kept until a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessSettings {
+    pub listen: Vec<SocketAddr>,
+    /// Where the control API (health status) listens; `None` = off.
+    pub control_listen: Option<SocketAddr>,
+    pub workers: usize,
+    pub pin_cores: bool,
+    pub cpus: Vec<usize>,
+    pub driver: String,
+    pub io_uring_flags: bool,
+    pub io_uring_defer_taskrun: bool,
+    pub io_uring_entries: u32,
+    pub access_log: String,
+    pub access_log_format: String,
+    pub watch_config: bool,
+}
+
+impl ProcessSettings {
+    /// The `gateway.*` fields that differ in `next`.
+    pub fn changed_in(&self, next: &ProcessSettings) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |differs: bool, field: &'static str| {
+            if differs {
+                changed.push(field);
+            }
+        };
+        check(self.listen != next.listen, "gateway.listen");
+        check(
+            self.control_listen != next.control_listen,
+            "gateway.control_listen",
+        );
+        check(self.workers != next.workers, "gateway.workers");
+        check(self.pin_cores != next.pin_cores, "gateway.pin_cores");
+        check(self.cpus != next.cpus, "gateway.cpus");
+        check(self.driver != next.driver, "gateway.driver");
+        check(
+            self.io_uring_flags != next.io_uring_flags,
+            "gateway.io_uring_flags",
+        );
+        check(
+            self.io_uring_defer_taskrun != next.io_uring_defer_taskrun,
+            "gateway.io_uring_defer_taskrun",
+        );
+        check(
+            self.io_uring_entries != next.io_uring_entries,
+            "gateway.io_uring_entries",
+        );
+        check(self.access_log != next.access_log, "gateway.access_log");
+        check(
+            self.access_log_format != next.access_log_format,
+            "gateway.access_log_format",
+        );
+        check(
+            self.watch_config != next.watch_config,
+            "gateway.watch_config",
+        );
+        changed
+    }
+}
+
+pub(super) fn compile_gateway(g: &GatewayConfig) -> Result<(Settings, ProcessSettings)> {
     if g.listen.is_empty() {
         return Err(ConfigError::invalid(
             "gateway.listen",
@@ -95,5 +159,28 @@ pub(super) fn compile_gateway(g: &GatewayConfig) -> Result<(Settings, Vec<Socket
         steal_accepts: g.steal_accepts,
         graceful_shutdown_timeout,
     };
-    Ok((settings, listen))
+    let control_listen = match g.control_listen.as_str() {
+        "off" => None,
+        a => Some(a.parse::<SocketAddr>().map_err(|_| {
+            ConfigError::invalid(
+                "gateway.control_listen",
+                format!("'{a}' is not an ip:port address (or \"off\")"),
+            )
+        })?),
+    };
+    let process = ProcessSettings {
+        listen,
+        control_listen,
+        workers: g.workers,
+        pin_cores: g.pin_cores,
+        cpus: g.cpus.clone(),
+        driver: g.driver.clone(),
+        io_uring_flags: g.io_uring_flags,
+        io_uring_defer_taskrun: g.io_uring_defer_taskrun,
+        io_uring_entries: g.io_uring_entries,
+        access_log: g.access_log.clone(),
+        access_log_format: g.access_log_format.clone(),
+        watch_config: g.watch_config,
+    };
+    Ok((settings, process))
 }

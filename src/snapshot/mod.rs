@@ -14,18 +14,20 @@ mod routes;
 mod upstreams;
 
 use gateway::compile_gateway;
+pub use gateway::ProcessSettings;
 use plugins::build_plugins;
 use routes::{compile_route, PluginConfigs, Referenced, ServiceInfo, Services};
 use upstreams::compile_upstream;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{ConfigError, GatewayConfig};
+use crate::dns::Names;
 use crate::health::Registry as HealthRegistry;
 use crate::http::request::Limits;
 use crate::plugin::{Chain, Registry};
+use crate::resources::Resources;
 use crate::route::Router;
 use crate::upstream::{PassHost, UpstreamSpec};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,9 +63,8 @@ pub struct Snapshot {
     pub settings: Settings,
     pub router: Router,
     pub upstreams: Vec<Arc<UpstreamSpec>>,
-    pub listen: Vec<SocketAddr>,
-    /// Where the control API (health status) listens; `None` = off.
-    pub control_listen: Option<SocketAddr>,
+    /// The settings read at start only (a running gateway keeps its first snapshot's).
+    pub process: ProcessSettings,
 }
 
 pub(super) type Result<T> = std::result::Result<T, ConfigError>;
@@ -77,19 +78,20 @@ pub(super) fn object_name(kind: &str, index: usize, id: Option<&str>) -> String 
 }
 
 impl Snapshot {
-    /// Validates and compiles `config`. `version` is stamped on the result; health-checked
-    /// nodes get their targets from `health` (which keeps targets across reloads).
-    pub fn compile(config: &Config, version: u64, health: &mut HealthRegistry) -> Result<Snapshot> {
-        let (settings, listen) = compile_gateway(&config.gateway)?;
-        let control_listen = match config.gateway.control_listen.as_str() {
-            "off" => None,
-            a => Some(a.parse::<SocketAddr>().map_err(|_| {
-                ConfigError::invalid(
-                    "gateway.control_listen",
-                    format!("'{a}' is not an ip:port address (or \"off\")"),
-                )
-            })?),
-        };
+    /// Validates and compiles the `[gateway]` settings and the resources. `version` is
+    /// stamped on the result; health-checked nodes get their targets from `health` (which
+    /// keeps targets across reloads); node host names are looked up in `names`, and when
+    /// some are missing the result is [`ConfigError::Unresolved`] (see `dns.rs`). Does no
+    /// I/O.
+    pub fn compile(
+        gateway: &GatewayConfig,
+        config: &Resources,
+        names: &Names,
+        version: u64,
+        health: &mut HealthRegistry,
+    ) -> Result<Snapshot> {
+        let (settings, process) = compile_gateway(gateway)?;
+        names.take_missing();
 
         let mut upstreams: Vec<UpstreamSpec> = Vec::new();
         let mut upstream_ids: HashMap<&str, usize> = HashMap::new();
@@ -105,7 +107,7 @@ impl Snapshot {
                     "duplicate upstream id",
                 ));
             }
-            upstreams.push(compile_upstream(&name, id, u)?);
+            upstreams.push(compile_upstream(&name, id, u, names)?);
         }
 
         let mut registry = Registry::default();
@@ -118,6 +120,7 @@ impl Snapshot {
                 &owner,
                 &g.plugins,
                 &upstream_ids,
+                names,
                 &mut upstreams,
                 &mut registry,
             )? {
@@ -142,7 +145,12 @@ impl Snapshot {
                 )?)
             } else if let Some(u) = &s.upstream {
                 let key = format!("service:{id}");
-                upstreams.push(compile_upstream(&format!("{name}.upstream"), &key, u)?);
+                upstreams.push(compile_upstream(
+                    &format!("{name}.upstream"),
+                    &key,
+                    u,
+                    names,
+                )?);
                 Some(upstreams.len() - 1)
             } else {
                 None
@@ -161,6 +169,7 @@ impl Snapshot {
                     &format!("services/{id}"),
                     p,
                     &upstream_ids,
+                    names,
                     &mut upstreams,
                     &mut registry,
                 )?,
@@ -192,6 +201,7 @@ impl Snapshot {
                 &format!("plugin_configs/{id}"),
                 &pc.plugins,
                 &upstream_ids,
+                names,
                 &mut upstreams,
                 &mut registry,
             )?;
@@ -224,6 +234,7 @@ impl Snapshot {
                     upstream_ids: &upstream_ids,
                     services: &services,
                     plugin_configs: &plugin_configs,
+                    names,
                 },
                 &mut upstreams,
                 &mut registry,
@@ -232,6 +243,11 @@ impl Snapshot {
                 routes.push(route);
                 uris.push(paths);
             }
+        }
+
+        let missing = names.take_missing();
+        if !missing.is_empty() {
+            return Err(ConfigError::Unresolved(missing));
         }
 
         // Health targets last: every node of a checked upstream gets its shared target.
@@ -258,8 +274,7 @@ impl Snapshot {
             settings,
             router: Router::new(routes, uris),
             upstreams: upstreams.into_iter().map(Arc::new).collect(),
-            listen,
-            control_listen,
+            process,
         })
     }
 }
@@ -291,7 +306,16 @@ mod tests {
     use super::*;
 
     fn compile(text: &str) -> Result<Snapshot> {
-        Snapshot::compile(&Config::parse(text)?, 1, &mut HealthRegistry::default())
+        let file = crate::config::Config::parse(text)?.split();
+        let mut names = Names::default();
+        let health = &mut HealthRegistry::default();
+        match Snapshot::compile(&file.gateway, &file.resources, &names, 1, health) {
+            Err(ConfigError::Unresolved(missing)) => {
+                names.resolve(&missing)?;
+                Snapshot::compile(&file.gateway, &file.resources, &names, 1, health)
+            }
+            r => r,
+        }
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub(super) struct Referenced<'a> {
     pub(super) upstream_ids: &'a HashMap<&'a str, usize>,
     pub(super) services: &'a Services<'a>,
     pub(super) plugin_configs: &'a PluginConfigs,
+    /// Resolved node host names.
+    pub(super) names: &'a crate::dns::Names,
 }
 
 /// Plugin configs by id: their plugins, built once and shared by the routes that name them.
@@ -186,6 +188,7 @@ pub(super) fn compile_route(
             &format!("{name}.upstream"),
             &format!("route:{id}"),
             u,
+            refs.names,
         )?);
         Some(upstreams.len() - 1)
     } else {
@@ -219,6 +222,7 @@ pub(super) fn compile_route(
             &format!("routes/{id}"),
             p,
             refs.upstream_ids,
+            refs.names,
             upstreams,
             registry,
         )?,

@@ -4,12 +4,12 @@
 use super::Result;
 use crate::config::seconds;
 use crate::config::{ConfigError, NodesConfig, TimeoutConfig, UpstreamConfig};
+use crate::dns::Names;
 use crate::health::compile_checks;
 use crate::upstream::{
     BalancerKind, HashOn, KeepalivePolicy, Node, PassHost, Timeouts, UpstreamSpec,
 };
 use crate::vars::{Template, Var};
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
 pub(super) fn compile_timeouts(field: &str, t: &TimeoutConfig) -> Result<Timeouts> {
@@ -56,32 +56,13 @@ pub(super) fn valid_host_name(h: &str) -> bool {
         })
 }
 
-/// Resolves a node host in the control plane (workers never do DNS).
-pub(super) fn resolve(host: &str, port: u16) -> std::result::Result<SocketAddr, String> {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    // One address per node, as APISIX does; IPv4 first, since `localhost` often lists ::1
-    // first while backends commonly listen on 127.0.0.1 only.
-    let addrs: Vec<SocketAddr> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve '{host}': {e}"))?
-        .collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
-        .ok_or_else(|| format!("'{host}' resolved to no address"))
-}
-
 pub(super) fn node(
     field: &str,
     host: &str,
     port: Option<u16>,
     weight: i64,
     priority: i64,
+    names: &Names,
 ) -> Result<Node> {
     if !valid_host_name(host) {
         return Err(ConfigError::invalid(
@@ -96,7 +77,7 @@ pub(super) fn node(
         ));
     }
     let port = port.unwrap_or(80);
-    let addr = resolve(host, port).map_err(|e| ConfigError::invalid(field, e))?;
+    let addr = names.lookup(field, host, port);
     let host_port: Arc<str> = if port == 80 {
         host.into()
     } else {
@@ -111,7 +92,12 @@ pub(super) fn node(
     })
 }
 
-pub(super) fn compile_upstream(name: &str, key: &str, u: &UpstreamConfig) -> Result<UpstreamSpec> {
+pub(super) fn compile_upstream(
+    name: &str,
+    key: &str,
+    u: &UpstreamConfig,
+    names: &Names,
+) -> Result<UpstreamSpec> {
     let kind = match u.lb_type.as_str() {
         "roundrobin" => BalancerKind::RoundRobin,
         "least_conn" => BalancerKind::LeastConn,
@@ -144,7 +130,7 @@ pub(super) fn compile_upstream(name: &str, key: &str, u: &UpstreamConfig) -> Res
                 let field = format!("{nodes_field}.\"{k}\"");
                 let (host, port) =
                     split_host_port(k).map_err(|e| ConfigError::invalid(&field, e))?;
-                node(&field, &host, port, w, 0)
+                node(&field, &host, port, w, 0, names)
             })
             .collect::<Result<Vec<_>>>()?,
         NodesConfig::List(list) => list
@@ -168,7 +154,7 @@ pub(super) fn compile_upstream(name: &str, key: &str, u: &UpstreamConfig) -> Res
                         ))
                     }
                 };
-                node(&field, &n.host, port, n.weight, n.priority)
+                node(&field, &n.host, port, n.weight, n.priority, names)
             })
             .collect::<Result<Vec<_>>>()?,
     };

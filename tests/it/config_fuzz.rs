@@ -5,6 +5,7 @@
 //! balancer, picks a node, and computes a deadline from every duration.
 
 use shardgate::config::Config;
+use shardgate::dns::Names;
 use shardgate::health::Registry;
 use shardgate::snapshot::Snapshot;
 use shardgate::upstream::balancer::{self, PickContext};
@@ -160,11 +161,17 @@ fn no_numeric_value_can_panic_validation_or_a_core() {
         for value in VALUES {
             let text = template.replace('@', value);
             let outcome = std::panic::catch_unwind(|| {
-                let config = match Config::parse(&text) {
-                    Ok(c) => c,
+                let file = match Config::parse(&text) {
+                    Ok(c) => c.split(),
                     Err(_) => return false,
                 };
-                match Snapshot::compile(&config, 1, &mut Registry::default()) {
+                match shardgate::control::compile(
+                    &file.gateway,
+                    &file.resources,
+                    &mut Names::default(),
+                    1,
+                    &mut Registry::default(),
+                ) {
                     Ok(s) => {
                         use_like_a_worker(&s);
                         true

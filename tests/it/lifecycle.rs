@@ -383,3 +383,67 @@ nodes = {{ "{c}" = 1 }}
     );
     assert_eq!(take("/rr", 3), ["a", "b", "a"]);
 }
+
+#[test]
+fn a_reload_applies_resources_and_client_settings_and_reports_process_settings() {
+    let a = Backend::named("a");
+    let b = Backend::named("b");
+    let gw = Gateway::start(&two_backend_config("a", &a, &b));
+    let many_headers = [("X-1", "1"), ("X-2", "2"), ("X-3", "3"), ("X-4", "4")];
+    assert_eq!(
+        gw.client().request("GET", "/x", &many_headers, b"").status,
+        200
+    );
+    // Process settings (workers, io_uring entries) wait for a restart; a client limit and
+    // the resources change now.
+    let section = gw.gateway_section().replace(
+        "workers = 1",
+        "workers = 3\nio_uring_entries = 2048\nmax_headers = 4",
+    );
+    gw.write_whole_config(&format!("{section}\n{}", two_backend_config("b", &a, &b)));
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_for_event(|e| e.contains("config reloaded")),
+        "{}",
+        gw.events()
+    );
+    let events = gw.events();
+    assert!(
+        events.contains("gateway.workers changed: it takes effect at the next restart"),
+        "{events}"
+    );
+    assert!(
+        events.contains("gateway.io_uring_entries changed"),
+        "{events}"
+    );
+    assert!(!events.contains("gateway.max_headers changed"), "{events}");
+    assert_eq!(gw.get("/x").text(), "b");
+    assert_eq!(
+        gw.client().request("GET", "/x", &many_headers, b"").status,
+        431,
+        "the new header limit applies"
+    );
+}
+
+#[test]
+fn node_host_names_resolve_or_are_refused_with_their_field() {
+    let be = Backend::named("named");
+    let port = be.addr().rsplit_once(':').unwrap().1.to_string();
+    let gw = Gateway::start(&format!(
+        "[[upstreams]]\nid = \"u\"\nnodes = {{ \"localhost:{port}\" = 1 }}\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n"
+    ));
+    assert_eq!(gw.get("/x").text(), "named");
+    // A name that does not resolve: refused at load, the field named; a reload keeps serving.
+    let bad = "[[upstreams]]\nid = \"u\"\nnodes = { \"no-such-host.invalid:80\" = 1 }\n[[routes]]\nuri = \"/*\"\nupstream_id = \"u\"\n";
+    let (ok, err) = check_config(bad);
+    assert!(!ok);
+    assert!(
+        err.contains("upstreams[0] (id \"u\").nodes.\"no-such-host.invalid:80\"")
+            && err.contains("cannot resolve"),
+        "{err}"
+    );
+    gw.write_config(bad);
+    gw.signal(libc::SIGHUP);
+    assert!(gw.wait_for_event(|e| e.contains("reload refused")));
+    assert_eq!(gw.get("/x").text(), "named");
+}

@@ -179,6 +179,18 @@ impl Gateway {
         std::fs::rename(&tmp, &self.config_path).unwrap();
     }
 
+    /// Rewrites the whole config file, `[gateway]` section included.
+    pub fn write_whole_config(&self, text: &str) {
+        let tmp = self.dir.join("config.toml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.config_path).unwrap();
+    }
+
+    /// The `[gateway]` section the gateway was started with.
+    pub fn gateway_section(&self) -> &str {
+        &self.gateway_section
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe {
