@@ -10,6 +10,8 @@ use serde_json::Value;
 /// A compiled schema.
 pub struct Schema {
     validator: Validator,
+    /// The schema as written, for messages that quote it (`anyOf` of `required` lists).
+    source: Value,
 }
 
 impl std::fmt::Debug for Schema {
@@ -27,18 +29,37 @@ impl Schema {
         jsonschema::options()
             .should_validate_formats(true)
             .build(schema)
-            .map(|validator| Schema { validator })
-            .map_err(|e| format!("invalid JSON schema: {}", message(&e)))
+            .map(|validator| Schema {
+                validator,
+                source: schema.clone(),
+            })
+            .map_err(|e| format!("invalid JSON schema: {}", message(&e, None)))
     }
 
     /// Checks `value`; the error is the first failure, worded as APISIX words it.
     pub fn check(&self, value: &Value) -> Result<(), String> {
-        self.validator.validate(value).map_err(|e| message(&e))
+        self.validator
+            .validate(value)
+            .map_err(|e| message(&e, Some(&self.source)))
     }
 }
 
+/// APISIX's message for an `anyOf` whose branches each require fields:
+/// `object matches none of the required: ["a"] or ["b"]`.
+fn none_of_required(e: &ValidationError<'_>, schema: &Value) -> Option<String> {
+    let branches = schema.pointer(e.schema_path().as_str())?.as_array()?;
+    let lists: Vec<String> = branches
+        .iter()
+        .map(|b| b.get("required").map(|r| r.to_string()))
+        .collect::<Option<_>>()?;
+    Some(format!(
+        "object matches none of the required: {}",
+        lists.join(" or ")
+    ))
+}
+
 /// The failure in APISIX's words, prefixed by where in the value it is.
-fn message(e: &ValidationError<'_>) -> String {
+fn message(e: &ValidationError<'_>, schema: Option<&Value>) -> String {
     let mut out = String::new();
     for segment in e.instance_path().iter() {
         match segment {
@@ -50,7 +71,26 @@ fn message(e: &ValidationError<'_>) -> String {
             }
         }
     }
-    out.push_str(&kind_message(e.kind(), e.instance()));
+    // A failed `dependencies` branch says which property's it is, as APISIX's does.
+    let path = e.schema_path().as_str();
+    if let Some(rest) = path
+        .split_once("/dependencies/")
+        .or_else(|| path.split_once("/dependentSchemas/"))
+        .map(|(_, rest)| rest)
+    {
+        let property = rest.split('/').next().unwrap_or(rest);
+        out.push_str(&format!(
+            "failed to validate dependent schema for {property:?}: "
+        ));
+    }
+    let required = match (e.kind(), schema) {
+        (ValidationErrorKind::AnyOf { .. }, Some(schema)) => none_of_required(e, schema),
+        _ => None,
+    };
+    match required {
+        Some(m) => out.push_str(&m),
+        None => out.push_str(&kind_message(e.kind(), e.instance())),
+    }
     out
 }
 

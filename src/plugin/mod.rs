@@ -114,12 +114,25 @@ macro_rules! plugins {
             }
         }
 
-        /// Builds the plugin `name` from its config; the error names what is wrong.
+        /// The config schema a plugin declares (JSON Schema text, `schemas/NAME.json`: APISIX's
+        /// schema for that plugin, with unknown fields refused), or `None` for an unknown name.
+        pub fn schema_text(name: &str) -> Option<&'static str> {
+            match name {
+                $($name => Some(include_str!(concat!("schemas/", $name, ".json"))),)*
+                _ => None,
+            }
+        }
+
+        /// Builds the plugin `name` from its config, after checking the config against the
+        /// plugin's declared schema; the error names what is wrong, in APISIX's words.
         pub fn build(
             name: &str,
             conf: &serde_json::Value,
             ctx: &mut BuildCtx<'_>,
         ) -> Result<Plugin, String> {
+            if let Some(schema) = schema(name) {
+                schema.check(conf)?;
+            }
             match name {
                 $($name => Ok(Plugin::$variant(<$ty>::build(conf, ctx)?)),)*
                 other => Err(format!(
@@ -143,6 +156,25 @@ plugins! {
     RequestValidation(request_validation::RequestValidation) = "request-validation",
     ResponseRewrite(response_rewrite::ResponseRewrite) = "response-rewrite",
     TrafficSplit(traffic_split::TrafficSplit) = "traffic-split",
+}
+
+/// The compiled schema of plugin `name` (compiled once per process, on first use).
+pub fn schema(name: &str) -> Option<&'static crate::schema::Schema> {
+    static SCHEMAS: std::sync::OnceLock<std::collections::HashMap<&str, crate::schema::Schema>> =
+        std::sync::OnceLock::new();
+    SCHEMAS
+        .get_or_init(|| {
+            NAMES
+                .iter()
+                .filter_map(|&n| {
+                    let text = schema_text(n)?;
+                    let value = serde_json::from_str(text).ok()?;
+                    // Every declared schema compiles (a unit test checks).
+                    Some((n, crate::schema::Schema::compile(&value).ok()?))
+                })
+                .collect()
+        })
+        .get(name)
 }
 
 /// A plugin instance in a chain, with the slot of its per-core state.
@@ -341,4 +373,18 @@ pub struct BuildCtx<'a> {
         &'a mut dyn FnMut(&str, &crate::config::UpstreamConfig) -> Result<usize, String>,
     /// Where the plugin's config sits, for error messages (`routes[0] (id "r").plugins`).
     pub field: String,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_plugin_declares_a_schema_that_compiles() {
+        for name in super::NAMES {
+            let text = super::schema_text(name).unwrap();
+            let value: serde_json::Value =
+                serde_json::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            crate::schema::Schema::compile(&value).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(super::schema(name).is_some(), "{name}");
+        }
+    }
 }

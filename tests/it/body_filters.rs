@@ -201,7 +201,7 @@ fn bad_filter_configs_name_the_field() {
         ("filters = []", "filters"),
         (
             "filters = [ { regex = \"a\", replace = \"x\", scope = \"all\" } ]",
-            "filters[0].scope",
+            "property \"filters\" validation failed: failed to validate item 1: property \"scope\" validation failed: matches none of the enum values",
         ),
         (
             "filters = [ { regex = \"a\", replace = \"x\", options = \"jz\" } ]",
@@ -210,7 +210,7 @@ fn bad_filter_configs_name_the_field() {
         ("filters = [ { regex = \"a\" } ]", "replace"),
         (
             "body = \"b\"\nfilters = [ { regex = \"a\", replace = \"x\" } ]",
-            "\"body\" and \"filters\"",
+            "failed to validate dependent schema for \"body\": value wasn't supposed to match schema",
         ),
         ("max_resp_body_size = 0", "max_resp_body_size"),
     ] {
