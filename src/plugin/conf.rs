@@ -174,3 +174,33 @@ fn conditions(field: &str, items: &[Value]) -> Result<Vec<Condition>, String> {
         })
         .collect()
 }
+
+/// ngx.re.sub's replacement (`$0`, `$1`, `${1}`, `$$`) in the regex crate's syntax, where
+/// `$1a` would name a group `1a`: numbered groups are braced, any other `$` is literal.
+pub(super) fn ngx_replacement(ngx: &str) -> String {
+    let mut out = String::with_capacity(ngx.len() + 4);
+    let mut chars = ngx.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        if c != '$' {
+            out.push(c);
+            continue;
+        }
+        match chars.peek().map(|&(_, c)| c) {
+            Some('$') => {
+                chars.next();
+                out.push_str("$$");
+            }
+            Some('{') => out.push('$'),
+            Some(d) if d.is_ascii_digit() => {
+                out.push_str("${");
+                while let Some(&(_, d)) = chars.peek().filter(|(_, d)| d.is_ascii_digit()) {
+                    out.push(d);
+                    chars.next();
+                }
+                out.push('}');
+            }
+            _ => out.push_str("$$"),
+        }
+    }
+    out
+}

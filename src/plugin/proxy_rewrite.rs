@@ -63,7 +63,7 @@ impl ProxyRewrite {
             for (i, pair) in list.chunks(2).enumerate() {
                 let re = Regex::new(&pair[0])
                     .map_err(|e| format!("regex_uri[{}]: invalid regex: {e}", i * 2))?;
-                regex_uri.push((re, pair[1].clone()));
+                regex_uri.push((re, super::conf::ngx_replacement(&pair[1])));
             }
         }
         if let Some(m) = &c.method {

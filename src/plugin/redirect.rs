@@ -1,7 +1,9 @@
 //! `redirect` (APISIX priority 900, rewrite phase): answer with a redirect instead of
 //! proxying: to `uri` (a template with `$var`s) or a `regex_uri` rewrite of the path, with
-//! `ret_code` (302), optionally keeping the query (`append_query_string`); or to the same
-//! URL over https (`http_to_https`, 301).
+//! `ret_code` (302), optionally keeping the query (`append_query_string`) and
+//! percent-encoding the path (`encode_uri`, as nginx's `ngx_escape_uri`); or to the same URL
+//! over https (`http_to_https`: 301 for GET and HEAD, 308 otherwise, as APISIX; nothing when
+//! the request already came over https, by its scheme or `X-Forwarded-Proto`).
 
 use super::{Answer, BuildCtx, CoreState, Flow, PhaseSet, Phases, RequestCtx};
 use crate::vars::{Template, Var};
@@ -33,6 +35,7 @@ pub struct Redirect {
     target: Target,
     status: u16,
     append_query: bool,
+    encode_uri: bool,
 }
 
 impl Redirect {
@@ -47,7 +50,7 @@ impl Redirect {
             }
             (None, Some(r), false) if r.len() == 2 => Target::Regex(
                 Regex::new(&r[0]).map_err(|e| format!("regex_uri[0]: invalid regex: {e}"))?,
-                r[1].clone(),
+                super::conf::ngx_replacement(&r[1]),
             ),
             (None, Some(_), false) => {
                 return Err("property \"regex_uri\": expected [regex, replacement]".into())
@@ -74,11 +77,11 @@ impl Redirect {
                 "only one of `http_to_https` and `append_query_string` can be configured".into(),
             );
         }
-        let _ = c.encode_uri;
         Ok(Redirect {
             target,
             status,
             append_query: c.append_query_string,
+            encode_uri: c.encode_uri,
         })
     }
 }
@@ -103,6 +106,7 @@ impl Phases for Redirect {
                 .map(|b| String::from_utf8_lossy(b).into_owned())
                 .unwrap_or_default()
         };
+        let mut status = self.status;
         let mut location = match &self.target {
             Target::Uri(t) => t.render_string(ctx.vars),
             Target::Regex(re, replacement) => {
@@ -112,8 +116,24 @@ impl Phases for Redirect {
                 }
                 re.replace(&uri, replacement.as_str()).into_owned()
             }
-            Target::Https => format!("https://{}{}", text(Var::Host), text(Var::RequestUri)),
+            Target::Https => {
+                let proto = ctx.vars.var(&Var::Http("x_forwarded_proto".into()));
+                let scheme = proto.or_else(|| ctx.vars.var(&Var::Scheme));
+                if scheme.is_some_and(|s| s.eq_ignore_ascii_case(b"https")) {
+                    return Flow::Continue;
+                }
+                let method = ctx.vars.var(&Var::RequestMethod);
+                status = if matches!(method, Some(b"GET" | b"HEAD")) {
+                    301
+                } else {
+                    308
+                };
+                format!("https://{}{}", text(Var::Host), text(Var::RequestUri))
+            }
         };
+        if self.encode_uri {
+            location = escape_uri(&location);
+        }
         if self.append_query {
             let args = text(Var::QueryString);
             if !args.is_empty() {
@@ -122,9 +142,28 @@ impl Phases for Redirect {
             }
         }
         Flow::Respond(Answer::new(
-            self.status,
+            status,
             vec![("Location".into(), location)],
             Vec::new(),
         ))
     }
+}
+
+/// nginx's `ngx_escape_uri` (NGX_ESCAPE_URI) on the part before the query: space, `#`, `%`,
+/// `?`, control bytes and bytes from 0x7F are percent-encoded; the query is kept as it is.
+fn escape_uri(location: &str) -> String {
+    let (path, query) = match location.find('?') {
+        Some(i) => location.split_at(i),
+        None => (location, ""),
+    };
+    let mut out = String::with_capacity(location.len() + 8);
+    for &b in path.as_bytes() {
+        if b <= b' ' || b >= 0x7f || matches!(b, b'#' | b'%' | b'?') {
+            out.push_str(&format!("%{b:02X}"));
+        } else {
+            out.push(b as char);
+        }
+    }
+    out.push_str(query);
+    out
 }

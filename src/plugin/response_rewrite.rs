@@ -199,40 +199,10 @@ impl Filter {
             .map_err(|e| format!("regex \"{}\" validation failed: {e}", f.regex))?;
         Ok(Filter {
             regex,
-            replace: replacement(&f.replace),
+            replace: super::conf::ngx_replacement(&f.replace),
             global,
         })
     }
-}
-
-/// ngx.re.sub's replacement (`$0`, `$1`, `${1}`, `$$`) in the regex crate's syntax, where
-/// `$1a` would name a group `1a`: numbered groups are braced, any other `$` is literal.
-fn replacement(ngx: &str) -> String {
-    let mut out = String::with_capacity(ngx.len() + 4);
-    let mut chars = ngx.char_indices().peekable();
-    while let Some((_, c)) = chars.next() {
-        if c != '$' {
-            out.push(c);
-            continue;
-        }
-        match chars.peek().map(|&(_, c)| c) {
-            Some('$') => {
-                chars.next();
-                out.push_str("$$");
-            }
-            Some('{') => out.push('$'),
-            Some(d) if d.is_ascii_digit() => {
-                out.push_str("${");
-                while let Some(&(_, d)) = chars.peek().filter(|(_, d)| d.is_ascii_digit()) {
-                    out.push(d);
-                    chars.next();
-                }
-                out.push('}');
-            }
-            _ => out.push_str("$$"),
-        }
-    }
-    out
 }
 
 impl Phases for ResponseRewrite {

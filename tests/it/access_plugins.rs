@@ -101,10 +101,11 @@ fn ip_restriction_lets_listed_clients_through_or_keeps_them_out() {
 fn redirect_answers_with_a_location() {
     let be = Backend::named("be");
     let gw = Gateway::start(&format!(
-        "{}{}{}",
+        "{}{}{}{}",
         route_with(&be, "/old/*", "[routes.plugins.redirect]\nregex_uri = [\"^/old/(.*)\", \"/new/$1\"]\nret_code = 301\nappend_query_string = true\n"),
         route_with(&be, "/home", "[routes.plugins.redirect]\nuri = \"/welcome?from=$host\"\n"),
-        route_with(&be, "/secure", "[routes.plugins.redirect]\nhttp_to_https = true\n")
+        route_with(&be, "/secure", "[routes.plugins.redirect]\nhttp_to_https = true\n"),
+        route_with(&be, "/encode/*", "[routes.plugins.redirect]\nregex_uri = [\"^/encode/(.*)\", \"/to/$1x\"]\nencode_uri = true\n")
     ));
     let r = gw.get("/old/a/b?x=1");
     assert_eq!(r.status, 301);
@@ -115,7 +116,18 @@ fn redirect_answers_with_a_location() {
     let r = gw.get("/secure?q=1");
     assert_eq!(r.status, 301);
     assert_eq!(r.header("Location"), Some("https://test.local/secure?q=1"));
-    assert_eq!(be.requests(), 0);
+    // Other methods get 308 (the method and body are kept); over https already: no redirect.
+    let r = gw.client().request("POST", "/secure", &[], b"x");
+    assert_eq!(r.status, 308);
+    let r = gw
+        .client()
+        .request("GET", "/secure", &[("X-Forwarded-Proto", "https")], b"");
+    assert_eq!(r.status, 200);
+    // `$1x` is capture 1 then "x" (ngx.re.sub's reading); encode_uri escapes the path only.
+    let r = gw.get("/encode/a%20b%23c?k=%20v");
+    assert_eq!(r.status, 302);
+    assert_eq!(r.header("Location"), Some("/to/a%20b%23cx"));
+    assert_eq!(be.requests(), 1);
 }
 
 #[test]
