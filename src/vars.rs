@@ -24,6 +24,8 @@ pub enum Var {
     Http(String),
     /// `cookie_NAME`.
     Cookie(String),
+    /// `consumer_name`: the consumer an authentication plugin identified.
+    ConsumerName,
     /// The response status (response phases only; nothing before a response exists).
     Status,
     /// `upstream_http_NAME`: a header of the response as it came (response phases only).
@@ -42,6 +44,7 @@ impl Var {
             "scheme" => Var::Scheme,
             "server_port" => Var::ServerPort,
             "status" => Var::Status,
+            "consumer_name" => Var::ConsumerName,
             _ => {
                 if let Some(h) = name.strip_prefix("upstream_http_") {
                     Var::UpstreamHttp(h.to_ascii_lowercase())

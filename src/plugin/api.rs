@@ -358,7 +358,23 @@ pub struct RequestCtx<'a> {
     /// Where a plugin that establishes the client's real address (real-ip) records it, once:
     /// `remote_addr` for the plugins after it, the log and the upstream's X-Real-IP.
     pub remote_addr: &'a std::cell::OnceCell<String>,
+    /// Where an authentication plugin records the consumer it identified, once: the
+    /// `consumer_name` variable for the plugins after it, chash `hash_on = "consumer"`.
+    pub consumer: &'a std::cell::OnceCell<String>,
+    /// The peer's address (the client's, unless real-ip established another).
+    pub peer: std::net::IpAddr,
     pub slots: &'a mut Slots,
+}
+
+impl RequestCtx<'_> {
+    /// The client's address: what real-ip established, else the peer's (no text parsed
+    /// unless real-ip set one).
+    pub fn client_ip(&self) -> Option<std::net::IpAddr> {
+        match self.remote_addr.get() {
+            Some(a) => a.parse().ok(),
+            None => Some(self.peer),
+        }
+    }
 }
 
 /// The response as `header_filter` sees it.

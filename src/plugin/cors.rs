@@ -5,7 +5,7 @@
 //! `allow_headers` (`*`; `**` echoes the requested ones), `expose_headers`, `max_age` (5),
 //! `allow_credential` (false; with it, `*` is refused since browsers ignore it).
 
-use super::{Answer, BuildCtx, CoreState, Flow, HeaderEdits, PhaseSet, Phases, RequestCtx};
+use super::{Answer, BuildCtx, CoreState, Flow, PhaseSet, Phases, RequestCtx};
 use crate::vars::Var;
 use regex::bytes::Regex;
 use serde::Deserialize;
@@ -110,35 +110,39 @@ impl Cors {
         })
     }
 
-    /// The `Access-Control-Allow-Origin` value for a request from `origin`, if allowed.
-    fn allowed_origin(&self, origin: Option<&[u8]>) -> Option<String> {
+    /// The `Access-Control-Allow-Origin` value for a request from `origin`, if allowed
+    /// (borrowed: nothing is allocated per request).
+    fn allowed_origin<'o>(&self, origin: Option<&'o [u8]>) -> Option<&'o [u8]> {
         match self.origins.as_str() {
-            "*" if self.origin_regexes.is_empty() => return Some("*".into()),
-            "**" => return origin.map(|o| String::from_utf8_lossy(o).into_owned()),
+            "*" if self.origin_regexes.is_empty() => return Some(b"*"),
+            "**" => return origin,
             _ => {}
         }
         let origin = origin?;
         let listed = self.origin_list.iter().any(|o| o.as_bytes() == origin)
             || self.origin_regexes.iter().any(|r| r.is_match(origin));
-        listed.then(|| String::from_utf8_lossy(origin).into_owned())
+        listed.then_some(origin)
     }
 
-    fn put_headers(&self, ctx: &mut RequestCtx<'_>, origin: String, h: &mut HeaderEdits) {
-        if origin != "*" {
+    fn put_headers(&self, ctx: &mut RequestCtx<'_>, origin: &[u8]) {
+        let h = &mut ctx.response.headers;
+        if origin != b"*" {
             h.add("Vary", "Origin");
         }
-        h.set("Access-Control-Allow-Origin", &origin);
+        h.set_with("Access-Control-Allow-Origin", |out| {
+            out.push_str(&String::from_utf8_lossy(origin))
+        });
         h.set("Access-Control-Allow-Methods", &self.methods);
-        let headers = if self.headers == "**" {
-            ctx.vars
-                .var(&self.request_headers_var)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default()
-        } else {
-            self.headers.clone()
-        };
-        if !headers.is_empty() {
-            h.set("Access-Control-Allow-Headers", &headers);
+        if self.headers == "**" {
+            if let Some(v) = ctx.vars.var(&self.request_headers_var) {
+                if !v.is_empty() {
+                    h.set_with("Access-Control-Allow-Headers", |out| {
+                        out.push_str(&String::from_utf8_lossy(v))
+                    });
+                }
+            }
+        } else if !self.headers.is_empty() {
+            h.set("Access-Control-Allow-Headers", &self.headers);
         }
         if let Some(e) = &self.expose {
             h.set("Access-Control-Expose-Headers", e);
@@ -166,9 +170,7 @@ impl Phases for Cors {
     fn rewrite(&self, ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
         let origin = ctx.vars.var(&self.origin_var);
         if let Some(allowed) = self.allowed_origin(origin) {
-            let mut h = std::mem::take(&mut ctx.response.headers);
-            self.put_headers(ctx, allowed, &mut h);
-            ctx.response.headers = h;
+            self.put_headers(ctx, allowed);
         }
         if ctx.vars.var(&Var::RequestMethod) == Some(b"OPTIONS") {
             return Flow::Respond(Answer::new(200, Vec::new(), Vec::new()));

@@ -4,10 +4,8 @@
 
 use super::{Answer, BuildCtx, CoreState, Flow, PhaseSet, Phases, RequestCtx};
 use crate::route::IpNet;
-use crate::vars::Var;
 use serde::Deserialize;
 use std::cell::RefCell;
-use std::net::IpAddr;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,11 +78,7 @@ impl Phases for IpRestriction {
     }
 
     fn access(&self, ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
-        let ip = ctx
-            .vars
-            .var(&Var::RemoteAddr)
-            .and_then(|a| std::str::from_utf8(a).ok())
-            .and_then(|a| a.parse::<IpAddr>().ok());
+        let ip = ctx.client_ip();
         let listed = ip.is_some_and(|ip| self.nets.iter().any(|n| n.contains(ip)));
         if listed == self.allow {
             Flow::Continue

@@ -50,6 +50,9 @@ pub(super) struct Ctx {
     /// after it, the access log and the X-Real-IP / X-Forwarded-For sent upstream. Set once
     /// per request, so readers hold plain references to it.
     pub(super) real_ip: OnceCell<String>,
+    /// The consumer an authentication plugin identified (set once per request): the
+    /// `consumer_name` variable, chash `hash_on = "consumer"`.
+    pub(super) consumer: OnceCell<String>,
 }
 
 /// The plugins' changes to one request and its response.
@@ -76,6 +79,7 @@ impl Ctx {
         self.edits.response.clear();
         self.edits.slots.clear();
         self.real_ip.take();
+        self.consumer.take();
     }
 }
 

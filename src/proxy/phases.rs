@@ -166,6 +166,7 @@ impl Conn {
         reads_body: Option<usize>,
     ) -> Result<Option<usize>, Answer> {
         let body_at = reads_body.and_then(|limit| self.whole_body(limit));
+        let peer = self.peer.ip();
         let (vars, edits) = self.vars_and_edits();
         let body = body_at.map(|at| match at {
             BodyAt::Buffer(r) => &vars.buf[r],
@@ -182,6 +183,8 @@ impl Conn {
             request: &mut edits.request,
             response: &mut edits.response,
             remote_addr: vars.real_ip,
+            consumer: vars.consumer,
+            peer,
             slots: &mut edits.slots,
         };
         let chains = [&local.shared.global, route_chain];
@@ -280,10 +283,12 @@ impl Conn {
             path_normalized,
             edits,
             real_ip,
+            consumer,
             resp,
             ..
         } = &mut self.req;
         let real_ip = &*real_ip;
+        let consumer = &*consumer;
         let path = if *path_normalized {
             &path_buf[..]
         } else {
@@ -296,6 +301,7 @@ impl Conn {
             host: host_lc,
             remote_ip: &self.peer_ip,
             real_ip,
+            consumer,
             server_port: &self.local_port,
         };
         (vars, edits, resp)
@@ -310,6 +316,7 @@ impl Conn {
             host: &self.req.host_lc,
             remote_ip: &self.peer_ip,
             real_ip: &self.req.real_ip,
+            consumer: &self.req.consumer,
             server_port: &self.local_port,
         }
     }

@@ -55,6 +55,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, loca
             early_answer: false,
             edits: Default::default(),
             real_ip: Default::default(),
+            consumer: Default::default(),
         },
     };
     conn.run().await;

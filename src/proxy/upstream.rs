@@ -47,7 +47,15 @@ pub(super) fn hash_key(out: &mut Vec<u8>, hash_on: &HashOn, vars: &RequestVars<'
             None => false,
         },
         HashOn::Template(t) => t.render(vars, out),
-        HashOn::Consumer => false,
+        // No consumer (no authentication plugin identified one): the client address, as
+        // APISIX falls back.
+        HashOn::Consumer => match vars.consumer.get() {
+            Some(c) => {
+                out.extend_from_slice(c.as_bytes());
+                true
+            }
+            None => false,
+        },
     };
     if !found {
         out.clear();

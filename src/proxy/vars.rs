@@ -16,6 +16,8 @@ pub struct RequestVars<'a> {
     pub remote_ip: &'a str,
     /// What real-ip established, when it did (it wins over `remote_ip`).
     pub real_ip: &'a std::cell::OnceCell<String>,
+    /// The consumer an authentication plugin identified, when one did.
+    pub consumer: &'a std::cell::OnceCell<String>,
     pub server_port: &'a str,
 }
 
@@ -85,6 +87,7 @@ impl VarSource for RequestVars<'_> {
             Var::Arg(name) => self.arg(name),
             Var::Http(name) => self.header(name),
             Var::Cookie(name) => self.cookie(name),
+            Var::ConsumerName => self.consumer.get().map(|c| c.as_bytes()),
             // No response yet.
             Var::Status | Var::UpstreamHttp(_) => None,
         }

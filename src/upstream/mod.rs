@@ -38,7 +38,7 @@ pub enum HashOn {
     Cookie(crate::vars::Var),
     /// `vars_combinations`: a template such as `$host$uri`.
     Template(crate::vars::Template),
-    /// `consumer`: the authenticated consumer (no auth plugins yet: the remote address).
+    /// `consumer`: the authenticated consumer (the client address when none was).
     Consumer,
 }
 
