@@ -72,14 +72,17 @@ impl Ctx {
         self.settings = local.shared.settings;
         self.local = local;
         self.route = None;
-        self.plugins = false;
         self.early_answer = false;
         self.up_statuses.clear();
-        self.edits.request.clear();
-        self.edits.response.clear();
-        self.edits.slots.clear();
-        self.real_ip.take();
-        self.consumer.take();
+        // Only plugins write the edits and the values a plugin establishes: after a request
+        // without plugins there is nothing to reset.
+        if std::mem::take(&mut self.plugins) {
+            self.edits.request.clear();
+            self.edits.response.clear();
+            self.edits.slots.clear();
+            self.real_ip.take();
+            self.consumer.take();
+        }
     }
 }
 
