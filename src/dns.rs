@@ -10,19 +10,10 @@
 //! while backends commonly listen on 127.0.0.1 only. A file reload starts from an empty
 //! table, so every name is looked up again when the config is reloaded.
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Unresolved};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
-
-/// A host name compilation needed and did not find.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unresolved {
-    /// Where it is configured (`upstreams[0] (id "u").nodes."api.internal:80"`).
-    pub field: String,
-    pub host: String,
-    pub port: u16,
-}
 
 /// Resolved host names, and the misses of the compilation using them.
 #[derive(Debug, Default)]

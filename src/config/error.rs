@@ -1,5 +1,14 @@
 use thiserror::Error;
 
+/// A host name compilation needed and did not find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unresolved {
+    /// Where it is configured (`upstreams[0] (id "u").nodes."api.internal:80"`).
+    pub field: String,
+    pub host: String,
+    pub port: u16,
+}
+
 /// Why a config was refused. Every variant names what the user has to fix.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -18,7 +27,7 @@ pub enum ConfigError {
     /// Compilation met node host names not resolved yet: the control plane resolves them
     /// and compiles again (see `dns.rs`); a user never sees this one.
     #[error("host names not resolved yet: {}", .0.iter().map(|n| n.host.as_str()).collect::<Vec<_>>().join(", "))]
-    Unresolved(Vec<crate::dns::Unresolved>),
+    Unresolved(Vec<Unresolved>),
 }
 
 impl ConfigError {

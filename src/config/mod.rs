@@ -12,7 +12,7 @@ mod model;
 
 pub use checks::*;
 pub use duration::{seconds, MAX_SECONDS};
-pub use error::ConfigError;
+pub use error::{ConfigError, Unresolved};
 pub use model::*;
 
 use std::path::Path;

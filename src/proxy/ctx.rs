@@ -7,7 +7,7 @@ use crate::http::request::RequestHead;
 use crate::http::response::ResponseHead;
 use crate::plugin::{RequestEdits, ResponseEdits, Slots};
 use crate::snapshot::Settings;
-use crate::worker::Local;
+use crate::worker::state::Local;
 use std::cell::OnceCell;
 use std::net::SocketAddr;
 use std::rc::Rc;

@@ -31,18 +31,15 @@ mod error;
 mod phases;
 mod request_body;
 mod response;
-mod scratch;
+pub(crate) mod scratch;
 mod session;
 mod upstream;
 mod vars;
 
-pub use scratch::Scratch;
 pub use session::serve;
 
 use std::time::Duration;
 
-/// Initial size of a client connection's read buffer.
-const CLIENT_BUF: usize = 16 * 1024;
 /// Read chunk while streaming a request body.
 const BODY_CHUNK: usize = 64 * 1024;
 /// Request bodies up to this size are read completely before the upstream is contacted.

@@ -10,7 +10,7 @@ use crate::plugin::{
     ResponseHeaders, EMPTY_CHAIN,
 };
 use crate::route::{MatchInput, Route};
-use crate::worker::Local;
+use crate::worker::state::Local;
 use std::time::{Duration, Instant};
 
 use super::ctx::{Ctx, Edits, Outcome};

@@ -2,9 +2,11 @@
 //! the worker's per-core state holds a pool of these: it depends on nothing of the request
 //! path but the parsed-head types.
 
-use super::CLIENT_BUF;
 use crate::http::request::RequestHead;
 use crate::http::response::ResponseHead;
+
+/// Initial size of a client connection's read buffer.
+pub(super) const CLIENT_BUF: usize = 16 * 1024;
 
 /// A connection's reusable memory. Recycled per core when a connection ends, so accepting a
 /// connection allocates nothing once the core has warmed up.

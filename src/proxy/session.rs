@@ -7,7 +7,7 @@ use crate::log::access::Entry;
 use crate::net::io::{read_more_timeout, write_all, IoFail};
 use crate::net::sockopt;
 use crate::net::watchdog::{later, Watch};
-use crate::worker::Worker;
+use crate::worker::state::Worker;
 use monoio::net::TcpStream;
 use std::fmt::Write as _;
 use std::net::SocketAddr;

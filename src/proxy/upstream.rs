@@ -12,7 +12,7 @@ use crate::upstream::balancer::{Balancer, PickContext};
 use crate::upstream::pool::{Pool, UpstreamConn};
 use crate::upstream::{HashOn, Node, Timeouts, UpstreamSpec};
 use crate::vars::VarSource;
-use crate::worker::Local;
+use crate::worker::state::Local;
 use monoio::net::TcpStream;
 use std::cell::RefCell;
 use std::net::SocketAddr;

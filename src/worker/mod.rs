@@ -9,7 +9,7 @@ mod accept;
 mod lifecycle;
 mod mailbox;
 mod runtime;
-mod state;
+pub(crate) mod state;
 
 pub use accept::Listeners;
 pub use mailbox::Mailbox;

@@ -4,7 +4,7 @@
 
 use crate::net::splice::PipePool;
 use crate::net::watchdog::Watchdog;
-use crate::proxy::Scratch;
+use crate::proxy::scratch::Scratch;
 
 /// Connection scratch sets kept for reuse per core.
 const MAX_SCRATCH: usize = 1024;
