@@ -10,6 +10,7 @@
 //! - [`route`]: the router; [`upstream`]: balancers, keepalive pool;
 //! - [`log`]: access and event logs; [`demo`]: built-in demo backends.
 
+pub mod admin;
 pub mod config;
 pub mod control;
 pub mod demo;
@@ -25,6 +26,7 @@ pub mod resources;
 pub mod route;
 pub mod schema;
 pub mod snapshot;
+pub mod store;
 pub mod upstream;
 pub mod vars;
 pub mod worker;

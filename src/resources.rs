@@ -4,17 +4,19 @@
 //! Process settings (listeners, workers, io_uring, the control listener, the access log
 //! target) are read once at start; a changed one is reported and waits for a restart.
 //!
-//! A [`Store`] holds the resources being served and a revision that grows with each change.
-//! Providers feed it: today the file provider (`config.toml`, at start, on SIGHUP or when the
-//! file changes) replaces them all at once; the Admin API and etcd will change them one object
-//! at a time. A change reaches the store only after it compiled: the store always holds what
-//! the workers serve.
+//! The objects being served are held by the control plane in the store (`store.rs`, APISIX's
+//! JSON by kind and id). Providers feed it: the file provider (`config.toml`, at start, on
+//! SIGHUP or when the file changes) replaces them all at once; the Admin API changes one
+//! object at a time (with `config_provider = "store"`); etcd is next. A change reaches the
+//! store only after it compiled: the store always holds what the workers serve.
 
 use crate::config::{
-    Config, ConfigError, DemoConfig, GatewayConfig, GlobalRuleConfig, PluginConfigConfig,
-    RouteConfig, ServiceConfig, UpstreamConfig,
+    AdminConfig, Config, ConfigError, DemoConfig, DeploymentConfig, GatewayConfig,
+    GlobalRuleConfig, PluginConfigConfig, RouteConfig, ServiceConfig, UpstreamConfig,
 };
-use std::path::{Path, PathBuf};
+use crate::store::Kind;
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 /// Every reloadable object.
@@ -27,62 +29,41 @@ pub struct Resources {
     pub plugin_configs: Vec<PluginConfigConfig>,
 }
 
-/// Where the resources come from.
-#[derive(Debug, Clone)]
-pub enum Source {
-    /// The `config.toml` the gateway was started with.
-    File(PathBuf),
-}
-
-/// The resources being served.
-#[derive(Debug)]
-pub struct Store {
-    source: Source,
-    current: Arc<Resources>,
-    revision: u64,
-}
-
-impl Store {
-    pub fn new(source: Source) -> Store {
-        Store {
-            source,
-            current: Arc::default(),
-            revision: 0,
-        }
-    }
-
-    pub fn source(&self) -> &Source {
-        &self.source
-    }
-
-    /// The resources as served now.
-    pub fn current(&self) -> Arc<Resources> {
-        self.current.clone()
-    }
-
-    /// Grows with every change (0: nothing loaded yet).
-    pub fn revision(&self) -> u64 {
-        self.revision
-    }
-
-    /// Replaces every resource (a file load that compiled). Returns the new revision.
-    pub fn replace(&mut self, resources: Arc<Resources>) -> u64 {
-        self.current = resources;
-        self.revision += 1;
-        self.revision
-    }
-}
-
 /// What the file provider reads from `config.toml`.
 pub struct FileContents {
     pub gateway: GatewayConfig,
     pub resources: Arc<Resources>,
+    /// The same resources as written, as JSON objects (what the Admin API shows, and what a
+    /// first start with the store imports).
+    pub values: BTreeMap<Kind, Vec<serde_json::Value>>,
     pub demo: Option<DemoConfig>,
+    pub deployment: DeploymentConfig,
+    pub admin: AdminConfig,
 }
 
 /// Reads and parses `path` (semantic checks are the compiler's).
 pub fn load_file(path: &Path) -> Result<FileContents, ConfigError> {
-    Ok(Config::load(path)?.split())
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.display().to_string(),
+        source: e,
+    })?;
+    let mut contents = Config::parse(&text)?.split();
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    for kind in Kind::ALL {
+        let list = table
+            .get(kind.name())
+            .and_then(toml::Value::as_array)
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|i| serde_json::to_value(i).unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default();
+        contents.values.insert(kind, list);
+    }
+    Ok(contents)
 }
 
 impl Config {
@@ -97,7 +78,10 @@ impl Config {
                 global_rules: self.global_rules,
                 plugin_configs: self.plugin_configs,
             }),
+            values: BTreeMap::new(),
             demo: self.demo,
+            deployment: self.deployment,
+            admin: self.admin,
         }
     }
 }

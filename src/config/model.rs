@@ -22,6 +22,58 @@ pub struct Config {
     /// Built-in demo backends, so the shipped config answers without any other server.
     #[serde(default)]
     pub demo: Option<DemoConfig>,
+    /// Where resources come from, and where the store keeps them.
+    #[serde(default)]
+    pub deployment: DeploymentConfig,
+    /// The Admin API.
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// `[deployment]`: where resources come from (process settings: read at start).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeploymentConfig {
+    /// `"file"`: resources from this file (SIGHUP / file watch; the Admin API reads only).
+    /// `"store"`: resources in the embedded store under `data_dir`, changed through the
+    /// Admin API; on first start, this file's resources are imported once.
+    pub config_provider: String,
+    /// Where the store keeps its file.
+    pub data_dir: String,
+}
+
+impl Default for DeploymentConfig {
+    fn default() -> Self {
+        DeploymentConfig {
+            config_provider: "file".into(),
+            data_dir: "data".into(),
+        }
+    }
+}
+
+/// `[admin]`: the Admin API (APISIX v3 paths and JSON).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// `ip:port`, or `"off"`.
+    pub listen: String,
+    /// The key that may change things (`X-API-KEY`). Required: no well-known default.
+    pub admin_key: Option<String>,
+    /// A key that may only read.
+    pub viewer_key: Option<String>,
+    /// Client addresses and CIDRs allowed to use the API (APISIX `allow_admin`).
+    pub allow_admin: Vec<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "off".into(),
+            admin_key: None,
+            viewer_key: None,
+            allow_admin: vec!["127.0.0.0/24".into()],
+        }
+    }
 }
 
 /// Process-wide settings: listeners, workers, client-side limits and timeouts.

@@ -5,6 +5,7 @@ mod harness;
 
 mod accepting;
 mod access_plugins;
+mod admin;
 mod balancing;
 mod bodies;
 mod body_filters;

@@ -7,14 +7,17 @@
 //! good snapshot is posted to each worker's lock-free mailbox; workers switch between
 //! requests and report the version they switched to.
 
+use crate::admin::{AdminRequest, AdminResponse};
 use crate::config::{ConfigError, GatewayConfig};
 use crate::dns::Names;
-use crate::health::prober::{self, ProberHandle, ProberMsg};
+use crate::health::prober::{self};
 use crate::health::Registry as HealthRegistry;
 use crate::log::access::AccessLogConfig;
-use crate::resources::{load_file, Resources, Source, Store};
-use crate::snapshot::{ProcessSettings, Snapshot};
-use crate::worker::{self, ControlMsg, Listeners, RuntimeOptions, WorkerHandle, WorkerSpec};
+use crate::resources::{load_file, Resources};
+use crate::snapshot::Snapshot;
+use crate::store::{Objects, StoreFile};
+use crate::worker::{self, Listeners, RuntimeOptions, WorkerHandle, WorkerSpec};
+use plane::{Plane, Provider};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -60,8 +63,12 @@ fn file_digest(path: &Path) -> Option<u64> {
     Some(h.finish())
 }
 
+mod plane;
+
 enum Event {
     Signal(i32),
+    /// An Admin API request, and where its answer goes.
+    Admin(AdminRequest, mpsc::Sender<AdminResponse>),
 }
 
 /// Runs the gateway until it is told to stop. Returns the process exit code.
@@ -77,6 +84,7 @@ pub fn run(path: PathBuf) -> i32 {
     // Signal handlers first: a SIGHUP or SIGTERM that arrives while the gateway starts must be
     // queued, not take the default action (terminate).
     let (tx, rx) = mpsc::channel::<Event>();
+    let admin_tx = tx.clone();
     let mut signals = match signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT]) {
         Ok(s) => s,
         Err(e) => {
@@ -95,22 +103,28 @@ pub fn run(path: PathBuf) -> i32 {
         })
         .expect("signal thread");
 
+    // The provider: the file's resources, or the store's (imported from the file once).
+    let (provider, objects) = match open_provider(&path, &file) {
+        Ok(p) => p,
+        Err(e) => {
+            crate::error!("{e}");
+            return 1;
+        }
+    };
+    let resources = match &provider {
+        Provider::File => Ok(file.resources.clone()),
+        Provider::Store(_) => objects.resources().map(Arc::new),
+    };
     let mut health = HealthRegistry::default();
-    let mut store = Store::new(Source::File(path.clone()));
-    let mut snapshot = match compile(
-        &file.gateway,
-        &file.resources,
-        &mut Names::default(),
-        1,
-        &mut health,
-    ) {
+    let compiled =
+        resources.and_then(|r| compile(&file.gateway, &r, &mut Names::default(), 1, &mut health));
+    let snapshot = match compiled {
         Ok(s) => Arc::new(s),
         Err(e) => {
             crate::error!("{e}");
             return 1;
         }
     };
-    store.replace(file.resources);
     // Read once: a reload that changes one of these is reported and waits for a restart.
     let process = snapshot.process.clone();
     let targets = health.commit();
@@ -213,23 +227,29 @@ pub fn run(path: PathBuf) -> i32 {
         snapshot.router.len()
     );
 
-    let mut reload = |snapshot: &mut Arc<Snapshot>| {
-        let plane = Plane {
-            running: &process,
-            store: &mut store,
-            workers: &handles,
-            health: &mut health,
-            prober: &prober,
-        };
-        plane.reload(&path, snapshot);
-    };
-    let mut digest = file_digest(&path);
     let grace = snapshot.settings.graceful_shutdown_timeout;
+    let mut plane = Plane {
+        path: path.clone(),
+        running: process.clone(),
+        provider,
+        objects,
+        gateway: file.gateway.clone(),
+        snapshot,
+        workers: handles,
+        health,
+        prober,
+    };
+    if let Err(e) = start_admin(&file.admin, admin_tx) {
+        crate::error!("{e}");
+        plane.stop(grace);
+        return 1;
+    }
+    let mut digest = file_digest(&path);
     loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(Event::Signal(SIGHUP)) => {
                 digest = file_digest(&path);
-                reload(&mut snapshot);
+                plane.reload();
             }
             Ok(Event::Signal(sig)) => {
                 crate::info!(
@@ -239,94 +259,97 @@ pub fn run(path: PathBuf) -> i32 {
                 );
                 break;
             }
+            Ok(Event::Admin(req, reply)) => {
+                let _ = reply.send(plane.admin(&req));
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if process.watch_config {
                     let now = file_digest(&path);
                     if now.is_some() && now != digest {
                         digest = now;
                         crate::info!("config file changed");
-                        reload(&mut snapshot);
+                        plane.reload();
                     }
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-
-    prober.mailbox.push(ProberMsg::Shutdown);
-    for h in &handles {
-        h.mailbox.send(ControlMsg::Shutdown { grace });
-    }
-    for h in handles {
-        let _ = h.thread.join();
-    }
+    plane.stop(grace);
     crate::info!("stopped");
     0
 }
 
-/// What a reload touches.
-struct Plane<'a> {
-    /// The process settings the gateway started with.
-    running: &'a ProcessSettings,
-    store: &'a mut Store,
-    workers: &'a [WorkerHandle],
-    health: &'a mut HealthRegistry,
-    prober: &'a ProberHandle,
+/// Opens the resources' provider: for `store`, the store file (imported from `config.toml`
+/// on first start).
+fn open_provider(
+    path: &Path,
+    file: &crate::resources::FileContents,
+) -> Result<(Provider, Objects), ConfigError> {
+    let now = crate::log::now_secs();
+    let from_file = Objects::from_values(&file.values, now)?;
+    match file.deployment.config_provider.as_str() {
+        "file" => Ok((Provider::File, from_file)),
+        "store" => {
+            let store = StoreFile::new(Path::new(&file.deployment.data_dir));
+            let invalid = |e: String| ConfigError::invalid("deployment.data_dir", e);
+            let objects = match store.load().map_err(invalid)? {
+                Some(objects) => objects,
+                None => {
+                    store.save(&from_file).map_err(invalid)?;
+                    crate::info!(
+                        "store {} created: imported the resources of {} once",
+                        store.path().display(),
+                        path.display()
+                    );
+                    from_file
+                }
+            };
+            Ok((Provider::Store(store), objects))
+        }
+        other => Err(ConfigError::invalid(
+            "deployment.config_provider",
+            format!("\"{other}\" is not a provider (\"file\" or \"store\")"),
+        )),
+    }
 }
 
-impl Plane<'_> {
-    /// Loads, validates and publishes the config file; keeps the old one on any error.
-    fn reload(self, path: &Path, current: &mut Arc<Snapshot>) {
-        let next_version = current.version + 1;
-        // A file reload looks every node host name up again.
-        let mut names = Names::default();
-        let compiled = load_file(path).and_then(|f| {
-            let s = compile(
-                &f.gateway,
-                &f.resources,
-                &mut names,
-                next_version,
-                self.health,
-            )?;
-            Ok((s, f.resources))
-        });
-        let (s, resources) = match compiled {
-            Ok(done) => done,
-            Err(e) => {
-                self.health.abort();
-                crate::error!(
-                    "config reload refused, version {} keeps serving: {e}",
-                    current.version
-                );
-                return;
-            }
-        };
-        for field in self.running.changed_in(&s.process) {
-            crate::warn!(
-                "{field} changed: it takes effect at the next restart (the running value is kept)"
-            );
-        }
-        let targets = self.health.commit();
-        let s = Arc::new(s);
-        self.prober
-            .mailbox
-            .push(ProberMsg::Update(targets, s.clone()));
-        for w in self.workers {
-            w.mailbox.send(ControlMsg::Snapshot(s.clone()));
-        }
-        let revision = self.store.replace(resources);
-        // Report once every worker serves new requests with it.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while self.workers.iter().any(|w| w.mailbox.applied() < s.version)
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        crate::info!(
-            "config reloaded: version {} ({} routes, resources revision {revision}), live on all workers",
-            s.version,
-            s.router.len()
-        );
-        *current = s;
+/// Starts the Admin API listener (unless `listen = "off"`), handing requests to the control
+/// loop through `tx`.
+fn start_admin(admin: &crate::config::AdminConfig, tx: mpsc::Sender<Event>) -> Result<(), String> {
+    if admin.listen == "off" {
+        return Ok(());
     }
+    let addr: std::net::SocketAddr = admin.listen.parse().map_err(|_| {
+        format!(
+            "invalid config: admin.listen: '{}' is not an ip:port address (or \"off\")",
+            admin.listen
+        )
+    })?;
+    let Some(admin_key) = admin.admin_key.clone().filter(|k| !k.is_empty()) else {
+        return Err("invalid config: admin.admin_key: required when the Admin API listens (there is no default key)".into());
+    };
+    let mut allow = Vec::new();
+    for (i, a) in admin.allow_admin.iter().enumerate() {
+        allow.push(
+            crate::route::IpNet::parse(a)
+                .map_err(|e| format!("invalid config: admin.allow_admin[{i}]: {e}"))?,
+        );
+    }
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| format!("cannot listen on {addr} (admin.listen): {e}"))?;
+    let access = crate::admin::server::Access {
+        admin_key,
+        viewer_key: admin.viewer_key.clone().filter(|k| !k.is_empty()),
+        allow,
+    };
+    let dispatch = move |req: AdminRequest| -> Option<AdminResponse> {
+        let (reply_tx, reply_rx) = mpsc::channel();
+        tx.send(Event::Admin(req, reply_tx)).ok()?;
+        reply_rx.recv().ok()
+    };
+    crate::admin::server::spawn(listener, access, Arc::new(dispatch))
+        .map_err(|e| format!("cannot start the Admin API: {e}"))?;
+    crate::info!("Admin API listening on {addr}");
+    Ok(())
 }

@@ -1,0 +1,380 @@
+//! What each Admin API request means, as APISIX v3 answers it: list and fetch, PUT (201 when
+//! created, 200 when replaced, `create_time` kept), POST (a generated id), PATCH (a merge
+//! patch, or a replacement of the sub-tree a longer path names), DELETE (refused while
+//! another object refers to it, unless `?force=true`), and the plugin list and schemas.
+//!
+//! A request that changes something yields the objects as they would be ([`Decision::Write`]);
+//! the control plane compiles them, and only if they compile stores, publishes and answers.
+
+use super::{AdminRequest, AdminResponse};
+use crate::store::{Kind, Object, Objects};
+use serde_json::{json, Value};
+
+/// What a request leads to.
+pub enum Decision {
+    /// Answer now; nothing changes.
+    Reply(AdminResponse),
+    /// Try these objects; if they compile, answer with the reply.
+    Write {
+        objects: Box<Objects>,
+        reply: AdminResponse,
+        /// The audit line's summary (`PUT /apisix/routes/1`).
+        what: String,
+    },
+}
+
+const PREFIX: &str = "/apisix/admin/";
+
+/// Decides `req` against the current `objects`. `writable` is `Err(why)` when the provider
+/// takes no writes.
+pub fn decide(
+    objects: &Objects,
+    req: &AdminRequest,
+    writable: Result<(), &str>,
+    now: i64,
+) -> Decision {
+    let Some(rest) = req.path.strip_prefix(PREFIX) else {
+        return Decision::Reply(AdminResponse::error(404, "not found"));
+    };
+    let segments: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    if segments[0] == "plugins" {
+        return Decision::Reply(plugins(req, &segments[1..]));
+    }
+    let Some(kind) = Kind::parse(segments[0]) else {
+        return Decision::Reply(AdminResponse::error(
+            404,
+            &format!("Unsupported resource type: {}", segments[0]),
+        ));
+    };
+    let id = segments.get(1).copied().filter(|s| !s.is_empty());
+    let sub = &segments[2.min(segments.len())..];
+    if let Some(id) = id {
+        if !valid_id(id) {
+            return Decision::Reply(AdminResponse::error(
+                400,
+                "invalid configuration: property \"id\" validation failed: object matches none of the required",
+            ));
+        }
+    }
+    match req.method.as_str() {
+        "GET" => Decision::Reply(match id {
+            None => list(objects, kind),
+            Some(id) => match objects.get(kind, id) {
+                Some(o) => AdminResponse::json(200, item(kind, id, o)),
+                None => AdminResponse::json(404, json!({"message": "Key not found"})),
+            },
+        }),
+        "PUT" | "POST" | "PATCH" | "DELETE" => {
+            if let Err(why) = writable {
+                return Decision::Reply(AdminResponse::error(400, why));
+            }
+            let result = match req.method.as_str() {
+                "PUT" => put(objects, kind, id, req, now),
+                "POST" => post(objects, kind, id, req, now),
+                "PATCH" => patch(objects, kind, id, sub, req, now),
+                _ => delete(objects, kind, id, req),
+            };
+            match result {
+                Ok((next, reply)) => Decision::Write {
+                    objects: Box::new(next),
+                    reply,
+                    what: format!(
+                        "{} /apisix/{}/{}",
+                        req.method,
+                        kind.name(),
+                        id.unwrap_or("")
+                    ),
+                },
+                Err(reply) => Decision::Reply(reply),
+            }
+        }
+        _ => Decision::Reply(AdminResponse::error(404, "not found")),
+    }
+}
+
+type Changed = Result<(Objects, AdminResponse), AdminResponse>;
+
+fn valid_id(id: &str) -> bool {
+    id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn key(kind: Kind, id: &str) -> String {
+    format!("/apisix/{}/{id}", kind.name())
+}
+
+fn item(kind: Kind, id: &str, o: &Object) -> Value {
+    json!({
+        "key": key(kind, id),
+        "value": o.value,
+        "createdIndex": o.created_index,
+        "modifiedIndex": o.modified_index,
+    })
+}
+
+fn list(objects: &Objects, kind: Kind) -> AdminResponse {
+    let list: Vec<Value> = objects
+        .list(kind)
+        .into_iter()
+        .map(|(id, o)| item(kind, id, o))
+        .collect();
+    AdminResponse::json(200, json!({"total": list.len(), "list": list}))
+}
+
+/// The request body as a JSON object.
+fn body(req: &AdminRequest) -> Result<Value, AdminResponse> {
+    if req.body.is_empty() {
+        return Err(AdminResponse::error(400, "missing configurations"));
+    }
+    let v: Value = serde_json::from_slice(&req.body).map_err(|e| {
+        AdminResponse::json(
+            400,
+            json!({
+                "error_msg": format!("invalid request body: {e}"),
+                "req_body": String::from_utf8_lossy(&req.body),
+            }),
+        )
+    })?;
+    if !v.is_object() {
+        return Err(AdminResponse::error(
+            400,
+            "invalid configuration: wrong type: expected object",
+        ));
+    }
+    Ok(v)
+}
+
+/// The body's `id` as a string (APISIX accepts strings and integers).
+fn body_id(v: &Value) -> Option<String> {
+    match v.get("id")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn stored(kind: Kind, id: &str, objects: &Objects, status: u16) -> AdminResponse {
+    let value = objects
+        .get(kind, id)
+        .map_or(Value::Null, |o| o.value.clone());
+    AdminResponse::json(status, json!({"key": key(kind, id), "value": value}))
+}
+
+fn put(objects: &Objects, kind: Kind, id: Option<&str>, req: &AdminRequest, now: i64) -> Changed {
+    let v = body(req)?;
+    let id = match (id, body_id(&v)) {
+        (Some(url), Some(b)) if url != b => {
+            return Err(AdminResponse::error(
+                400,
+                &format!("wrong {} id", kind.singular()),
+            ))
+        }
+        (Some(url), _) => url.to_string(),
+        (None, Some(b)) => b,
+        (None, None) => {
+            return Err(AdminResponse::error(
+                400,
+                &format!("missing {} id", kind.singular()),
+            ))
+        }
+    };
+    if !valid_id(&id) {
+        return Err(AdminResponse::error(
+            400,
+            "invalid configuration: property \"id\" validation failed: object matches none of the required",
+        ));
+    }
+    let mut next = objects.clone();
+    let created = next.put(kind, &id, v, now);
+    let reply = stored(kind, &id, &next, if created { 201 } else { 200 });
+    Ok((next, reply))
+}
+
+fn post(objects: &Objects, kind: Kind, id: Option<&str>, req: &AdminRequest, now: i64) -> Changed {
+    let v = body(req)?;
+    if id.is_some() || v.get("id").is_some() {
+        return Err(AdminResponse::error(
+            400,
+            &format!("wrong {} id, do not need it", kind.singular()),
+        ));
+    }
+    let mut next = objects.clone();
+    let id = next.generate_id();
+    next.put(kind, &id, v, now);
+    let reply = stored(kind, &id, &next, 201);
+    Ok((next, reply))
+}
+
+fn patch(
+    objects: &Objects,
+    kind: Kind,
+    id: Option<&str>,
+    sub: &[&str],
+    req: &AdminRequest,
+    now: i64,
+) -> Changed {
+    let Some(id) = id else {
+        return Err(AdminResponse::error(
+            400,
+            &format!("missing {} id", kind.singular()),
+        ));
+    };
+    let Some(current) = objects.get(kind, id) else {
+        return Err(AdminResponse::json(
+            404,
+            json!({"message": "Key not found"}),
+        ));
+    };
+    if req.body.is_empty() {
+        return Err(AdminResponse::error(400, "missing configurations"));
+    }
+    let patch: Value = serde_json::from_slice(&req.body)
+        .map_err(|e| AdminResponse::error(400, &format!("invalid request body: {e}")))?;
+    let mut value = current.value.clone();
+    if sub.is_empty() {
+        if !patch.is_object() {
+            return Err(AdminResponse::error(
+                400,
+                "invalid configuration: wrong type: expected object",
+            ));
+        }
+        merge(&mut value, patch);
+    } else {
+        // `/routes/1/upstream/nodes`: the sub-tree there is replaced by the body.
+        let mut at = &mut value;
+        for s in sub {
+            if !at.is_object() {
+                *at = json!({});
+            }
+            at = at
+                .as_object_mut()
+                .expect("made an object above")
+                .entry(s.to_string())
+                .or_insert(Value::Null);
+        }
+        *at = patch;
+    }
+    if body_id(&value).as_deref().is_some_and(|b| b != id) {
+        return Err(AdminResponse::error(
+            400,
+            &format!("wrong {} id", kind.singular()),
+        ));
+    }
+    let mut next = objects.clone();
+    next.put(kind, id, value, now);
+    let reply = stored(kind, id, &next, 200);
+    Ok((next, reply))
+}
+
+/// RFC 7396 merge patch: objects merged recursively, anything else replaced, `null` removes.
+fn merge(target: &mut Value, patch: Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(&k);
+                } else {
+                    merge(t.entry(k).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p,
+    }
+}
+
+fn delete(objects: &Objects, kind: Kind, id: Option<&str>, req: &AdminRequest) -> Changed {
+    let Some(id) = id else {
+        return Err(AdminResponse::error(
+            400,
+            &format!("missing {} id", kind.singular()),
+        ));
+    };
+    if objects.get(kind, id).is_none() {
+        return Err(AdminResponse::json(
+            404,
+            json!({"message": "Key not found"}),
+        ));
+    }
+    if req.arg("force") != Some("true") {
+        if let Some(user) = used_by(objects, kind, id) {
+            return Err(AdminResponse::error(
+                400,
+                &format!(
+                    "can not delete this {}, {user} is still using it now",
+                    kind.singular()
+                ),
+            ));
+        }
+    }
+    let mut next = objects.clone();
+    next.delete(kind, id);
+    Ok((
+        next,
+        AdminResponse::json(200, json!({"deleted": id, "key": key(kind, id)})),
+    ))
+}
+
+/// The first object that refers to `kind`/`id` (`route [1]`), as APISIX names it.
+fn used_by(objects: &Objects, kind: Kind, id: &str) -> Option<String> {
+    let field = match kind {
+        Kind::Upstreams => "upstream_id",
+        Kind::Services => "service_id",
+        Kind::PluginConfigs => "plugin_config_id",
+        _ => return None,
+    };
+    let refers = |v: &Value| match v.get(field) {
+        Some(Value::String(s)) => s == id,
+        Some(Value::Number(n)) => n.to_string() == id,
+        _ => false,
+    };
+    for (user_kind, label) in [(Kind::Routes, "route"), (Kind::Services, "service")] {
+        for (uid, o) in objects.list(user_kind) {
+            if refers(&o.value) {
+                return Some(format!("{label} [{uid}]"));
+            }
+        }
+    }
+    if kind == Kind::Upstreams {
+        // traffic-split's weighted upstreams name upstreams too.
+        for (user_kind, label) in [
+            (Kind::Routes, "plugin in route"),
+            (Kind::Services, "plugin in service"),
+            (Kind::PluginConfigs, "plugin in plugin_config"),
+            (Kind::GlobalRules, "plugin in global_rules"),
+        ] {
+            for (uid, o) in objects.list(user_kind) {
+                let rules = o.value.pointer("/plugins/traffic-split/rules");
+                let named = rules.and_then(Value::as_array).is_some_and(|rules| {
+                    rules.iter().any(|r| {
+                        r.get("weighted_upstreams")
+                            .and_then(Value::as_array)
+                            .is_some_and(|ws| ws.iter().any(&refers))
+                    })
+                });
+                if named {
+                    return Some(format!("{label} [{uid}]"));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// `GET /apisix/admin/plugins/list` and `/apisix/admin/plugins/{name}` (its schema).
+fn plugins(req: &AdminRequest, rest: &[&str]) -> AdminResponse {
+    if req.method != "GET" {
+        return AdminResponse::error(404, "not found");
+    }
+    match rest {
+        ["list"] => AdminResponse::json(200, json!(crate::plugin::NAMES)),
+        [name] => match crate::plugin::schema_text(name)
+            .and_then(|t| serde_json::from_str::<Value>(t).ok())
+        {
+            Some(schema) => AdminResponse::json(200, schema),
+            None => AdminResponse::error(404, &format!("plugin not found: {name}")),
+        },
+        _ => AdminResponse::error(404, "not found"),
+    }
+}

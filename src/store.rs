@@ -1,0 +1,301 @@
+//! The object store behind the Admin API: APISIX's JSON objects by kind and id, with the
+//! fields APISIX adds (`id`, `create_time`, `update_time`) and etcd-style indexes
+//! (`createdIndex`, `modifiedIndex`: the store revision at creation and at the last change).
+//!
+//! With `config_provider = "store"` the objects persist in `data_dir/resources.json`,
+//! written whole to a temporary file, fsync'd, renamed over the old one and the directory
+//! fsync'd: after a crash at any moment the file is the old version or the new one, never a
+//! mix, and a change is acknowledged only once its file is durable.
+
+use crate::config::{
+    ConfigError, GlobalRuleConfig, PluginConfigConfig, RouteConfig, ServiceConfig, UpstreamConfig,
+};
+use crate::resources::Resources;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The kinds of object the store holds, by their Admin API path segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Routes,
+    Services,
+    Upstreams,
+    GlobalRules,
+    PluginConfigs,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Routes,
+        Kind::Services,
+        Kind::Upstreams,
+        Kind::GlobalRules,
+        Kind::PluginConfigs,
+    ];
+
+    /// The path segment (`routes`), also the key prefix (`/apisix/routes/1`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Routes => "routes",
+            Kind::Services => "services",
+            Kind::Upstreams => "upstreams",
+            Kind::GlobalRules => "global_rules",
+            Kind::PluginConfigs => "plugin_configs",
+        }
+    }
+
+    /// APISIX's singular in messages (`wrong route id`).
+    pub fn singular(self) -> &'static str {
+        match self {
+            Kind::Routes => "route",
+            Kind::Services => "service",
+            Kind::Upstreams => "upstream",
+            Kind::GlobalRules => "global rule",
+            Kind::PluginConfigs => "plugin config",
+        }
+    }
+
+    pub fn parse(segment: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == segment)
+    }
+}
+
+/// One stored object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object {
+    /// APISIX's JSON, with `id`, `create_time` and `update_time`.
+    pub value: Value,
+    pub created_index: u64,
+    pub modified_index: u64,
+}
+
+/// Every object, and the revision of the last change.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Objects {
+    kinds: BTreeMap<Kind, BTreeMap<String, Object>>,
+    pub revision: u64,
+    /// The last id POST generated.
+    pub last_generated: u64,
+}
+
+impl Objects {
+    pub fn get(&self, kind: Kind, id: &str) -> Option<&Object> {
+        self.kinds.get(&kind)?.get(id)
+    }
+
+    /// The objects of `kind` in creation order.
+    pub fn list(&self, kind: Kind) -> Vec<(&str, &Object)> {
+        let mut all: Vec<(&str, &Object)> = self
+            .kinds
+            .get(&kind)
+            .map(|m| m.iter().map(|(id, o)| (id.as_str(), o)).collect())
+            .unwrap_or_default();
+        all.sort_by_key(|(_, o)| o.created_index);
+        all
+    }
+
+    /// Stores `value` (which carries its `id`) under `id`: a new object or a replacement
+    /// that keeps `create_time` and `createdIndex`. Returns whether it was new.
+    pub fn put(&mut self, kind: Kind, id: &str, mut value: Value, now: i64) -> bool {
+        self.revision += 1;
+        let revision = self.revision;
+        let map = self.kinds.entry(kind).or_default();
+        let previous = map.get(id);
+        let created = previous.map_or(now, |o| {
+            o.value
+                .get("create_time")
+                .and_then(Value::as_i64)
+                .unwrap_or(now)
+        });
+        let created_index = previous.map_or(revision, |o| o.created_index);
+        if let Value::Object(obj) = &mut value {
+            obj.insert("id".into(), Value::String(id.into()));
+            obj.insert("create_time".into(), created.into());
+            obj.insert("update_time".into(), now.into());
+        }
+        map.insert(
+            id.to_string(),
+            Object {
+                value,
+                created_index,
+                modified_index: revision,
+            },
+        )
+        .is_none()
+    }
+
+    pub fn delete(&mut self, kind: Kind, id: &str) -> Option<Object> {
+        let removed = self.kinds.get_mut(&kind)?.remove(id)?;
+        self.revision += 1;
+        Some(removed)
+    }
+
+    /// The next id for POST: 20 digits, zero-padded, increasing (APISIX's form).
+    pub fn generate_id(&mut self) -> String {
+        self.last_generated = self.last_generated.max(self.revision) + 1;
+        format!("{:020}", self.last_generated)
+    }
+
+    /// The typed resources the compiler takes, in creation order. An object that does not
+    /// fit its kind is an error naming it.
+    pub fn resources(&self) -> Result<Resources, ConfigError> {
+        Ok(Resources {
+            upstreams: self.typed::<UpstreamConfig>(Kind::Upstreams)?,
+            services: self.typed::<ServiceConfig>(Kind::Services)?,
+            routes: self.typed::<RouteConfig>(Kind::Routes)?,
+            global_rules: self.typed::<GlobalRuleConfig>(Kind::GlobalRules)?,
+            plugin_configs: self.typed::<PluginConfigConfig>(Kind::PluginConfigs)?,
+        })
+    }
+
+    fn typed<T: serde::de::DeserializeOwned>(&self, kind: Kind) -> Result<Vec<T>, ConfigError> {
+        self.list(kind)
+            .into_iter()
+            .map(|(id, o)| {
+                serde_json::from_value(without_times(&o.value)).map_err(|e| {
+                    ConfigError::invalid(format!("{} (id \"{id}\")", kind.name()), e.to_string())
+                })
+            })
+            .collect()
+    }
+
+    /// Objects from resources written as JSON values (the file provider's, or an import),
+    /// each kind in its order. Routes without an id get APISIX's `arr_N`; other objects need
+    /// one.
+    pub fn from_values(
+        values: &BTreeMap<Kind, Vec<Value>>,
+        now: i64,
+    ) -> Result<Objects, ConfigError> {
+        let mut objects = Objects::default();
+        for (&kind, list) in values {
+            for (i, v) in list.iter().enumerate() {
+                let id = match v.get("id") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Number(n)) => n.to_string(),
+                    _ if kind == Kind::Routes => format!("arr_{}", i + 1),
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            format!("{}[{i}]", kind.name()),
+                            "missing id",
+                        ))
+                    }
+                };
+                objects.put(kind, &id, v.clone(), now);
+            }
+        }
+        Ok(objects)
+    }
+
+    /// The store file's JSON.
+    fn to_file(&self) -> Value {
+        let mut kinds = Map::new();
+        for (kind, map) in &self.kinds {
+            let list: Vec<Value> = map
+                .values()
+                .map(|o| {
+                    serde_json::json!({
+                        "value": o.value,
+                        "createdIndex": o.created_index,
+                        "modifiedIndex": o.modified_index,
+                    })
+                })
+                .collect();
+            kinds.insert(kind.name().into(), Value::Array(list));
+        }
+        serde_json::json!({
+            "revision": self.revision,
+            "last_generated": self.last_generated,
+            "objects": kinds,
+        })
+    }
+
+    fn from_file(v: &Value) -> Option<Objects> {
+        let mut objects = Objects {
+            revision: v.get("revision")?.as_u64()?,
+            last_generated: v.get("last_generated")?.as_u64()?,
+            ..Objects::default()
+        };
+        for (name, list) in v.get("objects")?.as_object()? {
+            let kind = Kind::parse(name)?;
+            let map = objects.kinds.entry(kind).or_default();
+            for item in list.as_array()? {
+                let value = item.get("value")?.clone();
+                let id = value.get("id")?.as_str()?.to_string();
+                map.insert(
+                    id,
+                    Object {
+                        value,
+                        created_index: item.get("createdIndex")?.as_u64()?,
+                        modified_index: item.get("modifiedIndex")?.as_u64()?,
+                    },
+                );
+            }
+        }
+        Some(objects)
+    }
+}
+
+/// `value` without the fields the store adds (the typed model does not know them).
+pub fn without_times(value: &Value) -> Value {
+    let mut v = value.clone();
+    if let Value::Object(obj) = &mut v {
+        obj.remove("create_time");
+        obj.remove("update_time");
+    }
+    v
+}
+
+/// The durable copy of the objects under `data_dir`.
+#[derive(Debug)]
+pub struct StoreFile {
+    path: PathBuf,
+    dir: PathBuf,
+}
+
+impl StoreFile {
+    pub fn new(data_dir: &Path) -> StoreFile {
+        StoreFile {
+            path: data_dir.join("resources.json"),
+            dir: data_dir.to_path_buf(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The stored objects; `None` when there is no store yet (first start).
+    pub fn load(&self) -> Result<Option<Objects>, String> {
+        let text = match std::fs::read(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read {}: {e}", self.path.display())),
+        };
+        let v: Value = serde_json::from_slice(&text)
+            .map_err(|e| format!("{} is not valid JSON: {e}", self.path.display()))?;
+        Objects::from_file(&v)
+            .map(Some)
+            .ok_or_else(|| format!("{} is not a Shardgate store", self.path.display()))
+    }
+
+    /// Writes `objects` durably (temporary file, fsync, rename, directory fsync).
+    pub fn save(&self, objects: &Objects) -> Result<(), String> {
+        let fail = |what: &str, e: std::io::Error| format!("{what} {}: {e}", self.path.display());
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| fail("cannot create the directory of", e))?;
+        let tmp = self.path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(&objects.to_file()).map_err(|e| e.to_string())?;
+        {
+            let mut f = std::fs::File::create(&tmp).map_err(|e| fail("cannot write", e))?;
+            f.write_all(&bytes).map_err(|e| fail("cannot write", e))?;
+            f.sync_all().map_err(|e| fail("cannot sync", e))?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(|e| fail("cannot replace", e))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| fail("cannot sync the directory of", e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,392 @@
+//! The Admin API through real sockets: APISIX v3 paths, bodies and codes, access checks,
+//! validation, read-your-writes, the store surviving a kill, and the file provider's
+//! read-only API.
+
+use crate::harness::*;
+use std::net::SocketAddr;
+
+const KEY: &str = "edd1c9f034335f136f87ad84b625c8f1";
+const VIEWER: &str = "4054f7cf07e344346cd3f287985e76a2";
+
+struct Admin {
+    addr: SocketAddr,
+}
+
+impl Admin {
+    fn call(&self, method: &str, path: &str, key: Option<&str>, body: &str) -> Response {
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(k) = key {
+            headers.push(("X-API-KEY", k));
+        }
+        Client::connect(self.addr).request(method, path, &headers, body.as_bytes())
+    }
+
+    fn send(&self, method: &str, path: &str, body: &str) -> Response {
+        self.call(method, path, Some(KEY), body)
+    }
+}
+
+/// A gateway with the store provider in `data_dir` and the Admin API on a free port.
+fn gateway(data_dir: &std::path::Path, body: &str) -> (Gateway, Admin) {
+    let port = free_port();
+    let gw = Gateway::start(&format!(
+        "{body}\n[deployment]\nconfig_provider = \"store\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{port}\"\nadmin_key = \"{KEY}\"\nviewer_key = \"{VIEWER}\"\n",
+        data_dir.display()
+    ));
+    let admin = Admin::ready(port);
+    (gw, admin)
+}
+
+impl Admin {
+    /// The Admin API on `port`, once it accepts (it starts right after the workers).
+    fn ready(port: u16) -> Admin {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the Admin API did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Admin { addr }
+    }
+}
+
+#[test]
+fn routes_and_upstreams_change_live_with_apisix_shapes() {
+    let a = Backend::named("a");
+    let b = Backend::named("b");
+    let dir = temp_dir("store");
+    let (gw, admin) = gateway(&dir, "");
+    assert_eq!(gw.get("/get").status, 404);
+
+    // APISIX's quickstart: a route with an inline upstream, served at once.
+    let r = admin.send(
+        "PUT",
+        "/apisix/admin/routes/1",
+        &format!(
+            r#"{{"uri":"/get","upstream":{{"nodes":{{"{}":1}}}}}}"#,
+            a.addr()
+        ),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.header("X-API-VERSION"), Some("v3"));
+    let v = r.json();
+    assert_eq!(v["key"], "/apisix/routes/1");
+    assert_eq!(v["value"]["id"], "1");
+    let created = v["value"]["create_time"].as_i64().unwrap();
+    assert_eq!(gw.get("/get").text(), "a", "served right after the 201");
+
+    // PUT again: 200, create_time kept.
+    let r = admin.send(
+        "PUT",
+        "/apisix/admin/routes/1",
+        &format!(
+            r#"{{"uri":"/get","name":"r1","upstream":{{"nodes":{{"{}":1}}}}}}"#,
+            a.addr()
+        ),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["value"]["create_time"].as_i64(), Some(created));
+
+    // POST an upstream: a generated 20-digit id.
+    let r = admin.send(
+        "POST",
+        "/apisix/admin/upstreams",
+        &format!(r#"{{"type":"roundrobin","nodes":{{"{}":1}}}}"#, b.addr()),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let up = r.json()["value"]["id"].as_str().unwrap().to_string();
+    assert_eq!(up.len(), 20);
+
+    // PATCH the route onto it (merge patch: `null` removes the inline upstream).
+    let r = admin.send(
+        "PATCH",
+        "/apisix/admin/routes/1",
+        &format!(r#"{{"upstream":null,"upstream_id":"{up}"}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(gw.get("/get").text(), "b");
+
+    // GET one and the list.
+    let r = admin.send("GET", "/apisix/admin/routes/1", "");
+    assert_eq!(r.json()["value"]["name"], "r1");
+    assert!(r.json()["modifiedIndex"].as_u64() > r.json()["createdIndex"].as_u64());
+    let r = admin.send("GET", "/apisix/admin/upstreams", "");
+    assert_eq!(r.json()["total"], 1);
+    assert_eq!(
+        r.json()["list"][0]["key"],
+        format!("/apisix/upstreams/{up}")
+    );
+    let r = admin.send("GET", "/apisix/admin/routes/9", "");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["message"], "Key not found");
+
+    // Sub-path PATCH: the nodes of the upstream.
+    let r = admin.send(
+        "PATCH",
+        &format!("/apisix/admin/upstreams/{up}/nodes"),
+        &format!(r#"{{"{}":1}}"#, a.addr()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(gw.get("/get").text(), "a");
+
+    // An upstream in use is not deleted, unless forced; the route is.
+    let r = admin.send("DELETE", &format!("/apisix/admin/upstreams/{up}"), "");
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json()["error_msg"],
+        "can not delete this upstream, route [1] is still using it now"
+    );
+    let r = admin.send("DELETE", "/apisix/admin/routes/1", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["deleted"], "1");
+    assert_eq!(r.json()["key"], "/apisix/routes/1");
+    assert_eq!(gw.get("/get").status, 404, "gone right after the 200");
+    assert!(gw
+        .events()
+        .contains("admin: DELETE /apisix/routes/1 by admin from 127.0.0.1"));
+}
+
+#[test]
+fn access_is_checked_as_apisix_does() {
+    let dir = temp_dir("store");
+    let (_gw, admin) = gateway(&dir, "");
+    let r = admin.call("GET", "/apisix/admin/routes", None, "");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["description"], "missing apikey");
+    let r = admin.call("GET", "/apisix/admin/routes", Some("nope"), "");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["description"], "wrong apikey");
+    let r = admin.call("GET", "/apisix/admin/routes", Some(VIEWER), "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["total"], 0);
+    let r = admin.call(
+        "PUT",
+        "/apisix/admin/routes/1",
+        Some(VIEWER),
+        r#"{"uri":"/x","upstream":{"nodes":{"127.0.0.1:1":1}}}"#,
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["description"], "invalid method for role viewer");
+    // The key as a query argument works too.
+    let r = Client::connect(admin.addr).get(&format!("/apisix/admin/routes?api_key={KEY}"));
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn bad_requests_change_nothing() {
+    let a = Backend::named("a");
+    let dir = temp_dir("store");
+    let (gw, admin) = gateway(&dir, "");
+    let route = format!(
+        r#"{{"uri":"/x","upstream":{{"nodes":{{"{}":1}}}}}}"#,
+        a.addr()
+    );
+    assert_eq!(
+        admin.send("PUT", "/apisix/admin/routes/1", &route).status,
+        201
+    );
+    let cases = [
+        (
+            "PUT",
+            "/apisix/admin/routes/2",
+            r#"{"uri":"/y","upstream":{"nodes":{"127.0.0.1:1":-1}}}"#,
+            400,
+            "invalid configuration",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/routes/2",
+            r#"{"uri":"/y","upstream_id":"missing"}"#,
+            400,
+            "upstream \"missing\" does not exist",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/routes/2",
+            r#"{"uri":"/y","bogus":1,"upstream_id":"x"}"#,
+            400,
+            "bogus",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/routes/2",
+            "{not json",
+            400,
+            "invalid request body",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/routes/2",
+            "",
+            400,
+            "missing configurations",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/routes/2",
+            r#"{"id":"3","uri":"/y"}"#,
+            400,
+            "wrong route id",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/routes",
+            r#"{"uri":"/y"}"#,
+            400,
+            "missing route id",
+        ),
+        (
+            "POST",
+            "/apisix/admin/routes",
+            r#"{"id":"3","uri":"/y"}"#,
+            400,
+            "wrong route id, do not need it",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/routes/bad$id",
+            r#"{"uri":"/y"}"#,
+            400,
+            "property \"id\" validation failed",
+        ),
+        (
+            "GET",
+            "/apisix/admin/widgets",
+            "",
+            404,
+            "Unsupported resource type: widgets",
+        ),
+        (
+            "PATCH",
+            "/apisix/admin/routes/9",
+            r#"{"uri":"/z"}"#,
+            404,
+            "Key not found",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/routes/2",
+            r#"{"uri":"/y","plugins":{"proxy-rewrite":{"uri":"nope"}}}"#,
+            400,
+            "failed to check the configuration of plugin proxy-rewrite",
+        ),
+    ];
+    for (method, path, body, status, want) in cases {
+        let r = admin.send(method, path, body);
+        assert_eq!(r.status, status, "{method} {path} {body}: {}", r.text());
+        let v = r.json();
+        let msg = v["error_msg"]
+            .as_str()
+            .or(v["message"].as_str())
+            .unwrap_or("");
+        assert!(msg.contains(want), "{method} {path} {body}: {msg}");
+    }
+    // A body over the limit.
+    let big = format!(r#"{{"uri":"/y","desc":"{}"}}"#, "x".repeat(1_600_000));
+    let r = admin.send("PUT", "/apisix/admin/routes/2", &big);
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text().contains("greater than the maximum size"),
+        "{}",
+        r.text()
+    );
+    // Nothing changed.
+    let r = admin.send("GET", "/apisix/admin/routes", "");
+    assert_eq!(r.json()["total"], 1);
+    assert_eq!(gw.get("/x").text(), "a");
+    let r = admin.send("GET", "/apisix/admin/plugins/list", "");
+    assert!(r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p == "proxy-rewrite"));
+    let r = admin.send("GET", "/apisix/admin/plugins/redirect", "");
+    assert_eq!(r.json()["properties"]["ret_code"]["default"], 302);
+}
+
+#[test]
+fn the_store_survives_a_kill_and_imports_the_file_once() {
+    let a = Backend::named("a");
+    let b = Backend::named("b");
+    let dir = temp_dir("store");
+    let file_route = format!(
+        "[[routes]]\nid = \"from-file\"\nuri = \"/file\"\nupstream = {{ nodes = {{ \"{}\" = 1 }} }}\n",
+        a.addr()
+    );
+    {
+        let (gw, admin) = gateway(&dir, &file_route);
+        assert_eq!(gw.get("/file").text(), "a", "imported on first start");
+        assert!(gw.events().contains("imported the resources"));
+        for i in 0..20 {
+            let r = admin.send(
+                "PUT",
+                &format!("/apisix/admin/routes/r{i}"),
+                &format!(
+                    r#"{{"uri":"/r{i}","upstream":{{"nodes":{{"{}":1}}}}}}"#,
+                    b.addr()
+                ),
+            );
+            assert_eq!(r.status, 201);
+        }
+        // Dropping the gateway kills it (SIGKILL) right after the last acknowledged write.
+    }
+    // Restarted on a config with no routes: the store's routes are served, the file's routes
+    // are not imported again.
+    let (gw, admin) = gateway(&dir, "");
+    assert_eq!(gw.get("/file").text(), "a");
+    for i in 0..20 {
+        assert_eq!(gw.get(&format!("/r{i}")).text(), "b", "route r{i}");
+    }
+    assert_eq!(
+        admin.send("GET", "/apisix/admin/routes", "").json()["total"],
+        21
+    );
+}
+
+#[test]
+fn the_file_provider_answers_reads_and_refuses_writes() {
+    let a = Backend::named("a");
+    let port = free_port();
+    let gw = Gateway::start(&format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:{port}\"\nadmin_key = \"{KEY}\"\n",
+        upstream_config(&nodes_map(&[(&a.addr(), 1)]), "")
+    ));
+    let admin = Admin::ready(port);
+    let r = admin.send("GET", "/apisix/admin/upstreams/u", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["value"]["id"], "u");
+    let r = admin.send("DELETE", "/apisix/admin/upstreams/u", "");
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("config_provider"), "{}", r.text());
+    assert_eq!(gw.get("/x").text(), "a");
+}
+
+#[test]
+fn an_admin_listener_needs_a_key() {
+    let (ok, err) = check_config("[admin]\nlisten = \"127.0.0.1:1\"\n");
+    // `check` validates the file; starting is what refuses a listener without a key.
+    assert!(ok, "{err}");
+    let dir = temp_dir("nokey");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nlisten = [\"127.0.0.1:{}\"]\ncontrol_listen = \"off\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:{}\"\n",
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["run", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("admin.admin_key"), "{stderr}");
+}
