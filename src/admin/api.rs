@@ -58,7 +58,7 @@ pub fn decide(
     }
     match req.method.as_str() {
         "GET" => Decision::Reply(match id {
-            None => list(objects, kind),
+            None => list(objects, kind, req),
             Some(id) => match objects.get(kind, id) {
                 Some(o) => AdminResponse::json(200, item(kind, id, o)),
                 None => AdminResponse::json(404, json!({"message": "Key not found"})),
@@ -114,13 +114,119 @@ fn item(kind: Kind, id: &str, o: &Object) -> Value {
     })
 }
 
-fn list(objects: &Objects, kind: Kind) -> AdminResponse {
-    let list: Vec<Value> = objects
+/// A list, filtered (`name` and `uri` as regexes, `label` as `key` or `key:value`,
+/// `filter=service_id=1`) and paged (`page` from 1, `page_size` 10 to 500) as APISIX does;
+/// `total` counts what the filters kept.
+fn list(objects: &Objects, kind: Kind, req: &AdminRequest) -> AdminResponse {
+    let regex = |name: &str| -> Result<Option<regex::Regex>, AdminResponse> {
+        match req.arg(name) {
+            None => Ok(None),
+            Some(p) => regex::Regex::new(&decode(p))
+                .map(Some)
+                .map_err(|e| AdminResponse::error(400, &format!("invalid {name} filter: {e}"))),
+        }
+    };
+    let name = match regex("name") {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let uri = match regex("uri") {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let label = req.arg("label").map(decode);
+    let filter = req.arg("filter").map(decode);
+    let keep = |v: &Value| -> bool {
+        let text = |f: &str| v.get(f).and_then(Value::as_str);
+        if let Some(re) = &name {
+            if !text("name").is_some_and(|n| re.is_match(n)) {
+                return false;
+            }
+        }
+        if let Some(re) = &uri {
+            let uris = v.get("uris").and_then(Value::as_array);
+            let any = text("uri").is_some_and(|u| re.is_match(u))
+                || uris.is_some_and(|l| l.iter().filter_map(Value::as_str).any(|u| re.is_match(u)));
+            if !any {
+                return false;
+            }
+        }
+        if let Some(l) = &label {
+            let labels = v.get("labels");
+            let ok = match l.split_once(':') {
+                Some((k, want)) => {
+                    labels.and_then(|m| m.get(k)).and_then(Value::as_str) == Some(want)
+                }
+                None => labels.and_then(|m| m.get(l.as_str())).is_some(),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if let Some((field, want)) = filter.as_deref().and_then(|f| f.split_once('=')) {
+            let have = match v.get(field) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => return false,
+            };
+            if have != want {
+                return false;
+            }
+        }
+        true
+    };
+    let all: Vec<Value> = objects
         .list(kind)
         .into_iter()
+        .filter(|(_, o)| keep(&o.value))
         .map(|(id, o)| item(kind, id, o))
         .collect();
-    AdminResponse::json(200, json!({"total": list.len(), "list": list}))
+    let total = all.len();
+    let paged = req.arg("page").is_some() || req.arg("page_size").is_some();
+    let list = if paged {
+        let page_size = match req.arg("page_size").map(str::parse::<usize>) {
+            None => 10,
+            Some(Ok(n)) if (10..=500).contains(&n) => n,
+            Some(_) => return AdminResponse::error(400, "page_size must be between 10 and 500"),
+        };
+        let page = match req.arg("page").map(str::parse::<usize>) {
+            None => 1,
+            Some(Ok(n)) if n >= 1 => n,
+            Some(_) => return AdminResponse::error(400, "page must be at least 1"),
+        };
+        all.into_iter()
+            .skip((page - 1).saturating_mul(page_size))
+            .take(page_size)
+            .collect()
+    } else {
+        all
+    };
+    AdminResponse::json(200, json!({"total": total, "list": list}))
+}
+
+/// A query argument percent-decoded (`+` is a space).
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The request body as a JSON object.

@@ -176,6 +176,9 @@ pub struct UpstreamConfig {
     pub name: Option<String>,
     #[serde(default)]
     pub desc: Option<String>,
+    /// Key-value tags (Admin API `label` filter).
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
     #[serde(default = "default_lb_type", rename = "type")]
     pub lb_type: String,
     pub nodes: NodesConfig,
@@ -274,6 +277,9 @@ pub struct ServiceConfig {
     pub name: Option<String>,
     #[serde(default)]
     pub desc: Option<String>,
+    /// Key-value tags (Admin API `label` filter).
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
     #[serde(default, deserialize_with = "opt_id")]
     pub upstream_id: Option<String>,
     #[serde(default)]
@@ -321,6 +327,9 @@ pub struct RouteConfig {
     pub name: Option<String>,
     #[serde(default)]
     pub desc: Option<String>,
+    /// Key-value tags (Admin API `label` filter); not used for matching.
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub uri: Option<String>,
     #[serde(default)]

@@ -239,7 +239,7 @@ pub fn run(path: PathBuf) -> i32 {
         health,
         prober,
     };
-    if let Err(e) = start_admin(&file.admin, admin_tx) {
+    if let Err(e) = start_admin(&file.admin, Path::new(&file.deployment.data_dir), admin_tx) {
         crate::error!("{e}");
         plane.stop(grace);
         return 1;
@@ -316,7 +316,11 @@ fn open_provider(
 
 /// Starts the Admin API listener (unless `listen = "off"`), handing requests to the control
 /// loop through `tx`.
-fn start_admin(admin: &crate::config::AdminConfig, tx: mpsc::Sender<Event>) -> Result<(), String> {
+fn start_admin(
+    admin: &crate::config::AdminConfig,
+    data_dir: &Path,
+    tx: mpsc::Sender<Event>,
+) -> Result<(), String> {
     if admin.listen == "off" {
         return Ok(());
     }
@@ -326,8 +330,14 @@ fn start_admin(admin: &crate::config::AdminConfig, tx: mpsc::Sender<Event>) -> R
             admin.listen
         )
     })?;
-    let Some(admin_key) = admin.admin_key.clone().filter(|k| !k.is_empty()) else {
-        return Err("invalid config: admin.admin_key: required when the Admin API listens (there is no default key)".into());
+    let admin_key = match admin.admin_key.clone().filter(|k| !k.is_empty()) {
+        Some(k) => k,
+        None if addr.ip().is_loopback() => generated_key(data_dir)?,
+        None => {
+            return Err(format!(
+                "invalid config: admin.admin_key: required when the Admin API listens on {addr}, beyond loopback (there is no default key)"
+            ))
+        }
     };
     let mut allow = Vec::new();
     for (i, a) in admin.allow_admin.iter().enumerate() {
@@ -352,4 +362,35 @@ fn start_admin(admin: &crate::config::AdminConfig, tx: mpsc::Sender<Event>) -> R
         .map_err(|e| format!("cannot start the Admin API: {e}"))?;
     crate::info!("Admin API listening on {addr}");
     Ok(())
+}
+
+/// The Admin API key of a loopback listener configured without one: made up on first start
+/// (128 random bits) into `data_dir/admin_key`, mode 0600, and read from there afterwards.
+fn generated_key(data_dir: &Path) -> Result<String, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("admin_key");
+    if let Ok(key) = std::fs::read_to_string(&path) {
+        let key = key.trim().to_string();
+        if !key.is_empty() {
+            return Ok(key);
+        }
+    }
+    let fail =
+        |e: std::io::Error| format!("cannot write the Admin API key to {}: {e}", path.display());
+    std::fs::create_dir_all(data_dir).map_err(fail)?;
+    let key = uuid::Uuid::new_v4().simple().to_string();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(fail)?;
+    std::io::Write::write_all(&mut f, format!("{key}\n").as_bytes()).map_err(fail)?;
+    f.sync_all().map_err(fail)?;
+    crate::info!(
+        "admin.admin_key is not set: generated one into {} (mode 0600); send it as X-API-KEY",
+        path.display()
+    );
+    Ok(key)
 }

@@ -45,9 +45,11 @@ fn check_accepts_the_shipped_config_and_names_bad_fields() {
 
 #[test]
 fn shipped_config_answers_with_its_demo_backends() {
+    // Run where its store (data/) may be created.
+    let cwd = temp_dir("shipped");
     let mut child = Command::new(bin())
         .args(["run", "-c", &repo_file("config.toml")])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(&cwd)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -73,6 +75,27 @@ fn shipped_config_answers_with_its_demo_backends() {
     assert_eq!(demo1, 6, "3:1 weights over 8 requests on one connection");
     let r = c.request("GET", "/api/x", &[("X-Env", "canary")], b"");
     assert_eq!(r.json()["backend"], "demo-2");
+
+    // APISIX's quickstart against the Admin API, with the key generated on first start.
+    let key = std::fs::read_to_string(cwd.join("data/admin_key")).expect("a generated key");
+    let mode = std::fs::metadata(cwd.join("data/admin_key"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], 9180));
+    let r = Client::connect(admin).request(
+        "PUT",
+        "/apisix/admin/routes/1",
+        &[("X-API-KEY", key.trim())],
+        br#"{"uri":"/get","upstream":{"nodes":{"127.0.0.1:9001":1}}}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = c.get("/get");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["backend"], "demo-1");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(status.success());
