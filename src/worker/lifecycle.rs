@@ -5,6 +5,7 @@
 use super::accept::Listeners;
 use super::state::{Local, Worker};
 use super::{ControlMsg, Mailbox};
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,25 +14,42 @@ use std::time::Duration;
 const TICK: Duration = Duration::from_millis(25);
 
 /// Runs a worker until shutdown completes.
-pub async fn run(worker: Rc<Worker>, listeners: Arc<Listeners>, mailbox: Arc<Mailbox>) {
+pub async fn run(
+    worker: Rc<Worker>,
+    listeners: Arc<Listeners>,
+    mailbox: Arc<Mailbox>,
+    doorbell: std::os::unix::net::UnixStream,
+) {
     super::accept::start(&worker, &listeners, worker.index);
+    let stop: Rc<Cell<Option<Duration>>> = Rc::new(Cell::new(None));
+    // io_uring reads block in the kernel, not the thread; epoll needs non-blocking sockets.
+    let bell = doorbell
+        .set_nonblocking(worker.epoll)
+        .and_then(|()| monoio::net::UnixStream::from_std(doorbell));
+    match bell {
+        Ok(bell) => {
+            monoio::spawn(answer_the_doorbell(
+                worker.clone(),
+                mailbox.clone(),
+                stop.clone(),
+                bell,
+            ));
+        }
+        Err(e) => crate::warn!(
+            "worker {}: no doorbell ({e}): config changes wait for the next tick",
+            worker.index
+        ),
+    }
 
     // Housekeeping until told to stop: control messages, log flushing, pool sweeping.
     let mut ticks = 0u32;
-    let grace = 'serve: loop {
+    let grace = loop {
         monoio::time::sleep(TICK).await;
         worker.watchdog.tick();
         worker.flush_health();
-        while let Some(msg) = mailbox.take() {
-            match msg {
-                ControlMsg::Snapshot(s) => {
-                    let version = s.version;
-                    let next = Local::new(s, Some(&worker.current()));
-                    *worker.current.borrow_mut() = Rc::new(next);
-                    mailbox.set_applied(version);
-                }
-                ControlMsg::Shutdown { grace } => break 'serve grace,
-            }
+        drain_mailbox(&worker, &mailbox, &stop);
+        if let Some(grace) = stop.get() {
+            break grace;
         }
         worker.log.flush();
         ticks = ticks.wrapping_add(1);
@@ -67,5 +85,43 @@ async fn flush_while_draining(worker: Rc<Worker>) {
         monoio::time::sleep(TICK).await;
         worker.watchdog.tick();
         worker.log.flush();
+    }
+}
+
+/// Applies what the control plane sent: a new snapshot (carried over from the current one),
+/// or the order to stop (noted in `stop` for the tick loop).
+fn drain_mailbox(worker: &Rc<Worker>, mailbox: &Mailbox, stop: &Cell<Option<Duration>>) {
+    while let Some(msg) = mailbox.take() {
+        match msg {
+            ControlMsg::Snapshot(s) => {
+                let version = s.version;
+                let next = Local::new(s, Some(&worker.current()));
+                *worker.current.borrow_mut() = Rc::new(next);
+                mailbox.set_applied(version);
+            }
+            ControlMsg::Shutdown { grace } => stop.set(Some(grace)),
+        }
+    }
+}
+
+/// Drains the mailbox as soon as the control plane rings (see `mailbox.rs`).
+async fn answer_the_doorbell(
+    worker: Rc<Worker>,
+    mailbox: Arc<Mailbox>,
+    stop: Rc<Cell<Option<Duration>>>,
+    mut bell: monoio::net::UnixStream,
+) {
+    use monoio::io::AsyncReadRent;
+    let mut buf = vec![0u8; 64];
+    loop {
+        let (read, b) = bell.read(buf).await;
+        buf = b;
+        match read {
+            Ok(0) | Err(_) => return,
+            Ok(_) => drain_mailbox(&worker, &mailbox, &stop),
+        }
+        if stop.get().is_some() {
+            return;
+        }
     }
 }

@@ -52,7 +52,8 @@ pub struct WorkerSpec {
 
 /// Starts a worker thread.
 pub fn spawn(spec: WorkerSpec) -> std::io::Result<WorkerHandle> {
-    let mailbox = Arc::new(Mailbox::default());
+    let (mailbox, doorbell) = Mailbox::new()?;
+    let mailbox = Arc::new(mailbox);
     mailbox.set_applied(spec.snapshot.version);
     let inbox = mailbox.clone();
     let log = AccessLog::open(&spec.access_log)?;
@@ -80,7 +81,7 @@ pub fn spawn(spec: WorkerSpec) -> std::io::Result<WorkerHandle> {
                     log,
                     spec.passive,
                 ));
-                lifecycle::run(worker, spec.listeners, inbox).await;
+                lifecycle::run(worker, spec.listeners, inbox, doorbell).await;
             });
         })?;
     Ok(WorkerHandle { mailbox, thread })

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Admin API change-to-served latency, and traffic while changes stream in (issue #10).
+#
+#   benches/admin-latency.sh [--changes 200] [--workers 2] [--duration 30] [--rate 100]
+#
+# 1. CHANGES route changes through the Admin API (store provider), one after another: the
+#    time from sending each PUT to its 2xx, which Shardgate sends only once every worker
+#    serves the change; then a request through the gateway on a new connection must reach
+#    the changed route's upstream (counted as a miss otherwise). Prints p50 / p99 / max.
+# 2. sg-load (64 connections) for DURATION s on a route that is not changed, once alone and
+#    once while RATE route/upstream changes per second are made: failed requests and p99.
+#
+# Layout: the gateway's workers on CPUs 0..WORKERS-1 (unpinned when the machine has fewer),
+# backends and load on the last CPU. Loopback only; needs `cargo build --release --bins`.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN=${SG_BIN_DIR:-$ROOT/target/release}
+CHANGES=200 WORKERS=2 DURATION=30 RATE=100
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --changes) CHANGES=$2; shift 2 ;;
+        --workers) WORKERS=$2; shift 2 ;;
+        --duration) DURATION=$2; shift 2 ;;
+        --rate) RATE=$2; shift 2 ;;
+        -h|--help) sed -n 2,16p "$0"; exit 0 ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+GW_PORT=${SG_BENCH_SHARDGATE_PORT:-18590}
+ADMIN_PORT=${SG_BENCH_ADMIN_PORT:-18591}
+BE1=${SG_BENCH_BACKEND_PORT:-18581}
+BE2=$((BE1 + 1))
+LAST=$(($(nproc) - 1))
+TMP=$(mktemp -d /tmp/sg-admin-latency.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+trap cleanup EXIT
+KEY=bench-admin-key
+
+taskset -c "$LAST" "$BIN/sg-backend" --listen "127.0.0.1:$BE1" --size 64 2>/dev/null &
+PIDS+=($!)
+taskset -c "$LAST" "$BIN/sg-backend" --listen "127.0.0.1:$BE2" --size 128 2>/dev/null &
+PIDS+=($!)
+cat > "$TMP/gw.toml" <<EOT
+[gateway]
+listen = ["127.0.0.1:$GW_PORT"]
+workers = $WORKERS
+pin_cores = false
+access_log = "off"
+watch_config = false
+control_listen = "off"
+[deployment]
+config_provider = "store"
+data_dir = "$TMP/data"
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+admin_key = "$KEY"
+[[upstreams]]
+id = "steady"
+nodes = { "127.0.0.1:$BE1" = 1 }
+keepalive_pool = { size = 320, idle_timeout = 60, requests = 100000 }
+[[routes]]
+id = "steady"
+uri = "/steady"
+upstream_id = "steady"
+EOT
+"$BIN/shardgate" run -c "$TMP/gw.toml" 2>"$TMP/gw.log" &
+GW=$!
+PIDS+=("$GW")
+for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$ADMIN_PORT") 2>/dev/null && break
+    sleep 0.05
+done
+
+echo "## Change to served: $CHANGES route changes, $WORKERS workers, store provider"
+taskset -c "$LAST" python3 - "$ADMIN_PORT" "$GW_PORT" "$KEY" "$CHANGES" "$BE1" "$BE2" <<'PY'
+import http.client, json, sys, time
+admin, gw, key, n, be1, be2 = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6]
+a = http.client.HTTPConnection("127.0.0.1", int(admin))
+times, misses = [], 0
+for i in range(n):
+    be, size = (be1, 64) if i % 2 == 0 else (be2, 128)
+    body = json.dumps({"uri": "/changing", "upstream": {"nodes": {f"127.0.0.1:{be}": 1}}})
+    t0 = time.perf_counter()
+    a.request("PUT", "/apisix/admin/routes/changing", body, {"X-API-KEY": key})
+    r = a.getresponse(); r.read()
+    times.append((time.perf_counter() - t0) * 1e3)
+    assert r.status in (200, 201), r.status
+    g = http.client.HTTPConnection("127.0.0.1", int(gw))
+    g.request("GET", "/changing"); gr = g.getresponse()
+    if len(gr.read()) != size:
+        misses += 1
+    g.close()
+times.sort()
+q = lambda p: times[min(len(times) - 1, int(p * len(times)))]
+print(f"| changes | p50 ms | p99 ms | max ms | served right after the 2xx |")
+print(f"|---:|---:|---:|---:|---:|")
+print(f"| {n} | {q(0.5):.2f} | {q(0.99):.2f} | {times[-1]:.2f} | {n - misses}/{n} |")
+PY
+
+echo
+echo "## Traffic on an unchanged route, ${DURATION}s, 64 connections: alone, then with $RATE changes/s"
+run_load() {
+    taskset -c "$LAST" "$BIN/sg-load" --url "http://127.0.0.1:$GW_PORT/steady" -c 64 \
+        -d "$DURATION" --quiet --json "$TMP/$1.json" > /dev/null
+}
+run_load alone
+taskset -c "$LAST" python3 - "$ADMIN_PORT" "$KEY" "$RATE" "$DURATION" "$BE1" "$BE2" > "$TMP/changes.txt" <<'PY' &
+import http.client, json, sys, time
+admin, key, rate, duration, be1, be2 = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6]
+a = http.client.HTTPConnection("127.0.0.1", int(admin))
+start, i, failed = time.perf_counter(), 0, 0
+while time.perf_counter() - start < duration:
+    target = start + i / rate
+    now = time.perf_counter()
+    if target > now:
+        time.sleep(target - now)
+    be = be1 if i % 2 == 0 else be2
+    kind = "routes" if i % 2 == 0 else "upstreams"
+    if kind == "routes":
+        body = {"uri": f"/churn/{i % 50}", "upstream": {"nodes": {f"127.0.0.1:{be}": 1}}}
+    else:
+        body = {"nodes": {f"127.0.0.1:{be}": 1}}
+    a.request("PUT", f"/apisix/admin/{kind}/churn{i % 50}", json.dumps(body), {"X-API-KEY": key})
+    r = a.getresponse(); r.read()
+    failed += r.status not in (200, 201)
+    i += 1
+print(i, failed)
+PY
+CHURN=$!
+run_load churn
+wait "$CHURN"
+read -r MADE FAILED_CHANGES < "$TMP/changes.txt"
+python3 - "$TMP/alone.json" "$TMP/churn.json" "$MADE" "$FAILED_CHANGES" "$DURATION" <<'PY'
+import json, sys
+alone, churn = (json.load(open(p)) for p in sys.argv[1:3])
+made, failed, duration = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+print("| run | req/s | p50 / p99 / p99.9 µs | failed requests | changes made |")
+print("|---|---:|---:|---:|---:|")
+for name, d, changes in (("no changes", alone, "-"), ("changes streaming in", churn, f"{made} ({made / duration:.0f}/s, {failed} refused)")):
+    print(f"| {name} | {d['rps']:,.0f} | {d['p50_us']:,.0f} / {d['p99_us']:,.0f} / {d['p999_us']:,.0f} | {d['errors']} | {changes} |")
+PY
