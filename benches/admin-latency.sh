@@ -7,8 +7,9 @@
 #    time from sending each PUT to its 2xx, which Shardgate sends only once every worker
 #    serves the change; then a request through the gateway on a new connection must reach
 #    the changed route's upstream (counted as a miss otherwise). Prints p50 / p99 / max.
-# 2. sg-load (64 connections) for DURATION s on a route that is not changed, once alone and
-#    once while RATE route/upstream changes per second are made: failed requests and p99.
+# 2. sg-load (64 connections) for DURATION s on a route that is not changed: once alone, once
+#    while the change script only reads (RATE GETs per second: its own CPU, without changes),
+#    and once while it makes RATE route/upstream changes per second. Failed requests and p99.
 #
 # Layout: the gateway's workers on CPUs 0..WORKERS-1 (unpinned when the machine has fewer),
 # backends and load on the last CPU. Loopback only; needs `cargo build --release --bins`.
@@ -105,9 +106,11 @@ run_load() {
         -d "$DURATION" --quiet --json "$TMP/$1.json" > /dev/null
 }
 run_load alone
-taskset -c "$LAST" python3 - "$ADMIN_PORT" "$KEY" "$RATE" "$DURATION" "$BE1" "$BE2" > "$TMP/changes.txt" <<'PY' &
+# churn MODE OUT: RATE admin requests per second for DURATION s; MODE "read" GETs, "write" PUTs.
+churn() {
+    taskset -c "$LAST" python3 - "$ADMIN_PORT" "$KEY" "$RATE" "$DURATION" "$BE1" "$BE2" "$1" > "$2" <<'PY'
 import http.client, json, sys, time
-admin, key, rate, duration, be1, be2 = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6]
+admin, key, rate, duration, be1, be2, mode = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6], sys.argv[7]
 a = http.client.HTTPConnection("127.0.0.1", int(admin))
 start, i, failed = time.perf_counter(), 0, 0
 while time.perf_counter() - start < duration:
@@ -121,22 +124,31 @@ while time.perf_counter() - start < duration:
         body = {"uri": f"/churn/{i % 50}", "upstream": {"nodes": {f"127.0.0.1:{be}": 1}}}
     else:
         body = {"nodes": {f"127.0.0.1:{be}": 1}}
-    a.request("PUT", f"/apisix/admin/{kind}/churn{i % 50}", json.dumps(body), {"X-API-KEY": key})
+    if mode == "write":
+        a.request("PUT", f"/apisix/admin/{kind}/churn{i % 50}", json.dumps(body), {"X-API-KEY": key})
+    else:
+        a.request("GET", f"/apisix/admin/{kind}", headers={"X-API-KEY": key})
     r = a.getresponse(); r.read()
     failed += r.status not in (200, 201)
     i += 1
 print(i, failed)
 PY
+}
+churn read "$TMP/reads.txt" &
+CHURN=$!
+run_load reads
+wait "$CHURN"
+churn write "$TMP/changes.txt" &
 CHURN=$!
 run_load churn
 wait "$CHURN"
 read -r MADE FAILED_CHANGES < "$TMP/changes.txt"
-python3 - "$TMP/alone.json" "$TMP/churn.json" "$MADE" "$FAILED_CHANGES" "$DURATION" <<'PY'
+python3 - "$TMP/alone.json" "$TMP/reads.json" "$TMP/churn.json" "$MADE" "$FAILED_CHANGES" "$DURATION" <<'PY'
 import json, sys
-alone, churn = (json.load(open(p)) for p in sys.argv[1:3])
-made, failed, duration = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+alone, reads, churn = (json.load(open(p)) for p in sys.argv[1:4])
+made, failed, duration = int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
 print("| run | req/s | p50 / p99 / p99.9 µs | failed requests | changes made |")
 print("|---|---:|---:|---:|---:|")
-for name, d, changes in (("no changes", alone, "-"), ("changes streaming in", churn, f"{made} ({made / duration:.0f}/s, {failed} refused)")):
+for name, d, changes in (("no changes", alone, "-"), ("admin reads, no changes", reads, "-"), ("changes streaming in", churn, f"{made} ({made / duration:.0f}/s, {failed} refused)")):
     print(f"| {name} | {d['rps']:,.0f} | {d['p50_us']:,.0f} / {d['p99_us']:,.0f} / {d['p999_us']:,.0f} | {d['errors']} | {changes} |")
 PY
