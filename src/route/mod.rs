@@ -213,11 +213,15 @@ impl PathIndex {
     }
 }
 
-/// All routes of one config snapshot, indexed for matching.
+/// All routes of one config snapshot, indexed for matching: routes for exact hosts by host
+/// (a request only looks at its own host's routes, however many hosts there are), then
+/// routes for wildcard hosts, then routes for any host, as APISIX's `radixtree_host_uri`
+/// tries the host first.
 #[derive(Debug, Default)]
 pub struct Router {
     routes: Vec<Route>,
-    with_hosts: PathIndex,
+    by_host: HashMap<Box<[u8]>, PathIndex, FoldHash>,
+    wildcard_hosts: PathIndex,
     without_hosts: PathIndex,
 }
 
@@ -232,23 +236,38 @@ impl Router {
             r.index = i;
         }
         for (i, paths) in uris.iter().enumerate() {
-            let index = if router.routes[i].hosts.is_empty() {
-                &mut router.without_hosts
-            } else {
-                &mut router.with_hosts
-            };
-            for p in paths {
-                index.insert(p, i as u32);
+            let route = &router.routes[i];
+            if route.hosts.is_empty() {
+                for p in paths {
+                    router.without_hosts.insert(p, i as u32);
+                }
+                continue;
+            }
+            for h in &route.hosts {
+                let index = match h {
+                    HostPattern::Exact(host) => {
+                        router.by_host.entry(host.as_bytes().into()).or_default()
+                    }
+                    HostPattern::Suffix(_) => &mut router.wildcard_hosts,
+                };
+                for p in paths {
+                    index.insert(p, i as u32);
+                }
             }
         }
-        router.with_hosts.finish(&router.routes);
+        for index in router.by_host.values_mut() {
+            index.finish(&router.routes);
+        }
+        router.wildcard_hosts.finish(&router.routes);
         router.without_hosts.finish(&router.routes);
         router
     }
 
     pub fn find(&self, input: &MatchInput<'_>) -> Option<&Route> {
-        self.with_hosts
-            .find(&self.routes, input)
+        self.by_host
+            .get(input.host)
+            .and_then(|index| index.find(&self.routes, input))
+            .or_else(|| self.wildcard_hosts.find(&self.routes, input))
             .or_else(|| self.without_hosts.find(&self.routes, input))
             .map(|i| &self.routes[i as usize])
     }
@@ -335,6 +354,32 @@ mod tests {
         assert_eq!(find(&r, "/api/v1", "x.example.org", "GET"), Some("hosted"));
         assert_eq!(find(&r, "/api", "a.com", "GET"), None);
         assert_eq!(find(&r, "/other", "example.org", "GET"), None);
+    }
+
+    #[test]
+    fn hosts_first_exact_then_wildcard_then_any() {
+        let mut routes = vec![
+            route("any", &[], &[], 0),
+            route("wild", &["*.example.org"], &[], 0),
+            route("exact", &["api.example.org", "API2.example.org"], &[], 0),
+        ];
+        let mut uris: Vec<Vec<String>> = vec![
+            vec!["/a/b/*".into()],
+            vec!["/a/*".into()],
+            vec!["/*".into()],
+        ];
+        // Many other hosts: a request only looks at its own host's routes.
+        for i in 0..1000 {
+            routes.push(route(&format!("h{i}"), &[&format!("h{i}.test")], &[], 0));
+            uris.push(vec!["/*".into()]);
+        }
+        let r = Router::new(routes, uris);
+        assert_eq!(find(&r, "/a/b/c", "api.example.org", "GET"), Some("exact"));
+        assert_eq!(find(&r, "/a/b/c", "api2.example.org", "GET"), Some("exact"));
+        assert_eq!(find(&r, "/a/b/c", "www.example.org", "GET"), Some("wild"));
+        assert_eq!(find(&r, "/a/b/c", "other.test", "GET"), Some("any"));
+        assert_eq!(find(&r, "/x", "h999.test", "GET"), Some("h999"));
+        assert_eq!(find(&r, "/x", "other.test", "GET"), None);
     }
 
     #[test]
