@@ -11,10 +11,12 @@ use crate::config::{
     ConfigError, GlobalRuleConfig, PluginConfigConfig, RouteConfig, ServiceConfig, UpstreamConfig,
 };
 use crate::resources::Resources;
-use serde_json::{Map, Value};
+use serde::Serialize;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The kinds of object the store holds, by their Admin API path segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -62,13 +64,29 @@ impl Kind {
     }
 }
 
-/// One stored object.
+/// One stored object. Its JSON is shared (`Arc`): a change copies the store's maps, not the
+/// objects in them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Object {
-    /// APISIX's JSON, with `id`, `create_time` and `update_time`.
-    pub value: Value,
+    /// APISIX's JSON as given, with its `id` (the times are kept beside it, so the compiler
+    /// reads the object as it is, without a copy).
+    pub value: Arc<Value>,
+    pub create_time: i64,
+    pub update_time: i64,
     pub created_index: u64,
     pub modified_index: u64,
+}
+
+impl Object {
+    /// The object as the Admin API shows it: with `create_time` and `update_time`.
+    pub fn shown(&self) -> Value {
+        let mut v = (*self.value).clone();
+        if let Value::Object(obj) = &mut v {
+            obj.insert("create_time".into(), self.create_time.into());
+            obj.insert("update_time".into(), self.update_time.into());
+        }
+        v
+    }
 }
 
 /// Every object, and the revision of the last change.
@@ -103,22 +121,20 @@ impl Objects {
         let revision = self.revision;
         let map = self.kinds.entry(kind).or_default();
         let previous = map.get(id);
-        let created = previous.map_or(now, |o| {
-            o.value
-                .get("create_time")
-                .and_then(Value::as_i64)
-                .unwrap_or(now)
-        });
+        let create_time = previous.map_or(now, |o| o.create_time);
         let created_index = previous.map_or(revision, |o| o.created_index);
         if let Value::Object(obj) = &mut value {
             obj.insert("id".into(), Value::String(id.into()));
-            obj.insert("create_time".into(), created.into());
-            obj.insert("update_time".into(), now.into());
+            // The store's to set, whatever a client sends.
+            obj.remove("create_time");
+            obj.remove("update_time");
         }
         map.insert(
             id.to_string(),
             Object {
-                value,
+                value: Arc::new(value),
+                create_time,
+                update_time: now,
                 created_index,
                 modified_index: revision,
             },
@@ -154,7 +170,7 @@ impl Objects {
         self.list(kind)
             .into_iter()
             .map(|(id, o)| {
-                serde_json::from_value(without_times(&o.value)).map_err(|e| {
+                T::deserialize(&*o.value).map_err(|e| {
                     ConfigError::invalid(format!("{} (id \"{id}\")", kind.name()), e.to_string())
                 })
             })
@@ -188,29 +204,6 @@ impl Objects {
         Ok(objects)
     }
 
-    /// The store file's JSON.
-    fn to_file(&self) -> Value {
-        let mut kinds = Map::new();
-        for (kind, map) in &self.kinds {
-            let list: Vec<Value> = map
-                .values()
-                .map(|o| {
-                    serde_json::json!({
-                        "value": o.value,
-                        "createdIndex": o.created_index,
-                        "modifiedIndex": o.modified_index,
-                    })
-                })
-                .collect();
-            kinds.insert(kind.name().into(), Value::Array(list));
-        }
-        serde_json::json!({
-            "revision": self.revision,
-            "last_generated": self.last_generated,
-            "objects": kinds,
-        })
-    }
-
     fn from_file(v: &Value) -> Option<Objects> {
         let mut objects = Objects {
             revision: v.get("revision")?.as_u64()?,
@@ -226,7 +219,9 @@ impl Objects {
                 map.insert(
                     id,
                     Object {
-                        value,
+                        value: Arc::new(value),
+                        create_time: item.get("create_time")?.as_i64()?,
+                        update_time: item.get("update_time")?.as_i64()?,
                         created_index: item.get("createdIndex")?.as_u64()?,
                         modified_index: item.get("modifiedIndex")?.as_u64()?,
                     },
@@ -237,14 +232,49 @@ impl Objects {
     }
 }
 
-/// `value` without the fields the store adds (the typed model does not know them).
-pub fn without_times(value: &Value) -> Value {
-    let mut v = value.clone();
-    if let Value::Object(obj) = &mut v {
-        obj.remove("create_time");
-        obj.remove("update_time");
+/// The store file, written straight from the objects (no intermediate JSON tree).
+#[derive(Serialize)]
+struct FileOut<'a> {
+    revision: u64,
+    last_generated: u64,
+    objects: BTreeMap<&'static str, Vec<ItemOut<'a>>>,
+}
+
+#[derive(Serialize)]
+struct ItemOut<'a> {
+    value: &'a Value,
+    create_time: i64,
+    update_time: i64,
+    #[serde(rename = "createdIndex")]
+    created_index: u64,
+    #[serde(rename = "modifiedIndex")]
+    modified_index: u64,
+}
+
+impl Objects {
+    fn to_file(&self) -> FileOut<'_> {
+        FileOut {
+            revision: self.revision,
+            last_generated: self.last_generated,
+            objects: self
+                .kinds
+                .iter()
+                .map(|(kind, map)| {
+                    let items = map
+                        .values()
+                        .map(|o| ItemOut {
+                            value: &o.value,
+                            create_time: o.create_time,
+                            update_time: o.update_time,
+                            created_index: o.created_index,
+                            modified_index: o.modified_index,
+                        })
+                        .collect();
+                    (kind.name(), items)
+                })
+                .collect(),
+        }
     }
-    v
 }
 
 /// The durable copy of the objects under `data_dir`.

@@ -108,7 +108,7 @@ fn key(kind: Kind, id: &str) -> String {
 fn item(kind: Kind, id: &str, o: &Object) -> Value {
     json!({
         "key": key(kind, id),
-        "value": o.value,
+        "value": o.shown(),
         "createdIndex": o.created_index,
         "modifiedIndex": o.modified_index,
     })
@@ -262,9 +262,7 @@ fn body_id(v: &Value) -> Option<String> {
 }
 
 fn stored(kind: Kind, id: &str, objects: &Objects, status: u16) -> AdminResponse {
-    let value = objects
-        .get(kind, id)
-        .map_or(Value::Null, |o| o.value.clone());
+    let value = objects.get(kind, id).map_or(Value::Null, Object::shown);
     AdminResponse::json(status, json!({"key": key(kind, id), "value": value}))
 }
 
@@ -338,7 +336,7 @@ fn patch(
     }
     let patch: Value = serde_json::from_slice(&req.body)
         .map_err(|e| AdminResponse::error(400, &format!("invalid request body: {e}")))?;
-    let mut value = current.value.clone();
+    let mut value = (*current.value).clone();
     if sub.is_empty() {
         if !patch.is_object() {
             return Err(AdminResponse::error(
