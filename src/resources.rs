@@ -11,8 +11,9 @@
 //! store only after it compiled: the store always holds what the workers serve.
 
 use crate::config::{
-    AdminConfig, Config, ConfigError, DemoConfig, DeploymentConfig, GatewayConfig,
-    GlobalRuleConfig, PluginConfigConfig, RouteConfig, ServiceConfig, UpstreamConfig,
+    AdminConfig, Config, ConfigError, ConsumerConfig, CredentialConfig, DemoConfig,
+    DeploymentConfig, GatewayConfig, GlobalRuleConfig, PluginConfigConfig, RouteConfig,
+    ServiceConfig, UpstreamConfig,
 };
 use crate::store::Kind;
 use std::collections::BTreeMap;
@@ -27,6 +28,8 @@ pub struct Resources {
     pub routes: Vec<RouteConfig>,
     pub global_rules: Vec<GlobalRuleConfig>,
     pub plugin_configs: Vec<PluginConfigConfig>,
+    pub consumers: Vec<ConsumerConfig>,
+    pub credentials: Vec<CredentialConfig>,
 }
 
 /// What the file provider reads from `config.toml`.
@@ -77,6 +80,8 @@ impl Config {
                 routes: self.routes,
                 global_rules: self.global_rules,
                 plugin_configs: self.plugin_configs,
+                consumers: self.consumers,
+                credentials: self.credentials,
             }),
             values: BTreeMap::new(),
             demo: self.demo,

@@ -8,7 +8,8 @@
 //! mix, and a change is acknowledged only once its file is durable.
 
 use crate::config::{
-    ConfigError, GlobalRuleConfig, PluginConfigConfig, RouteConfig, ServiceConfig, UpstreamConfig,
+    ConfigError, ConsumerConfig, CredentialConfig, GlobalRuleConfig, PluginConfigConfig,
+    RouteConfig, ServiceConfig, UpstreamConfig,
 };
 use crate::resources::Resources;
 use serde::Serialize;
@@ -26,15 +27,20 @@ pub enum Kind {
     Upstreams,
     GlobalRules,
     PluginConfigs,
+    Consumers,
+    /// Keyed `{username}/credentials/{id}`, under `/apisix/consumers/`.
+    Credentials,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Routes,
         Kind::Services,
         Kind::Upstreams,
         Kind::GlobalRules,
         Kind::PluginConfigs,
+        Kind::Consumers,
+        Kind::Credentials,
     ];
 
     /// The path segment (`routes`), also the key prefix (`/apisix/routes/1`).
@@ -45,6 +51,17 @@ impl Kind {
             Kind::Upstreams => "upstreams",
             Kind::GlobalRules => "global_rules",
             Kind::PluginConfigs => "plugin_configs",
+            Kind::Consumers => "consumers",
+            Kind::Credentials => "credentials",
+        }
+    }
+
+    /// The key prefix: credentials live under their consumers
+    /// (`/apisix/consumers/jack/credentials/1`).
+    pub fn key_prefix(self) -> &'static str {
+        match self {
+            Kind::Credentials => "consumers",
+            other => other.name(),
         }
     }
 
@@ -56,6 +73,8 @@ impl Kind {
             Kind::Upstreams => "upstream",
             Kind::GlobalRules => "global rule",
             Kind::PluginConfigs => "plugin config",
+            Kind::Consumers => "consumer",
+            Kind::Credentials => "credential",
         }
     }
 
@@ -163,6 +182,8 @@ impl Objects {
             routes: self.typed::<RouteConfig>(Kind::Routes)?,
             global_rules: self.typed::<GlobalRuleConfig>(Kind::GlobalRules)?,
             plugin_configs: self.typed::<PluginConfigConfig>(Kind::PluginConfigs)?,
+            consumers: self.typed::<ConsumerConfig>(Kind::Consumers)?,
+            credentials: self.typed::<CredentialConfig>(Kind::Credentials)?,
         })
     }
 
@@ -187,10 +208,18 @@ impl Objects {
         let mut objects = Objects::default();
         for (&kind, list) in values {
             for (i, v) in list.iter().enumerate() {
-                let id = match v.get("id") {
-                    Some(Value::String(s)) => s.clone(),
-                    Some(Value::Number(n)) => n.to_string(),
-                    _ if kind == Kind::Routes => format!("arr_{}", i + 1),
+                let text = |f: &str| v.get(f).and_then(Value::as_str);
+                let id = match (kind, v.get("id")) {
+                    // Consumers are keyed by username; credentials under their consumer.
+                    (Kind::Consumers, _) if text("username").is_some() => {
+                        text("username").unwrap_or_default().to_string()
+                    }
+                    (Kind::Credentials, Some(Value::String(s))) if text("consumer").is_some() => {
+                        format!("{}/credentials/{s}", text("consumer").unwrap_or_default())
+                    }
+                    (_, Some(Value::String(s))) => s.clone(),
+                    (_, Some(Value::Number(n))) => n.to_string(),
+                    (Kind::Routes, _) => format!("arr_{}", i + 1),
                     _ => {
                         return Err(ConfigError::invalid(
                             format!("{}[{i}]", kind.name()),

@@ -46,6 +46,17 @@ pub fn decide(
             &format!("Unsupported resource type: {}", segments[0]),
         ));
     };
+    if kind == Kind::Credentials {
+        return Decision::Reply(AdminResponse::error(
+            404,
+            "Unsupported resource type: credentials",
+        ));
+    }
+    if kind == Kind::Consumers {
+        if let Some(decision) = super::consumers::decide(objects, req, &segments, writable, now) {
+            return decision;
+        }
+    }
     let id = segments.get(1).copied().filter(|s| !s.is_empty());
     let sub = &segments[2.min(segments.len())..];
     if let Some(id) = id {
@@ -94,18 +105,18 @@ pub fn decide(
 
 type Changed = Result<(Objects, AdminResponse), AdminResponse>;
 
-fn valid_id(id: &str) -> bool {
+pub(super) fn valid_id(id: &str) -> bool {
     id.len() <= 64
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-fn key(kind: Kind, id: &str) -> String {
-    format!("/apisix/{}/{id}", kind.name())
+pub(super) fn key(kind: Kind, id: &str) -> String {
+    format!("/apisix/{}/{id}", kind.key_prefix())
 }
 
-fn item(kind: Kind, id: &str, o: &Object) -> Value {
+pub(super) fn item(kind: Kind, id: &str, o: &Object) -> Value {
     json!({
         "key": key(kind, id),
         "value": o.shown(),
@@ -230,7 +241,7 @@ fn decode(s: &str) -> String {
 }
 
 /// The request body as a JSON object.
-fn body(req: &AdminRequest) -> Result<Value, AdminResponse> {
+pub(super) fn body(req: &AdminRequest) -> Result<Value, AdminResponse> {
     if req.body.is_empty() {
         return Err(AdminResponse::error(400, "missing configurations"));
     }
@@ -261,7 +272,7 @@ fn body_id(v: &Value) -> Option<String> {
     }
 }
 
-fn stored(kind: Kind, id: &str, objects: &Objects, status: u16) -> AdminResponse {
+pub(super) fn stored(kind: Kind, id: &str, objects: &Objects, status: u16) -> AdminResponse {
     let value = objects.get(kind, id).map_or(Value::Null, Object::shown);
     AdminResponse::json(status, json!({"key": key(kind, id), "value": value}))
 }

@@ -19,6 +19,11 @@ pub struct Config {
     /// Reusable plugin sets, bound to routes by `plugin_config_id` (APISIX `plugin_configs`).
     #[serde(default)]
     pub plugin_configs: Vec<PluginConfigConfig>,
+    /// API users (APISIX `consumers`), and their credentials.
+    #[serde(default)]
+    pub consumers: Vec<ConsumerConfig>,
+    #[serde(default)]
+    pub credentials: Vec<CredentialConfig>,
     /// Built-in demo backends, so the shipped config answers without any other server.
     #[serde(default)]
     pub demo: Option<DemoConfig>,
@@ -315,6 +320,43 @@ pub struct PluginConfigConfig {
     pub labels: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub plugins: Plugins,
+}
+
+/// A consumer: an API user that authentication plugins identify (APISIX `consumers`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    pub username: String,
+    #[serde(default, deserialize_with = "opt_id")]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub desc: Option<String>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "opt_id")]
+    pub group_id: Option<String>,
+    #[serde(default)]
+    pub plugins: Option<Plugins>,
+}
+
+/// One credential of a consumer (APISIX 3 `consumers/{username}/credentials/{id}`): the
+/// configuration of one authentication plugin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// `{username}/credentials/{id}` in the store; in `config.toml`, the credential's id with
+    /// `consumer` naming its consumer.
+    pub id: String,
+    #[serde(default)]
+    pub consumer: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub desc: Option<String>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub plugins: Option<Plugins>,
 }
 
 /// A route: what to match and where to send it.

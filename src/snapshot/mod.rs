@@ -8,6 +8,7 @@
 //! what they take from services (`routes.rs`), plugins (`plugins.rs`); this file puts them
 //! together in dependency order.
 
+mod consumers;
 mod gateway;
 mod plugins;
 mod routes;
@@ -212,6 +213,15 @@ impl Snapshot {
                 ));
             }
         }
+
+        consumers::check_consumers(
+            &config.consumers,
+            &config.credentials,
+            &upstream_ids,
+            names,
+            &mut upstreams,
+            &mut registry,
+        )?;
 
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut uris = Vec::with_capacity(config.routes.len());

@@ -188,6 +188,80 @@ fn lists_filter_and_page() {
 }
 
 #[test]
+fn consumers_and_their_credentials() {
+    let dir = temp_dir("store");
+    let (_gw, admin) = gateway(&dir, "");
+    let r = admin.send(
+        "PUT",
+        "/apisix/admin/consumers",
+        r#"{"username":"jack","desc":"a user"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["key"], "/apisix/consumers/jack");
+    let r = admin.send(
+        "PUT",
+        "/apisix/admin/consumers/jack",
+        r#"{"username":"jack","labels":{"team":"a"}}"#,
+    );
+    assert_eq!(r.status, 200);
+    let r = admin.send(
+        "PUT",
+        "/apisix/admin/consumers/jack",
+        r#"{"username":"jill"}"#,
+    );
+    assert_eq!(r.json()["error_msg"], "wrong username");
+    let r = admin.send(
+        "PUT",
+        "/apisix/admin/consumers",
+        r#"{"username":"bad name"}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("username"), "{}", r.text());
+    let r = admin.send("POST", "/apisix/admin/consumers", r#"{"username":"x"}"#);
+    assert_eq!(r.status, 405);
+    assert_eq!(
+        r.json()["error_msg"],
+        "not supported `POST` method for consumer"
+    );
+
+    let r = admin.send(
+        "PUT",
+        "/apisix/admin/consumers/jack/credentials/c1",
+        r#"{"desc":"first"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["key"], "/apisix/consumers/jack/credentials/c1");
+    let r = admin.send("GET", "/apisix/admin/consumers/jack/credentials", "");
+    assert_eq!(r.json()["total"], 1);
+    // No authentication plugin exists yet (issue #12): a credential can only carry one.
+    let r = admin.send(
+        "PUT",
+        "/apisix/admin/consumers/jack/credentials/c2",
+        r#"{"plugins":{"proxy-rewrite":{"uri":"/x"}}}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text().contains("only supports auth type plugins"),
+        "{}",
+        r.text()
+    );
+    let r = admin.send("PUT", "/apisix/admin/consumers/nobody/credentials/c1", "{}");
+    assert_eq!(r.status, 404);
+    // Deleting the consumer deletes its credentials.
+    let r = admin.send("DELETE", "/apisix/admin/consumers/jack", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["key"], "/apisix/consumers/jack");
+    assert_eq!(
+        admin.send("GET", "/apisix/admin/consumers", "").json()["total"],
+        0
+    );
+    let r = admin.send("PUT", "/apisix/admin/consumers", r#"{"username":"jack"}"#);
+    assert_eq!(r.status, 201);
+    let r = admin.send("GET", "/apisix/admin/consumers/jack/credentials", "");
+    assert_eq!(r.json()["total"], 0);
+}
+
+#[test]
 fn access_is_checked_as_apisix_does() {
     let dir = temp_dir("store");
     let (_gw, admin) = gateway(&dir, "");

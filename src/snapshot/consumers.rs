@@ -1,0 +1,92 @@
+//! Consumers and their credentials: checked and their plugins built, so an invalid one never
+//! reaches the data plane. Authentication plugins (issue #12) will look consumers up by
+//! credential; until then a consumer is stored and validated, and identifies no request.
+
+use super::plugins::build_plugins;
+use super::{object_name, Result};
+use crate::config::{ConfigError, ConsumerConfig, CredentialConfig};
+use crate::dns::Names;
+use crate::plugin::Registry;
+use crate::upstream::UpstreamSpec;
+use std::collections::{HashMap, HashSet};
+
+/// Checks every consumer and credential; builds consumers' plugins into `registry`.
+pub(super) fn check_consumers(
+    consumers: &[ConsumerConfig],
+    credentials: &[CredentialConfig],
+    upstream_ids: &HashMap<&str, usize>,
+    names: &Names,
+    upstreams: &mut Vec<UpstreamSpec>,
+    registry: &mut Registry,
+) -> Result<()> {
+    let mut usernames = HashSet::new();
+    for (i, c) in consumers.iter().enumerate() {
+        let name = object_name("consumers", i, Some(&c.username));
+        let valid = !c.username.is_empty()
+            && c.username.len() <= 100
+            && c.username
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(ConfigError::invalid(
+                format!("{name}.username"),
+                format!(
+                    "failed to match pattern \"^[a-zA-Z0-9_\\\\-]+$\" with \"{}\"",
+                    c.username
+                ),
+            ));
+        }
+        if !usernames.insert(c.username.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("{name}.username"),
+                "duplicate consumer username",
+            ));
+        }
+        if let Some(plugins) = &c.plugins {
+            build_plugins(
+                &name,
+                &format!("consumers/{}", c.username),
+                plugins,
+                upstream_ids,
+                names,
+                upstreams,
+                registry,
+            )?;
+        }
+    }
+    for (i, cred) in credentials.iter().enumerate() {
+        let name = object_name("credentials", i, Some(&cred.id));
+        let consumer = match (&cred.consumer, cred.id.split_once("/credentials/")) {
+            (Some(c), _) => c.as_str(),
+            (None, Some((c, _))) => c,
+            (None, None) => {
+                return Err(ConfigError::invalid(
+                    format!("{name}.consumer"),
+                    "missing: a credential belongs to a consumer",
+                ))
+            }
+        };
+        if !usernames.contains(consumer) {
+            return Err(ConfigError::invalid(
+                format!("{name}.consumer"),
+                format!("consumer \"{consumer}\" does not exist"),
+            ));
+        }
+        if let Some(plugins) = &cred.plugins {
+            if plugins.len() > 1 {
+                return Err(ConfigError::invalid(
+                    format!("{name}.plugins"),
+                    "expect object to have at most 1 properties",
+                ));
+            }
+            if let Some(plugin) = plugins.keys().next() {
+                // No authentication plugin exists yet (issue #12).
+                return Err(ConfigError::invalid(
+                    format!("{name}.plugins.{plugin}"),
+                    "only supports auth type plugins in consumer credential",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
