@@ -1,4 +1,5 @@
-//! The `shardgate` command: `run` the gateway, `check` a config, print the `version`.
+//! The `shardgate` command: `run` the gateway, `check` a config, `export` / `import`
+//! resources, print the `version`.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -31,6 +32,22 @@ enum Command {
         #[arg(short, long, default_value = "config.toml")]
         config: PathBuf,
     },
+    /// Print the resources (from the store, or the config file with the file provider) as
+    /// APISIX JSON, or TOML.
+    Export {
+        #[arg(short, long, default_value = "config.toml")]
+        config: PathBuf,
+        /// Write TOML (`[[routes]]`, as config.toml) instead of JSON.
+        #[arg(long)]
+        toml: bool,
+    },
+    /// Replace the store's resources with a file's (APISIX JSON, or TOML by extension), once
+    /// they compile. Run it with the gateway stopped.
+    Import {
+        file: PathBuf,
+        #[arg(short, long, default_value = "config.toml")]
+        config: PathBuf,
+    },
     /// Print the version.
     Version,
 }
@@ -54,6 +71,30 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Export { config, toml } => {
+            match shardgate::control::transfer::export(&config, toml) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("shardgate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Import { file, config } => {
+            match shardgate::control::transfer::import(&config, &file) {
+                Ok(n) => {
+                    println!("shardgate: imported {n} objects from {}", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("shardgate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Version => {
             println!("shardgate {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

@@ -64,6 +64,7 @@ fn file_digest(path: &Path) -> Option<u64> {
 }
 
 mod plane;
+pub mod transfer;
 
 enum Event {
     Signal(i32),

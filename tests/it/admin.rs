@@ -503,3 +503,98 @@ fn an_admin_listener_beyond_loopback_needs_a_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("admin.admin_key"), "{stderr}");
 }
+
+#[test]
+fn export_and_import_move_resources() {
+    let a = Backend::named("a");
+    let b = Backend::named("b");
+    let dir = temp_dir("store");
+    {
+        let (_gw, admin) = gateway(&dir, "");
+        let r = admin.send(
+            "PUT",
+            "/apisix/admin/upstreams/up",
+            &format!(r#"{{"nodes":{{"{}":1}}}}"#, a.addr()),
+        );
+        assert_eq!(r.status, 201);
+        let r = admin.send(
+            "PUT",
+            "/apisix/admin/routes/1",
+            r#"{"uri":"/one","upstream_id":"up"}"#,
+        );
+        assert_eq!(r.status, 201);
+        assert_eq!(
+            admin
+                .send("PUT", "/apisix/admin/consumers", r#"{"username":"jack"}"#)
+                .status,
+            201
+        );
+        assert_eq!(
+            admin
+                .send(
+                    "PUT",
+                    "/apisix/admin/consumers/jack/credentials/c1",
+                    r#"{"desc":"d"}"#
+                )
+                .status,
+            201
+        );
+    }
+    // The gateway is stopped: export what its store holds.
+    let config = dir.with_extension("toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[deployment]\nconfig_provider = \"store\"\ndata_dir = \"{}\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let c = config.to_str().unwrap();
+    let (ok, json, err) = run(&["export", "-c", c]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["routes"][0]["uri"], "/one");
+    assert_eq!(v["credentials"][0]["consumer"], "jack");
+    let (ok, toml_text, err) = run(&["export", "-c", c, "--toml"]);
+    assert!(ok, "{err}");
+    assert!(toml_text.contains("[[routes]]"), "{toml_text}");
+
+    // Import a changed set (TOML, as exported), then the gateway serves it.
+    let changed = dir.with_extension("import.toml");
+    std::fs::write(
+        &changed,
+        toml_text
+            .replace(&a.addr(), &b.addr())
+            .replace("/one", "/two"),
+    )
+    .unwrap();
+    let (ok, out, err) = run(&["import", changed.to_str().unwrap(), "-c", c]);
+    assert!(ok, "{err}");
+    assert!(out.contains("imported 4 objects"), "{out}");
+    // A set that does not compile is refused and the store is left as it was.
+    let broken = dir.with_extension("broken.json");
+    std::fs::write(
+        &broken,
+        r#"{"routes":[{"id":"x","uri":"/x","upstream_id":"nope"}]}"#,
+    )
+    .unwrap();
+    let (ok, _, err) = run(&["import", broken.to_str().unwrap(), "-c", c]);
+    assert!(!ok);
+    assert!(err.contains("upstream \"nope\" does not exist"), "{err}");
+
+    let (gw, _admin) = gateway(&dir, "");
+    assert_eq!(gw.get("/two").text(), "b");
+    assert_eq!(gw.get("/one").status, 404);
+}
