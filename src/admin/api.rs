@@ -40,6 +40,10 @@ pub fn decide(
     if segments[0] == "plugins" {
         return Decision::Reply(plugins(req, &segments[1..]));
     }
+    // `/apisix/admin/schema/plugins/NAME`: the same schema as `/plugins/NAME`.
+    if segments[0] == "schema" && segments.get(1) == Some(&"plugins") && segments.len() == 3 {
+        return Decision::Reply(plugins(req, &segments[2..]));
+    }
     let Some(kind) = Kind::parse(segments[0]) else {
         return Decision::Reply(AdminResponse::error(
             404,

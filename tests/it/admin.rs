@@ -419,6 +419,8 @@ fn bad_requests_change_nothing() {
         .any(|p| p == "proxy-rewrite"));
     let r = admin.send("GET", "/apisix/admin/plugins/redirect", "");
     assert_eq!(r.json()["properties"]["ret_code"]["default"], 302);
+    let r = admin.send("GET", "/apisix/admin/schema/plugins/cors", "");
+    assert_eq!(r.json()["properties"]["max_age"]["default"], 5);
 }
 
 #[test]
