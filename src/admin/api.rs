@@ -305,6 +305,7 @@ fn put(objects: &Objects, kind: Kind, id: Option<&str>, req: &AdminRequest, now:
             "invalid configuration: property \"id\" validation failed: object matches none of the required",
         ));
     }
+    check(kind, &v)?;
     let mut next = objects.clone();
     let created = next.put(kind, &id, v, now);
     let reply = stored(kind, &id, &next, if created { 201 } else { 200 });
@@ -319,6 +320,7 @@ fn post(objects: &Objects, kind: Kind, id: Option<&str>, req: &AdminRequest, now
             &format!("wrong {} id, do not need it", kind.singular()),
         ));
     }
+    check(kind, &v)?;
     let mut next = objects.clone();
     let id = next.generate_id();
     next.put(kind, &id, v, now);
@@ -381,6 +383,7 @@ fn patch(
             &format!("wrong {} id", kind.singular()),
         ));
     }
+    check(kind, &value)?;
     let mut next = objects.clone();
     next.put(kind, id, value, now);
     let reply = stored(kind, id, &next, 200);
@@ -495,5 +498,58 @@ fn plugins(req: &AdminRequest, rest: &[&str]) -> AdminResponse {
             None => AdminResponse::error(404, &format!("plugin not found: {name}")),
         },
         _ => AdminResponse::error(404, "not found"),
+    }
+}
+
+/// The JSON Schema of each kind (`schemas/KIND.json`: APISIX's `schema_def`, for what
+/// Shardgate implements), compiled once.
+fn schema(kind: Kind) -> Option<&'static crate::schema::Schema> {
+    static SCHEMAS: std::sync::OnceLock<Vec<(Kind, crate::schema::Schema)>> =
+        std::sync::OnceLock::new();
+    SCHEMAS
+        .get_or_init(|| {
+            let texts = [
+                (Kind::Routes, include_str!("schemas/route.json")),
+                (Kind::Services, include_str!("schemas/service.json")),
+                (Kind::Upstreams, include_str!("schemas/upstream.json")),
+                (Kind::GlobalRules, include_str!("schemas/global_rule.json")),
+                (
+                    Kind::PluginConfigs,
+                    include_str!("schemas/plugin_config.json"),
+                ),
+                (Kind::Consumers, include_str!("schemas/consumer.json")),
+                (Kind::Credentials, include_str!("schemas/credential.json")),
+            ];
+            texts
+                .into_iter()
+                .filter_map(|(k, t)| {
+                    let v = serde_json::from_str(t).ok()?;
+                    // Every schema compiles (a unit test checks).
+                    Some((k, crate::schema::Schema::compile(&v).ok()?))
+                })
+                .collect()
+        })
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, s)| s)
+}
+
+/// Checks an object against its kind's schema: APISIX's `invalid configuration: ...`.
+pub(super) fn check(kind: Kind, value: &Value) -> Result<(), AdminResponse> {
+    match schema(kind) {
+        Some(s) => s
+            .check(value)
+            .map_err(|e| AdminResponse::error(400, &format!("invalid configuration: {e}"))),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_resource_schema_compiles() {
+        for kind in crate::store::Kind::ALL {
+            assert!(super::schema(kind).is_some(), "{kind:?}");
+        }
     }
 }

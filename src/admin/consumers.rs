@@ -2,7 +2,7 @@
 //! credentials under `/consumers/{username}/credentials/{id}`, and deleting a consumer
 //! deletes its credentials.
 
-use super::api::{body, item, key, stored, valid_id, Decision};
+use super::api::{body, check, item, key, stored, valid_id, Decision};
 use super::{AdminRequest, AdminResponse};
 use crate::store::{Kind, Objects};
 use serde_json::{json, Value};
@@ -57,6 +57,7 @@ pub(super) fn decide(
             if username.is_some_and(|u| u != name) {
                 return Err(AdminResponse::error(400, "wrong username"));
             }
+            check(Kind::Consumers, &v)?;
             let mut next = objects.clone();
             let created = next.put(Kind::Consumers, &name, v, now);
             let reply = stored(
@@ -166,6 +167,9 @@ fn credentials(
                 };
                 if let Value::Object(obj) = &mut v {
                     obj.remove("id");
+                }
+                if let Err(r) = check(kind, &v) {
+                    return Decision::Reply(r);
                 }
                 let created = next.put(kind, &id, v, now);
                 stored(kind, &id, &next, if created { 201 } else { 200 })

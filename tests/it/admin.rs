@@ -396,6 +396,20 @@ fn bad_requests_change_nothing() {
             .unwrap_or("");
         assert!(msg.contains(want), "{method} {path} {body}: {msg}");
     }
+    // APISIX's schema messages.
+    for (body, want) in [
+        (r#"{"uri":"/y","bogus":1,"upstream_id":"up"}"#, "invalid configuration: additional properties forbidden, found bogus"),
+        (r#"{"uri":"/y","methods":["GET","FETCH"],"upstream_id":"up"}"#, "invalid configuration: property \"methods\" validation failed: failed to validate item 2: matches none of the enum values"),
+        (r#"{"uri":"/y","upstream":{"nodes":{"127.0.0.1:1":1},"retries":-1}}"#, "invalid configuration: property \"upstream\" validation failed: property \"retries\" validation failed: expected -1 to be at least 0"),
+        (r#"{"uri":"/y","timeout":{"connect":0,"send":1,"read":1},"upstream_id":"up"}"#, "invalid configuration: property \"timeout\" validation failed: property \"connect\" validation failed: expected 0 to be greater than 0"),
+        (r#"{"uri":"/y","status":2,"upstream_id":"up"}"#, "invalid configuration: property \"status\" validation failed: matches none of the enum values"),
+    ] {
+        let r = admin.send("PUT", "/apisix/admin/routes/3", body);
+        assert_eq!(r.status, 400, "{body}");
+        assert_eq!(r.json()["error_msg"], want, "{body}");
+    }
+    let r = admin.send("PATCH", "/apisix/admin/routes/1", r#"{"priority":"high"}"#);
+    assert_eq!(r.json()["error_msg"], "invalid configuration: property \"priority\" validation failed: wrong type: expected integer, got string");
     // A body over the limit is refused from its Content-Length, before it is read.
     let mut c = Client::connect(admin.addr);
     c.send_raw(format!("PUT /apisix/admin/routes/2 HTTP/1.1\r\nHost: x\r\nX-API-KEY: {KEY}\r\nContent-Length: 1600000\r\n\r\n").as_bytes());
