@@ -40,9 +40,17 @@ pub fn decide(
     if segments[0] == "plugins" {
         return Decision::Reply(plugins(req, &segments[1..]));
     }
-    // `/apisix/admin/schema/plugins/NAME`: the same schema as `/plugins/NAME`.
-    if segments[0] == "schema" && segments.get(1) == Some(&"plugins") && segments.len() == 3 {
-        return Decision::Reply(plugins(req, &segments[2..]));
+    // `/apisix/admin/schema/plugins/NAME`: the same schema as `/plugins/NAME`;
+    // `/apisix/admin/schema/route` (service, upstream, ...): a resource's schema.
+    if segments[0] == "schema" {
+        return Decision::Reply(match &segments[1..] {
+            ["plugins", name] => plugins(req, &[name]),
+            [resource] if req.method == "GET" => match schema_text(resource) {
+                Some(t) => AdminResponse::json(200, serde_json::from_str(t).unwrap_or_default()),
+                None => AdminResponse::error(404, &format!("schema not found: {resource}")),
+            },
+            _ => AdminResponse::error(404, "not found"),
+        });
     }
     let Some(kind) = Kind::parse(segments[0]) else {
         return Decision::Reply(AdminResponse::error(
@@ -501,6 +509,20 @@ fn plugins(req: &AdminRequest, rest: &[&str]) -> AdminResponse {
     }
 }
 
+/// The schema text of a resource by APISIX's singular name (`route`, `global_rule`).
+fn schema_text(resource: &str) -> Option<&'static str> {
+    Some(match resource {
+        "route" => include_str!("schemas/route.json"),
+        "service" => include_str!("schemas/service.json"),
+        "upstream" => include_str!("schemas/upstream.json"),
+        "global_rule" => include_str!("schemas/global_rule.json"),
+        "plugin_config" => include_str!("schemas/plugin_config.json"),
+        "consumer" => include_str!("schemas/consumer.json"),
+        "credential" => include_str!("schemas/credential.json"),
+        _ => return None,
+    })
+}
+
 /// The JSON Schema of each kind (`schemas/KIND.json`: APISIX's `schema_def`, for what
 /// Shardgate implements), compiled once.
 fn schema(kind: Kind) -> Option<&'static crate::schema::Schema> {
@@ -508,22 +530,19 @@ fn schema(kind: Kind) -> Option<&'static crate::schema::Schema> {
         std::sync::OnceLock::new();
     SCHEMAS
         .get_or_init(|| {
-            let texts = [
-                (Kind::Routes, include_str!("schemas/route.json")),
-                (Kind::Services, include_str!("schemas/service.json")),
-                (Kind::Upstreams, include_str!("schemas/upstream.json")),
-                (Kind::GlobalRules, include_str!("schemas/global_rule.json")),
-                (
-                    Kind::PluginConfigs,
-                    include_str!("schemas/plugin_config.json"),
-                ),
-                (Kind::Consumers, include_str!("schemas/consumer.json")),
-                (Kind::Credentials, include_str!("schemas/credential.json")),
+            let names = [
+                (Kind::Routes, "route"),
+                (Kind::Services, "service"),
+                (Kind::Upstreams, "upstream"),
+                (Kind::GlobalRules, "global_rule"),
+                (Kind::PluginConfigs, "plugin_config"),
+                (Kind::Consumers, "consumer"),
+                (Kind::Credentials, "credential"),
             ];
-            texts
+            names
                 .into_iter()
-                .filter_map(|(k, t)| {
-                    let v = serde_json::from_str(t).ok()?;
+                .filter_map(|(k, name)| {
+                    let v = serde_json::from_str(schema_text(name)?).ok()?;
                     // Every schema compiles (a unit test checks).
                     Some((k, crate::schema::Schema::compile(&v).ok()?))
                 })

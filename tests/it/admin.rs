@@ -435,6 +435,12 @@ fn bad_requests_change_nothing() {
     assert_eq!(r.json()["properties"]["ret_code"]["default"], 302);
     let r = admin.send("GET", "/apisix/admin/schema/plugins/cors", "");
     assert_eq!(r.json()["properties"]["max_age"]["default"], 5);
+    let r = admin.send("GET", "/apisix/admin/schema/route", "");
+    assert_eq!(r.json()["properties"]["status"]["default"], 1);
+    assert_eq!(
+        admin.send("GET", "/apisix/admin/schema/widget", "").status,
+        404
+    );
 }
 
 #[test]
