@@ -33,16 +33,19 @@ enum Command {
         config: PathBuf,
     },
     /// Print the resources (from the store, or the config file with the file provider) as
-    /// APISIX JSON, or TOML.
+    /// APISIX JSON, apisix.yaml or TOML.
     Export {
         #[arg(short, long, default_value = "config.toml")]
         config: PathBuf,
         /// Write TOML (`[[routes]]`, as config.toml) instead of JSON.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "yaml")]
         toml: bool,
+        /// Write APISIX's standalone `apisix.yaml` instead of JSON.
+        #[arg(long)]
+        yaml: bool,
     },
-    /// Replace the store's resources with a file's (APISIX JSON, or TOML by extension), once
-    /// they compile. Run it with the gateway stopped.
+    /// Replace the store's resources with a file's (APISIX JSON; TOML or apisix.yaml by
+    /// extension), once they compile. Run it with the gateway stopped.
     Import {
         file: PathBuf,
         #[arg(short, long, default_value = "config.toml")]
@@ -71,8 +74,14 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Export { config, toml } => {
-            match shardgate::control::transfer::export(&config, toml) {
+        Command::Export { config, toml, yaml } => {
+            use shardgate::control::transfer::Format;
+            let format = match (toml, yaml) {
+                (true, _) => Format::Toml,
+                (_, true) => Format::Yaml,
+                _ => Format::Json,
+            };
+            match shardgate::control::transfer::export(&config, format) {
                 Ok(text) => {
                     println!("{text}");
                     ExitCode::SUCCESS

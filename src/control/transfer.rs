@@ -1,7 +1,7 @@
 //! `shardgate export` and `shardgate import`: resources between the store (or the config
 //! file) and a file in APISIX's JSON shape (`{"routes": [...], "upstreams": [...]}`, as its
-//! standalone `apisix.json`) or in TOML (`[[routes]]`, as `config.toml` writes them).
-//! APISIX's `apisix.yaml` is not read or written yet.
+//! standalone `apisix.json`), in APISIX's standalone `apisix.yaml` (the same shape, ending in
+//! `#END`), or in TOML (`[[routes]]`, as `config.toml` writes them).
 //!
 //! Import replaces every resource in the store, after the new set compiled; run it with the
 //! gateway stopped (a running gateway keeps the objects it has, and writes them back on its
@@ -16,8 +16,16 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// The store's objects (or, with the file provider, the file's) as JSON or TOML text.
-pub fn export(config: &Path, toml: bool) -> Result<String, String> {
+/// How exported resources are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Yaml,
+    Toml,
+}
+
+/// The store's objects (or, with the file provider, the file's) as text in `format`.
+pub fn export(config: &Path, format: Format) -> Result<String, String> {
     let file = load_file(config).map_err(|e| e.to_string())?;
     let objects = match file.deployment.config_provider.as_str() {
         "store" => StoreFile::new(Path::new(&file.deployment.data_dir))
@@ -47,16 +55,18 @@ pub fn export(config: &Path, toml: bool) -> Result<String, String> {
         }
     }
     let out = Value::Object(out);
-    if toml {
-        toml::to_string(&out).map_err(|e| format!("cannot write TOML: {e}"))
-    } else {
-        serde_json::to_string_pretty(&out).map_err(|e| e.to_string())
+    match format {
+        Format::Toml => toml::to_string(&out).map_err(|e| format!("cannot write TOML: {e}")),
+        Format::Yaml => serde_yaml_ng::to_string(&out)
+            .map(|y| format!("{y}#END"))
+            .map_err(|e| format!("cannot write YAML: {e}")),
+        Format::Json => serde_json::to_string_pretty(&out).map_err(|e| e.to_string()),
     }
 }
 
-/// Replaces the store's resources with those of `source` (JSON, or TOML by its `.toml`
-/// extension), once they compile with the config's `[gateway]` settings. Returns how many
-/// objects were imported.
+/// Replaces the store's resources with those of `source` (JSON; TOML or APISIX YAML by a
+/// `.toml` or `.yaml` extension), once they compile with the config's `[gateway]`
+/// settings. Returns how many objects were imported.
 pub fn import(config: &Path, source: &Path) -> Result<usize, String> {
     let file = load_file(config).map_err(|e| e.to_string())?;
     if file.deployment.config_provider != "store" {
@@ -73,7 +83,10 @@ pub fn import(config: &Path, source: &Path) -> Result<usize, String> {
             let table: toml::Table = toml::from_str(&text).map_err(|e| e.to_string())?;
             serde_json::to_value(table).map_err(|e| e.to_string())?
         }
-        Some("yaml" | "yml") => return Err("apisix.yaml is not supported yet: use JSON".into()),
+        Some("yaml" | "yml") => {
+            // APISIX's standalone file ends with `#END` (a comment to YAML).
+            serde_yaml_ng::from_str(&text).map_err(|e| format!("not YAML: {e}"))?
+        }
         _ => serde_json::from_str(&text).map_err(|e| format!("not JSON: {e}"))?,
     };
     let mut values: BTreeMap<Kind, Vec<Value>> = BTreeMap::new();

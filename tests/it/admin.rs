@@ -592,6 +592,15 @@ fn export_and_import_move_resources() {
     let (ok, toml_text, err) = run(&["export", "-c", c, "--toml"]);
     assert!(ok, "{err}");
     assert!(toml_text.contains("[[routes]]"), "{toml_text}");
+    let (ok, yaml_text, err) = run(&["export", "-c", c, "--yaml"]);
+    assert!(ok, "{err}");
+    assert!(yaml_text.trim_end().ends_with("#END"), "{yaml_text}");
+    // apisix.yaml in, the same resources again: accepted.
+    let yaml = dir.with_extension("apisix.yaml");
+    std::fs::write(&yaml, &yaml_text).unwrap();
+    let (ok, out, err) = run(&["import", yaml.to_str().unwrap(), "-c", c]);
+    assert!(ok, "{err}");
+    assert!(out.contains("imported 4 objects"), "{out}");
 
     // Import a changed set (TOML, as exported), then the gateway serves it.
     let changed = dir.with_extension("import.toml");
