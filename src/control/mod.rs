@@ -1,11 +1,13 @@
 //! The control plane: one thread (the main thread) owns the configuration. It loads and
-//! compiles it, binds the listeners, starts the workers, and then waits for events: SIGHUP or
-//! a changed config file reloads, SIGTERM/SIGINT shuts down gracefully.
+//! compiles it, opens the resources' provider (the file, or the store), binds the listeners,
+//! starts the workers and the Admin API, and then waits for events: SIGHUP or a changed config
+//! file reloads, an Admin API request is answered (`plane.rs`), SIGTERM/SIGINT shuts down
+//! gracefully.
 //!
-//! A reload compiles a new snapshot completely before any worker sees it; if anything is wrong
-//! the new config is refused with the reason logged and every worker keeps the old one. A
-//! good snapshot is posted to each worker's lock-free mailbox; workers switch between
-//! requests and report the version they switched to.
+//! A change compiles a new snapshot completely before any worker sees it; if anything is
+//! wrong it is refused (logged, or answered with the reason) and every worker keeps the old
+//! one. A good snapshot is posted to each worker's lock-free mailbox and the worker's
+//! doorbell rung; workers switch between requests and report the version they switched to.
 
 use crate::admin::{AdminRequest, AdminResponse};
 use crate::config::{ConfigError, GatewayConfig};
