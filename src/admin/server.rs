@@ -151,6 +151,9 @@ fn read_request(
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut r = httparse::Request::new(&mut headers);
         match r.parse(buf) {
+            Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => {
+                return Err(AdminResponse::error(431, "request head too large"))
+            }
             Ok(httparse::Status::Complete(n)) => break n,
             Ok(httparse::Status::Partial) => {}
             Err(e) => return Err(bad(&format!("malformed request: {e}"))),

@@ -629,3 +629,36 @@ fn export_and_import_move_resources() {
     assert_eq!(gw.get("/two").text(), "b");
     assert_eq!(gw.get("/one").status, 404);
 }
+
+#[test]
+fn malformed_admin_requests_get_a_4xx_and_change_nothing() {
+    let dir = temp_dir("store");
+    let (gw, admin) = gateway(&dir, "");
+    let mut c = Client::connect(admin.addr);
+    c.send_raw(b"PUT /apisix/admin/routes/1 HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n");
+    assert_eq!(c.read_response(false).unwrap().status, 400);
+    let mut c = Client::connect(admin.addr);
+    c.send_raw(
+        format!(
+            "GET /apisix/admin/routes HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(20_000)
+        )
+        .as_bytes(),
+    );
+    assert_eq!(c.read_response(false).unwrap().status, 431);
+    let mut c = Client::connect(admin.addr);
+    c.send_raw(format!("PUT /apisix/admin/routes/1 HTTP/1.1\r\nX-API-KEY: {KEY}\r\nTransfer-Encoding: chunked\r\n\r\n").as_bytes());
+    assert_eq!(c.read_response(false).unwrap().status, 411);
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let r = admin.send(
+        "PUT",
+        "/apisix/admin/routes/1",
+        &format!(r#"{{"uri":"/x","vars":{deep}}}"#),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(
+        admin.send("GET", "/apisix/admin/routes", "").json()["total"],
+        0
+    );
+    assert_eq!(gw.get("/x").status, 404, "the gateway serves on");
+}
