@@ -7,6 +7,8 @@
 //! the control plane compiles them, and only if they compile stores, publishes and answers.
 
 use super::{AdminRequest, AdminResponse};
+pub(super) use crate::config::valid_id;
+use crate::http::decode_form_component;
 use crate::store::{Kind, Object, Objects};
 use serde_json::{json, Value};
 
@@ -117,13 +119,6 @@ pub fn decide(
 
 type Changed = Result<(Objects, AdminResponse), AdminResponse>;
 
-pub(super) fn valid_id(id: &str) -> bool {
-    id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
 pub(super) fn key(kind: Kind, id: &str) -> String {
     format!("/apisix/{}/{id}", kind.key_prefix())
 }
@@ -144,7 +139,7 @@ fn list(objects: &Objects, kind: Kind, req: &AdminRequest) -> AdminResponse {
     let regex = |name: &str| -> Result<Option<regex::Regex>, AdminResponse> {
         match req.arg(name) {
             None => Ok(None),
-            Some(p) => regex::Regex::new(&decode(p))
+            Some(p) => regex::Regex::new(&decode_form_component(p.as_bytes()))
                 .map(Some)
                 .map_err(|e| AdminResponse::error(400, &format!("invalid {name} filter: {e}"))),
         }
@@ -157,8 +152,12 @@ fn list(objects: &Objects, kind: Kind, req: &AdminRequest) -> AdminResponse {
         Ok(r) => r,
         Err(e) => return e,
     };
-    let label = req.arg("label").map(decode);
-    let filter = req.arg("filter").map(decode);
+    let label = req
+        .arg("label")
+        .map(|l| decode_form_component(l.as_bytes()));
+    let filter = req
+        .arg("filter")
+        .map(|f| decode_form_component(f.as_bytes()));
     let keep = |v: &Value| -> bool {
         let text = |f: &str| v.get(f).and_then(Value::as_str);
         if let Some(re) = &name {
@@ -225,31 +224,6 @@ fn list(objects: &Objects, kind: Kind, req: &AdminRequest) -> AdminResponse {
         all
     };
     AdminResponse::json(200, json!({"total": total, "list": list}))
-}
-
-/// A query argument percent-decoded (`+` is a space).
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = |c: u8| (c as char).to_digit(16);
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The request body as a JSON object.

@@ -17,6 +17,16 @@ pub use model::*;
 
 use std::path::Path;
 
+/// APISIX's id rule: 1 to 64 characters of `[a-zA-Z0-9-_.]` (for the config file, the
+/// Admin API and the store alike).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 impl Config {
     /// Reads and parses a TOML config file. Semantic validation happens in
     /// `Snapshot::compile` (snapshot.rs).

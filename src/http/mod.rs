@@ -48,6 +48,41 @@ pub fn trim(v: &[u8]) -> &[u8] {
     &v[start..end]
 }
 
+/// Whether header `name` is the one a variable names (`x_env` in `http_x_env` or
+/// `upstream_http_x_env`): case-insensitive, `_` standing for `-`. A name spelled with an
+/// underscore (`X_Env`) does not match: nginx ignores such headers by default, and an edge
+/// that strips `X-Env` would let `X_Env` through.
+pub fn names_header(name: &[u8], var: &str) -> bool {
+    name.len() == var.len()
+        && name.iter().zip(var.bytes()).all(|(&a, b)| {
+            let a = a.to_ascii_lowercase();
+            (a == b && a != b'_') || (a == b'-' && b == b'_')
+        })
+}
+
+/// A form or query component decoded (`a+b%20c` is `a b c`): `+` is a space, `%XY` a byte;
+/// a `%` without two hex digits after it stays as it is.
+pub fn decode_form_component(s: &[u8]) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < s.len() => match (hex(s[i + 1]), hex(s[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Whether a comma-separated header value contains `token` (case-insensitive).
 pub fn contains_token(value: &[u8], token: &[u8]) -> bool {
     value

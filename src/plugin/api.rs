@@ -300,13 +300,7 @@ impl<'a> ResponseHeaders<'a> {
 
     /// The field a variable names (`upstream_http_content_type`: lower case, `_` for `-`).
     pub fn get_var(&self, var_name: &str) -> Option<&'a [u8]> {
-        self.find(|n| {
-            n.len() == var_name.len()
-                && n.iter().zip(var_name.bytes()).all(|(&a, b)| {
-                    let a = a.to_ascii_lowercase();
-                    (a == b && a != b'_') || (a == b'-' && b == b'_')
-                })
-        })
+        self.find(|n| crate::http::names_header(n, var_name))
     }
 
     fn find(&self, mut is: impl FnMut(&[u8]) -> bool) -> Option<&'a [u8]> {

@@ -177,31 +177,12 @@ fn decode_form(body: &[u8]) -> Value {
             Some(i) => (&pair[..i], Some(&pair[i + 1..])),
             None => (pair, None),
         };
-        let value = v.map_or(Value::Bool(true), |v| Value::String(unescape(v)));
-        push_value(&mut map, unescape(k), value);
+        let value = v.map_or(Value::Bool(true), |v| {
+            Value::String(crate::http::decode_form_component(v))
+        });
+        push_value(&mut map, crate::http::decode_form_component(k), value);
     }
     Value::Object(map)
-}
-
-fn unescape(s: &[u8]) -> String {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        match s[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < s.len() => match (hex(s[i + 1]), hex(s[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Phases for RequestValidation {

@@ -2,7 +2,7 @@
 //! the connection's buffer for route `vars` conditions.
 
 use crate::http::request::RequestHead;
-use crate::http::trim;
+use crate::http::{names_header, trim};
 use crate::plugin::ResponseHeaders;
 use crate::vars::{Var, VarSource};
 
@@ -23,17 +23,10 @@ pub struct RequestVars<'a> {
 
 impl RequestVars<'_> {
     fn header(&self, wanted: &str) -> Option<&[u8]> {
-        // `http_x_env` names header `X-Env`: compare case-insensitively with `_` for `-`. A
-        // header spelled with an underscore (`X_Env`) does not match: nginx ignores such
-        // headers by default, and an edge that strips `X-Env` would let `X_Env` through.
+        // `http_x_env` names header `X-Env` (see `names_header`).
         self.head.headers.iter().find_map(|h| {
-            let name = &self.buf[h.name.clone()];
-            let same = name.len() == wanted.len()
-                && name.iter().zip(wanted.bytes()).all(|(&a, b)| {
-                    let a = a.to_ascii_lowercase();
-                    (a == b && a != b'_') || (a == b'-' && b == b'_')
-                });
-            same.then(|| trim(&self.buf[h.value.clone()]))
+            names_header(&self.buf[h.name.clone()], wanted)
+                .then(|| trim(&self.buf[h.value.clone()]))
         })
     }
 

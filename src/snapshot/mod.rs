@@ -290,12 +290,7 @@ impl Snapshot {
 }
 
 pub(super) fn check_id(field: &str, id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
+    if crate::config::valid_id(id) {
         Ok(())
     } else {
         Err(ConfigError::invalid(
