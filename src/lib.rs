@@ -15,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod dns;
+pub mod etcd;
 pub mod fold_hash;
 pub mod health;
 pub mod http;

@@ -32,7 +32,7 @@ enum Command {
         #[arg(short, long, default_value = "config.toml")]
         config: PathBuf,
     },
-    /// Print the resources (from the store, or the config file with the file provider) as
+    /// Print the resources (from the store, etcd, or the config file with the file provider) as
     /// APISIX JSON, apisix.yaml or TOML.
     Export {
         #[arg(short, long, default_value = "config.toml")]
@@ -44,8 +44,9 @@ enum Command {
         #[arg(long)]
         yaml: bool,
     },
-    /// Replace the store's resources with a file's (APISIX JSON; TOML or apisix.yaml by
-    /// extension), once they compile. Run it with the gateway stopped.
+    /// Replace the store's (or etcd's) resources with a file's (APISIX JSON; TOML or
+    /// apisix.yaml by extension), once they compile. With the store, run it with the gateway
+    /// stopped; gateways on etcd apply it live.
     Import {
         file: PathBuf,
         #[arg(short, long, default_value = "config.toml")]

@@ -167,6 +167,45 @@ impl Objects {
         Some(removed)
     }
 
+    /// How many objects there are, of every kind.
+    pub fn count(&self) -> usize {
+        self.kinds.values().map(|m| m.len()).sum()
+    }
+
+    /// Sets an object as it was read (from etcd): no index or time is touched.
+    pub fn set(&mut self, kind: Kind, id: &str, object: Object) {
+        self.kinds
+            .entry(kind)
+            .or_default()
+            .insert(id.to_string(), object);
+    }
+
+    /// Removes an object as etcd reports it (the revision is etcd's to say).
+    pub fn remove(&mut self, kind: Kind, id: &str) -> Option<Object> {
+        self.kinds.get_mut(&kind)?.remove(id)
+    }
+
+    /// What `next` (a change decided from `self`) writes: each object it adds or replaces,
+    /// and each it removes (`None`).
+    pub fn changes_to<'a>(&self, next: &'a Objects) -> Vec<(Kind, String, Option<&'a Object>)> {
+        let mut out = Vec::new();
+        for kind in Kind::ALL {
+            let old = self.kinds.get(&kind);
+            let new = next.kinds.get(&kind);
+            for (id, o) in new.into_iter().flatten() {
+                if old.and_then(|m| m.get(id)) != Some(o) {
+                    out.push((kind, id.clone(), Some(o)));
+                }
+            }
+            for id in old.into_iter().flat_map(|m| m.keys()) {
+                if !new.is_some_and(|m| m.contains_key(id)) {
+                    out.push((kind, id.clone(), None));
+                }
+            }
+        }
+        out
+    }
+
     /// The next id for POST: 20 digits, zero-padded, increasing (APISIX's form).
     pub fn generate_id(&mut self) -> String {
         self.last_generated = self.last_generated.max(self.revision) + 1;

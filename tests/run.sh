@@ -2,14 +2,49 @@
 # Runs the whole test suite: unit tests plus the black-box integration tests (the real
 # gateway binary, real backends on 127.0.0.1). This is the command README.md gives and
 # .ci/run calls. Any server a test needs is installed and started here, and stopped by PID
-# on exit (none needed yet: every backend the tests use is started by the tests themselves,
-# and the comparison script's self-test skips its nginx/HAProxy checks when they are absent).
+# on exit:
+# - etcd (Debian's etcd-server, with etcdctl from etcd-client): one server for the run on
+#   loopback ports, named to the tests in SHARDGATE_TEST_ETCD (tests that kill or secure a
+#   cluster start private ones with the same binary).
+# Backends are started by the tests themselves, and the comparison script's self-test skips
+# its nginx/HAProxy checks when they are absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# One build profile for everything (release: the tests push 256 MiB through the gateway).
+if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
+    echo "tests/run.sh: installing etcd (etcd-server, etcd-client)"
+    sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends etcd-server etcd-client >/dev/null
+fi
+
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+etcd_dir=$(mktemp -d)
+etcd_pid=""
+cleanup() {
+    if [ -n "$etcd_pid" ]; then kill "$etcd_pid" 2>/dev/null || true; wait "$etcd_pid" 2>/dev/null || true; fi
+    rm -rf "$log" "$etcd_dir"
+}
+trap cleanup EXIT
+
+# The run's etcd, on ports below the kernel's ephemeral range that the tests' free_port()
+# never hands out (it picks from 20000-31999).
+etcd_client=12379
+etcd_peer=12380
+etcd --name shardgate-test --data-dir "$etcd_dir/data" --log-level error \
+    --listen-client-urls "http://127.0.0.1:$etcd_client" --advertise-client-urls "http://127.0.0.1:$etcd_client" \
+    --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+    --initial-cluster "shardgate-test=http://127.0.0.1:$etcd_peer" >"$etcd_dir/etcd.log" 2>&1 &
+etcd_pid=$!
+for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$etcd_client") 2>/dev/null; then break; fi
+    if ! kill -0 "$etcd_pid" 2>/dev/null; then echo "etcd did not start:"; cat "$etcd_dir/etcd.log"; exit 1; fi
+    sleep 0.1
+done
+export SHARDGATE_TEST_ETCD="http://127.0.0.1:$etcd_client"
+
+# One build profile for everything (release: the tests push 256 MiB through the gateway).
 status=0
 cargo test --release "$@" 2>&1 | tee "$log" || status=$?
 # One closing line for the whole run, summed over every test binary.

@@ -527,6 +527,15 @@ fn schema(kind: Kind) -> Option<&'static crate::schema::Schema> {
         .map(|(_, s)| s)
 }
 
+/// Checks an object that arrived other than through the API (from etcd) against its kind's
+/// schema; the message names the field.
+pub fn check_object(kind: Kind, value: &Value) -> Result<(), String> {
+    match schema(kind) {
+        Some(s) => s.check(value).map_err(|e| e.to_string()),
+        None => Ok(()),
+    }
+}
+
 /// Checks an object against its kind's schema: APISIX's `invalid configuration: ...`.
 pub(super) fn check(kind: Kind, value: &Value) -> Result<(), AdminResponse> {
     match schema(kind) {

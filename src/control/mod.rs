@@ -65,13 +65,17 @@ fn file_digest(path: &Path) -> Option<u64> {
     Some(h.finish())
 }
 
+mod etcd;
 mod plane;
+pub mod status;
 pub mod transfer;
 
 enum Event {
     Signal(i32),
     /// An Admin API request, and where its answer goes.
     Admin(AdminRequest, mpsc::Sender<AdminResponse>),
+    /// What the etcd watcher saw.
+    Etcd(crate::etcd::Update),
 }
 
 /// Runs the gateway until it is told to stop. Returns the process exit code.
@@ -88,6 +92,7 @@ pub fn run(path: PathBuf) -> i32 {
     // queued, not take the default action (terminate).
     let (tx, rx) = mpsc::channel::<Event>();
     let admin_tx = tx.clone();
+    let etcd_tx = tx.clone();
     let mut signals = match signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT]) {
         Ok(s) => s,
         Err(e) => {
@@ -116,7 +121,7 @@ pub fn run(path: PathBuf) -> i32 {
     };
     let resources = match &provider {
         Provider::File => Ok(file.resources.clone()),
-        Provider::Store(_) => objects.resources().map(Arc::new),
+        Provider::Store(_) | Provider::Etcd(_) => objects.resources().map(Arc::new),
     };
     let mut health = HealthRegistry::default();
     let compiled =
@@ -143,7 +148,16 @@ pub fn run(path: PathBuf) -> i32 {
         },
         None => None,
     };
-    let prober = match prober::spawn(control, targets, snapshot.clone()) {
+    let status = status::ConfigStatus::new(status::Status {
+        provider: provider.name(),
+        config_version: snapshot.version,
+        revision: objects.revision,
+        ..Default::default()
+    });
+    if let Provider::Etcd(etcd) = &provider {
+        etcd::set_reachable(&status, true, Some(etcd.endpoint().to_string()), None);
+    }
+    let prober = match prober::spawn(control, targets, snapshot.clone(), status.clone()) {
         Ok(p) => p,
         Err(e) => {
             crate::error!("cannot start the health prober: {e}");
@@ -241,15 +255,36 @@ pub fn run(path: PathBuf) -> i32 {
         workers: handles,
         health,
         prober,
+        status,
     };
     if let Err(e) = start_admin(&file.admin, Path::new(&file.deployment.data_dir), admin_tx) {
         crate::error!("{e}");
         plane.stop(grace);
         return 1;
     }
+    if let Provider::Etcd(etcd) = &plane.provider {
+        let send = move |u: crate::etcd::Update| etcd_tx.send(Event::Etcd(u)).is_ok();
+        let delay = Duration::from_secs(etcd.config.resync_delay);
+        let start = plane.objects.revision as i64 + 1;
+        if let Err(e) = crate::etcd::watch::spawn(etcd.watcher_client(), start, delay, send) {
+            crate::error!("cannot start the etcd watcher: {e}");
+            plane.stop(grace);
+            return 1;
+        }
+    }
     let mut digest = file_digest(&path);
+    let mut backlog: std::collections::VecDeque<Event> = Default::default();
     loop {
-        match rx.recv_timeout(Duration::from_secs(1)) {
+        let wait = if plane.waiting() {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(1)
+        };
+        let next = match backlog.pop_front() {
+            Some(ev) => Ok(ev),
+            None => rx.recv_timeout(wait),
+        };
+        match next {
             Ok(Event::Signal(SIGHUP)) => {
                 digest = file_digest(&path);
                 plane.reload();
@@ -262,10 +297,10 @@ pub fn run(path: PathBuf) -> i32 {
                 );
                 break;
             }
-            Ok(Event::Admin(req, reply)) => {
-                let _ = reply.send(plane.admin(&req));
-            }
+            Ok(Event::Admin(req, reply)) => plane.admin(&req, reply),
+            Ok(Event::Etcd(update)) => backlog.extend(plane.etcd(update, &rx)),
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                plane.answer_pending();
                 if process.watch_config {
                     let now = file_digest(&path);
                     if now.is_some() && now != digest {
@@ -310,9 +345,14 @@ fn open_provider(
             };
             Ok((Provider::Store(store), objects))
         }
+        "etcd" => {
+            let (side, objects) = etcd::EtcdSide::open(&file.deployment.etcd)
+                .map_err(|e| ConfigError::invalid("deployment.etcd", e))?;
+            Ok((Provider::Etcd(Box::new(side)), objects))
+        }
         other => Err(ConfigError::invalid(
             "deployment.config_provider",
-            format!("\"{other}\" is not a provider (\"file\" or \"store\")"),
+            format!("\"{other}\" is not a provider (\"file\", \"store\" or \"etcd\")"),
         )),
     }
 }

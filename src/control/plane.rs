@@ -14,8 +14,12 @@ use crate::snapshot::{ProcessSettings, Snapshot};
 use crate::store::{Objects, StoreFile};
 use crate::worker::{ControlMsg, WorkerHandle};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
+
+use super::etcd::EtcdSide;
+use super::status::ConfigStatus;
+use crate::etcd::Update;
 
 /// Where resources come from (`deployment.config_provider`).
 pub(super) enum Provider {
@@ -23,6 +27,18 @@ pub(super) enum Provider {
     File,
     /// The embedded store; the Admin API changes it.
     Store(StoreFile),
+    /// An etcd cluster; the Admin API writes there, the watch brings every change.
+    Etcd(Box<EtcdSide>),
+}
+
+impl Provider {
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            Provider::File => "file",
+            Provider::Store(_) => "store",
+            Provider::Etcd(_) => "etcd",
+        }
+    }
 }
 
 /// The control plane's state after start.
@@ -39,6 +55,8 @@ pub(super) struct Plane {
     pub(super) workers: Vec<WorkerHandle>,
     pub(super) health: HealthRegistry,
     pub(super) prober: ProberHandle,
+    /// What the control API's `/v1/config` reports.
+    pub(super) status: Arc<ConfigStatus>,
 }
 
 impl Plane {
@@ -48,7 +66,7 @@ impl Plane {
         let loaded = load_file(&self.path).and_then(|f| {
             let objects = match self.provider {
                 Provider::File => Some(Objects::from_values(&f.values, crate::log::now_secs())?),
-                Provider::Store(_) => None,
+                Provider::Store(_) | Provider::Etcd(_) => None,
             };
             let resources = match &objects {
                 Some(_) => f.resources.clone(),
@@ -87,16 +105,29 @@ impl Plane {
         }
     }
 
-    /// One Admin API request. A change is answered once it is stored and every worker
-    /// serves it (read-your-writes).
-    pub(super) fn admin(&mut self, req: &AdminRequest) -> AdminResponse {
+    /// One Admin API request, answered on `to`. A change is answered once it is stored and
+    /// every worker serves it (read-your-writes); with etcd, once the watch has brought it.
+    pub(super) fn admin(&mut self, req: &AdminRequest, to: mpsc::Sender<AdminResponse>) {
         let writable = match self.provider {
             Provider::File => Err("the configuration comes from the config file (deployment.config_provider = \"file\"): change the file, or use config_provider = \"store\" to change it here"),
-            Provider::Store(_) => Ok(()),
+            Provider::Store(_) | Provider::Etcd(_) => Ok(()),
         };
+        if let (Provider::Etcd(etcd), "POST") = (&mut self.provider, req.method.as_str()) {
+            // POST's id is a revision of etcd's (APISIX's `gen_id`): unique across gateways.
+            match etcd.reserve_id() {
+                Ok(rev) => self.objects.last_generated = (rev as u64).saturating_sub(1),
+                Err(e) => {
+                    let _ = to.send(AdminResponse::error(503, &e.to_string()));
+                    return;
+                }
+            }
+        }
         let (objects, reply, what) =
             match decide(&self.objects, req, writable, crate::log::now_secs()) {
-                Decision::Reply(r) => return r,
+                Decision::Reply(r) => {
+                    let _ = to.send(r);
+                    return;
+                }
                 Decision::Write {
                     objects,
                     reply,
@@ -112,15 +143,41 @@ impl Plane {
                 self.health.abort();
                 let msg = e.to_string();
                 let msg = msg.strip_prefix("invalid config: ").unwrap_or(&msg);
-                return AdminResponse::error(400, &format!("invalid configuration: {msg}"));
+                let _ = to.send(AdminResponse::error(
+                    400,
+                    &format!("invalid configuration: {msg}"),
+                ));
+                return;
             }
         };
-        if let Provider::Store(file) = &self.provider {
-            if let Err(e) = file.save(&objects) {
+        match &mut self.provider {
+            Provider::Etcd(etcd) => {
+                // Not applied here: the watch brings it back, to this gateway as to the others.
                 self.health.abort();
-                crate::error!("admin: {what} not stored: {e}");
-                return AdminResponse::error(500, &format!("the change could not be stored: {e}"));
+                match etcd.write(&self.objects, &objects) {
+                    Ok(revision) => {
+                        crate::info!("admin: {what} by {} (etcd revision {revision})", req.who);
+                        etcd.answer_at(revision, reply, to);
+                    }
+                    Err(e) => {
+                        crate::error!("admin: {what} not written to etcd: {e}");
+                        let _ = to.send(AdminResponse::error(503, &e.to_string()));
+                    }
+                }
+                return;
             }
+            Provider::Store(file) => {
+                if let Err(e) = file.save(&objects) {
+                    self.health.abort();
+                    crate::error!("admin: {what} not stored: {e}");
+                    let _ = to.send(AdminResponse::error(
+                        500,
+                        &format!("the change could not be stored: {e}"),
+                    ));
+                    return;
+                }
+            }
+            Provider::File => {}
         }
         self.objects = *objects;
         self.publish(s);
@@ -130,7 +187,100 @@ impl Plane {
             self.objects.revision,
             self.snapshot.version
         );
-        reply
+        let _ = to.send(reply);
+    }
+
+    /// Takes what the etcd watcher delivered (and whatever else it has delivered since, so a
+    /// burst compiles once); returns other events met on the way, for the loop to handle.
+    pub(super) fn etcd(
+        &mut self,
+        first: Update,
+        more: &mpsc::Receiver<super::Event>,
+    ) -> Vec<super::Event> {
+        let Provider::Etcd(etcd) = &mut self.provider else {
+            return Vec::new();
+        };
+        let prefix = etcd.config.prefix.clone();
+        let mut changed = false;
+        let mut others = Vec::new();
+        let mut next = Some(first);
+        while let Some(update) = next.take() {
+            match update {
+                Update::Full { revision, kvs } => {
+                    self.objects = super::etcd::objects_from(&prefix, revision, &kvs);
+                    changed = true;
+                }
+                Update::Changes { revision, events } => {
+                    changed |= super::etcd::apply(&prefix, &mut self.objects, revision, &events);
+                }
+                Update::Down(e) => {
+                    crate::error!(
+                        "etcd: {e}; config version {} (revision {}) keeps serving until etcd is back",
+                        self.snapshot.version,
+                        self.objects.revision
+                    );
+                    super::etcd::set_reachable(&self.status, false, None, Some(e));
+                }
+                Update::Up(endpoint) => {
+                    crate::info!(
+                        "etcd: watching again through {endpoint} from revision {}",
+                        self.objects.revision + 1
+                    );
+                    super::etcd::set_reachable(&self.status, true, Some(endpoint), None);
+                }
+            }
+            // A burst is taken whole; other events wait their turn.
+            while let Ok(ev) = more.try_recv() {
+                match ev {
+                    super::Event::Etcd(u) => {
+                        next = Some(u);
+                        break;
+                    }
+                    other => others.push(other),
+                }
+            }
+        }
+        if changed {
+            let compiled = self
+                .objects
+                .resources()
+                .and_then(|r| self.compile(&self.gateway.clone(), &r));
+            match compiled {
+                Ok(s) => {
+                    self.status.update(|st| st.refused = None);
+                    self.publish(s);
+                    crate::info!(
+                        "etcd: revision {} live on all workers (config version {}, {} routes)",
+                        self.objects.revision,
+                        self.snapshot.version,
+                        self.snapshot.router.len()
+                    );
+                }
+                Err(e) => {
+                    self.health.abort();
+                    crate::error!(
+                        "etcd: revision {} refused, config version {} keeps serving: {e}",
+                        self.objects.revision,
+                        self.snapshot.version
+                    );
+                    self.status.update(|st| st.refused = Some(e.to_string()));
+                }
+            }
+        }
+        self.answer_pending();
+        others
+    }
+
+    /// Answers the etcd writes this gateway now serves (or that waited too long).
+    pub(super) fn answer_pending(&mut self) {
+        if let Provider::Etcd(etcd) = &mut self.provider {
+            etcd.answer(self.objects.revision as i64);
+        }
+    }
+
+    /// Whether writes wait for their revision (the loop then wakes up more often).
+    pub(super) fn waiting(&self) -> bool {
+        matches!(&self.provider, Provider::Etcd(e) if e.waiting())
     }
 
     /// Compiles the next version (resolving node host names as needed).
@@ -159,6 +309,11 @@ impl Plane {
         for w in &self.workers {
             w.mailbox.send(ControlMsg::Snapshot(s.clone()));
         }
+        let revision = self.objects.revision;
+        self.status.update(|st| {
+            st.config_version = s.version;
+            st.revision = revision;
+        });
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while self.workers.iter().any(|w| w.mailbox.applied() < s.version)
             && std::time::Instant::now() < deadline

@@ -5,7 +5,8 @@
 //!
 //! Import replaces every resource in the store, after the new set compiled; run it with the
 //! gateway stopped (a running gateway keeps the objects it has, and writes them back on its
-//! next Admin API change).
+//! next Admin API change). With the etcd provider it replaces every object under the prefix,
+//! and running gateways apply it through their watch.
 
 use super::compile;
 use crate::dns::Names;
@@ -31,6 +32,7 @@ pub fn export(config: &Path, format: Format) -> Result<String, String> {
         "store" => StoreFile::new(Path::new(&file.deployment.data_dir))
             .load()?
             .ok_or("the store is empty: start the gateway once, or import")?,
+        "etcd" => super::etcd::EtcdSide::open(&file.deployment.etcd)?.1,
         _ => Objects::from_values(&file.values, 0).map_err(|e| e.to_string())?,
     };
     let mut out = Map::new();
@@ -69,9 +71,9 @@ pub fn export(config: &Path, format: Format) -> Result<String, String> {
 /// settings. Returns how many objects were imported.
 pub fn import(config: &Path, source: &Path) -> Result<usize, String> {
     let file = load_file(config).map_err(|e| e.to_string())?;
-    if file.deployment.config_provider != "store" {
+    if !matches!(file.deployment.config_provider.as_str(), "store" | "etcd") {
         return Err(format!(
-            "{}: deployment.config_provider is \"{}\": import writes the store (\"store\")",
+            "{}: deployment.config_provider is \"{}\": import writes the store (\"store\") or etcd (\"etcd\")",
             config.display(),
             file.deployment.config_provider
         ));
@@ -106,7 +108,14 @@ pub fn import(config: &Path, source: &Path) -> Result<usize, String> {
         &mut HealthRegistry::default(),
     )
     .map_err(|e| e.to_string())?;
-    let count = Kind::ALL.iter().map(|&k| objects.list(k).len()).sum();
+    let count = objects.count();
+    if file.deployment.config_provider == "etcd" {
+        // Every key under the prefix that the import does not have is deleted; gateways
+        // watching the cluster apply the result as it is written.
+        let (mut etcd, old) = super::etcd::EtcdSide::open(&file.deployment.etcd)?;
+        etcd.write(&old, &objects).map_err(|e| e.to_string())?;
+        return Ok(count);
+    }
     StoreFile::new(Path::new(&file.deployment.data_dir)).save(&objects)?;
     Ok(count)
 }

@@ -11,6 +11,7 @@
 
 use super::state::{Report, Thresholds};
 use super::{PassiveQueue, Target};
+use crate::control::status::ConfigStatus;
 use crate::http::request::{Limits, Parsed, RequestHead};
 use crate::snapshot::Snapshot;
 use crossbeam_queue::SegQueue;
@@ -42,6 +43,8 @@ const TICK: Duration = Duration::from_millis(25);
 struct State {
     targets: RefCell<HashMap<u32, Arc<Target>>>,
     snapshot: RefCell<Arc<Snapshot>>,
+    /// Where the configuration comes from, for `/v1/config`.
+    config: Arc<ConfigStatus>,
 }
 
 /// Starts the prober thread. `control` is the bound status-API listener, if any.
@@ -49,6 +52,7 @@ pub fn spawn(
     control: Option<std::net::TcpListener>,
     targets: Vec<Arc<Target>>,
     snapshot: Arc<Snapshot>,
+    config: Arc<ConfigStatus>,
 ) -> std::io::Result<ProberHandle> {
     let mailbox = Arc::new(SegQueue::new());
     let passive = Arc::new(PassiveQueue::new());
@@ -60,7 +64,7 @@ pub fn spawn(
                 .enable_timer()
                 .build()
                 .expect("health runtime");
-            rt.block_on(run(control, targets, snapshot, mb, pq));
+            rt.block_on(run(control, targets, snapshot, config, mb, pq));
         })?;
     Ok(ProberHandle {
         mailbox,
@@ -73,12 +77,14 @@ async fn run(
     control: Option<std::net::TcpListener>,
     targets: Vec<Arc<Target>>,
     snapshot: Arc<Snapshot>,
+    config: Arc<ConfigStatus>,
     mailbox: Arc<SegQueue<ProberMsg>>,
     passive: Arc<PassiveQueue>,
 ) {
     let state = Rc::new(State {
         targets: RefCell::new(HashMap::new()),
         snapshot: RefCell::new(snapshot),
+        config,
     });
     adopt(&state, targets);
     if let Some(l) = control {
@@ -302,6 +308,8 @@ async fn status_conn(mut stream: TcpStream, state: Rc<State>) {
             405,
             serde_json::json!({"error_msg": "only GET is supported"}),
         )
+    } else if path.trim_end_matches('/') == "/v1/config" {
+        (200, serde_json::json!(state.config.get()))
     } else {
         status_response(&path, &state.snapshot.borrow())
     };

@@ -131,6 +131,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         200 => "OK",
+        201 => "Created",
         204 => "No Content",
         304 => "Not Modified",
         400 => "Bad Request",
@@ -138,6 +139,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        411 => "Length Required",
         408 => "Request Timeout",
         413 => "Content Too Large",
         414 => "URI Too Long",

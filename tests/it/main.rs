@@ -12,6 +12,7 @@ mod body_filters;
 mod config_fuzz;
 mod config_limits;
 mod eligibility;
+mod etcd;
 mod failures;
 mod headers;
 mod health;

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod etcd;
 
 pub use backend::{Backend, Reply};
 pub use client::{Client, Response};
@@ -298,5 +299,47 @@ pub fn wait_status(
             r.text()
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs the `shardgate` command with `args`: (success, stdout, stderr).
+pub fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run shardgate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Test certificates in `dir`, made with the openssl command: a CA (`ca.pem`, `ca.key`), a
+/// server certificate it signed for 127.0.0.1 and localhost (`server.pem`, `server.key`),
+/// and a second CA that signed nothing (`other.pem`), for verification that must fail.
+pub fn certificates(dir: &std::path::Path) {
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    let key = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+    for cmd in [
+        format!("req -x509 {key} -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca"),
+        format!("req {key} -keyout server.key -out server.csr -subj /CN=127.0.0.1"),
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile ext.cnf".to_string(),
+        format!("req -x509 {key} -keyout other.key -out other.pem -days 2 -subj /CN=other-ca"),
+    ] {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(cmd.split_whitespace())
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
