@@ -33,6 +33,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=variants.sh
+. "$ROOT/benches/variants.sh"   # sg_file_provider
 BENCH_DIR="$ROOT/benches"
 
 # ---------------------------------------------------------------- options
@@ -447,6 +449,7 @@ start_target() {
             conf="$TMP/shardgate-${LB:+$scen-}w$w.toml"
             log="$OUT/logs/$tag.log"
             write_shardgate_conf "$conf" "$w" "$PROXY_CPUS"
+            [[ -x $BIN_DIR/shardgate ]] && sg_file_provider "$BIN_DIR/shardgate" "$conf"
             check_conf "$conf" "$BIN_DIR/shardgate" check -c "$conf"
             start_bg "$log" taskset -c "$PROXY_CPUS" "$BIN_DIR/shardgate" run -c "$conf"
             ;;

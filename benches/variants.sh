@@ -2,6 +2,21 @@
 # configured several ways under the same load, and print the medians. Source it; it needs
 # BIN (the release binaries), TMP (a scratch dir) and CLK (`getconf CLK_TCK`).
 
+# sg_file_provider BIN CONFIG: makes CONFIG read its resources from the file. The default
+# provider is the store, which would keep the first run's resources in ./data; builds from
+# before the Admin API know no [deployment] section and read the file anyway (left as is).
+sg_file_provider() {
+    local bin=$1 config=$2
+    grep -q '^\[deployment\]' "$config" && return 0
+    cp "$config" "$config.try"
+    printf '\n[deployment]\nconfig_provider = "file"\n' >> "$config.try"
+    if "$bin" check -c "$config.try" >/dev/null 2>&1; then
+        mv "$config.try" "$config"
+    else
+        rm -f "$config.try"
+    fi
+}
+
 # measure_variant INDEX CONFIG PORT [sg-load args...]
 # Starts the gateway ($GW_BIN, default $BIN/shardgate) on CONFIG, warms up 1 s, measures
 # DURATION s of 64-connection load on PORT, stops it by PID, and appends "index
@@ -12,6 +27,7 @@
 measure_variant() {
     local i=$1 config=$2 port=$3
     shift 3
+    sg_file_provider "${GW_BIN:-$BIN/shardgate}" "$config"
     "${GW_BIN:-$BIN/shardgate}" run -c "$config" 2>/dev/null &
     local gw=$!
     sleep 0.3

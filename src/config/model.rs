@@ -40,8 +40,9 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct DeploymentConfig {
     /// `"file"`: resources from this file (SIGHUP / file watch; the Admin API reads only).
-    /// `"store"`: resources in the embedded store under `data_dir`, changed through the
-    /// Admin API; on first start, this file's resources are imported once.
+    /// `"store"` (the default, as APISIX's default is its config centre): resources in the
+    /// embedded store under `data_dir`, changed through the Admin API; on first start, this
+    /// file's resources are imported once.
     /// `"etcd"`: resources in an etcd v3 cluster under APISIX's key layout, shared by every
     /// gateway pointed at it; the Admin API writes there and every gateway applies its watch.
     pub config_provider: String,
@@ -54,7 +55,7 @@ pub struct DeploymentConfig {
 impl Default for DeploymentConfig {
     fn default() -> Self {
         DeploymentConfig {
-            config_provider: "file".into(),
+            config_provider: "store".into(),
             data_dir: "data".into(),
             etcd: EtcdConfig::default(),
         }

@@ -68,6 +68,13 @@ impl Plane {
                 Provider::File => Some(Objects::from_values(&f.values, crate::log::now_secs())?),
                 Provider::Store(_) | Provider::Etcd(_) => None,
             };
+            if objects.is_none() && f.values.values().any(|v| !v.is_empty()) {
+                crate::info!(
+                    "{}'s resources are not read again with config_provider = \"{}\": change them through the Admin API or `shardgate import` (or use config_provider = \"file\")",
+                    self.path.display(),
+                    self.provider.name()
+                );
+            }
             let resources = match &objects {
                 Some(_) => f.resources.clone(),
                 None => Arc::new(self.objects.resources()?),

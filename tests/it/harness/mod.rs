@@ -93,8 +93,15 @@ impl Gateway {
         if !gateway_extra.contains("pin_cores") {
             watch.push_str("pin_cores = false\n");
         }
+        // Resources from the file (reloadable), unless the test chooses a provider: the
+        // default provider, the store, would keep the first version of the file's resources.
+        let provider = if body.contains("[deployment") {
+            ""
+        } else {
+            "[deployment]\nconfig_provider = \"file\"\n"
+        };
         let gateway_section = format!(
-            "[gateway]\nlisten = [\"127.0.0.1:{port}\"]\naccess_log = \"{}\"\n{watch}{gateway_extra}\n",
+            "[gateway]\nlisten = [\"127.0.0.1:{port}\"]\naccess_log = \"{}\"\n{watch}{gateway_extra}\n{provider}",
             dir.join("access.log").display()
         );
         let config_path = dir.join("config.toml");
