@@ -22,14 +22,16 @@ use std::sync::Arc;
 
 /// Every reloadable object.
 #[derive(Debug, Clone, Default)]
+/// Each object is shared (`Arc`): the store keeps every object's typed form beside its JSON,
+/// so a change hands the compiler the unchanged objects without reading them again.
 pub struct Resources {
-    pub upstreams: Vec<UpstreamConfig>,
-    pub services: Vec<ServiceConfig>,
-    pub routes: Vec<RouteConfig>,
-    pub global_rules: Vec<GlobalRuleConfig>,
-    pub plugin_configs: Vec<PluginConfigConfig>,
-    pub consumers: Vec<ConsumerConfig>,
-    pub credentials: Vec<CredentialConfig>,
+    pub upstreams: Vec<Arc<UpstreamConfig>>,
+    pub services: Vec<Arc<ServiceConfig>>,
+    pub routes: Vec<Arc<RouteConfig>>,
+    pub global_rules: Vec<Arc<GlobalRuleConfig>>,
+    pub plugin_configs: Vec<Arc<PluginConfigConfig>>,
+    pub consumers: Vec<Arc<ConsumerConfig>>,
+    pub credentials: Vec<Arc<CredentialConfig>>,
 }
 
 /// What the file provider reads from `config.toml`.
@@ -75,13 +77,13 @@ impl Config {
         FileContents {
             gateway: self.gateway,
             resources: Arc::new(Resources {
-                upstreams: self.upstreams,
-                services: self.services,
-                routes: self.routes,
-                global_rules: self.global_rules,
-                plugin_configs: self.plugin_configs,
-                consumers: self.consumers,
-                credentials: self.credentials,
+                upstreams: shared(self.upstreams),
+                services: shared(self.services),
+                routes: shared(self.routes),
+                global_rules: shared(self.global_rules),
+                plugin_configs: shared(self.plugin_configs),
+                consumers: shared(self.consumers),
+                credentials: shared(self.credentials),
             }),
             values: BTreeMap::new(),
             demo: self.demo,
@@ -89,4 +91,8 @@ impl Config {
             admin: self.admin,
         }
     }
+}
+
+fn shared<T>(list: Vec<T>) -> Vec<Arc<T>> {
+    list.into_iter().map(Arc::new).collect()
 }

@@ -85,7 +85,7 @@ impl Kind {
 
 /// One stored object. Its JSON is shared (`Arc`): a change copies the store's maps, not the
 /// objects in them.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Object {
     /// APISIX's JSON as given, with its `id` (the times are kept beside it, so the compiler
     /// reads the object as it is, without a copy).
@@ -94,9 +94,109 @@ pub struct Object {
     pub update_time: i64,
     pub created_index: u64,
     pub modified_index: u64,
+    /// The typed form the compiler takes, read once when the object was stored.
+    typed: Typed,
+    /// The value serialized once, for the store file (written whole on every change).
+    json: Arc<Box<serde_json::value::RawValue>>,
 }
 
+impl PartialEq for Object {
+    fn eq(&self, other: &Object) -> bool {
+        // The typed form follows from the value.
+        self.value == other.value
+            && (
+                self.create_time,
+                self.update_time,
+                self.created_index,
+                self.modified_index,
+            ) == (
+                other.create_time,
+                other.update_time,
+                other.created_index,
+                other.modified_index,
+            )
+    }
+}
+
+/// An object's typed form, or why its JSON does not fit its kind.
+#[derive(Debug, Clone)]
+enum Typed {
+    Upstream(Arc<UpstreamConfig>),
+    Service(Arc<ServiceConfig>),
+    Route(Arc<RouteConfig>),
+    GlobalRule(Arc<GlobalRuleConfig>),
+    PluginConfig(Arc<PluginConfigConfig>),
+    Consumer(Arc<ConsumerConfig>),
+    Credential(Arc<CredentialConfig>),
+    Invalid(Arc<str>),
+}
+
+impl Typed {
+    fn read(kind: Kind, v: &Value) -> Typed {
+        fn de<T: serde::de::DeserializeOwned>(v: &Value, f: fn(Arc<T>) -> Typed) -> Typed {
+            match T::deserialize(v) {
+                Ok(t) => f(Arc::new(t)),
+                Err(e) => Typed::Invalid(e.to_string().into()),
+            }
+        }
+        match kind {
+            Kind::Upstreams => de(v, Typed::Upstream),
+            Kind::Services => de(v, Typed::Service),
+            Kind::Routes => de(v, Typed::Route),
+            Kind::GlobalRules => de(v, Typed::GlobalRule),
+            Kind::PluginConfigs => de(v, Typed::PluginConfig),
+            Kind::Consumers => de(v, Typed::Consumer),
+            Kind::Credentials => de(v, Typed::Credential),
+        }
+    }
+}
+
+/// Takes one kind's typed form out of a [`Typed`].
+trait Pick: Sized {
+    fn pick(t: &Typed) -> Option<Arc<Self>>;
+}
+
+macro_rules! pick {
+    ($($t:ty => $v:ident),*) => {$(
+        impl Pick for $t {
+            fn pick(t: &Typed) -> Option<Arc<Self>> {
+                match t {
+                    Typed::$v(x) => Some(x.clone()),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+
+pick!(UpstreamConfig => Upstream, ServiceConfig => Service, RouteConfig => Route,
+    GlobalRuleConfig => GlobalRule, PluginConfigConfig => PluginConfig,
+    ConsumerConfig => Consumer, CredentialConfig => Credential);
+
 impl Object {
+    /// An object of `kind` with its JSON (which carries its `id`), times and indexes; its
+    /// typed form is read here, once.
+    pub fn new(
+        kind: Kind,
+        value: Arc<Value>,
+        (create_time, update_time): (i64, i64),
+        (created_index, modified_index): (u64, u64),
+    ) -> Object {
+        let text = serde_json::to_string(&*value).unwrap_or_else(|_| "null".into());
+        let json = serde_json::value::RawValue::from_string(text).unwrap_or_else(|_| {
+            serde_json::value::RawValue::from_string("null".into()).expect("null is JSON")
+        });
+        Object {
+            typed: Typed::read(kind, &value),
+            json: Arc::new(json),
+            value,
+            create_time,
+            update_time,
+            created_index,
+            modified_index,
+        }
+    }
+
     /// The object as the Admin API shows it: with `create_time` and `update_time`.
     pub fn shown(&self) -> Value {
         let mut v = (*self.value).clone();
@@ -150,13 +250,12 @@ impl Objects {
         }
         map.insert(
             id.to_string(),
-            Object {
-                value: Arc::new(value),
-                create_time,
-                update_time: now,
-                created_index,
-                modified_index: revision,
-            },
+            Object::new(
+                kind,
+                Arc::new(value),
+                (create_time, now),
+                (created_index, revision),
+            ),
         )
         .is_none()
     }
@@ -226,12 +325,16 @@ impl Objects {
         })
     }
 
-    fn typed<T: serde::de::DeserializeOwned>(&self, kind: Kind) -> Result<Vec<T>, ConfigError> {
+    fn typed<T: Pick>(&self, kind: Kind) -> Result<Vec<Arc<T>>, ConfigError> {
         self.list(kind)
             .into_iter()
             .map(|(id, o)| {
-                T::deserialize(&*o.value).map_err(|e| {
-                    ConfigError::invalid(format!("{} (id \"{id}\")", kind.name()), e.to_string())
+                T::pick(&o.typed).ok_or_else(|| {
+                    let why = match &o.typed {
+                        Typed::Invalid(e) => e.to_string(),
+                        _ => "not of this kind".into(),
+                    };
+                    ConfigError::invalid(format!("{} (id \"{id}\")", kind.name()), why)
                 })
             })
             .collect()
@@ -286,13 +389,18 @@ impl Objects {
                 let id = value.get("id")?.as_str()?.to_string();
                 map.insert(
                     id,
-                    Object {
-                        value: Arc::new(value),
-                        create_time: item.get("create_time")?.as_i64()?,
-                        update_time: item.get("update_time")?.as_i64()?,
-                        created_index: item.get("createdIndex")?.as_u64()?,
-                        modified_index: item.get("modifiedIndex")?.as_u64()?,
-                    },
+                    Object::new(
+                        kind,
+                        Arc::new(value),
+                        (
+                            item.get("create_time")?.as_i64()?,
+                            item.get("update_time")?.as_i64()?,
+                        ),
+                        (
+                            item.get("createdIndex")?.as_u64()?,
+                            item.get("modifiedIndex")?.as_u64()?,
+                        ),
+                    ),
                 );
             }
         }
@@ -310,7 +418,7 @@ struct FileOut<'a> {
 
 #[derive(Serialize)]
 struct ItemOut<'a> {
-    value: &'a Value,
+    value: &'a serde_json::value::RawValue,
     create_time: i64,
     update_time: i64,
     #[serde(rename = "createdIndex")]
@@ -331,7 +439,7 @@ impl Objects {
                     let items = map
                         .values()
                         .map(|o| ItemOut {
-                            value: &o.value,
+                            value: &o.json,
                             create_time: o.create_time,
                             update_time: o.update_time,
                             created_index: o.created_index,

@@ -69,13 +69,15 @@ pub fn decode(kind: Kind, id: &str, kv: &Kv) -> Result<Object, String> {
         obj.entry("username")
             .or_insert_with(|| Value::String(id.to_string()));
     }
-    Ok(Object {
-        value: Arc::new(v),
-        create_time,
-        update_time,
-        created_index: kv.create_revision.max(0) as u64,
-        modified_index: kv.mod_revision.max(0) as u64,
-    })
+    Ok(Object::new(
+        kind,
+        Arc::new(v),
+        (create_time, update_time),
+        (
+            kv.create_revision.max(0) as u64,
+            kv.mod_revision.max(0) as u64,
+        ),
+    ))
 }
 
 #[cfg(test)]

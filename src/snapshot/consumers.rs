@@ -9,11 +9,12 @@ use crate::dns::Names;
 use crate::plugin::Registry;
 use crate::upstream::UpstreamSpec;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// Checks every consumer and credential; builds consumers' plugins into `registry`.
 pub(super) fn check_consumers(
-    consumers: &[ConsumerConfig],
-    credentials: &[CredentialConfig],
+    consumers: &[Arc<ConsumerConfig>],
+    credentials: &[Arc<CredentialConfig>],
     upstream_ids: &HashMap<&str, usize>,
     names: &Names,
     upstreams: &mut Vec<UpstreamSpec>,

@@ -28,7 +28,7 @@ use crate::plugin::{Chain, Registry};
 use crate::resources::Resources;
 use crate::route::Router;
 use crate::upstream::{PassHost, UpstreamSpec};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,6 +71,23 @@ pub struct Snapshot {
 pub(super) type Result<T> = std::result::Result<T, ConfigError>;
 
 /// `upstreams[0] (id "demo")`: how errors point at an object.
+/// An object's name in messages (`routes[3] (id "r3")`), written only when a message needs
+/// it: a large table compiles without formatting a name per object.
+pub(super) struct ObjectName<'a> {
+    pub(super) kind: &'static str,
+    pub(super) index: usize,
+    pub(super) id: Option<&'a str>,
+}
+
+impl std::fmt::Display for ObjectName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.id {
+            Some(id) => write!(f, "{}[{}] (id \"{id}\")", self.kind, self.index),
+            None => write!(f, "{}[{}]", self.kind, self.index),
+        }
+    }
+}
+
 pub(super) fn object_name(kind: &str, index: usize, id: Option<&str>) -> String {
     match id {
         Some(id) => format!("{kind}[{index}] (id \"{id}\")"),
@@ -101,7 +118,7 @@ impl Snapshot {
             let id =
                 u.id.as_deref()
                     .ok_or_else(|| ConfigError::invalid(&name, "missing id"))?;
-            check_id(&format!("{name}.id"), id)?;
+            check_id(&name, id)?;
             if upstream_ids.insert(id, upstreams.len()).is_some() {
                 return Err(ConfigError::invalid(
                     format!("{name}.id"),
@@ -137,13 +154,9 @@ impl Snapshot {
             let id =
                 s.id.as_deref()
                     .ok_or_else(|| ConfigError::invalid(&name, "missing id"))?;
-            check_id(&format!("{name}.id"), id)?;
+            check_id(&name, id)?;
             let upstream = if let Some(uid) = s.upstream_id.as_deref() {
-                Some(lookup_upstream(
-                    &upstream_ids,
-                    &format!("{name}.upstream_id"),
-                    uid,
-                )?)
+                Some(lookup_upstream(&upstream_ids, &name, uid)?)
             } else if let Some(u) = &s.upstream {
                 let key = format!("service:{id}");
                 upstreams.push(compile_upstream(
@@ -196,7 +209,7 @@ impl Snapshot {
                 .id
                 .as_deref()
                 .ok_or_else(|| ConfigError::invalid(&name, "missing id"))?;
-            check_id(&format!("{name}.id"), id)?;
+            check_id(&name, id)?;
             let plugins = build_plugins(
                 &name,
                 &format!("plugin_configs/{id}"),
@@ -225,12 +238,18 @@ impl Snapshot {
 
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut uris = Vec::with_capacity(config.routes.len());
-        let mut route_ids: HashMap<String, ()> = HashMap::new();
+        let mut route_ids: HashSet<String> = HashSet::with_capacity(config.routes.len());
         for (i, r) in config.routes.iter().enumerate() {
-            let name = object_name("routes", i, r.id.as_deref());
+            let name = ObjectName {
+                kind: "routes",
+                index: i,
+                id: r.id.as_deref(),
+            };
             let id = r.id.clone().unwrap_or_else(|| format!("arr_{}", i + 1));
-            check_id(&format!("{name}.id"), &id)?;
-            if route_ids.insert(id.clone(), ()).is_some() {
+            if !crate::config::valid_id(&id) {
+                check_id(&name.to_string(), &id)?;
+            }
+            if !route_ids.insert(id.clone()) {
                 return Err(ConfigError::invalid(
                     format!("{name}.id"),
                     "duplicate route id",
@@ -289,21 +308,26 @@ impl Snapshot {
     }
 }
 
-pub(super) fn check_id(field: &str, id: &str) -> Result<()> {
+/// Checks the `id` of the object called `name` (the field path is made only on error).
+pub(super) fn check_id(name: &str, id: &str) -> Result<()> {
     if crate::config::valid_id(id) {
         Ok(())
     } else {
         Err(ConfigError::invalid(
-            field,
+            format!("{name}.id"),
             format!("'{id}' must be 1-64 characters of [a-zA-Z0-9-_.]"),
         ))
     }
 }
 
-pub(super) fn lookup_upstream(ids: &HashMap<&str, usize>, field: &str, id: &str) -> Result<usize> {
-    ids.get(id)
-        .copied()
-        .ok_or_else(|| ConfigError::invalid(field, format!("upstream \"{id}\" does not exist")))
+/// The index of upstream `id`, named in `{name}.upstream_id` (the path is made only on error).
+pub(super) fn lookup_upstream(ids: &HashMap<&str, usize>, name: &str, id: &str) -> Result<usize> {
+    ids.get(id).copied().ok_or_else(|| {
+        ConfigError::invalid(
+            format!("{name}.upstream_id"),
+            format!("upstream \"{id}\" does not exist"),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use super::plugins::build_plugins;
 use super::upstreams::compile_timeouts;
 use super::upstreams::{compile_upstream, valid_host_name};
-use super::{lookup_upstream, Result};
+use super::{lookup_upstream, ObjectName, Result};
 use crate::config::{ConfigError, RouteConfig};
 use crate::plugin::{Chain, Instance, Registry};
 use crate::route::{self, HostPattern, Route};
@@ -34,7 +34,7 @@ pub(super) struct ServiceInfo<'a> {
 pub(super) type Services<'a> = HashMap<&'a str, ServiceInfo<'a>>;
 
 pub(super) fn compile_route(
-    name: &str,
+    name: &ObjectName<'_>,
     id: &str,
     r: &RouteConfig,
     refs: &Referenced<'_>,
@@ -52,11 +52,16 @@ pub(super) fn compile_route(
         }
         (Some(_), Some(_)) => {
             return Err(ConfigError::invalid(
-                name,
+                name.to_string(),
                 "only one of uri or uris is allowed",
             ))
         }
-        (None, None) => return Err(ConfigError::invalid(name, "missing uri or uris")),
+        (None, None) => {
+            return Err(ConfigError::invalid(
+                name.to_string(),
+                "missing uri or uris",
+            ))
+        }
     };
     for p in &paths {
         if !p.starts_with('/') || p.len() > 4096 {
@@ -92,7 +97,7 @@ pub(super) fn compile_route(
     let host_list: Option<Vec<String>> = match (&r.host, &r.hosts) {
         (Some(_), Some(_)) => {
             return Err(ConfigError::invalid(
-                name,
+                name.to_string(),
                 "only one of host or hosts is allowed",
             ))
         }
@@ -146,7 +151,7 @@ pub(super) fn compile_route(
     let remote_list: Vec<(String, &String)> = match (&r.remote_addr, &r.remote_addrs) {
         (Some(_), Some(_)) => {
             return Err(ConfigError::invalid(
-                name,
+                name.to_string(),
                 "only one of remote_addr or remote_addrs is allowed",
             ))
         }
@@ -178,11 +183,7 @@ pub(super) fn compile_route(
 
     // APISIX precedence: route upstream_id > route upstream > service's upstream.
     let upstream = if let Some(uid) = r.upstream_id.as_deref() {
-        Some(lookup_upstream(
-            refs.upstream_ids,
-            &format!("{name}.upstream_id"),
-            uid,
-        )?)
+        Some(lookup_upstream(refs.upstream_ids, &name.to_string(), uid)?)
     } else if let Some(u) = &r.upstream {
         upstreams.push(compile_upstream(
             &format!("{name}.upstream"),
@@ -201,7 +202,7 @@ pub(super) fn compile_route(
         && r.plugin_config_id.is_none()
     {
         return Err(ConfigError::invalid(
-            name,
+            name.to_string(),
             "needs one of upstream_id, upstream, service_id, plugins or plugin_config_id",
         ));
     }
@@ -218,7 +219,7 @@ pub(super) fn compile_route(
     // service's; a plugin configured at more than one level takes the first one's config.
     let own = match &r.plugins {
         Some(p) => build_plugins(
-            name,
+            &name.to_string(),
             &format!("routes/{id}"),
             p,
             refs.upstream_ids,
