@@ -71,6 +71,33 @@ pub fn load_file(path: &Path) -> Result<FileContents, ConfigError> {
     Ok(contents)
 }
 
+impl FileContents {
+    /// Checks every resource of the file against its kind's JSON Schema, the one the Admin
+    /// API serves and checks writes with (after the compiler, whose messages name the field
+    /// in the file's terms: this catches what APISIX's schemas refuse beyond that).
+    pub fn check_schemas(&self) -> Result<(), ConfigError> {
+        for (&kind, list) in &self.values {
+            for (i, v) in list.iter().enumerate() {
+                let mut v = std::borrow::Cow::Borrowed(v);
+                if kind == Kind::Credentials {
+                    // The file names a credential's consumer; the API has it in the path.
+                    if let Some(obj) = v.to_mut().as_object_mut() {
+                        obj.remove("consumer");
+                    }
+                }
+                if let Err(e) = crate::admin::api::check_object(kind, &v) {
+                    let name = match v.get("id").or_else(|| v.get("username")) {
+                        Some(id) => format!("{}[{i}] (id {id})", kind.name()),
+                        None => format!("{}[{i}]", kind.name()),
+                    };
+                    return Err(ConfigError::invalid(name, e));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// The file's process settings, its resources, and its demo backends.
     pub fn split(self) -> FileContents {

@@ -30,14 +30,21 @@ use std::time::Duration;
 
 /// Loads and validates a config file the way `run` would (for `shardgate check`).
 pub fn check(path: &Path) -> Result<Snapshot, ConfigError> {
-    let file = load_file(path)?;
-    compile(
+    check_file(&load_file(path)?)
+}
+
+/// Compiles a file's settings and resources, then checks its resources against the schemas
+/// the Admin API uses (after the compiler, whose messages speak the file's terms).
+fn check_file(file: &crate::resources::FileContents) -> Result<Snapshot, ConfigError> {
+    let snapshot = compile(
         &file.gateway,
         &file.resources,
         &mut Names::default(),
         1,
         &mut HealthRegistry::default(),
-    )
+    )?;
+    file.check_schemas()?;
+    Ok(snapshot)
 }
 
 /// Compiles settings and resources into a snapshot, resolving the node host names the
@@ -327,13 +334,19 @@ fn open_provider(
     let now = crate::log::now_secs();
     let from_file = Objects::from_values(&file.values, now)?;
     match file.deployment.config_provider.as_str() {
-        "file" => Ok((Provider::File, from_file)),
+        "file" => {
+            check_file(file)?;
+            Ok((Provider::File, from_file))
+        }
         "store" => {
             let store = StoreFile::new(Path::new(&file.deployment.data_dir));
             let invalid = |e: String| ConfigError::invalid("deployment.data_dir", e);
             let objects = match store.load().map_err(invalid)? {
                 Some(objects) => objects,
                 None => {
+                    // Only a file that would serve is imported: a bad one is refused before
+                    // it reaches the store, and a fixed file imports at the next start.
+                    check_file(file)?;
                     store.save(&from_file).map_err(invalid)?;
                     crate::info!(
                         "store {} created: imported the resources of {} once",

@@ -68,6 +68,11 @@ impl Plane {
                 Provider::File => Some(Objects::from_values(&f.values, crate::log::now_secs())?),
                 Provider::Store(_) | Provider::Etcd(_) => None,
             };
+            // After the compiler (whose messages speak the file's terms), as `check` does.
+            let schemas = match objects {
+                Some(_) => f.check_schemas(),
+                None => Ok(()),
+            };
             if objects.is_none() && f.values.values().any(|v| !v.is_empty()) {
                 crate::info!(
                     "{}'s resources are not read again with config_provider = \"{}\": change them through the Admin API or `shardgate import` (or use config_provider = \"file\")",
@@ -79,10 +84,11 @@ impl Plane {
                 Some(_) => f.resources.clone(),
                 None => Arc::new(self.objects.resources()?),
             };
-            Ok((f.gateway, resources, objects))
+            Ok((f.gateway, resources, objects, schemas))
         });
-        let result = loaded.and_then(|(gateway, resources, objects)| {
+        let result = loaded.and_then(|(gateway, resources, objects, schemas)| {
             let s = self.compile(&gateway, &resources)?;
+            schemas?;
             Ok((s, gateway, objects))
         });
         match result {

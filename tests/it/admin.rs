@@ -663,3 +663,70 @@ fn malformed_admin_requests_get_a_4xx_and_change_nothing() {
     );
     assert_eq!(gw.get("/x").status, 404, "the gateway serves on");
 }
+
+#[test]
+fn config_toml_is_checked_with_the_admin_api_schemas() {
+    let a = Backend::named("a");
+    // Accepted by the compiler, refused by APISIX's route schema (name: at most 256).
+    let long = "n".repeat(300);
+    let bad = format!(
+        "[[routes]]\nid = \"r\"\nname = \"{long}\"\nuri = \"/*\"\nupstream = {{ nodes = {{ \"{}\" = 1 }} }}\n",
+        a.addr()
+    );
+    let (ok, err) = check_config(&bad);
+    assert!(!ok, "check refuses it");
+    assert!(
+        err.contains("routes[0] (id \"r\")") && err.contains("name"),
+        "names the object and field: {err}"
+    );
+    // A labels value APISIX refuses (no spaces), on an upstream.
+    let (ok, err) = check_config(&format!(
+        "[[upstreams]]\nid = \"u\"\nlabels = {{ env = \"a b\" }}\nnodes = {{ \"{}\" = 1 }}\n",
+        a.addr()
+    ));
+    assert!(
+        !ok && err.contains("upstreams[0]") && err.contains("labels"),
+        "{err}"
+    );
+
+    // A reload with the file provider refuses it too; the old config keeps serving.
+    let good = format!(
+        "[[routes]]\nid = \"r\"\nuri = \"/*\"\nupstream = {{ nodes = {{ \"{}\" = 1 }} }}\n",
+        a.addr()
+    );
+    let gw = Gateway::start(&good);
+    gw.write_config(&bad);
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_for_event(|e| e.contains("reload refused")),
+        "{}",
+        gw.events()
+    );
+    assert_eq!(gw.get("/x").text(), "a");
+
+    // The store imports a file only once it passes: a refused first start leaves no store,
+    // and the fixed file is imported at the next start.
+    let dir = temp_dir("schema-import");
+    let config = dir.join("config.toml");
+    let text = |body: &str| {
+        format!(
+            "[gateway]\nlisten = [\"127.0.0.1:{}\"]\ncontrol_listen = \"off\"\nworkers = 1\n[deployment]\nconfig_provider = \"store\"\ndata_dir = \"{}\"\n{body}",
+            free_port(),
+            dir.join("data").display()
+        )
+    };
+    std::fs::write(&config, text(&bad)).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["run", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        !dir.join("data/resources.json").exists(),
+        "nothing imported"
+    );
+    std::fs::write(&config, text(&good)).unwrap();
+    let (ok, _, err) = crate::harness::cli(&["export", "-c", config.to_str().unwrap()]);
+    assert!(!ok && err.contains("the store is empty"), "{err}");
+}
