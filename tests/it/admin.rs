@@ -517,13 +517,8 @@ fn an_admin_listener_beyond_loopback_needs_a_key() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["run", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, _, stderr) = cli(&["run", "-c", config.to_str().unwrap()]);
+    assert!(!ok);
     assert!(stderr.contains("admin.admin_key"), "{stderr}");
 }
 
@@ -716,17 +711,13 @@ fn config_toml_is_checked_with_the_admin_api_schemas() {
         )
     };
     std::fs::write(&config, text(&bad)).unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["run", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let (ok, _, err) = cli(&["run", "-c", config.to_str().unwrap()]);
+    assert!(!ok && err.contains("name"), "{err}");
     assert!(
         !dir.join("data/resources.json").exists(),
         "nothing imported"
     );
     std::fs::write(&config, text(&good)).unwrap();
-    let (ok, _, err) = crate::harness::cli(&["export", "-c", config.to_str().unwrap()]);
+    let (ok, _, err) = cli(&["export", "-c", config.to_str().unwrap()]);
     assert!(!ok && err.contains("the store is empty"), "{err}");
 }
