@@ -4,11 +4,13 @@
 //! Process settings (listeners, workers, io_uring, the control listener, the access log
 //! target) are read once at start; a changed one is reported and waits for a restart.
 //!
-//! The objects being served are held by the control plane in the store (`store.rs`, APISIX's
+//! The objects being served are held by the control plane in the store (`store/`, APISIX's
 //! JSON by kind and id). Providers feed it: the file provider (`config.toml`, at start, on
 //! SIGHUP or when the file changes) replaces them all at once; the Admin API changes one
-//! object at a time (with `config_provider = "store"`); etcd is next. A change reaches the
-//! store only after it compiled: the store always holds what the workers serve.
+//! object at a time (with `config_provider = "store"`); with etcd, the watch brings what
+//! changed in the cluster. A change reaches the store only after it compiled: the store
+//! always holds what the workers serve (with etcd, what the cluster holds; the workers serve
+//! the newest revision that compiled).
 
 use crate::config::{
     AdminConfig, Config, ConfigError, ConsumerConfig, CredentialConfig, DemoConfig,

@@ -180,7 +180,7 @@ impl Plane {
                 return;
             }
             Provider::Store(file) => {
-                if let Err(e) = file.save(&objects) {
+                if let Err(e) = file.save_change(&self.objects, &objects) {
                     self.health.abort();
                     crate::error!("admin: {what} not stored: {e}");
                     let _ = to.send(AdminResponse::error(

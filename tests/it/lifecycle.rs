@@ -312,6 +312,11 @@ fn a_reload_mid_request_keeps_that_requests_settings() {
     let gw = Gateway::start_with(&body, "workers = 1\nsend_timeout = 30");
     let mut c = gw.client();
     c.send("GET", "/big", &[], b"");
+    // The request must have started (reached the backend) before the reload.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while be.requests() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let text = std::fs::read_to_string(&gw.config_path).unwrap();
     std::fs::write(
         &gw.config_path,

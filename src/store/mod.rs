@@ -2,21 +2,15 @@
 //! fields APISIX adds (`id`, `create_time`, `update_time`) and etcd-style indexes
 //! (`createdIndex`, `modifiedIndex`: the store revision at creation and at the last change).
 //!
-//! With `config_provider = "store"` the objects persist in `data_dir/resources.json`,
-//! written whole to a temporary file, fsync'd, renamed over the old one and the directory
-//! fsync'd: after a crash at any moment the file is the old version or the new one, never a
-//! mix, and a change is acknowledged only once its file is durable.
+//! With `config_provider = "store"` the objects persist under `data_dir` ([`file`]).
 
 use crate::config::{
     ConfigError, ConsumerConfig, CredentialConfig, GlobalRuleConfig, PluginConfigConfig,
     RouteConfig, ServiceConfig, UpstreamConfig,
 };
 use crate::resources::Resources;
-use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The kinds of object the store holds, by their Admin API path segment.
@@ -102,19 +96,11 @@ pub struct Object {
 
 impl PartialEq for Object {
     fn eq(&self, other: &Object) -> bool {
-        // The typed form follows from the value.
-        self.value == other.value
-            && (
-                self.create_time,
-                self.update_time,
-                self.created_index,
-                self.modified_index,
-            ) == (
-                other.create_time,
-                other.update_time,
-                other.created_index,
-                other.modified_index,
-            )
+        // The typed form follows from the value; an unchanged object shares its value.
+        (self.create_time, self.update_time) == (other.create_time, other.update_time)
+            && (self.created_index, self.modified_index)
+                == (other.created_index, other.modified_index)
+            && (Arc::ptr_eq(&self.value, &other.value) || self.value == other.value)
     }
 }
 
@@ -374,134 +360,7 @@ impl Objects {
         }
         Ok(objects)
     }
-
-    fn from_file(v: &Value) -> Option<Objects> {
-        let mut objects = Objects {
-            revision: v.get("revision")?.as_u64()?,
-            last_generated: v.get("last_generated")?.as_u64()?,
-            ..Objects::default()
-        };
-        for (name, list) in v.get("objects")?.as_object()? {
-            let kind = Kind::parse(name)?;
-            let map = objects.kinds.entry(kind).or_default();
-            for item in list.as_array()? {
-                let value = item.get("value")?.clone();
-                let id = value.get("id")?.as_str()?.to_string();
-                map.insert(
-                    id,
-                    Object::new(
-                        kind,
-                        Arc::new(value),
-                        (
-                            item.get("create_time")?.as_i64()?,
-                            item.get("update_time")?.as_i64()?,
-                        ),
-                        (
-                            item.get("createdIndex")?.as_u64()?,
-                            item.get("modifiedIndex")?.as_u64()?,
-                        ),
-                    ),
-                );
-            }
-        }
-        Some(objects)
-    }
 }
 
-/// The store file, written straight from the objects (no intermediate JSON tree).
-#[derive(Serialize)]
-struct FileOut<'a> {
-    revision: u64,
-    last_generated: u64,
-    objects: BTreeMap<&'static str, Vec<ItemOut<'a>>>,
-}
-
-#[derive(Serialize)]
-struct ItemOut<'a> {
-    value: &'a serde_json::value::RawValue,
-    create_time: i64,
-    update_time: i64,
-    #[serde(rename = "createdIndex")]
-    created_index: u64,
-    #[serde(rename = "modifiedIndex")]
-    modified_index: u64,
-}
-
-impl Objects {
-    fn to_file(&self) -> FileOut<'_> {
-        FileOut {
-            revision: self.revision,
-            last_generated: self.last_generated,
-            objects: self
-                .kinds
-                .iter()
-                .map(|(kind, map)| {
-                    let items = map
-                        .values()
-                        .map(|o| ItemOut {
-                            value: &o.json,
-                            create_time: o.create_time,
-                            update_time: o.update_time,
-                            created_index: o.created_index,
-                            modified_index: o.modified_index,
-                        })
-                        .collect();
-                    (kind.name(), items)
-                })
-                .collect(),
-        }
-    }
-}
-
-/// The durable copy of the objects under `data_dir`.
-#[derive(Debug)]
-pub struct StoreFile {
-    path: PathBuf,
-    dir: PathBuf,
-}
-
-impl StoreFile {
-    pub fn new(data_dir: &Path) -> StoreFile {
-        StoreFile {
-            path: data_dir.join("resources.json"),
-            dir: data_dir.to_path_buf(),
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The stored objects; `None` when there is no store yet (first start).
-    pub fn load(&self) -> Result<Option<Objects>, String> {
-        let text = match std::fs::read(&self.path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("cannot read {}: {e}", self.path.display())),
-        };
-        let v: Value = serde_json::from_slice(&text)
-            .map_err(|e| format!("{} is not valid JSON: {e}", self.path.display()))?;
-        Objects::from_file(&v)
-            .map(Some)
-            .ok_or_else(|| format!("{} is not a Shardgate store", self.path.display()))
-    }
-
-    /// Writes `objects` durably (temporary file, fsync, rename, directory fsync).
-    pub fn save(&self, objects: &Objects) -> Result<(), String> {
-        let fail = |what: &str, e: std::io::Error| format!("{what} {}: {e}", self.path.display());
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| fail("cannot create the directory of", e))?;
-        let tmp = self.path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec(&objects.to_file()).map_err(|e| e.to_string())?;
-        {
-            let mut f = std::fs::File::create(&tmp).map_err(|e| fail("cannot write", e))?;
-            f.write_all(&bytes).map_err(|e| fail("cannot write", e))?;
-            f.sync_all().map_err(|e| fail("cannot sync", e))?;
-        }
-        std::fs::rename(&tmp, &self.path).map_err(|e| fail("cannot replace", e))?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| fail("cannot sync the directory of", e))?;
-        Ok(())
-    }
-}
+mod file;
+pub use file::StoreFile;
