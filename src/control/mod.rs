@@ -16,7 +16,7 @@ use crate::health::prober::{self};
 use crate::health::Registry as HealthRegistry;
 use crate::log::access::AccessLogConfig;
 use crate::resources::{load_file, Resources};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{CompileCache, Snapshot};
 use crate::store::{Objects, StoreFile};
 use crate::worker::{self, Listeners, RuntimeOptions, WorkerHandle, WorkerSpec};
 use plane::{Plane, Provider};
@@ -42,6 +42,7 @@ fn check_file(file: &crate::resources::FileContents) -> Result<Snapshot, ConfigE
         &mut Names::default(),
         1,
         &mut HealthRegistry::default(),
+        &mut CompileCache::default(),
     )?;
     file.check_schemas()?;
     Ok(snapshot)
@@ -55,11 +56,12 @@ pub fn compile(
     names: &mut Names,
     version: u64,
     health: &mut HealthRegistry,
+    cache: &mut CompileCache,
 ) -> Result<Snapshot, ConfigError> {
-    match Snapshot::compile(gateway, resources, names, version, health) {
+    match Snapshot::compile(gateway, resources, names, version, health, cache) {
         Err(ConfigError::Unresolved(missing)) => {
             names.resolve(&missing)?;
-            Snapshot::compile(gateway, resources, names, version, health)
+            Snapshot::compile(gateway, resources, names, version, health, cache)
         }
         done => done,
     }
@@ -131,8 +133,17 @@ pub fn run(path: PathBuf) -> i32 {
         Provider::Store(_) | Provider::Etcd(_) => objects.resources().map(Arc::new),
     };
     let mut health = HealthRegistry::default();
-    let compiled =
-        resources.and_then(|r| compile(&file.gateway, &r, &mut Names::default(), 1, &mut health));
+    let mut cache = CompileCache::default();
+    let compiled = resources.and_then(|r| {
+        compile(
+            &file.gateway,
+            &r,
+            &mut Names::default(),
+            1,
+            &mut health,
+            &mut cache,
+        )
+    });
     let snapshot = match compiled {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -263,6 +274,7 @@ pub fn run(path: PathBuf) -> i32 {
         health,
         prober,
         status,
+        cache,
     };
     if let Err(e) = start_admin(&file.admin, Path::new(&file.deployment.data_dir), admin_tx) {
         crate::error!("{e}");

@@ -10,7 +10,7 @@ use crate::dns::Names;
 use crate::health::prober::{ProberHandle, ProberMsg};
 use crate::health::Registry as HealthRegistry;
 use crate::resources::load_file;
-use crate::snapshot::{ProcessSettings, Snapshot};
+use crate::snapshot::{CompileCache, ProcessSettings, Snapshot};
 use crate::store::{Objects, StoreFile};
 use crate::worker::{ControlMsg, WorkerHandle};
 use std::path::PathBuf;
@@ -57,6 +57,8 @@ pub(super) struct Plane {
     pub(super) prober: ProberHandle,
     /// What the control API's `/v1/config` reports.
     pub(super) status: Arc<ConfigStatus>,
+    /// What the last compilation made, for the next to take again.
+    pub(super) cache: CompileCache,
 }
 
 impl Plane {
@@ -309,6 +311,7 @@ impl Plane {
             &mut Names::default(),
             version,
             &mut self.health,
+            &mut self.cache,
         )
     }
 

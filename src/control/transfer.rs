@@ -106,6 +106,7 @@ pub fn import(config: &Path, source: &Path) -> Result<usize, String> {
         &mut Names::default(),
         1,
         &mut HealthRegistry::default(),
+        &mut crate::snapshot::CompileCache::default(),
     )
     .map_err(|e| e.to_string())?;
     let count = objects.count();

@@ -232,7 +232,7 @@ impl Chain {
 }
 
 /// Every plugin instance of a snapshot, by slot, so each core can make their states.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Registry {
     pub instances: Vec<Arc<Plugin>>,
     /// Per slot: owner, name and configuration; equal keys across snapshots share state.
@@ -367,7 +367,7 @@ fn in_order(chains: [&Chain; 2], phase: PhaseSet) -> impl Iterator<Item = (usize
 /// What building a plugin may need from the snapshot being compiled.
 pub struct BuildCtx<'a> {
     /// Upstream ids to indices.
-    pub upstream_ids: &'a std::collections::HashMap<&'a str, usize>,
+    pub upstream_ids: &'a std::collections::HashMap<String, usize>,
     /// Compiles an inline upstream (added to the snapshot's table) and returns its index.
     pub add_upstream:
         &'a mut dyn FnMut(&str, &crate::config::UpstreamConfig) -> Result<usize, String>,

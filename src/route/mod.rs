@@ -112,7 +112,7 @@ impl IpNet {
 }
 
 /// A compiled route. `upstream` indexes the snapshot's upstream table.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Route {
     pub id: Arc<str>,
     pub hosts: Vec<HostPattern>,
@@ -227,7 +227,7 @@ pub struct Router {
 
 impl Router {
     /// Builds the index; `uris[i]` are the paths of `routes[i]`.
-    pub fn new(routes: Vec<Route>, uris: Vec<Vec<String>>) -> Router {
+    pub fn new<P: AsRef<[String]>>(routes: Vec<Route>, uris: Vec<P>) -> Router {
         let mut router = Router {
             routes,
             ..Default::default()
@@ -238,11 +238,12 @@ impl Router {
         // Sized once: most routes of a large table have no host.
         let plain: usize = (router.routes.iter().zip(&uris))
             .filter(|(r, _)| r.hosts.is_empty())
-            .map(|(_, p)| p.len())
+            .map(|(_, p)| p.as_ref().len())
             .sum();
         router.without_hosts.exact.reserve(plain);
         router.without_hosts.prefix.reserve(plain);
         for (i, paths) in uris.iter().enumerate() {
+            let paths = paths.as_ref();
             let route = &router.routes[i];
             if route.hosts.is_empty() {
                 for p in paths {

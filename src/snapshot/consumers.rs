@@ -15,7 +15,7 @@ use std::sync::Arc;
 pub(super) fn check_consumers(
     consumers: &[Arc<ConsumerConfig>],
     credentials: &[Arc<CredentialConfig>],
-    upstream_ids: &HashMap<&str, usize>,
+    upstream_ids: &HashMap<String, usize>,
     names: &Names,
     upstreams: &mut Vec<UpstreamSpec>,
     registry: &mut Registry,

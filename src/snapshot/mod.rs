@@ -5,20 +5,23 @@
 //! All semantic validation lives here, so `shardgate check` and a live reload refuse exactly
 //! the same configs, with errors that name the offending field. One file per kind: the
 //! `[gateway]` section (`gateway.rs`), upstreams with their nodes (`upstreams.rs`), routes and
-//! what they take from services (`routes.rs`), plugins (`plugins.rs`); this file puts them
-//! together in dependency order.
+//! what they take from services (`routes.rs`), plugins (`plugins.rs`), consumers
+//! (`consumers.rs`). What routes refer to is compiled first (`base.rs`); this file puts the
+//! routes on top, taking from the last compilation what did not change (`cache.rs`).
 
+mod base;
+mod cache;
 mod consumers;
 mod gateway;
 mod plugins;
 mod routes;
 mod upstreams;
 
+use base::Base;
+pub use cache::CompileCache;
 use gateway::compile_gateway;
 pub use gateway::ProcessSettings;
-use plugins::build_plugins;
-use routes::{compile_route, PluginConfigs, Referenced, ServiceInfo, Services};
-use upstreams::compile_upstream;
+use routes::{compile_route, Referenced};
 
 use crate::config::{ConfigError, GatewayConfig};
 use crate::dns::Names;
@@ -101,173 +104,79 @@ impl Snapshot {
     /// keeps targets across reloads); node host names are looked up in `names`, and when
     /// some are missing the result is [`ConfigError::Unresolved`] (see `dns.rs`). Does no
     /// I/O.
+    ///
+    /// `cache` holds what the previous compilation made: when every object but routes is
+    /// the same (the same shared objects), their compiled form is taken again, and so is
+    /// each route whose object is the same and that owns no upstream or plugin of its own.
+    /// A route change in a large table compiles that one route.
     pub fn compile(
         gateway: &GatewayConfig,
         config: &Resources,
         names: &Names,
         version: u64,
         health: &mut HealthRegistry,
+        cache: &mut CompileCache,
     ) -> Result<Snapshot> {
         let (settings, process) = compile_gateway(gateway)?;
         names.take_missing();
 
-        let mut upstreams: Vec<UpstreamSpec> = Vec::new();
-        let mut upstream_ids: HashMap<&str, usize> = HashMap::new();
-        for (i, u) in config.upstreams.iter().enumerate() {
-            let name = object_name("upstreams", i, u.id.as_deref());
-            let id =
-                u.id.as_deref()
-                    .ok_or_else(|| ConfigError::invalid(&name, "missing id"))?;
-            check_id(&name, id)?;
-            if upstream_ids.insert(id, upstreams.len()).is_some() {
-                return Err(ConfigError::invalid(
-                    format!("{name}.id"),
-                    "duplicate upstream id",
-                ));
-            }
-            upstreams.push(compile_upstream(&name, id, u, names)?);
-        }
-
-        let mut registry = Registry::default();
-        let mut global = Chain::default();
-        for (i, g) in config.global_rules.iter().enumerate() {
-            let name = object_name("global_rules", i, g.id.as_deref());
-            let owner = format!("global_rules/{}", g.id.as_deref().unwrap_or(&i.to_string()));
-            for (_, instance) in build_plugins(
-                &name,
-                &owner,
-                &g.plugins,
-                &upstream_ids,
-                names,
-                &mut upstreams,
-                &mut registry,
-            )? {
-                global.plugins.push(instance);
-            }
-        }
-        global.sort();
-
-        // Services: their upstream resolved to an index (possibly a new inline one).
-        let mut services: Services = HashMap::new();
-        for (i, s) in config.services.iter().enumerate() {
-            let name = object_name("services", i, s.id.as_deref());
-            let id =
-                s.id.as_deref()
-                    .ok_or_else(|| ConfigError::invalid(&name, "missing id"))?;
-            check_id(&name, id)?;
-            let upstream = if let Some(uid) = s.upstream_id.as_deref() {
-                Some(lookup_upstream(&upstream_ids, &name, uid)?)
-            } else if let Some(u) = &s.upstream {
-                let key = format!("service:{id}");
-                upstreams.push(compile_upstream(
-                    &format!("{name}.upstream"),
-                    &key,
-                    u,
-                    names,
-                )?);
-                Some(upstreams.len() - 1)
-            } else {
-                None
-            };
-            if let Some(hosts) = &s.hosts {
-                if hosts.is_empty() {
-                    return Err(ConfigError::invalid(
-                        format!("{name}.hosts"),
-                        "expect array to have at least 1 items",
-                    ));
-                }
-            }
-            let plugins = match &s.plugins {
-                Some(p) => build_plugins(
-                    &name,
-                    &format!("services/{id}"),
-                    p,
-                    &upstream_ids,
-                    names,
-                    &mut upstreams,
-                    &mut registry,
-                )?,
-                None => Vec::new(),
-            };
-            let info = ServiceInfo {
-                upstream,
-                hosts: s.hosts.as_ref(),
-                plugins,
-            };
-            if services.insert(id, info).is_some() {
-                return Err(ConfigError::invalid(
-                    format!("{name}.id"),
-                    "duplicate service id",
-                ));
-            }
-        }
-
-        let mut plugin_configs = PluginConfigs::new();
-        for (i, pc) in config.plugin_configs.iter().enumerate() {
-            let name = object_name("plugin_configs", i, pc.id.as_deref());
-            let id = pc
-                .id
-                .as_deref()
-                .ok_or_else(|| ConfigError::invalid(&name, "missing id"))?;
-            check_id(&name, id)?;
-            let plugins = build_plugins(
-                &name,
-                &format!("plugin_configs/{id}"),
-                &pc.plugins,
-                &upstream_ids,
-                names,
-                &mut upstreams,
-                &mut registry,
-            )?;
-            if plugin_configs.insert(id.to_string(), plugins).is_some() {
-                return Err(ConfigError::invalid(
-                    format!("{name}.id"),
-                    "duplicate plugin config id",
-                ));
-            }
-        }
-
-        consumers::check_consumers(
-            &config.consumers,
-            &config.credentials,
-            &upstream_ids,
-            names,
-            &mut upstreams,
-            &mut registry,
-        )?;
-
+        let key = cache::BaseKey::of(config);
+        let (base, reuse_routes) = match cache.begin(&key) {
+            Some(base) => (base, true),
+            None => (Arc::new(Base::compile(config, names)?), false),
+        };
+        let mut upstreams = base.upstreams.clone();
+        let mut registry = base.registry.clone();
         let mut routes = Vec::with_capacity(config.routes.len());
-        let mut uris = Vec::with_capacity(config.routes.len());
-        let mut route_ids: HashSet<String> = HashSet::with_capacity(config.routes.len());
+        let mut uris: Vec<Arc<[String]>> = Vec::with_capacity(config.routes.len());
+        let mut route_ids: HashSet<Arc<str>, crate::fold_hash::FoldHash> =
+            HashSet::with_capacity_and_hasher(config.routes.len(), Default::default());
+        let mut compiled = 0;
         for (i, r) in config.routes.iter().enumerate() {
             let name = ObjectName {
                 kind: "routes",
                 index: i,
                 id: r.id.as_deref(),
             };
-            let id = r.id.clone().unwrap_or_else(|| format!("arr_{}", i + 1));
-            if !crate::config::valid_id(&id) {
-                check_id(&name.to_string(), &id)?;
+            let reused = if reuse_routes { cache.route(r) } else { None };
+            let reused_hit = reused.is_some();
+            let (route, paths, standalone) = match reused {
+                Some((route, paths)) => (route, paths, true),
+                None => {
+                    compiled += 1;
+                    let id = r.id.clone().unwrap_or_else(|| format!("arr_{}", i + 1));
+                    if !crate::config::valid_id(&id) {
+                        check_id(&name.to_string(), &id)?;
+                    }
+                    let owned = (upstreams.len(), registry.instances.len());
+                    let (route, paths) = compile_route(
+                        &name,
+                        &id,
+                        r,
+                        &Referenced {
+                            upstream_ids: &base.upstream_ids,
+                            services: &base.services,
+                            plugin_configs: &base.plugin_configs,
+                            names,
+                        },
+                        &mut upstreams,
+                        &mut registry,
+                    )?;
+                    // Only a route that added nothing to the shared tables can be taken
+                    // again as it is.
+                    let standalone = owned == (upstreams.len(), registry.instances.len());
+                    (route, paths.into(), standalone)
+                }
+            };
+            if standalone && !reused_hit {
+                cache.keep(r, &route, &paths);
             }
-            if !route_ids.insert(id.clone()) {
+            if !route_ids.insert(route.id.clone()) {
                 return Err(ConfigError::invalid(
                     format!("{name}.id"),
                     "duplicate route id",
                 ));
             }
-            let (route, paths) = compile_route(
-                &name,
-                &id,
-                r,
-                &Referenced {
-                    upstream_ids: &upstream_ids,
-                    services: &services,
-                    plugin_configs: &plugin_configs,
-                    names,
-                },
-                &mut upstreams,
-                &mut registry,
-            )?;
             if r.status == 1 {
                 routes.push(route);
                 uris.push(paths);
@@ -296,6 +205,8 @@ impl Snapshot {
             }
         }
 
+        let global = base.global.clone();
+        cache.finish(key, base, compiled);
         Ok(Snapshot {
             version,
             plugins: registry,
@@ -321,7 +232,7 @@ pub(super) fn check_id(name: &str, id: &str) -> Result<()> {
 }
 
 /// The index of upstream `id`, named in `{name}.upstream_id` (the path is made only on error).
-pub(super) fn lookup_upstream(ids: &HashMap<&str, usize>, name: &str, id: &str) -> Result<usize> {
+pub(super) fn lookup_upstream(ids: &HashMap<String, usize>, name: &str, id: &str) -> Result<usize> {
     ids.get(id).copied().ok_or_else(|| {
         ConfigError::invalid(
             format!("{name}.upstream_id"),
@@ -338,13 +249,101 @@ mod tests {
         let file = crate::config::Config::parse(text)?.split();
         let mut names = Names::default();
         let health = &mut HealthRegistry::default();
-        match Snapshot::compile(&file.gateway, &file.resources, &names, 1, health) {
+        match Snapshot::compile(
+            &file.gateway,
+            &file.resources,
+            &names,
+            1,
+            health,
+            &mut CompileCache::default(),
+        ) {
             Err(ConfigError::Unresolved(missing)) => {
                 names.resolve(&missing)?;
-                Snapshot::compile(&file.gateway, &file.resources, &names, 1, health)
+                Snapshot::compile(
+                    &file.gateway,
+                    &file.resources,
+                    &names,
+                    1,
+                    health,
+                    &mut CompileCache::default(),
+                )
             }
             r => r,
         }
+    }
+
+    #[test]
+    fn a_route_change_compiles_that_route_only() {
+        let text = |uri: &str, port: u16| {
+            let mut t =
+                format!("[[upstreams]]\nid = \"u\"\nnodes = {{ \"127.0.0.1:{port}\" = 1 }}\n");
+            for i in 0..50 {
+                t += &format!("[[routes]]\nid = \"r{i}\"\nuri = \"/r{i}\"\nupstream_id = \"u\"\n");
+            }
+            t += &format!("[[routes]]\nid = \"x\"\nuri = \"{uri}\"\nupstream_id = \"u\"\n");
+            // A route with plugins of its own is compiled every time.
+            t += "[[routes]]\nid = \"p\"\nuri = \"/p\"\nupstream_id = \"u\"\nplugins = { request-id = {} }\n";
+            crate::config::Config::parse(&t).unwrap().split()
+        };
+        let find = |s: &Snapshot, path: &str| {
+            struct NoVars;
+            impl crate::vars::VarSource for NoVars {
+                fn var(&self, _: &crate::vars::Var) -> Option<&[u8]> {
+                    None
+                }
+            }
+            s.router
+                .find(&crate::route::MatchInput {
+                    path: path.as_bytes(),
+                    host: b"h",
+                    method: b"GET",
+                    remote: std::net::Ipv4Addr::LOCALHOST.into(),
+                    vars: &NoVars,
+                })
+                .map(|r| {
+                    (
+                        r.id.to_string(),
+                        r.upstream.map(|u| s.upstreams[u].nodes[0].addr.port()),
+                    )
+                })
+        };
+        let health = &mut HealthRegistry::default();
+        let names = Names::default();
+        let mut cache = CompileCache::default();
+        let first = text("/x", 1);
+        let g = &first.gateway;
+        Snapshot::compile(g, &first.resources, &names, 1, health, &mut cache).unwrap();
+        assert_eq!(cache.routes_compiled(), 52);
+        // The same objects again: only the route with plugins is compiled.
+        Snapshot::compile(g, &first.resources, &names, 2, health, &mut cache).unwrap();
+        assert_eq!(cache.routes_compiled(), 1);
+        // One route replaced (a new object), the others shared.
+        let other = text("/y", 1);
+        let mut changed = (*first.resources).clone();
+        changed.routes[50] = other.resources.routes[50].clone();
+        let s = Snapshot::compile(g, &changed, &names, 3, health, &mut cache).unwrap();
+        assert_eq!(cache.routes_compiled(), 2);
+        assert_eq!(find(&s, "/y"), Some(("x".into(), Some(1))));
+        assert_eq!(find(&s, "/x"), None);
+        assert_eq!(find(&s, "/r7"), Some(("r7".into(), Some(1))));
+        // A route removed: gone, nothing else compiled.
+        changed.routes.remove(3);
+        let s = Snapshot::compile(g, &changed, &names, 4, health, &mut cache).unwrap();
+        assert_eq!(cache.routes_compiled(), 1);
+        assert_eq!(find(&s, "/r3"), None);
+        assert_eq!(find(&s, "/r4"), Some(("r4".into(), Some(1))));
+        // The upstream replaced: everything is compiled against the new one.
+        let moved = text("/y", 2);
+        changed.upstreams[0] = moved.resources.upstreams[0].clone();
+        let s = Snapshot::compile(g, &changed, &names, 5, health, &mut cache).unwrap();
+        assert_eq!(cache.routes_compiled(), 51);
+        assert_eq!(find(&s, "/r7"), Some(("r7".into(), Some(2))));
+        // A refused compilation leaves the cache as it was.
+        let mut bad = changed.clone();
+        bad.routes[0] = text("y", 2).resources.routes[50].clone();
+        assert!(Snapshot::compile(g, &bad, &names, 6, health, &mut cache).is_err());
+        Snapshot::compile(g, &changed, &names, 6, health, &mut cache).unwrap();
+        assert_eq!(cache.routes_compiled(), 1);
     }
 
     #[test]

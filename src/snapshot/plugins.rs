@@ -16,7 +16,7 @@ pub(super) fn build_plugins(
     name: &str,
     owner: &str,
     plugins: &Plugins,
-    upstream_ids: &HashMap<&str, usize>,
+    upstream_ids: &HashMap<String, usize>,
     names: &Names,
     upstreams: &mut Vec<UpstreamSpec>,
     registry: &mut Registry,

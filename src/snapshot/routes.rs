@@ -14,8 +14,8 @@ use std::collections::HashMap;
 
 /// What routes may refer to by id, compiled before them.
 pub(super) struct Referenced<'a> {
-    pub(super) upstream_ids: &'a HashMap<&'a str, usize>,
-    pub(super) services: &'a Services<'a>,
+    pub(super) upstream_ids: &'a HashMap<String, usize>,
+    pub(super) services: &'a Services,
     pub(super) plugin_configs: &'a PluginConfigs,
     /// Resolved node host names.
     pub(super) names: &'a crate::dns::Names,
@@ -25,13 +25,14 @@ pub(super) struct Referenced<'a> {
 pub(super) type PluginConfigs = HashMap<String, Vec<(String, Instance)>>;
 
 /// What routes take from a service.
-pub(super) struct ServiceInfo<'a> {
+#[derive(Clone)]
+pub(super) struct ServiceInfo {
     pub(super) upstream: Option<usize>,
-    pub(super) hosts: Option<&'a Vec<String>>,
+    pub(super) hosts: Option<Vec<String>>,
     pub(super) plugins: Vec<(String, Instance)>,
 }
 
-pub(super) type Services<'a> = HashMap<&'a str, ServiceInfo<'a>>;
+pub(super) type Services = HashMap<String, ServiceInfo>;
 
 pub(super) fn compile_route(
     name: &ObjectName<'_>,
@@ -109,7 +110,7 @@ pub(super) fn compile_route(
             ))
         }
         (None, Some(hs)) => Some(hs.clone()),
-        (None, None) => service.and_then(|s| s.hosts.cloned()),
+        (None, None) => service.and_then(|s| s.hosts.clone()),
     };
     let mut hosts = Vec::new();
     for h in host_list.unwrap_or_default() {

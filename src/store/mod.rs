@@ -273,18 +273,35 @@ impl Objects {
     /// What `next` (a change decided from `self`) writes: each object it adds or replaces,
     /// and each it removes (`None`).
     pub fn changes_to<'a>(&self, next: &'a Objects) -> Vec<(Kind, String, Option<&'a Object>)> {
+        use std::cmp::Ordering;
         let mut out = Vec::new();
         for kind in Kind::ALL {
-            let old = self.kinds.get(&kind);
-            let new = next.kinds.get(&kind);
-            for (id, o) in new.into_iter().flatten() {
-                if old.and_then(|m| m.get(id)) != Some(o) {
-                    out.push((kind, id.clone(), Some(o)));
-                }
-            }
-            for id in old.into_iter().flat_map(|m| m.keys()) {
-                if !new.is_some_and(|m| m.contains_key(id)) {
-                    out.push((kind, id.clone(), None));
+            // Both maps are sorted by id: one pass over the two, side by side.
+            let mut old = self.kinds.get(&kind).into_iter().flatten().peekable();
+            let mut new = next.kinds.get(&kind).into_iter().flatten().peekable();
+            loop {
+                let order = match (old.peek(), new.peek()) {
+                    (None, None) => break,
+                    (Some(_), None) => Ordering::Less,
+                    (None, Some(_)) => Ordering::Greater,
+                    (Some((a, _)), Some((b, _))) => a.cmp(b),
+                };
+                match order {
+                    Ordering::Less => {
+                        let (id, _) = old.next().expect("peeked");
+                        out.push((kind, id.clone(), None));
+                    }
+                    Ordering::Greater => {
+                        let (id, o) = new.next().expect("peeked");
+                        out.push((kind, id.clone(), Some(o)));
+                    }
+                    Ordering::Equal => {
+                        let ((_, a), (id, b)) =
+                            (old.next().expect("peeked"), new.next().expect("peeked"));
+                        if a != b {
+                            out.push((kind, id.clone(), Some(b)));
+                        }
+                    }
                 }
             }
         }

@@ -116,7 +116,7 @@ pub enum PassHost {
 }
 
 /// A compiled upstream.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct UpstreamSpec {
     /// `upstreams[i].id`, or `route:<id>` / `service:<id>` for inline upstreams.
     pub key: Arc<str>,

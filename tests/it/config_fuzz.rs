@@ -171,6 +171,7 @@ fn no_numeric_value_can_panic_validation_or_a_core() {
                     &mut Names::default(),
                     1,
                     &mut Registry::default(),
+                    &mut shardgate::snapshot::CompileCache::default(),
                 ) {
                     Ok(s) => {
                         use_like_a_worker(&s);
