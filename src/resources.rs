@@ -87,7 +87,17 @@ impl FileContents {
                         obj.remove("consumer");
                     }
                 }
-                if let Err(e) = crate::admin::api::check_object(kind, &v) {
+                let unknown = kind == Kind::PluginMetadata
+                    && !v
+                        .get("id")
+                        .and_then(serde_json::Value::as_str)
+                        .is_some_and(|n| crate::plugin::NAMES.contains(&n));
+                let checked = if unknown {
+                    Err("invalid plugin name".to_string())
+                } else {
+                    crate::admin::api::check_object(kind, &v)
+                };
+                if let Err(e) = checked {
                     let name = match v.get("id").or_else(|| v.get("username")) {
                         Some(id) => format!("{}[{i}] (id {id})", kind.name()),
                         None => format!("{}[{i}]", kind.name()),

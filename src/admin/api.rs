@@ -73,6 +73,11 @@ pub fn decide(
     }
     let id = segments.get(1).copied().filter(|s| !s.is_empty());
     let sub = &segments[2.min(segments.len())..];
+    if kind == Kind::PluginMetadata {
+        if let Some(refused) = plugin_metadata(req, id) {
+            return Decision::Reply(refused);
+        }
+    }
     if let Some(id) = id {
         if !valid_id(id) {
             return Decision::Reply(AdminResponse::error(
@@ -118,6 +123,23 @@ pub fn decide(
 }
 
 type Changed = Result<(Objects, AdminResponse), AdminResponse>;
+
+/// What APISIX refuses for `/plugin_metadata/{plugin_name}` before the common handling:
+/// POST and PATCH, a missing name, a plugin it does not have.
+fn plugin_metadata(req: &AdminRequest, name: Option<&str>) -> Option<AdminResponse> {
+    let method = req.method.as_str();
+    match (method, name) {
+        ("POST" | "PATCH", _) => Some(AdminResponse::error(
+            405,
+            &format!("not supported `{method}` method for plugin_metadata"),
+        )),
+        ("PUT" | "DELETE", None) => Some(AdminResponse::error(400, "missing plugin name")),
+        ("PUT", Some(n)) if !crate::plugin::NAMES.contains(&n) => {
+            Some(AdminResponse::error(400, "invalid plugin name"))
+        }
+        _ => None,
+    }
+}
 
 pub(super) fn key(kind: Kind, id: &str) -> String {
     format!("/apisix/{}/{id}", kind.key_prefix())
@@ -493,6 +515,7 @@ fn schema_text(resource: &str) -> Option<&'static str> {
         "plugin_config" => include_str!("schemas/plugin_config.json"),
         "consumer" => include_str!("schemas/consumer.json"),
         "credential" => include_str!("schemas/credential.json"),
+        "plugin_metadata" => include_str!("schemas/plugin_metadata.json"),
         _ => return None,
     })
 }
@@ -512,6 +535,7 @@ fn schema(kind: Kind) -> Option<&'static crate::schema::Schema> {
                 (Kind::PluginConfigs, "plugin_config"),
                 (Kind::Consumers, "consumer"),
                 (Kind::Credentials, "credential"),
+                (Kind::PluginMetadata, "plugin_metadata"),
             ];
             names
                 .into_iter()

@@ -24,6 +24,10 @@ pub struct Config {
     pub consumers: Vec<ConsumerConfig>,
     #[serde(default)]
     pub credentials: Vec<CredentialConfig>,
+    /// Settings a plugin shares across all its instances (APISIX `plugin_metadata`), by the
+    /// plugin's name in `id`.
+    #[serde(default)]
+    pub plugin_metadata: Vec<toml::Table>,
     /// Built-in demo backends, so the shipped config answers without any other server.
     #[serde(default)]
     pub demo: Option<DemoConfig>,

@@ -24,10 +24,12 @@ pub enum Kind {
     Consumers,
     /// Keyed `{username}/credentials/{id}`, under `/apisix/consumers/`.
     Credentials,
+    /// Keyed by plugin name: settings a plugin shares across all its instances.
+    PluginMetadata,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Routes,
         Kind::Services,
         Kind::Upstreams,
@@ -35,6 +37,7 @@ impl Kind {
         Kind::PluginConfigs,
         Kind::Consumers,
         Kind::Credentials,
+        Kind::PluginMetadata,
     ];
 
     /// The path segment (`routes`), also the key prefix (`/apisix/routes/1`).
@@ -47,6 +50,7 @@ impl Kind {
             Kind::PluginConfigs => "plugin_configs",
             Kind::Consumers => "consumers",
             Kind::Credentials => "credentials",
+            Kind::PluginMetadata => "plugin_metadata",
         }
     }
 
@@ -69,6 +73,7 @@ impl Kind {
             Kind::PluginConfigs => "plugin config",
             Kind::Consumers => "consumer",
             Kind::Credentials => "credential",
+            Kind::PluginMetadata => "plugin_metadata",
         }
     }
 
@@ -114,6 +119,8 @@ enum Typed {
     PluginConfig(Arc<PluginConfigConfig>),
     Consumer(Arc<ConsumerConfig>),
     Credential(Arc<CredentialConfig>),
+    /// Kept as JSON (plugin metadata: the plugin reads it).
+    Json,
     Invalid(Arc<str>),
 }
 
@@ -133,6 +140,7 @@ impl Typed {
             Kind::PluginConfigs => de(v, Typed::PluginConfig),
             Kind::Consumers => de(v, Typed::Consumer),
             Kind::Credentials => de(v, Typed::Credential),
+            Kind::PluginMetadata => Typed::Json,
         }
     }
 }

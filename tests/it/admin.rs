@@ -721,3 +721,58 @@ fn config_toml_is_checked_with_the_admin_api_schemas() {
     let (ok, _, err) = cli(&["export", "-c", config.to_str().unwrap()]);
     assert!(!ok && err.contains("the store is empty"), "{err}");
 }
+
+#[test]
+fn plugin_metadata_is_kept_by_plugin_name() {
+    let dir = temp_dir("metadata");
+    let (gw, admin) = gateway(&dir, "");
+    let path = "/apisix/admin/plugin_metadata/request-id";
+    let r = admin.send(
+        "PUT",
+        path,
+        r#"{"note":"shared by every request-id instance"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["key"], "/apisix/plugin_metadata/request-id");
+    assert_eq!(r.json()["value"]["id"], "request-id");
+    assert_eq!(admin.send("PUT", path, r#"{"note":"again"}"#).status, 200);
+    let got = admin.send("GET", path, "").json();
+    assert_eq!(got["value"]["note"], "again");
+    assert_eq!(
+        admin
+            .send("GET", "/apisix/admin/plugin_metadata", "")
+            .json()["total"],
+        1
+    );
+    // APISIX's refusals.
+    let r = admin.send("PUT", "/apisix/admin/plugin_metadata/no-such-plugin", "{}");
+    assert_eq!(
+        (r.status, r.json()["error_msg"].clone()),
+        (400, "invalid plugin name".into())
+    );
+    let r = admin.send("PUT", "/apisix/admin/plugin_metadata", "{}");
+    assert_eq!(
+        (r.status, r.json()["error_msg"].clone()),
+        (400, "missing plugin name".into())
+    );
+    let r = admin.send("POST", "/apisix/admin/plugin_metadata", "{}");
+    assert_eq!(r.status, 405, "{}", r.text());
+    assert!(r
+        .text()
+        .contains("not supported `POST` method for plugin_metadata"));
+    let r = admin.send("PATCH", path, "{}");
+    assert_eq!(r.status, 405);
+    let r = admin.send("PUT", path, "[1]");
+    assert_eq!(r.status, 400, "{}", r.text());
+    // Kept across a restart (the store), deleted like any object.
+    drop(gw);
+    let (_gw, admin) = gateway(&dir, "");
+    assert_eq!(admin.send("GET", path, "").json()["value"]["note"], "again");
+    assert_eq!(admin.send("DELETE", path, "").status, 200);
+    assert_eq!(admin.send("GET", path, "").status, 404);
+    // config.toml takes [[plugin_metadata]] too, and refuses an unknown plugin's.
+    let (ok, err) = check_config("[[plugin_metadata]]\nid = \"cors\"\nx = 1\n");
+    assert!(ok, "{err}");
+    let (ok, err) = check_config("[[plugin_metadata]]\nid = \"nope\"\n");
+    assert!(!ok && err.contains("invalid plugin name"), "{err}");
+}

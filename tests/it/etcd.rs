@@ -180,6 +180,10 @@ fn objects_written_into_etcd_in_apisix_json_are_served() {
         &format!("{prefix}/consumers/jack"),
         r#"{"username":"jack"}"#,
     );
+    ctl.put(
+        &format!("{prefix}/plugin_metadata/cors"),
+        r#"{"id":"cors","note":"from APISIX"}"#,
+    );
     ctl.put(&format!("{prefix}/gen_id"), "7");
     ctl.put(&format!("{prefix}/data_plane/server_info/x"), "{}");
     // A broken object is left out; the rest is served.
@@ -197,6 +201,10 @@ fn objects_written_into_etcd_in_apisix_json_are_served() {
     assert_eq!(got["value"]["create_time"], 1700000000);
     assert_eq!(got["value"]["update_time"], 1700000001);
     assert_eq!(n.admin("GET", "consumers/jack", "").status, 200);
+    assert_eq!(
+        n.admin("GET", "plugin_metadata/cors", "").json()["value"]["note"],
+        "from APISIX"
+    );
 
     // Written while the gateway runs: served through the watch; a delete is too.
     ctl.put(
