@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod config;
 pub mod control;
+pub mod data_encryption;
 pub mod demo;
 pub mod dns;
 pub mod etcd;

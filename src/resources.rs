@@ -55,6 +55,9 @@ pub fn load_file(path: &Path) -> Result<FileContents, ConfigError> {
         source: e,
     })?;
     let mut contents = Config::parse(&text)?.split();
+    let enc = &contents.deployment.data_encryption;
+    crate::data_encryption::init(enc.enable_encrypt_fields, &enc.keyring)
+        .map_err(|e| ConfigError::invalid("deployment.data_encryption", e))?;
     let table: toml::Table =
         toml::from_str(&text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
     for kind in Kind::ALL {

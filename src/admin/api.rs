@@ -311,7 +311,7 @@ fn put(objects: &Objects, kind: Kind, id: Option<&str>, req: &AdminRequest, now:
     }
     check(kind, &v)?;
     let mut next = objects.clone();
-    let created = next.put(kind, &id, v, now);
+    let created = next.put(kind, &id, at_rest(kind, v), now);
     let reply = stored(kind, &id, &next, if created { 201 } else { 200 });
     Ok((next, reply))
 }
@@ -327,7 +327,7 @@ fn post(objects: &Objects, kind: Kind, id: Option<&str>, req: &AdminRequest, now
     check(kind, &v)?;
     let mut next = objects.clone();
     let id = next.generate_id();
-    next.put(kind, &id, v, now);
+    next.put(kind, &id, at_rest(kind, v), now);
     let reply = stored(kind, &id, &next, 201);
     Ok((next, reply))
 }
@@ -389,7 +389,7 @@ fn patch(
     }
     check(kind, &value)?;
     let mut next = objects.clone();
-    next.put(kind, id, value, now);
+    next.put(kind, id, at_rest(kind, value), now);
     let reply = stored(kind, id, &next, 200);
     Ok((next, reply))
 }
@@ -516,6 +516,7 @@ fn schema_text(resource: &str) -> Option<&'static str> {
         "consumer" => include_str!("schemas/consumer.json"),
         "credential" => include_str!("schemas/credential.json"),
         "plugin_metadata" => include_str!("schemas/plugin_metadata.json"),
+        "ssl" => include_str!("schemas/ssl.json"),
         _ => return None,
     })
 }
@@ -536,6 +537,7 @@ fn schema(kind: Kind) -> Option<&'static crate::schema::Schema> {
                 (Kind::Consumers, "consumer"),
                 (Kind::Credentials, "credential"),
                 (Kind::PluginMetadata, "plugin_metadata"),
+                (Kind::Ssls, "ssl"),
             ];
             names
                 .into_iter()
@@ -554,20 +556,33 @@ fn schema(kind: Kind) -> Option<&'static crate::schema::Schema> {
 /// Checks an object that arrived other than through the API (from etcd) against its kind's
 /// schema; the message names the field.
 pub fn check_object(kind: Kind, value: &Value) -> Result<(), String> {
-    match schema(kind) {
-        Some(s) => s.check(value).map_err(|e| e.to_string()),
-        None => Ok(()),
+    if let Some(s) = schema(kind) {
+        s.check(value).map_err(|e| e.to_string())?;
     }
+    if kind == Kind::Ssls {
+        super::ssls::check(value)?;
+    }
+    Ok(())
 }
 
 /// Checks an object against its kind's schema: APISIX's `invalid configuration: ...`.
 pub(super) fn check(kind: Kind, value: &Value) -> Result<(), AdminResponse> {
-    match schema(kind) {
-        Some(s) => s
-            .check(value)
-            .map_err(|e| AdminResponse::error(400, &format!("invalid configuration: {e}"))),
-        None => Ok(()),
+    if let Some(s) = schema(kind) {
+        s.check(value)
+            .map_err(|e| AdminResponse::error(400, &format!("invalid configuration: {e}")))?;
     }
+    if kind == Kind::Ssls {
+        super::ssls::check(value).map_err(|e| AdminResponse::error(400, &e))?;
+    }
+    Ok(())
+}
+
+/// What a kind changes in an object before it is stored: an SSL object's keys are encrypted.
+fn at_rest(kind: Kind, mut value: Value) -> Value {
+    if kind == Kind::Ssls {
+        super::ssls::encrypt_keys(&mut value);
+    }
+    value
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 pub mod api;
 mod consumers;
 pub mod server;
+mod ssls;
 
 use serde_json::Value;
 

@@ -28,6 +28,9 @@ pub struct Config {
     /// plugin's name in `id`.
     #[serde(default)]
     pub plugin_metadata: Vec<toml::Table>,
+    /// Certificates and keys (APISIX `ssls`); served once TLS lands (#11).
+    #[serde(default)]
+    pub ssls: Vec<toml::Table>,
     /// Built-in demo backends, so the shipped config answers without any other server.
     #[serde(default)]
     pub demo: Option<DemoConfig>,
@@ -54,6 +57,30 @@ pub struct DeploymentConfig {
     pub data_dir: String,
     /// `[deployment.etcd]`: the cluster, with `config_provider = "etcd"`.
     pub etcd: EtcdConfig,
+    /// `[deployment.data_encryption]`: how secret fields (SSL keys) are stored.
+    pub data_encryption: DataEncryptionConfig,
+}
+
+/// APISIX's `apisix.data_encryption`: its field names and default keyring, so what APISIX
+/// stored is read as it is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataEncryptionConfig {
+    pub enable_encrypt_fields: bool,
+    /// AES keys (16 or 32 bytes); the first encrypts, each is tried to decrypt.
+    pub keyring: Vec<String>,
+}
+
+impl Default for DataEncryptionConfig {
+    fn default() -> Self {
+        DataEncryptionConfig {
+            enable_encrypt_fields: true,
+            keyring: crate::data_encryption::DEFAULT_KEYRING
+                .iter()
+                .map(|k| k.to_string())
+                .collect(),
+        }
+    }
 }
 
 impl Default for DeploymentConfig {
@@ -62,6 +89,7 @@ impl Default for DeploymentConfig {
             config_provider: "store".into(),
             data_dir: "data".into(),
             etcd: EtcdConfig::default(),
+            data_encryption: DataEncryptionConfig::default(),
         }
     }
 }

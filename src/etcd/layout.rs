@@ -100,6 +100,10 @@ mod tests {
             Some((Kind::Credentials, "jack/credentials/k1".into()))
         );
         assert_eq!(
+            parse_key(p, "/apisix/ssls/1"),
+            Some((Kind::Ssls, "1".into()))
+        );
+        assert_eq!(
             parse_key(p, "/apisix/global_rules/g"),
             Some((Kind::GlobalRules, "g".into()))
         );
@@ -107,7 +111,6 @@ mod tests {
             "/apisix/gen_id",
             "/apisix/routes",
             "/apisix/routes/",
-            "/apisix/ssls/1",
             "/apisix/credentials/1",
             "/apisix/data_plane/server_info/x",
             "/apisixx/routes/1",

@@ -26,10 +26,12 @@ pub enum Kind {
     Credentials,
     /// Keyed by plugin name: settings a plugin shares across all its instances.
     PluginMetadata,
+    /// Certificates and their keys (keys stored encrypted).
+    Ssls,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Routes,
         Kind::Services,
         Kind::Upstreams,
@@ -38,6 +40,7 @@ impl Kind {
         Kind::Consumers,
         Kind::Credentials,
         Kind::PluginMetadata,
+        Kind::Ssls,
     ];
 
     /// The path segment (`routes`), also the key prefix (`/apisix/routes/1`).
@@ -51,6 +54,7 @@ impl Kind {
             Kind::Consumers => "consumers",
             Kind::Credentials => "credentials",
             Kind::PluginMetadata => "plugin_metadata",
+            Kind::Ssls => "ssls",
         }
     }
 
@@ -74,6 +78,7 @@ impl Kind {
             Kind::Consumers => "consumer",
             Kind::Credentials => "credential",
             Kind::PluginMetadata => "plugin_metadata",
+            Kind::Ssls => "ssl",
         }
     }
 
@@ -140,7 +145,7 @@ impl Typed {
             Kind::PluginConfigs => de(v, Typed::PluginConfig),
             Kind::Consumers => de(v, Typed::Consumer),
             Kind::Credentials => de(v, Typed::Credential),
-            Kind::PluginMetadata => Typed::Json,
+            Kind::PluginMetadata | Kind::Ssls => Typed::Json,
         }
     }
 }

@@ -776,3 +776,121 @@ fn plugin_metadata_is_kept_by_plugin_name() {
     let (ok, err) = check_config("[[plugin_metadata]]\nid = \"nope\"\n");
     assert!(!ok && err.contains("invalid plugin name"), "{err}");
 }
+
+/// `openssl enc` with APISIX's default keyring's first key (key = IV = "qeddd145sfvddff3").
+pub(crate) fn apisix_encrypt(plain: &str, decrypt: bool) -> String {
+    let key: String = "qeddd145sfvddff3"
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut args = vec!["enc", "-aes-128-cbc", "-K", &key, "-iv", &key, "-a", "-A"];
+    if decrypt {
+        args.push("-d");
+    }
+    let mut child = std::process::Command::new("openssl")
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(plain.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn ssls_are_checked_and_their_keys_stored_encrypted_as_apisix_does() {
+    let dir = temp_dir("ssls");
+    certificates(&dir);
+    let cert = std::fs::read_to_string(dir.join("server.pem")).unwrap();
+    let key = std::fs::read_to_string(dir.join("server.key")).unwrap();
+    let (_gw, admin) = gateway(&dir.join("store"), "");
+    let body = |v: serde_json::Value| v.to_string();
+    let r = admin.send(
+        "PUT",
+        "/apisix/admin/ssls/1",
+        &body(serde_json::json!({"cert": cert, "key": key, "snis": ["test.com"]})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    // The key at rest is APISIX's encryption of it, with APISIX's default keyring.
+    let stored = r.json()["value"]["key"].as_str().unwrap().to_string();
+    assert!(!stored.starts_with("---"), "{stored}");
+    assert_eq!(apisix_encrypt(&stored, true).trim(), key.trim());
+    let got = admin.send("GET", "/apisix/admin/ssls/1", "").json();
+    assert_eq!(got["value"]["snis"][0], "test.com");
+    assert_eq!(got["value"]["key"], stored.as_str());
+    // A PATCH keeps the encrypted key valid; a key APISIX encrypted is taken.
+    let r = admin.send(
+        "PATCH",
+        "/apisix/admin/ssls/1",
+        r#"{"snis":["a.test.com"]}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = admin.send(
+        "PUT",
+        "/apisix/admin/ssls/2",
+        &body(serde_json::json!({"cert": cert, "key": apisix_encrypt(&key, false), "sni": "b.test.com"})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    // APISIX's refusals.
+    let bad_cert = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        "!".repeat(200)
+    );
+    let cases = [
+        (
+            serde_json::json!({"cert": cert, "key": key}),
+            "invalid configuration",
+        ),
+        (
+            serde_json::json!({"cert": bad_cert, "key": key, "sni": "x.com"}),
+            "failed to parse cert",
+        ),
+        (
+            serde_json::json!({"cert": cert, "key": "k".repeat(80), "sni": "x.com"}),
+            "failed to decrypt previous encrypted key",
+        ),
+        (
+            serde_json::json!({"cert": cert, "key": key, "sni": "x.com", "certs": [cert], "keys": []}),
+            "mismatched number of certs and keys",
+        ),
+        (
+            serde_json::json!({"cert": cert, "key": key, "sni": "x.com", "bogus": 1}),
+            "additional properties",
+        ),
+    ];
+    for (v, want) in cases {
+        let r = admin.send("PUT", "/apisix/admin/ssls/bad", &body(v));
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.text().contains(want), "{want}: {}", r.text());
+    }
+    assert_eq!(admin.send("GET", "/apisix/admin/ssls/bad", "").status, 404);
+    // A client certificate needs no sni.
+    let r = admin.send(
+        "PUT",
+        "/apisix/admin/ssls/c",
+        &body(serde_json::json!({"type": "client", "cert": cert, "key": key})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(
+        admin.send("GET", "/apisix/admin/ssls", "").json()["total"],
+        3
+    );
+    assert_eq!(admin.send("DELETE", "/apisix/admin/ssls/c", "").status, 200);
+    // config.toml's [[ssls]] get the same checks.
+    let file = |c: &str| {
+        format!("[[ssls]]\nid = \"f\"\nsni = \"f.test\"\ncert = '''{c}'''\nkey = '''{key}'''\n")
+    };
+    let (ok, err) = check_config(&file(&cert));
+    assert!(ok, "{err}");
+    let (ok, err) = check_config(&file(&bad_cert));
+    assert!(!ok && err.contains("failed to parse cert"), "{err}");
+}

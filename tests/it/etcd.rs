@@ -184,6 +184,13 @@ fn objects_written_into_etcd_in_apisix_json_are_served() {
         &format!("{prefix}/plugin_metadata/cors"),
         r#"{"id":"cors","note":"from APISIX"}"#,
     );
+    // An SSL object as APISIX stores it: the key encrypted with its default keyring.
+    let certs = temp_dir("etcd-ssl");
+    crate::harness::certificates(&certs);
+    let pem = |f: &str| std::fs::read_to_string(certs.join(f)).unwrap();
+    let ssl = serde_json::json!({"id": "s1", "cert": pem("server.pem"),
+        "key": crate::admin::apisix_encrypt(&pem("server.key"), false), "snis": ["a.test"]});
+    ctl.put(&format!("{prefix}/ssls/s1"), &ssl.to_string());
     ctl.put(&format!("{prefix}/gen_id"), "7");
     ctl.put(&format!("{prefix}/data_plane/server_info/x"), "{}");
     // A broken object is left out; the rest is served.
@@ -204,6 +211,12 @@ fn objects_written_into_etcd_in_apisix_json_are_served() {
     assert_eq!(
         n.admin("GET", "plugin_metadata/cors", "").json()["value"]["note"],
         "from APISIX"
+    );
+    assert_eq!(
+        n.admin("GET", "ssls/s1", "").json()["value"]["snis"][0],
+        "a.test",
+        "an SSL object with a key APISIX encrypted is taken: {}",
+        n.gw.events()
     );
 
     // Written while the gateway runs: served through the watch; a delete is too.
