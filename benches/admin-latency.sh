@@ -2,7 +2,7 @@
 # Admin API change-to-served latency, and traffic while changes stream in (issue #10).
 #
 #   benches/admin-latency.sh [--provider store|etcd] [--changes 200] [--workers 2]
-#                            [--duration 30] [--rate 100]
+#                            [--duration 30] [--rate 100] [--repeat 1]
 #
 # 1. CHANGES route changes through the Admin API, one after another: the time from sending
 #    each PUT to its 2xx, which Shardgate sends only once every worker serves the change
@@ -14,16 +14,18 @@
 # 2. sg-load (64 connections) for DURATION s on a route that is not changed: once alone, once
 #    while the change script only reads (RATE GETs per second: its own CPU, without changes),
 #    and once while it makes RATE route/upstream changes per second. Failed requests and p99.
+#    With --repeat N the three runs are interleaved N times and the median p99s compared.
 #
 # Layout: the gateway's workers on CPUs 0..WORKERS-1 (unpinned when the machine has fewer),
 # backends and load on the last CPU. Loopback only; needs `cargo build --release --bins`.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${SG_BIN_DIR:-$ROOT/target/release}
-CHANGES=200 WORKERS=2 DURATION=30 RATE=100 PROVIDER=store
+CHANGES=200 WORKERS=2 DURATION=30 RATE=100 PROVIDER=store REPEAT=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --provider) PROVIDER=$2; shift 2 ;;
+        --repeat) REPEAT=$2; shift 2 ;;
         --changes) CHANGES=$2; shift 2 ;;
         --workers) WORKERS=$2; shift 2 ;;
         --duration) DURATION=$2; shift 2 ;;
@@ -161,7 +163,6 @@ run_load() {
     taskset -c "$LAST" "$BIN/sg-load" --url "http://127.0.0.1:$GW_PORT/steady" -c 64 \
         -d "$DURATION" --quiet --json "$TMP/$1.json" > /dev/null
 }
-run_load alone
 # churn MODE OUT: RATE admin requests per second for DURATION s; MODE "read" GETs, "write" PUTs.
 churn() {
     taskset -c "$LAST" python3 - "$ADMIN_PORT" "$KEY" "$RATE" "$DURATION" "$BE1" "$BE2" "$1" > "$2" <<'PY'
@@ -190,21 +191,37 @@ while time.perf_counter() - start < duration:
 print(i, failed)
 PY
 }
-churn read "$TMP/reads.txt" &
-CHURN=$!
-run_load reads
-wait "$CHURN"
-churn write "$TMP/changes.txt" &
-CHURN=$!
-run_load churn
-wait "$CHURN"
-read -r MADE FAILED_CHANGES < "$TMP/changes.txt"
-python3 - "$TMP/alone.json" "$TMP/reads.json" "$TMP/churn.json" "$MADE" "$FAILED_CHANGES" "$DURATION" <<'PY'
-import json, sys
-alone, reads, churn = (json.load(open(p)) for p in sys.argv[1:4])
-made, failed, duration = int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
-print("| run | req/s | p50 / p99 / p99.9 µs | failed requests | changes made |")
-print("|---|---:|---:|---:|---:|")
-for name, d, changes in (("no changes", alone, "-"), ("admin reads, no changes", reads, "-"), ("changes streaming in", churn, f"{made} ({made / duration:.0f}/s, {failed} refused)")):
-    print(f"| {name} | {d['rps']:,.0f} | {d['p50_us']:,.0f} / {d['p99_us']:,.0f} / {d['p999_us']:,.0f} | {d['errors']} | {changes} |")
+# REPEAT rounds, each: alone, with admin reads, with changes (interleaved, so drift in the
+# machine's background load hits all three alike).
+for round in $(seq 1 "$REPEAT"); do
+    run_load "alone-$round"
+    churn read "$TMP/reads-$round.txt" &
+    CHURN=$!
+    run_load "reads-$round"
+    wait "$CHURN"
+    churn write "$TMP/changes-$round.txt" &
+    CHURN=$!
+    run_load "churn-$round"
+    wait "$CHURN"
+done
+python3 - "$TMP" "$REPEAT" "$DURATION" <<'PY'
+import json, statistics, sys
+tmp, rounds, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+print("| round | run | req/s | p50 / p99 / p99.9 µs | failed requests | changes made |")
+print("|---|---|---:|---:|---:|---:|")
+p99 = {"alone": [], "reads": [], "churn": []}
+for r in range(1, rounds + 1):
+    for name, label in (("alone", "no changes"), ("reads", "admin reads, no changes"), ("churn", "changes streaming in")):
+        d = json.load(open(f"{tmp}/{name}-{r}.json"))
+        p99[name].append(d["p99_us"])
+        changes = "-"
+        if name == "churn":
+            made, failed = map(int, open(f"{tmp}/changes-{r}.txt").read().split())
+            changes = f"{made} ({made / duration:.0f}/s, {failed} refused)"
+        print(f"| {r} | {label} | {d['rps']:,.0f} | {d['p50_us']:,.0f} / {d['p99_us']:,.0f} / {d['p999_us']:,.0f} | {d['errors']} | {changes} |")
+if rounds > 1:
+    m = {k: statistics.median(v) for k, v in p99.items()}
+    print()
+    print(f"Median p99 over {rounds} rounds: no changes {m['alone']:,.0f} µs, admin reads {m['reads']:,.0f} µs, "
+          f"changes {m['churn']:,.0f} µs ({m['churn'] / m['alone']:.2f}× no changes, {m['churn'] / m['reads']:.2f}× reads)")
 PY

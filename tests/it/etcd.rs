@@ -374,23 +374,44 @@ fn endpoints_fail_over() {
     assert_eq!(m.gw.get("/3").status, 200);
 }
 
+/// An etcd serving TLS with the test certificates in `dir`, and `extra` flags.
+fn tls_etcd(dir: &std::path::Path, extra: &[String]) -> Etcd {
+    let p = |f: &str| dir.join(f).display().to_string();
+    let mut flags = vec![
+        "--cert-file".to_string(),
+        p("server.pem"),
+        "--key-file".to_string(),
+        p("server.key"),
+    ];
+    flags.extend(extra.iter().cloned());
+    Etcd::start_with("https", &flags)
+}
+
+/// Starting a gateway on `url` with `extra` in `[deployment.etcd]` fails; its stderr.
+fn refused_start(url: &str, extra: &str) -> String {
+    let dir = temp_dir("etcd-refused");
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nlisten = [\"127.0.0.1:{}\"]\ncontrol_listen = \"off\"\n[deployment]\nconfig_provider = \"etcd\"\n[deployment.etcd]\nhost = [\"{url}\"]\nstartup_retry = 0\n{extra}\n[admin]\nlisten = \"off\"\n",
+            free_port(),
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = cli(&["run", "-c", cfg.to_str().unwrap()]);
+    assert!(!ok, "started with {extra}");
+    let _ = std::fs::remove_dir_all(&dir);
+    err
+}
+
 #[test]
 fn tls_and_user_password_auth_to_etcd() {
     let dir = temp_dir("etcd-tls");
     crate::harness::certificates(&dir);
     let p = |f: &str| dir.join(f).display().to_string();
-    let etcd = Etcd::start_with(
-        "https",
-        &[
-            "--cert-file".into(),
-            p("server.pem"),
-            "--key-file".into(),
-            p("server.key"),
-            // Tokens expire after a second idle: the gateway must authenticate again.
-            "--auth-token-ttl".into(),
-            "1".into(),
-        ],
-    );
+    // Tokens expire after a second idle: the gateway must authenticate again.
+    let etcd = tls_etcd(&dir, &["--auth-token-ttl".into(), "1".into()]);
     let mut ctl = etcd.ctl();
     ctl.extra = vec!["--cacert".into(), p("ca.pem")];
     ctl.run(&["user", "add", "root:root-pw"]);
@@ -435,19 +456,7 @@ fn tls_and_user_password_auth_to_etcd() {
     // A wrong password, a CA that did not sign etcd's certificate: the gateway does not
     // start, and says why.
     let refused = |extra: &str, want: &str| {
-        let dir = temp_dir("etcd-refused");
-        let cfg = dir.join("c.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[gateway]\nlisten = [\"127.0.0.1:{}\"]\ncontrol_listen = \"off\"\n[deployment]\nconfig_provider = \"etcd\"\n[deployment.etcd]\nhost = [\"{}\"]\nstartup_retry = 0\n{extra}\n[admin]\nlisten = \"off\"\n",
-                free_port(),
-                etcd.url
-            ),
-        )
-        .unwrap();
-        let (ok, _, err) = cli(&["run", "-c", cfg.to_str().unwrap()]);
-        assert!(!ok, "started with {extra}");
+        let err = refused_start(&etcd.url, extra);
         assert!(err.contains(want), "{want} not in: {err}");
     };
     refused(
@@ -500,4 +509,41 @@ fn import_and_export_with_the_etcd_provider() {
     let exported: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(exported["routes"][0]["uri"], "/imp");
     assert_eq!(exported["upstreams"][0]["id"], "u");
+}
+
+#[test]
+fn a_client_certificate_for_an_etcd_that_asks_for_one() {
+    let dir = temp_dir("etcd-mtls");
+    crate::harness::certificates(&dir);
+    let p = |f: &str| dir.join(f).display().to_string();
+    let etcd = tls_etcd(
+        &dir,
+        &[
+            "--client-cert-auth".into(),
+            "--trusted-ca-file".into(),
+            p("ca.pem"),
+        ],
+    );
+    let backend = Backend::start(|_| Reply::ok("mtls"));
+    // The test certificate is good for client authentication too.
+    let tls = format!(
+        "[deployment.etcd.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        p("ca.pem"),
+        p("server.pem"),
+        p("server.key")
+    );
+    let n = node(std::slice::from_ref(&etcd.url), "/apisix", &tls);
+    let r = n.admin("PUT", "routes/1", &route("/m", &backend));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(n.gw.get("/m").text(), "mtls");
+    // Without the client certificate etcd refuses the connection: the gateway does not start.
+    let err = refused_start(
+        &etcd.url,
+        &format!("[deployment.etcd.tls]\nca = \"{}\"\n", p("ca.pem")),
+    );
+    assert!(
+        err.contains("cannot read the configuration from etcd"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
