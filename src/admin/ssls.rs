@@ -1,6 +1,7 @@
 //! `ssls`: what APISIX checks beyond the schema (`apisix/ssl.lua`'s `check_ssl_conf`): each
 //! certificate parses, each private key parses and is of a kind TLS can sign with, `certs`
-//! and `keys` pair up, a client CA parses. Private keys are stored encrypted
+//! and `keys` pair up, a client CA parses; and, beyond APISIX, each key matches its
+//! certificate. Private keys are stored encrypted
 //! (`data_encryption.rs`), as APISIX stores them, and checked decrypted.
 
 use crate::data_encryption;
@@ -56,9 +57,21 @@ fn pair(cert: &str, key: Option<&str>) -> Result<(), String> {
         .map_err(|_| "failed to decrypt previous encrypted key".to_string())?;
     let der = PrivateKeyDer::from_pem_slice(key.as_bytes())
         .map_err(|e| format!("failed to parse key: {e}"))?;
-    rustls::crypto::ring::sign::any_supported_type(&der)
+    // Parses the certificate and the key, and checks that they belong together (APISIX
+    // leaves that to the first handshake).
+    let provider = rustls::crypto::ring::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(der)
         .map_err(|e| format!("failed to parse key: {e}"))?;
-    Ok(())
+    let certified = rustls::sign::CertifiedKey::new(certs, signing);
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(()),
+        Err(rustls::Error::InconsistentKeys(_)) => {
+            Err("the private key does not match the certificate".into())
+        }
+        Err(e) => Err(format!("failed to parse cert: {e}")),
+    }
 }
 
 /// Encrypts the private keys (`key`, `keys[]`) that are still PEM.

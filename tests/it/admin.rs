@@ -811,6 +811,8 @@ fn ssls_are_checked_and_their_keys_stored_encrypted_as_apisix_does() {
     certificates(&dir);
     let cert = std::fs::read_to_string(dir.join("server.pem")).unwrap();
     let key = std::fs::read_to_string(dir.join("server.key")).unwrap();
+    // The second CA's key: a valid key that is not this certificate's.
+    let other_key = std::fs::read_to_string(dir.join("other.key")).unwrap();
     let (_gw, admin) = gateway(&dir.join("store"), "");
     let body = |v: serde_json::Value| v.to_string();
     let r = admin.send(
@@ -865,6 +867,10 @@ fn ssls_are_checked_and_their_keys_stored_encrypted_as_apisix_does() {
         (
             serde_json::json!({"cert": cert, "key": key, "sni": "x.com", "bogus": 1}),
             "additional properties",
+        ),
+        (
+            serde_json::json!({"cert": cert, "key": other_key, "sni": "x.com"}),
+            "the private key does not match the certificate",
         ),
     ];
     for (v, want) in cases {
