@@ -29,6 +29,7 @@ pub mod route;
 pub mod schema;
 pub mod snapshot;
 pub mod store;
+pub mod tls;
 pub mod upstream;
 pub mod vars;
 pub mod worker;

@@ -15,7 +15,7 @@
 use crate::config::{
     AdminConfig, Config, ConfigError, ConsumerConfig, CredentialConfig, DemoConfig,
     DeploymentConfig, GatewayConfig, GlobalRuleConfig, PluginConfigConfig, RouteConfig,
-    ServiceConfig, UpstreamConfig,
+    ServiceConfig, SslConfig, UpstreamConfig,
 };
 use crate::store::Kind;
 use std::collections::BTreeMap;
@@ -34,6 +34,7 @@ pub struct Resources {
     pub plugin_configs: Vec<Arc<PluginConfigConfig>>,
     pub consumers: Vec<Arc<ConsumerConfig>>,
     pub credentials: Vec<Arc<CredentialConfig>>,
+    pub ssls: Vec<Arc<SslConfig>>,
 }
 
 /// What the file provider reads from `config.toml`.
@@ -126,6 +127,7 @@ impl Config {
                 plugin_configs: shared(self.plugin_configs),
                 consumers: shared(self.consumers),
                 credentials: shared(self.credentials),
+                ssls: shared(self.ssls),
             }),
             values: BTreeMap::new(),
             demo: self.demo,

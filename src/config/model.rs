@@ -28,9 +28,9 @@ pub struct Config {
     /// plugin's name in `id`.
     #[serde(default)]
     pub plugin_metadata: Vec<toml::Table>,
-    /// Certificates and keys (APISIX `ssls`); served once TLS lands (#11).
+    /// Certificates and keys (APISIX `ssls`), chosen by SNI.
     #[serde(default)]
-    pub ssls: Vec<toml::Table>,
+    pub ssls: Vec<SslConfig>,
     /// Built-in demo backends, so the shipped config answers without any other server.
     #[serde(default)]
     pub demo: Option<DemoConfig>,
@@ -400,6 +400,47 @@ pub struct ServiceConfig {
 
 /// Plugin configurations by plugin name (`plugins.traffic-split = { ... }`).
 pub type Plugins = BTreeMap<String, serde_json::Value>;
+
+/// A certificate with its key (APISIX `ssls`): the schema and the parsing are checked by
+/// the Admin API's `ssl` schema; the compiler builds the SNI table from it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SslConfig {
+    #[serde(default, deserialize_with = "opt_id")]
+    pub id: Option<String>,
+    /// `server` (served to clients by SNI) or `client` (shown to upstreams).
+    #[serde(rename = "type", default = "ssl_server")]
+    pub kind: String,
+    pub cert: String,
+    /// PEM, or encrypted with the data_encryption keyring.
+    pub key: String,
+    #[serde(default)]
+    pub sni: Option<String>,
+    #[serde(default)]
+    pub snis: Option<Vec<String>>,
+    /// More certificates for the same names (another key type: RSA beside ECDSA).
+    #[serde(default)]
+    pub certs: Vec<String>,
+    #[serde(default)]
+    pub keys: Vec<String>,
+    #[serde(default = "ssl_enabled")]
+    pub status: i64,
+    #[serde(default)]
+    pub ssl_protocols: Option<Vec<String>>,
+    #[serde(default)]
+    pub client: Option<serde_json::Value>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub desc: Option<String>,
+}
+
+fn ssl_server() -> String {
+    "server".into()
+}
+
+fn ssl_enabled() -> i64 {
+    1
+}
 
 /// A global rule: plugins applied to every request.
 #[derive(Debug, Clone, Deserialize)]

@@ -23,6 +23,8 @@ pub(super) struct Base {
     pub(super) global: Chain,
     pub(super) services: Services,
     pub(super) plugin_configs: PluginConfigs,
+    /// The certificates served by SNI.
+    pub(super) certs: std::sync::Arc<crate::tls::CertStore>,
 }
 
 impl Base {
@@ -155,7 +157,9 @@ impl Base {
             &mut registry,
         )?;
 
+        let certs = std::sync::Arc::new(crate::tls::CertStore::build(&config.ssls, None)?);
         Ok(Base {
+            certs,
             upstreams,
             upstream_ids,
             registry,

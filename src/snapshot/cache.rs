@@ -112,6 +112,7 @@ impl BaseKey {
                 c.plugin_configs.len(),
                 c.consumers.len(),
                 c.credentials.len(),
+                c.ssls.len(),
             ]
             .map(|n| n as *const ()),
         );
@@ -121,6 +122,7 @@ impl BaseKey {
         all.extend(ptrs(&c.plugin_configs));
         all.extend(ptrs(&c.consumers));
         all.extend(ptrs(&c.credentials));
+        all.extend(ptrs(&c.ssls));
         BaseKey {
             ptrs: all,
             _held: Resources {

@@ -67,6 +67,8 @@ pub struct Snapshot {
     pub settings: Settings,
     pub router: Router,
     pub upstreams: Vec<Arc<UpstreamSpec>>,
+    /// The certificates served to TLS clients, by SNI (`ssls`).
+    pub certs: Arc<crate::tls::CertStore>,
     /// The settings read at start only (a running gateway keeps its first snapshot's).
     pub process: ProcessSettings,
 }
@@ -206,11 +208,13 @@ impl Snapshot {
         }
 
         let global = base.global.clone();
+        let certs = base.certs.clone();
         cache.finish(key, base, compiled);
         Ok(Snapshot {
             version,
             plugins: registry,
             global,
+            certs,
             settings,
             router: Router::new(routes, uris),
             upstreams: upstreams.into_iter().map(Arc::new).collect(),

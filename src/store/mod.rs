@@ -6,7 +6,7 @@
 
 use crate::config::{
     ConfigError, ConsumerConfig, CredentialConfig, GlobalRuleConfig, PluginConfigConfig,
-    RouteConfig, ServiceConfig, UpstreamConfig,
+    RouteConfig, ServiceConfig, SslConfig, UpstreamConfig,
 };
 use crate::resources::Resources;
 use serde_json::Value;
@@ -124,6 +124,7 @@ enum Typed {
     PluginConfig(Arc<PluginConfigConfig>),
     Consumer(Arc<ConsumerConfig>),
     Credential(Arc<CredentialConfig>),
+    Ssl(Arc<SslConfig>),
     /// Kept as JSON (plugin metadata: the plugin reads it).
     Json,
     Invalid(Arc<str>),
@@ -145,7 +146,8 @@ impl Typed {
             Kind::PluginConfigs => de(v, Typed::PluginConfig),
             Kind::Consumers => de(v, Typed::Consumer),
             Kind::Credentials => de(v, Typed::Credential),
-            Kind::PluginMetadata | Kind::Ssls => Typed::Json,
+            Kind::Ssls => de(v, Typed::Ssl),
+            Kind::PluginMetadata => Typed::Json,
         }
     }
 }
@@ -170,7 +172,7 @@ macro_rules! pick {
 
 pick!(UpstreamConfig => Upstream, ServiceConfig => Service, RouteConfig => Route,
     GlobalRuleConfig => GlobalRule, PluginConfigConfig => PluginConfig,
-    ConsumerConfig => Consumer, CredentialConfig => Credential);
+    ConsumerConfig => Consumer, CredentialConfig => Credential, SslConfig => Ssl);
 
 impl Object {
     /// An object of `kind` with its JSON (which carries its `id`), times and indexes; its
@@ -338,6 +340,7 @@ impl Objects {
             plugin_configs: self.typed::<PluginConfigConfig>(Kind::PluginConfigs)?,
             consumers: self.typed::<ConsumerConfig>(Kind::Consumers)?,
             credentials: self.typed::<CredentialConfig>(Kind::Credentials)?,
+            ssls: self.typed::<SslConfig>(Kind::Ssls)?,
         })
     }
 

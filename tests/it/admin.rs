@@ -899,4 +899,10 @@ fn ssls_are_checked_and_their_keys_stored_encrypted_as_apisix_does() {
     assert!(ok, "{err}");
     let (ok, err) = check_config(&file(&bad_cert));
     assert!(!ok && err.contains("failed to parse cert"), "{err}");
+    let mismatched = file(&cert).replace(key.trim(), other_key.trim());
+    let (ok, err) = check_config(&mismatched);
+    assert!(
+        !ok && err.contains("ssls[0] (id \"f\")") && err.contains("does not match"),
+        "{err}"
+    );
 }

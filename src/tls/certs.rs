@@ -1,0 +1,327 @@
+//! The certificates served to clients, by SNI: compiled from the `ssls` objects (type
+//! `server`, status 1) into one immutable table per snapshot, and handed to rustls as its
+//! certificate resolver. A handshake looks up the exact name first, then the longest
+//! wildcard (`*.example.com` covers `a.example.com` and `a.b.example.com`, not
+//! `example.com`), then `fallback_sni`; with nothing found it fails, as APISIX's does. An
+//! object with `certs`/`keys` beside `cert`/`key` serves a second key type (RSA beside
+//! ECDSA): the first whose key can sign with a scheme the client offers is chosen.
+
+use crate::config::{ConfigError, SslConfig};
+use crate::fold_hash::FoldHash;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+type Keys = Vec<Arc<CertifiedKey>>;
+
+/// The SNI table.
+#[derive(Debug, Default)]
+pub struct CertStore {
+    exact: HashMap<String, Keys, FoldHash>,
+    /// `.example.com` for `*.example.com`, longest first.
+    wildcard: Vec<(String, Keys)>,
+    /// The name looked up when a client sends none (APISIX `ssl.fallback_sni`).
+    fallback: Option<String>,
+}
+
+impl CertStore {
+    /// Builds the table; errors name the object and field. Client certificates (`type =
+    /// "client"`) and disabled objects are not served.
+    pub fn build(
+        ssls: &[Arc<SslConfig>],
+        fallback: Option<&str>,
+    ) -> Result<CertStore, ConfigError> {
+        let provider = rustls::crypto::ring::default_provider();
+        let mut store = CertStore {
+            fallback: fallback.map(|f| f.to_ascii_lowercase()),
+            ..CertStore::default()
+        };
+        let mut wildcard: HashMap<String, Keys> = HashMap::new();
+        for (i, ssl) in ssls.iter().enumerate() {
+            if ssl.kind != "server" || ssl.status != 1 {
+                continue;
+            }
+            let name = match &ssl.id {
+                Some(id) => format!("ssls[{i}] (id \"{id}\")"),
+                None => format!("ssls[{i}]"),
+            };
+            let mut keys = vec![certified(&provider, &ssl.cert, &ssl.key)
+                .map_err(|e| ConfigError::invalid(&name, e))?];
+            if ssl.certs.len() != ssl.keys.len() {
+                return Err(ConfigError::invalid(
+                    format!("{name}.certs"),
+                    "mismatched number of certs and keys",
+                ));
+            }
+            for (j, (c, k)) in ssl.certs.iter().zip(&ssl.keys).enumerate() {
+                keys.push(
+                    certified(&provider, c, k)
+                        .map_err(|e| ConfigError::invalid(format!("{name}.certs[{j}]"), e))?,
+                );
+            }
+            let snis = ssl.snis.iter().flatten().chain(ssl.sni.iter());
+            for sni in snis {
+                let sni = sni.to_ascii_lowercase();
+                match sni.strip_prefix('*') {
+                    Some(suffix) => wildcard.entry(suffix.to_string()).or_default(),
+                    None => store.exact.entry(sni).or_default(),
+                }
+                .extend(keys.iter().cloned());
+            }
+        }
+        store.wildcard = wildcard.into_iter().collect();
+        store
+            .wildcard
+            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+        Ok(store)
+    }
+
+    /// The certificates for `name` (lower case).
+    fn lookup(&self, name: &str) -> Option<&Keys> {
+        self.exact.get(name).or_else(|| {
+            self.wildcard
+                .iter()
+                .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
+                .map(|(_, keys)| keys)
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.wildcard.is_empty()
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = match hello.server_name() {
+            Some(n) => n.to_ascii_lowercase(),
+            None => self.fallback.clone()?,
+        };
+        let keys = self.lookup(&name)?;
+        let schemes = hello.signature_schemes();
+        keys.iter()
+            .find(|k| k.key.choose_scheme(schemes).is_some())
+            .cloned()
+    }
+}
+
+/// A certificate chain and its key, checked to belong together.
+fn certified(
+    provider: &CryptoProvider,
+    cert: &str,
+    key: &str,
+) -> Result<Arc<CertifiedKey>, String> {
+    let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("failed to parse cert: {e}"))?;
+    if chain.is_empty() {
+        return Err("failed to parse cert: no PEM certificate found".into());
+    }
+    let key = crate::data_encryption::decrypt(key)?;
+    let der = PrivateKeyDer::from_pem_slice(key.as_bytes())
+        .map_err(|e| format!("failed to parse key: {e}"))?;
+    CertifiedKey::from_der(chain, der, provider)
+        .map(Arc::new)
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => {
+                "the private key does not match the certificate".into()
+            }
+            other => format!("failed to load the certificate and key: {other}"),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::process::Command;
+
+    /// A CA and certificates it signed, made with the openssl command: `name` for
+    /// `subject_alt` with an EC (or RSA) key.
+    fn make(dir: &Path, name: &str, san: &str, rsa: bool) -> (String, String) {
+        let newkey = if rsa {
+            "-newkey rsa:2048".to_string()
+        } else {
+            "-newkey ec -pkeyopt ec_paramgen_curve:P-256".to_string()
+        };
+        let run = |cmd: String| {
+            let out = Command::new("openssl")
+                .current_dir(dir)
+                .args(cmd.split_whitespace())
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "{cmd}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        if !dir.join("ca.pem").exists() {
+            run("req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=ca".into());
+        }
+        std::fs::write(
+            dir.join(format!("{name}.cnf")),
+            format!("subjectAltName={san}\n"),
+        )
+        .unwrap();
+        run(format!(
+            "req {newkey} -nodes -keyout {name}.key -out {name}.csr -subj /CN={name}"
+        ));
+        run(format!("x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out {name}.pem -days 2 -extfile {name}.cnf"));
+        let read = |f: String| std::fs::read_to_string(dir.join(f)).unwrap();
+        (read(format!("{name}.pem")), read(format!("{name}.key")))
+    }
+
+    fn ssl(snis: &[&str], pairs: &[(String, String)]) -> Arc<SslConfig> {
+        let v = serde_json::json!({
+            "snis": snis,
+            "cert": pairs[0].0, "key": pairs[0].1,
+            "certs": pairs[1..].iter().map(|p| p.0.clone()).collect::<Vec<_>>(),
+            "keys": pairs[1..].iter().map(|p| p.1.clone()).collect::<Vec<_>>(),
+        });
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    /// A handshake in memory: the certificate the server presented, or None if it failed.
+    fn handshake(
+        store: &Arc<CertStore>,
+        dir: &Path,
+        sni: Option<&str>,
+        rsa_only: bool,
+    ) -> Option<Vec<u8>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(store.clone());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(dir.join("ca.pem")).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut client_provider = rustls::crypto::ring::default_provider();
+        if rsa_only {
+            // A client that can verify RSA signatures only.
+            let algs = &mut client_provider.signature_verification_algorithms;
+            let rsa: Vec<_> = algs
+                .mapping
+                .iter()
+                .filter(|(s, _)| {
+                    matches!(
+                        s,
+                        rustls::SignatureScheme::RSA_PSS_SHA256
+                            | rustls::SignatureScheme::RSA_PKCS1_SHA256
+                    )
+                })
+                .copied()
+                .collect();
+            algs.mapping = Box::leak(rsa.into_boxed_slice());
+        }
+        let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(client_provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.enable_sni = sni.is_some();
+        // Without SNI the client still checks the certificate, as the fallback's name.
+        let name =
+            rustls::pki_types::ServerName::try_from(sni.unwrap_or("a.test").to_string()).unwrap();
+        let mut c = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut s = rustls::ServerConnection::new(Arc::new(server)).unwrap();
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            c.write_tls(&mut buf).unwrap();
+            if s.read_tls(&mut &buf[..]).is_err() || s.process_new_packets().is_err() {
+                return None;
+            }
+            let mut buf = Vec::new();
+            s.write_tls(&mut buf).unwrap();
+            if c.read_tls(&mut &buf[..]).is_err() || c.process_new_packets().is_err() {
+                return None;
+            }
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return c.peer_certificates().map(|p| p[0].to_vec());
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn sni_picks_exact_then_wildcard_then_fallback_and_the_key_type_the_client_takes() {
+        let dir = std::env::temp_dir().join(format!("sg-certs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = make(&dir, "a", "DNS:a.test", false);
+        let w = make(&dir, "w", "DNS:*.w.test", false);
+        let ec = make(&dir, "ec", "DNS:both.test", false);
+        let rsa = make(&dir, "rsa", "DNS:both.test", true);
+        let der = |pem: &str| {
+            CertificateDer::from_pem_slice(pem.as_bytes())
+                .unwrap()
+                .to_vec()
+        };
+        let ssls = vec![
+            ssl(&["a.test"], std::slice::from_ref(&a)),
+            ssl(&["*.w.test"], std::slice::from_ref(&w)),
+            ssl(&["both.test"], &[ec.clone(), rsa.clone()]),
+        ];
+        let store = Arc::new(CertStore::build(&ssls, Some("a.test")).unwrap());
+        assert_eq!(
+            handshake(&store, &dir, Some("a.test"), false),
+            Some(der(&a.0))
+        );
+        assert_eq!(
+            handshake(&store, &dir, Some("A.TEST"), false),
+            Some(der(&a.0))
+        );
+        assert_eq!(
+            handshake(&store, &dir, Some("x.w.test"), false),
+            Some(der(&w.0))
+        );
+        // Deeper names are looked up too (the client then checks the certificate's own
+        // wildcard, which covers one label).
+        assert!(store.lookup("y.x.w.test").is_some());
+        assert_eq!(
+            handshake(&store, &dir, Some("w.test"), false),
+            None,
+            "the wildcard needs a label"
+        );
+        assert_eq!(handshake(&store, &dir, Some("nothing.test"), false), None);
+        // Both key types for one name: the client's signature schemes choose.
+        assert_eq!(
+            handshake(&store, &dir, Some("both.test"), false),
+            Some(der(&ec.0))
+        );
+        assert_eq!(
+            handshake(&store, &dir, Some("both.test"), true),
+            Some(der(&rsa.0))
+        );
+        // No SNI: fallback_sni, or a failed handshake without it.
+        assert_eq!(handshake(&store, &dir, None, false), Some(der(&a.0)));
+        let strict = Arc::new(CertStore::build(&ssls, None).unwrap());
+        assert_eq!(handshake(&strict, &dir, None, false), None);
+
+        // A key that is not the certificate's, an encrypted key, a disabled object.
+        let err = CertStore::build(&[ssl(&["a.test"], &[(a.0.clone(), w.1.clone())])], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ssls[0]") && err.contains("does not match"),
+            "{err}"
+        );
+        let encrypted = (a.0.clone(), crate::data_encryption::encrypt(&a.1));
+        let store = Arc::new(CertStore::build(&[ssl(&["a.test"], &[encrypted])], None).unwrap());
+        assert_eq!(
+            handshake(&store, &dir, Some("a.test"), false),
+            Some(der(&a.0))
+        );
+        let mut off = (*ssl(&["a.test"], std::slice::from_ref(&a))).clone();
+        off.status = 0;
+        assert!(CertStore::build(&[Arc::new(off)], None).unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
