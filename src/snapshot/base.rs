@@ -25,6 +25,8 @@ pub(super) struct Base {
     pub(super) plugin_configs: PluginConfigs,
     /// The certificates served by SNI.
     pub(super) certs: std::sync::Arc<crate::tls::CertStore>,
+    /// New TLS handshakes' configuration (none without certificates).
+    pub(super) tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl Base {
@@ -158,8 +160,16 @@ impl Base {
         )?;
 
         let certs = std::sync::Arc::new(crate::tls::CertStore::build(&config.ssls, None)?);
+        let tls = match certs.is_empty() {
+            true => None,
+            false => Some(
+                crate::tls::server::config(certs.clone())
+                    .map_err(|e| ConfigError::invalid("ssls", e.to_string()))?,
+            ),
+        };
         Ok(Base {
             certs,
+            tls,
             upstreams,
             upstream_ids,
             registry,

@@ -69,6 +69,8 @@ pub struct Snapshot {
     pub upstreams: Vec<Arc<UpstreamSpec>>,
     /// The certificates served to TLS clients, by SNI (`ssls`).
     pub certs: Arc<crate::tls::CertStore>,
+    /// The configuration new TLS handshakes use (with `certs`; none without certificates).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The settings read at start only (a running gateway keeps its first snapshot's).
     pub process: ProcessSettings,
 }
@@ -209,12 +211,14 @@ impl Snapshot {
 
         let global = base.global.clone();
         let certs = base.certs.clone();
+        let tls = base.tls.clone();
         cache.finish(key, base, compiled);
         Ok(Snapshot {
             version,
             plugins: registry,
             global,
             certs,
+            tls,
             settings,
             router: Router::new(routes, uris),
             upstreams: upstreams.into_iter().map(Arc::new).collect(),

@@ -135,14 +135,14 @@ fn certified(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::path::Path;
     use std::process::Command;
 
-    /// A CA and certificates it signed, made with the openssl command: `name` for
-    /// `subject_alt` with an EC (or RSA) key.
-    fn make(dir: &Path, name: &str, san: &str, rsa: bool) -> (String, String) {
+    /// A certificate for `san` (EC, or RSA), signed by a CA in `dir` (made on first use),
+    /// with the openssl command: (PEM certificate, PEM key).
+    pub(crate) fn make(dir: &Path, name: &str, san: &str, rsa: bool) -> (String, String) {
         let newkey = if rsa {
             "-newkey rsa:2048".to_string()
         } else {
@@ -176,7 +176,9 @@ mod tests {
         (read(format!("{name}.pem")), read(format!("{name}.key")))
     }
 
-    fn ssl(snis: &[&str], pairs: &[(String, String)]) -> Arc<SslConfig> {
+    /// A server `ssls` object for `snis`: the first pair as `cert`/`key`, the others as
+    /// `certs`/`keys`.
+    pub(crate) fn ssl(snis: &[&str], pairs: &[(String, String)]) -> Arc<SslConfig> {
         let v = serde_json::json!({
             "snis": snis,
             "cert": pairs[0].0, "key": pairs[0].1,
@@ -186,27 +188,15 @@ mod tests {
         Arc::new(serde_json::from_value(v).unwrap())
     }
 
-    /// A handshake in memory: the certificate the server presented, or None if it failed.
-    fn handshake(
-        store: &Arc<CertStore>,
-        dir: &Path,
-        sni: Option<&str>,
-        rsa_only: bool,
-    ) -> Option<Vec<u8>> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_cert_resolver(store.clone());
+    /// A client trusting the CA in `dir` (verifying RSA signatures only, when asked).
+    pub(crate) fn client_config(dir: &Path, rsa_only: bool) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(dir.join("ca.pem")).unwrap() {
             roots.add(c.unwrap()).unwrap();
         }
-        let mut client_provider = rustls::crypto::ring::default_provider();
+        let mut provider = rustls::crypto::ring::default_provider();
         if rsa_only {
-            // A client that can verify RSA signatures only.
-            let algs = &mut client_provider.signature_verification_algorithms;
+            let algs = &mut provider.signature_verification_algorithms;
             let rsa: Vec<_> = algs
                 .mapping
                 .iter()
@@ -221,33 +211,65 @@ mod tests {
                 .collect();
             algs.mapping = Box::leak(rsa.into_boxed_slice());
         }
-        let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(client_provider))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+
+    /// A handshake in memory (without SNI when `sni` is None: the client then checks the
+    /// certificate as `a.test`'s): the certificate presented and the kind of handshake, or
+    /// (None, None) when it failed.
+    pub(crate) fn handshake_with(
+        server: &Arc<rustls::ServerConfig>,
+        client: &Arc<rustls::ClientConfig>,
+        sni: Option<&str>,
+    ) -> (Option<Vec<u8>>, Option<rustls::HandshakeKind>) {
+        let mut client = (**client).clone();
         client.enable_sni = sni.is_some();
-        // Without SNI the client still checks the certificate, as the fallback's name.
         let name =
             rustls::pki_types::ServerName::try_from(sni.unwrap_or("a.test").to_string()).unwrap();
         let mut c = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
-        let mut s = rustls::ServerConnection::new(Arc::new(server)).unwrap();
+        let mut s = rustls::ServerConnection::new(server.clone()).unwrap();
+        let mut done = false;
         for _ in 0..10 {
             let mut buf = Vec::new();
             c.write_tls(&mut buf).unwrap();
             if s.read_tls(&mut &buf[..]).is_err() || s.process_new_packets().is_err() {
-                return None;
+                return (None, None);
             }
             let mut buf = Vec::new();
             s.write_tls(&mut buf).unwrap();
             if c.read_tls(&mut &buf[..]).is_err() || c.process_new_packets().is_err() {
-                return None;
+                return (None, None);
             }
-            if !c.is_handshaking() && !s.is_handshaking() {
-                return c.peer_certificates().map(|p| p[0].to_vec());
+            // One more round after the handshake: the server's session tickets.
+            if done {
+                let cert = c.peer_certificates().map(|p| p[0].to_vec());
+                return (cert, c.handshake_kind());
             }
+            done = !c.is_handshaking() && !s.is_handshaking();
         }
-        None
+        (None, None)
+    }
+
+    fn handshake(
+        store: &Arc<CertStore>,
+        dir: &Path,
+        sni: Option<&str>,
+        rsa_only: bool,
+    ) -> Option<Vec<u8>> {
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(store.clone());
+        handshake_with(&Arc::new(server), &client_config(dir, rsa_only), sni).0
     }
 
     #[test]
