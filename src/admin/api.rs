@@ -572,7 +572,7 @@ pub(super) fn check(kind: Kind, value: &Value) -> Result<(), AdminResponse> {
             .map_err(|e| AdminResponse::error(400, &format!("invalid configuration: {e}")))?;
     }
     if kind == Kind::Ssls {
-        super::ssls::check(value).map_err(|e| AdminResponse::error(400, &e))?;
+        super::ssls::check_new(value).map_err(|e| AdminResponse::error(400, &e))?;
     }
     Ok(())
 }

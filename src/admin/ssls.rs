@@ -9,6 +9,28 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 
+/// The checks of an object being written (beyond APISIX, as #11 asks: its certificates
+/// must be valid now).
+pub(super) fn check_new(v: &Value) -> Result<(), String> {
+    for pem in ["cert"].iter().filter_map(|f| v.get(*f)).chain(
+        v.get("certs")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten(),
+    ) {
+        let Some(Ok(der)) = pem
+            .as_str()
+            .and_then(|p| CertificateDer::pem_slice_iter(p.as_bytes()).next())
+        else {
+            continue; // reported by `check`
+        };
+        crate::tls::validity::Validity::of(&der)
+            .and_then(|val| val.check(crate::log::now_secs()))
+            .map_err(|e| format!("failed to parse cert: {e}"))?;
+    }
+    check(v)
+}
+
 /// The checks, with APISIX's messages.
 pub(super) fn check(v: &Value) -> Result<(), String> {
     let text = |f: &str| v.get(f).and_then(Value::as_str);

@@ -49,6 +49,12 @@ impl CertStore {
                 Some(id) => format!("ssls[{i}] (id \"{id}\")"),
                 None => format!("ssls[{i}]"),
             };
+            // A certificate that expired while configured is left out (logged) rather than
+            // refusing every later change; writes of expired ones are refused upfront.
+            if let Err(e) = current(&ssl.cert) {
+                crate::warn!("{name} is not served: {e}");
+                continue;
+            }
             let mut keys = vec![certified(&provider, &ssl.cert, &ssl.key)
                 .map_err(|e| ConfigError::invalid(&name, e))?];
             if ssl.certs.len() != ssl.keys.len() {
@@ -107,6 +113,14 @@ impl ResolvesServerCert for CertStore {
             .find(|k| k.key.choose_scheme(schemes).is_some())
             .cloned()
     }
+}
+
+/// Whether the first certificate of `pem` is valid now.
+fn current(pem: &str) -> Result<(), String> {
+    let Some(Ok(der)) = CertificateDer::pem_slice_iter(pem.as_bytes()).next() else {
+        return Ok(()); // the parse error is reported by `certified`
+    };
+    super::validity::Validity::of(&der)?.check(crate::log::now_secs())
 }
 
 /// A certificate chain and its key, checked to belong together.

@@ -5,5 +5,6 @@
 
 pub mod certs;
 pub mod server;
+pub mod validity;
 
 pub use certs::CertStore;

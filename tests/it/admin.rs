@@ -813,6 +813,10 @@ fn ssls_are_checked_and_their_keys_stored_encrypted_as_apisix_does() {
     let key = std::fs::read_to_string(dir.join("server.key")).unwrap();
     // The second CA's key: a valid key that is not this certificate's.
     let other_key = std::fs::read_to_string(dir.join("other.key")).unwrap();
+    let expired = (
+        std::fs::read_to_string(dir.join("expired.pem")).unwrap(),
+        std::fs::read_to_string(dir.join("expired.key")).unwrap(),
+    );
     let (_gw, admin) = gateway(&dir.join("store"), "");
     let body = |v: serde_json::Value| v.to_string();
     let r = admin.send(
@@ -871,6 +875,10 @@ fn ssls_are_checked_and_their_keys_stored_encrypted_as_apisix_does() {
         (
             serde_json::json!({"cert": cert, "key": other_key, "sni": "x.com"}),
             "the private key does not match the certificate",
+        ),
+        (
+            serde_json::json!({"cert": expired.0, "key": expired.1, "sni": "x.com"}),
+            "the certificate expired (2020-01-02 00:00:00 UTC)",
         ),
     ];
     for (v, want) in cases {

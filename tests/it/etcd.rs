@@ -191,6 +191,10 @@ fn objects_written_into_etcd_in_apisix_json_are_served() {
     let ssl = serde_json::json!({"id": "s1", "cert": pem("server.pem"),
         "key": crate::admin::apisix_encrypt(&pem("server.key"), false), "snis": ["a.test"]});
     ctl.put(&format!("{prefix}/ssls/s1"), &ssl.to_string());
+    // One that expired: kept (APISIX takes it), not served, and said so.
+    let old = serde_json::json!({"id": "s2", "cert": pem("expired.pem"),
+        "key": pem("expired.key"), "snis": ["old.test"]});
+    ctl.put(&format!("{prefix}/ssls/s2"), &old.to_string());
     ctl.put(&format!("{prefix}/gen_id"), "7");
     ctl.put(&format!("{prefix}/data_plane/server_info/x"), "{}");
     // A broken object is left out; the rest is served.
@@ -216,6 +220,12 @@ fn objects_written_into_etcd_in_apisix_json_are_served() {
         n.admin("GET", "ssls/s1", "").json()["value"]["snis"][0],
         "a.test",
         "an SSL object with a key APISIX encrypted is taken: {}",
+        n.gw.events()
+    );
+    assert!(
+        n.gw.events()
+            .contains("ssls[1] (id \"s2\") is not served: the certificate expired"),
+        "{}",
         n.gw.events()
     );
 

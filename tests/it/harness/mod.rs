@@ -324,19 +324,30 @@ pub fn cli(args: &[&str]) -> (bool, String, String) {
 
 /// Test certificates in `dir`, made with the openssl command: a CA (`ca.pem`, `ca.key`), a
 /// server certificate it signed for 127.0.0.1 and localhost (`server.pem`, `server.key`),
-/// and a second CA that signed nothing (`other.pem`), for verification that must fail.
+/// a second CA that signed nothing (`other.pem`), for verification that must fail, and a
+/// certificate the CA signed that expired in 2020 (`expired.pem`, `expired.key`).
 pub fn certificates(dir: &std::path::Path) {
     std::fs::write(
         dir.join("ext.cnf"),
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
     )
     .unwrap();
+    // `openssl ca` is what sets a validity period in the past.
+    std::fs::write(
+        dir.join("ca.cnf"),
+        "[ca]\ndefault_ca=d\n[d]\ndatabase=index.txt\nnew_certs_dir=.\nserial=serial\ndefault_md=sha256\npolicy=p\n[p]\ncommonName=supplied\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("index.txt"), "").unwrap();
+    std::fs::write(dir.join("serial"), "01\n").unwrap();
     let key = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
     for cmd in [
         format!("req -x509 {key} -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca"),
         format!("req {key} -keyout server.key -out server.csr -subj /CN=127.0.0.1"),
         "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile ext.cnf".to_string(),
         format!("req -x509 {key} -keyout other.key -out other.pem -days 2 -subj /CN=other-ca"),
+        format!("req {key} -keyout expired.key -out expired.csr -subj /CN=expired"),
+        "ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -in expired.csr -out expired.pem -extfile ext.cnf -startdate 20200101000000Z -enddate 20200102000000Z".to_string(),
     ] {
         let out = Command::new("openssl")
             .current_dir(dir)
