@@ -200,7 +200,7 @@ impl Client {
         };
         conn.post(path, body, self.token.as_deref())?;
         let head = conn.head()?;
-        let bytes = conn.body(&head)?;
+        let bytes = conn.body()?;
         if !head.close {
             self.conn = Some(conn);
         }
@@ -294,7 +294,7 @@ impl Client {
         conn.post("/v3/watch", body, self.token.as_deref())?;
         let head = conn.head()?;
         if head.status != 200 {
-            let bytes = conn.body(&head)?;
+            let bytes = conn.body()?;
             let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             return Err(Failure::Etcd(error_of(head.status, &v)));
         }
@@ -327,7 +327,7 @@ impl Watch {
                     return Ok(msg);
                 }
             }
-            match self.conn.chunk() {
+            match self.conn.payload() {
                 Ok(Some(data)) => self.pending.extend_from_slice(&data),
                 Ok(None) => {
                     return Err(EtcdError::Unreachable(format!(

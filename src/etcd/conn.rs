@@ -1,14 +1,19 @@
 //! One HTTP/1.1 connection to an etcd endpoint's JSON gateway, plain or TLS, blocking with
 //! timeouts (it runs on control-plane threads, never on a worker). etcd is a trusted peer,
-//! but its answers are still bounded: a head over 64 KiB or a body over 256 MiB is an error.
+//! but its answers are read as strictly as an upstream's and bounded: a head over 64 KiB or
+//! a body over 256 MiB is an error.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use crate::http::chunked::ChunkedScanner;
+use crate::http::response::{Parsed, ResponseFraming, ResponseHead};
+use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_BODY: usize = 256 * 1024 * 1024;
+/// How much one read asks for.
+const READ_SIZE: usize = 64 * 1024;
 
 /// An endpoint from `deployment.etcd.host`.
 #[derive(Debug, Clone)]
@@ -81,19 +86,30 @@ impl Write for Stream {
     }
 }
 
-/// A response head: what the body's framing needs.
+/// A response head: what the caller needs of it (the framing is kept by the connection).
 #[derive(Debug)]
 pub struct Head {
     pub status: u16,
-    chunked: bool,
-    length: Option<usize>,
     /// The server closes after this response.
     pub close: bool,
 }
 
-/// A connection, reused for unary calls while it stays good.
+/// Where the body of the current response stands.
+enum Body {
+    Done,
+    Length(u64),
+    Chunked(ChunkedScanner),
+    UntilClose,
+}
+
+/// A connection, reused for unary calls while it stays good. Responses are read with the
+/// gateway's own strict parsers: [`ResponseHead`] for the head, [`ChunkedScanner`] for
+/// chunked bodies (a watch is one long chunked body).
 pub struct Conn {
-    reader: BufReader<Stream>,
+    stream: Stream,
+    /// Bytes read and not consumed yet.
+    buf: Vec<u8>,
+    body: Body,
     host_header: String,
 }
 
@@ -141,14 +157,16 @@ impl Conn {
             }
         };
         Ok(Conn {
-            reader: BufReader::with_capacity(64 * 1024, stream),
+            stream,
+            buf: Vec::with_capacity(READ_SIZE),
+            body: Body::Done,
             host_header: format!("{}:{}", ep.host, ep.port),
         })
     }
 
     /// Changes the read timeout (a watch waits longer than a call).
     pub fn set_read_timeout(&mut self, t: Duration) -> io::Result<()> {
-        match self.reader.get_ref() {
+        match &self.stream {
             Stream::Plain(s) => s.set_read_timeout(Some(t)),
             Stream::Tls(s) => s.sock.set_read_timeout(Some(t)),
         }
@@ -168,124 +186,101 @@ impl Conn {
         }
         req.extend_from_slice(b"\r\n");
         req.extend_from_slice(body);
-        let s = self.reader.get_mut();
-        s.write_all(&req)?;
-        s.flush()
+        self.stream.write_all(&req)?;
+        self.stream.flush()
+    }
+
+    /// Reads more bytes into `buf`; 0 at the end of the stream.
+    fn fill(&mut self) -> io::Result<usize> {
+        let start = self.buf.len();
+        self.buf.resize(start + READ_SIZE, 0);
+        let read = self.stream.read(&mut self.buf[start..]);
+        self.buf.truncate(start + *read.as_ref().unwrap_or(&0));
+        read
     }
 
     /// Reads a response head.
     pub fn head(&mut self) -> io::Result<Head> {
-        let mut total = 0;
-        let mut line = Vec::new();
-        let mut head = Head {
-            status: 0,
-            chunked: false,
-            length: None,
-            close: false,
-        };
         loop {
-            line.clear();
-            let n = self.reader.read_until(b'\n', &mut line)?;
-            if n == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            total += n;
-            if total > MAX_HEAD {
-                return Err(bad("response head over 64 KiB"));
-            }
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim_end();
-            if head.status == 0 {
-                head.status = text
-                    .split(' ')
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-                    .filter(|_| text.starts_with("HTTP/1."))
-                    .ok_or_else(|| bad("not an HTTP/1.x response"))?;
-                continue;
-            }
-            if text.is_empty() {
-                return Ok(head);
-            }
-            let Some((name, value)) = text.split_once(':') else {
-                return Err(bad("malformed response header"));
-            };
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                head.length = Some(value.parse().map_err(|_| bad("bad Content-Length"))?);
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                head.chunked = value.eq_ignore_ascii_case("chunked");
-            } else if name.eq_ignore_ascii_case("connection") {
-                head.close = value.eq_ignore_ascii_case("close");
-            }
-        }
-    }
-
-    /// Reads a whole body framed as `head` says.
-    pub fn body(&mut self, head: &Head) -> io::Result<Vec<u8>> {
-        if head.chunked {
-            let mut out = Vec::new();
-            while let Some(chunk) = self.chunk()? {
-                if out.len() + chunk.len() > MAX_BODY {
-                    return Err(bad("response body over 256 MiB"));
+            let mut head = ResponseHead::default();
+            match head.parse(&self.buf, false, MAX_HEAD).map_err(bad)? {
+                Parsed::Complete => {
+                    self.buf.drain(..head.len);
+                    self.body = match head.framing() {
+                        ResponseFraming::None => Body::Done,
+                        ResponseFraming::Length(n) => Body::Length(n),
+                        ResponseFraming::Chunked => Body::Chunked(ChunkedScanner::new()),
+                        ResponseFraming::UntilClose => Body::UntilClose,
+                    };
+                    return Ok(Head {
+                        status: head.status,
+                        close: head.close,
+                    });
                 }
-                out.extend_from_slice(&chunk);
+                Parsed::Partial if self.buf.len() >= MAX_HEAD => {
+                    return Err(bad("response head over 64 KiB"))
+                }
+                Parsed::Partial => {
+                    if self.fill()? == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
             }
-            return Ok(out);
         }
-        let Some(len) = head.length else {
-            // Until close.
-            let mut out = Vec::new();
-            (&mut self.reader)
-                .take(MAX_BODY as u64)
-                .read_to_end(&mut out)?;
-            return Ok(out);
-        };
-        if len > MAX_BODY {
-            return Err(bad("response body over 256 MiB"));
-        }
-        let mut out = vec![0; len];
-        self.reader.read_exact(&mut out)?;
-        Ok(out)
     }
 
-    /// The next chunk of a chunked body; `None` after the last one (trailers skipped).
-    pub fn chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
-        let mut line = Vec::new();
-        self.line(&mut line)?;
-        let text = String::from_utf8_lossy(&line);
-        let size = text.trim().split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size, 16).map_err(|_| bad("bad chunk size"))?;
-        if size == 0 {
-            loop {
-                self.line(&mut line)?;
-                if line.iter().all(|b| b.is_ascii_whitespace()) {
+    /// The next payload bytes of the current response's body; `None` at its end.
+    pub fn payload(&mut self) -> io::Result<Option<Vec<u8>>> {
+        loop {
+            if matches!(self.body, Body::Length(0)) {
+                self.body = Body::Done;
+            }
+            if matches!(self.body, Body::Done) {
+                return Ok(None);
+            }
+            if self.buf.is_empty() && self.fill()? == 0 {
+                if matches!(self.body, Body::UntilClose) {
+                    self.body = Body::Done;
                     return Ok(None);
                 }
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let Conn { buf, body, .. } = self;
+            match body {
+                Body::Done => unreachable!("returned above"),
+                Body::UntilClose => return Ok(Some(std::mem::take(buf))),
+                Body::Length(left) => {
+                    let take = (*left).min(buf.len() as u64) as usize;
+                    *left -= take as u64;
+                    return Ok(Some(buf.drain(..take).collect()));
+                }
+                Body::Chunked(scanner) => {
+                    let mut out = Vec::new();
+                    let used = scanner
+                        .advance(buf, |r| out.extend_from_slice(&buf[r]))
+                        .map_err(|e| bad(e.0))?;
+                    buf.drain(..used);
+                    if scanner.is_done() {
+                        *body = Body::Done;
+                    }
+                    if !out.is_empty() {
+                        return Ok(Some(out));
+                    }
+                }
             }
         }
-        if size > MAX_BODY {
-            return Err(bad("chunk over 256 MiB"));
-        }
-        let mut data = vec![0; size + 2];
-        self.reader.read_exact(&mut data)?;
-        if !data.ends_with(b"\r\n") {
-            return Err(bad("chunk without CRLF"));
-        }
-        data.truncate(size);
-        Ok(Some(data))
     }
 
-    fn line(&mut self, line: &mut Vec<u8>) -> io::Result<()> {
-        line.clear();
-        let n = (&mut self.reader).take(4096).read_until(b'\n', line)?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
+    /// Reads the whole body of the current response.
+    pub fn body(&mut self) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(piece) = self.payload()? {
+            if out.len() + piece.len() > MAX_BODY {
+                return Err(bad("response body over 256 MiB"));
+            }
+            out.extend_from_slice(&piece);
         }
-        if !line.ends_with(b"\n") {
-            return Err(bad("chunk line over 4 KiB"));
-        }
-        Ok(())
+        Ok(out)
     }
 }
 
