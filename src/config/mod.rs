@@ -6,11 +6,13 @@
 //! catches unknown fields and wrong types, and its messages already name the field and line.
 
 mod checks;
+mod deployment;
 mod duration;
 mod error;
 mod model;
 
 pub use checks::*;
+pub use deployment::*;
 pub use duration::{seconds, MAX_SECONDS};
 pub use error::{ConfigError, Unresolved};
 pub use model::*;
