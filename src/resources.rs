@@ -14,7 +14,7 @@
 
 use crate::config::{
     AdminConfig, Config, ConfigError, ConsumerConfig, CredentialConfig, DemoConfig,
-    DeploymentConfig, GatewayConfig, GlobalRuleConfig, PluginConfigConfig, RouteConfig,
+    DeploymentConfig, GatewayConfig, GlobalRuleConfig, ObjectName, PluginConfigConfig, RouteConfig,
     ServiceConfig, SslConfig, UpstreamConfig,
 };
 use crate::store::Kind;
@@ -102,11 +102,17 @@ impl FileContents {
                     crate::admin::api::check_object(kind, &v)
                 };
                 if let Err(e) = checked {
-                    let name = match v.get("id").or_else(|| v.get("username")) {
-                        Some(id) => format!("{}[{i}] (id {id})", kind.name()),
-                        None => format!("{}[{i}]", kind.name()),
+                    let id = match v.get("id").or_else(|| v.get("username")) {
+                        Some(serde_json::Value::String(s)) => Some(s.clone()),
+                        Some(other) => Some(other.to_string()),
+                        None => None,
                     };
-                    return Err(ConfigError::invalid(name, e));
+                    let name = ObjectName {
+                        kind: kind.name(),
+                        index: i,
+                        id: id.as_deref(),
+                    };
+                    return Err(ConfigError::invalid(name.to_string(), e));
                 }
             }
         }

@@ -5,18 +5,24 @@
 # on exit:
 # - etcd (Debian's etcd-server, with etcdctl from etcd-client): one server for the run on
 #   loopback ports, named to the tests in SHARDGATE_TEST_ETCD (tests that kill or secure a
-#   cluster start private ones with the same binary).
+#   cluster start private ones with the same binary);
+# - the openssl command, which makes the TLS tests' certificates.
 # Backends are started by the tests themselves, and the comparison script's self-test skips
 # its nginx/HAProxy checks when they are absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
-    echo "tests/run.sh: installing etcd (etcd-server, etcd-client)"
+# What the tests run besides the gateway: command -> Debian package.
+missing=()
+for need in etcd:etcd-server etcdctl:etcd-client openssl:openssl; do
+    command -v "${need%%:*}" >/dev/null || missing+=("${need#*:}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "tests/run.sh: installing ${missing[*]}"
     sudo=""
     if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends etcd-server etcd-client >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 log=$(mktemp)

@@ -30,6 +30,25 @@ pub enum ConfigError {
     Unresolved(Vec<Unresolved>),
 }
 
+/// How errors point at an object: `routes[3] (id "r3")`, its list and position in the
+/// file and its id. Written only when a message needs it, so a large table compiles without
+/// formatting a name per object.
+#[derive(Debug, Clone, Copy)]
+pub struct ObjectName<'a> {
+    pub kind: &'static str,
+    pub index: usize,
+    pub id: Option<&'a str>,
+}
+
+impl std::fmt::Display for ObjectName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.id {
+            Some(id) => write!(f, "{}[{}] (id \"{id}\")", self.kind, self.index),
+            None => write!(f, "{}[{}]", self.kind, self.index),
+        }
+    }
+}
+
 impl ConfigError {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         ConfigError::Invalid {

@@ -14,7 +14,7 @@ mod model;
 pub use checks::*;
 pub use deployment::*;
 pub use duration::{seconds, MAX_SECONDS};
-pub use error::{ConfigError, Unresolved};
+pub use error::{ConfigError, ObjectName, Unresolved};
 pub use model::*;
 
 use std::path::Path;

@@ -23,7 +23,7 @@ use gateway::compile_gateway;
 pub use gateway::ProcessSettings;
 use routes::{compile_route, Referenced};
 
-use crate::config::{ConfigError, GatewayConfig};
+use crate::config::{ConfigError, GatewayConfig, ObjectName};
 use crate::dns::Names;
 use crate::health::Registry as HealthRegistry;
 use crate::http::request::Limits;
@@ -77,29 +77,9 @@ pub struct Snapshot {
 
 pub(super) type Result<T> = std::result::Result<T, ConfigError>;
 
-/// `upstreams[0] (id "demo")`: how errors point at an object.
-/// An object's name in messages (`routes[3] (id "r3")`), written only when a message needs
-/// it: a large table compiles without formatting a name per object.
-pub(super) struct ObjectName<'a> {
-    pub(super) kind: &'static str,
-    pub(super) index: usize,
-    pub(super) id: Option<&'a str>,
-}
-
-impl std::fmt::Display for ObjectName<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.id {
-            Some(id) => write!(f, "{}[{}] (id \"{id}\")", self.kind, self.index),
-            None => write!(f, "{}[{}]", self.kind, self.index),
-        }
-    }
-}
-
-pub(super) fn object_name(kind: &str, index: usize, id: Option<&str>) -> String {
-    match id {
-        Some(id) => format!("{kind}[{index}] (id \"{id}\")"),
-        None => format!("{kind}[{index}]"),
-    }
+/// An object's name in messages, as a string (`upstreams[0] (id "demo")`).
+pub(super) fn object_name(kind: &'static str, index: usize, id: Option<&str>) -> String {
+    ObjectName { kind, index, id }.to_string()
 }
 
 impl Snapshot {

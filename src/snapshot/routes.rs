@@ -4,8 +4,8 @@
 use super::plugins::build_plugins;
 use super::upstreams::compile_timeouts;
 use super::upstreams::{compile_upstream, valid_host_name};
-use super::{lookup_upstream, ObjectName, Result};
-use crate::config::{ConfigError, RouteConfig};
+use super::{lookup_upstream, Result};
+use crate::config::{ConfigError, ObjectName, RouteConfig};
 use crate::plugin::{Chain, Instance, Registry};
 use crate::route::{self, HostPattern, Route};
 use crate::upstream::UpstreamSpec;

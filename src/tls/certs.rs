@@ -6,7 +6,7 @@
 //! object with `certs`/`keys` beside `cert`/`key` serves a second key type (RSA beside
 //! ECDSA): the first whose key can sign with a scheme the client offers is chosen.
 
-use crate::config::{ConfigError, SslConfig};
+use crate::config::{ConfigError, ObjectName, SslConfig};
 use crate::fold_hash::FoldHash;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -45,10 +45,12 @@ impl CertStore {
             if ssl.kind != "server" || ssl.status != 1 {
                 continue;
             }
-            let name = match &ssl.id {
-                Some(id) => format!("ssls[{i}] (id \"{id}\")"),
-                None => format!("ssls[{i}]"),
-            };
+            let name = ObjectName {
+                kind: "ssls",
+                index: i,
+                id: ssl.id.as_deref(),
+            }
+            .to_string();
             // A certificate that expired while configured is left out (logged) rather than
             // refusing every later change; writes of expired ones are refused upfront.
             if let Err(e) = current(&ssl.cert) {
