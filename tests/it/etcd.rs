@@ -189,7 +189,7 @@ fn objects_written_into_etcd_in_apisix_json_are_served() {
     crate::harness::certificates(&certs);
     let pem = |f: &str| std::fs::read_to_string(certs.join(f)).unwrap();
     let ssl = serde_json::json!({"id": "s1", "cert": pem("server.pem"),
-        "key": crate::admin::apisix_encrypt(&pem("server.key"), false), "snis": ["a.test"]});
+        "key": crate::harness::apisix_encrypt(&pem("server.key"), false), "snis": ["a.test"]});
     ctl.put(&format!("{prefix}/ssls/s1"), &ssl.to_string());
     // One that expired: kept (APISIX takes it), not served, and said so.
     let old = serde_json::json!({"id": "s2", "cert": pem("expired.pem"),

@@ -361,3 +361,31 @@ pub fn certificates(dir: &std::path::Path) {
         );
     }
 }
+
+/// `openssl enc` with APISIX's default keyring's first key (key = IV = "qeddd145sfvddff3").
+pub fn apisix_encrypt(plain: &str, decrypt: bool) -> String {
+    let key: String = "qeddd145sfvddff3"
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut args = vec!["enc", "-aes-128-cbc", "-K", &key, "-iv", &key, "-a", "-A"];
+    if decrypt {
+        args.push("-d");
+    }
+    let mut child = std::process::Command::new("openssl")
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(plain.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
