@@ -39,10 +39,9 @@ ADMIN_PORT=${SG_BENCH_ADMIN_PORT:-18591}
 BE1=${SG_BENCH_BACKEND_PORT:-18581}
 BE2=$((BE1 + 1))
 LAST=$(($(nproc) - 1))
-TMP=$(mktemp -d /tmp/sg-admin-latency.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
-trap cleanup EXIT
+# shellcheck source=benches/variants.sh
+. "$ROOT/benches/variants.sh"
+bench_tmp admin-latency
 KEY=bench-admin-key
 
 taskset -c "$LAST" "$BIN/sg-backend" --listen "127.0.0.1:$BE1" --size 64 2>/dev/null &

@@ -34,13 +34,9 @@ if [ ! -x "$BASE_BIN" ]; then
 fi
 GW_PORT=${SG_BENCH_SHARDGATE_PORT:-18390}
 BE_PORT=${SG_BENCH_BACKEND_PORT:-18381}
-TMP=$(mktemp -d /tmp/sg-before-after.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
-trap cleanup EXIT
-CLK=$(getconf CLK_TCK)
 # shellcheck source=benches/variants.sh
 . "$ROOT/benches/variants.sh"
+bench_tmp before-after
 # The config must load on both builds: only settings both know.
 VARIANTS=("" "")
 VARIANT_BINS=("$BASE_BIN" "$BIN/shardgate")

@@ -24,13 +24,9 @@ while [ $# -gt 0 ]; do
 done
 GW_PORT=${SG_BENCH_SHARDGATE_PORT:-18190}
 BE_PORT=${SG_BENCH_BACKEND_PORT:-18181}
-TMP=$(mktemp -d /tmp/sg-flags.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
-trap cleanup EXIT
-CLK=$(getconf CLK_TCK)
 # shellcheck source=benches/variants.sh
 . "$ROOT/benches/variants.sh"
+bench_tmp flags
 VARIANTS=("io_uring_flags = false" "io_uring_flags = true" "io_uring_defer_taskrun = true" 'driver = "epoll"')
 NAMES=("io_uring, no setup flags" "io_uring, COOP_TASKRUN+SINGLE_ISSUER (default)" "io_uring, +DEFER_TASKRUN" "epoll")
 

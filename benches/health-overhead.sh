@@ -23,13 +23,9 @@ while [ $# -gt 0 ]; do
 done
 GW_PORT=${SG_BENCH_SHARDGATE_PORT:-18290}
 BE_PORTS=(18281 18282 18283)
-TMP=$(mktemp -d /tmp/sg-health.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
-trap cleanup EXIT
-CLK=$(getconf CLK_TCK)
 # shellcheck source=benches/variants.sh
 . "$ROOT/benches/variants.sh"
+bench_tmp health
 for p in "${BE_PORTS[@]}"; do
     taskset -c 1 "$BIN/sg-backend" --listen "127.0.0.1:$p" --size 64 2>/dev/null &
     PIDS+=($!)

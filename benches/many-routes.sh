@@ -28,13 +28,9 @@ done
 GW_PORT=${SG_BENCH_SHARDGATE_PORT:-18890}
 ADMIN_PORT=${SG_BENCH_ADMIN_PORT:-18891}
 BE_PORT=${SG_BENCH_BACKEND_PORT:-18881}
-TMP=$(mktemp -d /tmp/sg-many-routes.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
-trap cleanup EXIT
-CLK=$(getconf CLK_TCK)
 # shellcheck source=benches/variants.sh
 . "$ROOT/benches/variants.sh"
+bench_tmp many-routes
 taskset -c 1 "$BIN/sg-backend" --listen "127.0.0.1:$BE_PORT" --size 64 2>/dev/null &
 BACKEND_PID=$!
 PIDS+=("$BACKEND_PID")

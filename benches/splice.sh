@@ -32,13 +32,9 @@ done
 case $WORKERS in 1) CPUS=0 ;; 2) CPUS=0,1 ;; *) echo "--workers is 1 or 2" >&2; exit 2 ;; esac
 GW_PORT=${SG_BENCH_SHARDGATE_PORT:-18390}
 BE_PORT=${SG_BENCH_BACKEND_PORT:-18381}
-TMP=$(mktemp -d /tmp/sg-splice.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
-trap cleanup EXIT
-CLK=$(getconf CLK_TCK)
 # shellcheck source=benches/variants.sh
 . "$ROOT/benches/variants.sh"
+bench_tmp splice
 VARIANTS=("splice = true" "splice_lowat = 0" "splice = false")
 NAMES=("splice, 16 KiB TCP_NOTSENT_LOWAT (default)" "splice, no unsent limit" "copy through 256 KiB buffers")
 if ((UPLOAD)); then

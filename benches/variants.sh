@@ -2,6 +2,15 @@
 # configured several ways under the same load, and print the medians. Source it; it needs
 # BIN (the release binaries), TMP (a scratch dir) and CLK (`getconf CLK_TCK`).
 
+# bench_tmp NAME: a scratch directory TMP (/tmp/sg-NAME.*), a PIDS list the caller adds its
+# background processes to, both cleaned up (killed, removed) on exit, and CLK.
+bench_tmp() {
+    TMP=$(mktemp -d "/tmp/sg-$1.XXXXXX")
+    PIDS=()
+    trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"' EXIT
+    CLK=$(getconf CLK_TCK)
+}
+
 # sg_file_provider BIN CONFIG: makes CONFIG read its resources from the file. The default
 # provider is the store, which would keep the first run's resources in ./data; builds from
 # before the Admin API know no [deployment] section and read the file anyway (left as is).
@@ -92,7 +101,7 @@ PY
 # each of VARIANTS (lines added to [gateway]) in turn (run by VARIANT_BINS[i] when set, else
 # $BIN/shardgate), interleaved over ROUNDS rounds, load
 # with optional NEWCONN and LOAD_EXTRA (more sg-load arguments); prints the table (NAMES label the rows). Needs GW_PORT and BE_PORT,
-# and PIDS (an array the caller's cleanup kills).
+# and PIDS (an array `bench_tmp` kills on exit).
 run_one_backend_variants() {
     taskset -c 1 "$BIN/sg-backend" --listen "127.0.0.1:$BE_PORT" --size "${BACKEND_SIZE:-$SIZE}" \
         2>/dev/null &
