@@ -26,6 +26,10 @@ pub enum Var {
     Cookie(String),
     /// `consumer_name`: the consumer an authentication plugin identified.
     ConsumerName,
+    /// `ssl_server_name`: the name a TLS client asked for (SNI).
+    SslServerName,
+    /// `ssl_client_s_dn`: the subject of a TLS client's certificate (RFC 2253).
+    SslClientSDn,
     /// The response status (response phases only; nothing before a response exists).
     Status,
     /// `upstream_http_NAME`: a header of the response as it came (response phases only).
@@ -45,6 +49,8 @@ impl Var {
             "server_port" => Var::ServerPort,
             "status" => Var::Status,
             "consumer_name" => Var::ConsumerName,
+            "ssl_server_name" => Var::SslServerName,
+            "ssl_client_s_dn" => Var::SslClientSDn,
             _ => {
                 if let Some(h) = name.strip_prefix("upstream_http_") {
                     Var::UpstreamHttp(h.to_ascii_lowercase())

@@ -49,6 +49,16 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
     pub listen: Vec<String>,
+    /// Addresses that terminate TLS (APISIX `apisix.ssl.listen`), certificates from `ssls`.
+    pub listen_tls: Vec<String>,
+    /// The name whose certificate a client that sends no SNI gets (APISIX
+    /// `apisix.ssl.fallback_sni`); unset: such handshakes fail.
+    pub fallback_sni: Option<String>,
+    /// Seconds a client gets to complete its TLS handshake (nginx `ssl_handshake_timeout`).
+    pub ssl_handshake_timeout: f64,
+    /// PEM bundle of CAs trusted for upstream certificates (APISIX
+    /// `apisix.ssl.ssl_trusted_certificate`); unset: the system's roots.
+    pub ssl_trusted_certificate: Option<String>,
     /// 0 = one worker per available core.
     pub workers: usize,
     pub pin_cores: bool,
@@ -105,6 +115,10 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             listen: vec!["0.0.0.0:9080".into()],
+            listen_tls: Vec::new(),
+            fallback_sni: None,
+            ssl_handshake_timeout: 60.0,
+            ssl_trusted_certificate: None,
             workers: 0,
             pin_cores: true,
             cpus: Vec::new(),
@@ -165,6 +179,9 @@ pub struct UpstreamConfig {
     pub upstream_host: Option<String>,
     #[serde(default = "default_scheme")]
     pub scheme: String,
+    /// TLS towards the nodes (`scheme = "https"`).
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsConfig>,
     /// For `chash`: `vars` (default), `header`, `cookie`, `consumer`, `vars_combinations`.
     #[serde(default)]
     pub hash_on: Option<String>,
@@ -174,6 +191,27 @@ pub struct UpstreamConfig {
     /// Active and passive health checks.
     #[serde(default)]
     pub checks: Option<super::ChecksConfig>,
+}
+
+/// An upstream's `tls` block (APISIX's, plus `sni`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// PEM certificate shown to nodes that ask for one (with `client_key`).
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    /// PEM key, or encrypted with the data_encryption keyring.
+    #[serde(default)]
+    pub client_key: Option<String>,
+    /// An `ssls` object of type `client` holding the certificate and key.
+    #[serde(default)]
+    pub client_cert_id: Option<String>,
+    /// Verify the node's certificate (APISIX's default: false).
+    #[serde(default)]
+    pub verify: bool,
+    /// The name sent as SNI and verified, whatever the Host sent upstream (beyond APISIX).
+    #[serde(default)]
+    pub sni: Option<String>,
 }
 
 fn default_lb_type() -> String {

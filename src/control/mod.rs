@@ -221,10 +221,15 @@ pub fn run(path: PathBuf) -> i32 {
         entries: process.io_uring_entries,
     };
 
-    let listeners = match Listeners::bind(workers, &process.listen) {
+    if !process.listen_tls.is_empty() && snapshot.tls.is_none() {
+        crate::warn!(
+            "gateway.listen_tls is set but no ssls object serves a certificate: TLS handshakes fail until one is added"
+        );
+    }
+    let listeners = match Listeners::bind(workers, &process.listen, &process.listen_tls) {
         Ok(l) => Arc::new(l),
         Err((addr, e)) => {
-            crate::error!("cannot listen on {addr} (gateway.listen): {e}");
+            crate::error!("cannot listen on {addr} (gateway.listen / gateway.listen_tls): {e}");
             return 1;
         }
     };
@@ -254,6 +259,7 @@ pub fn run(path: PathBuf) -> i32 {
             .listen
             .iter()
             .map(|a| a.to_string())
+            .chain(process.listen_tls.iter().map(|a| format!("{a} (TLS)")))
             .collect::<Vec<_>>()
             .join(", "),
         workers,

@@ -32,6 +32,10 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ActiveCheck {
     pub tcp_only: bool,
+    /// `type = "https"`: the probe speaks TLS.
+    pub https: bool,
+    /// `https_verify_certificate`: the node's certificate must verify.
+    pub verify: bool,
     pub timeout: Duration,
     pub concurrency: u32,
     pub host: Option<String>,
@@ -117,14 +121,8 @@ pub fn compile_checks(name: &str, c: &ChecksConfig) -> Result<Checks, ConfigErro
         )
     })?;
     let tcp_only = match a.check_type.as_str() {
-        "http" => false,
+        "http" | "https" => false,
         "tcp" => true,
-        "https" => {
-            return Err(ConfigError::invalid(
-                f("active.type"),
-                "\"https\" checks need upstream TLS, which is not implemented yet",
-            ))
-        }
         other => {
             return Err(ConfigError::invalid(
                 f("active.type"),
@@ -164,6 +162,8 @@ pub fn compile_checks(name: &str, c: &ChecksConfig) -> Result<Checks, ConfigErro
     }
     let active = ActiveCheck {
         tcp_only,
+        https: a.check_type == "https",
+        verify: a.https_verify_certificate,
         timeout,
         concurrency: range(&f("active.concurrency"), a.concurrency, 1, 10_000)? as u32,
         host: a.host.clone(),

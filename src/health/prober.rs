@@ -13,10 +13,16 @@ use super::state::{Report, Thresholds};
 use super::{PassiveQueue, Target};
 use crate::control::status::ConfigStatus;
 use crate::http::request::{Limits, Parsed, RequestHead};
+use crate::net::io::{read_more_timeout, write_all, IoFail};
+use crate::net::stream::Stream;
+use crate::net::watchdog::{Watch, Watchdog};
 use crate::snapshot::Snapshot;
+use crate::tls::stream::TlsConn;
 use crossbeam_queue::SegQueue;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -97,6 +103,7 @@ async fn run(
     }
     loop {
         monoio::time::sleep(TICK).await;
+        WATCHDOG.with(|w| w.tick());
         while let Some(msg) = mailbox.pop() {
             match msg {
                 ProberMsg::Update(targets, snapshot) => {
@@ -176,11 +183,55 @@ async fn probe_loop(t: Arc<Target>) {
     }
 }
 
+/// The trusted CAs and the probe configurations made with them (not verifying, verifying).
+type ProbeTls = (Arc<rustls::RootCertStore>, [Arc<ClientConfig>; 2]);
+
+thread_local! {
+    /// Bounds the reads and writes of https probes (the TLS layer works with watches).
+    static WATCHDOG: Watchdog = Watchdog::default();
+    /// Client configurations of https probes (verifying, not verifying), made again when
+    /// the trusted CAs change.
+    static PROBE_TLS: RefCell<Option<ProbeTls>> = const { RefCell::new(None) };
+}
+
+/// The client configuration of an https probe.
+fn probe_tls(verify: bool) -> Arc<ClientConfig> {
+    let roots = crate::upstream::tls::current_roots();
+    PROBE_TLS.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        let fresh = !matches!(&*cached, Some((r, _)) if Arc::ptr_eq(r, &roots));
+        if fresh {
+            let configs = [false, true].map(|v| crate::upstream::tls::probe_config(v, &roots));
+            *cached = Some((roots, configs));
+        }
+        cached.as_ref().expect("set above").1[verify as usize].clone()
+    })
+}
+
+/// Completes an https probe's handshake; the name sent is the probe's Host without port.
+async fn probe_handshake(
+    tcp: TcpStream,
+    t: &Target,
+    limit: Duration,
+    watch: &Watch,
+) -> Result<TlsConn, String> {
+    let host = crate::upstream::tls::sni_of(t.host_header.as_bytes());
+    let name = std::str::from_utf8(host)
+        .ok()
+        .and_then(|h| ServerName::try_from(h).ok())
+        .map(|n| n.to_owned())
+        .ok_or_else(|| format!("cannot send {:?} as TLS server name", t.host_header))?;
+    TlsConn::connect(tcp, probe_tls(t.checks.active.verify), name, limit, watch)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// One probe. `None`: an answer that counts neither way.
 async fn probe(t: &Target) -> Option<Report> {
     let a = &t.checks.active;
+    let watch = WATCHDOG.with(|w| w.watch());
     let work = async {
-        let mut stream = match TcpStream::connect_addr(t.probe_addr).await {
+        let tcp = match TcpStream::connect_addr(t.probe_addr).await {
             Ok(s) => s,
             // Out of file descriptors (or memory) here says nothing about the node.
             Err(e) if crate::upstream::local_resource_error(&e) => return None,
@@ -189,6 +240,22 @@ async fn probe(t: &Target) -> Option<Report> {
         if a.tcp_only {
             return Some(Report::Success);
         }
+        let mut stream = match a.https {
+            false => Stream::Plain(tcp),
+            true => match probe_handshake(tcp, t, a.timeout, &watch).await {
+                Ok(tls) => Stream::Tls(Box::new(tls)),
+                Err(why) => {
+                    // A certificate that does not verify fails the node, as a refused
+                    // connection would; the log says why.
+                    crate::warn!(
+                        "health: https probe of {} ({}): TLS handshake failed: {why}",
+                        t.probe_addr,
+                        t.hostname
+                    );
+                    return Some(Report::TcpFailure);
+                }
+            },
+        };
         let mut req = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: shardgate-health\r\nConnection: close\r\n",
             a.http_path, t.host_header
@@ -198,8 +265,11 @@ async fn probe(t: &Target) -> Option<Report> {
             req.push_str("\r\n");
         }
         req.push_str("\r\n");
-        let (res, _) = stream.write_all(req.into_bytes()).await;
-        if res.is_err() {
+        let mut req = req.into_bytes();
+        if write_all(&mut stream, &mut req, a.timeout, &watch)
+            .await
+            .is_err()
+        {
             return Some(Report::TcpFailure);
         }
         // The status line is enough.
@@ -211,15 +281,11 @@ async fn probe(t: &Target) -> Option<Report> {
             if buf.len() >= 1024 {
                 return Some(Report::HttpFailure);
             }
-            let len = buf.len();
-            let (res, slice) = stream
-                .read(monoio::buf::IoBufMut::slice_mut(buf, len..))
-                .await;
-            buf = slice.into_inner();
-            match res {
+            match read_more_timeout(&mut stream, &mut buf, 512, a.timeout, &watch).await {
                 Ok(0) if buf.is_empty() => return Some(Report::TcpFailure),
                 Ok(0) => return Some(Report::HttpFailure),
                 Ok(_) => {}
+                Err(IoFail::Timeout) => return Some(Report::Timeout),
                 Err(_) => return Some(Report::TcpFailure),
             }
         }

@@ -5,13 +5,14 @@
 //! one long-lived buffer per connection. A timeout does not cancel the operation: the watchdog
 //! shuts the socket down, the operation completes, and the buffer comes back.
 
+use super::stream::Stream;
 use super::watchdog::{Dir, Watch};
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How an I/O step with a deadline failed.
 #[derive(Debug)]
@@ -23,17 +24,31 @@ pub enum IoFail {
 /// Reads more bytes after `buf.len()`, keeping at least `min_spare` free space, within
 /// `limit`. Returns 0 at end of stream.
 pub async fn read_more_timeout(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut Vec<u8>,
     min_spare: usize,
     limit: Duration,
+    watch: &Watch,
+) -> Result<usize, IoFail> {
+    match stream {
+        Stream::Plain(s) => read_plain(s, buf, min_spare, watch.deadline_in(limit), watch).await,
+        Stream::Tls(t) => t.read_more(buf, min_spare, limit, watch).await,
+    }
+}
+
+/// [`read_more_timeout`] on a plain socket, until `deadline` (from [`Watch::deadline_in`]).
+pub async fn read_plain(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    min_spare: usize,
+    deadline: Instant,
     watch: &Watch,
 ) -> Result<usize, IoFail> {
     if buf.capacity() - buf.len() < min_spare {
         buf.reserve(min_spare);
     }
     let len = buf.len();
-    watch.arm(stream.as_raw_fd(), Dir::Read, limit);
+    watch.arm_until(stream.as_raw_fd(), Dir::Read, deadline);
     let (res, slice) = stream.read(std::mem::take(buf).slice_mut(len..)).await;
     *buf = slice.into_inner();
     if watch.disarm() {
@@ -46,7 +61,7 @@ pub async fn read_more_timeout(
 /// `send_timeout`: the time between two successful writes), not the whole transfer, so a
 /// slow but steady reader is not cut off.
 pub async fn write_range(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut Vec<u8>,
     start: usize,
     end: usize,
@@ -60,6 +75,21 @@ pub async fn write_range(
 
 /// [`write_range`], telling on failure how many bytes had been written.
 async fn write_range_counted(
+    stream: &mut Stream,
+    buf: &mut Vec<u8>,
+    start: usize,
+    end: usize,
+    limit: Duration,
+    watch: &Watch,
+) -> Result<(), (IoFail, usize)> {
+    match stream {
+        Stream::Plain(s) => write_plain(s, buf, start, end, limit, watch).await,
+        Stream::Tls(t) => t.write(&buf[start..end], limit, watch).await,
+    }
+}
+
+/// [`write_range_counted`] on a plain socket.
+async fn write_plain(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     start: usize,
@@ -86,7 +116,7 @@ async fn write_range_counted(
 
 /// [`write_all`], telling on failure how many bytes had been written.
 pub async fn write_all_counted(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut Vec<u8>,
     limit: Duration,
     watch: &Watch,
@@ -97,7 +127,7 @@ pub async fn write_all_counted(
 
 /// Writes all of `buf`.
 pub async fn write_all(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut Vec<u8>,
     limit: Duration,
     watch: &Watch,

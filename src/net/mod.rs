@@ -6,4 +6,5 @@ pub mod io;
 pub mod listen;
 pub mod sockopt;
 pub mod splice;
+pub mod stream;
 pub mod watchdog;

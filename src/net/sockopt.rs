@@ -3,13 +3,12 @@
 //! monoio's `TcpStream` offers only `set_nodelay`; socket2 has the rest, given a borrowed
 //! descriptor. `TCP_NOTSENT_LOWAT` is the one option socket2 lacks.
 
-use monoio::net::TcpStream;
 use socket2::SockRef;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// Runs `f` on socket2's view of a monoio stream.
-fn with_sock<R>(stream: &TcpStream, f: impl FnOnce(SockRef<'_>) -> R) -> R {
+fn with_sock<R>(stream: &impl AsRawFd, f: impl FnOnce(SockRef<'_>) -> R) -> R {
     // SAFETY: the descriptor stays open while `stream` is borrowed, which outlives `f`.
     let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
     f(SockRef::from(&fd))
@@ -17,31 +16,31 @@ fn with_sock<R>(stream: &TcpStream, f: impl FnOnce(SockRef<'_>) -> R) -> R {
 
 /// Makes a socket non-blocking so that a splice into or out of it never blocks the worker.
 /// monoio's io_uring operations keep working on it (the kernel polls non-blocking sockets).
-pub fn set_nonblocking(stream: &TcpStream) -> io::Result<()> {
+pub fn set_nonblocking(stream: &impl AsRawFd) -> io::Result<()> {
     with_sock(stream, |s| s.set_nonblocking(true))
 }
 
 /// `TCP_CORK`: hold partial segments until uncorked or shut down. Failure only keeps the
 /// kernel's behaviour.
-pub fn set_cork(stream: &TcpStream) {
+pub fn set_cork(stream: &impl AsRawFd) {
     let _ = with_sock(stream, |s| s.set_cork(true));
 }
 
 /// Half-closes: sends the FIN (and whatever a cork still holds) now. Failure means the
 /// connection is gone already.
-pub fn shutdown_write(stream: &TcpStream) {
+pub fn shutdown_write(stream: &impl AsRawFd) {
     let _ = with_sock(stream, |s| s.shutdown(std::net::Shutdown::Write));
 }
 
 /// `TCP_QUICKACK`: acknowledge at once rather than with the next answer.
-pub fn set_quickack(stream: &TcpStream) {
+pub fn set_quickack(stream: &impl AsRawFd) {
     let _ = with_sock(stream, |s| s.set_quickack(true));
 }
 
 /// `TCP_NOTSENT_LOWAT`: how many bytes may wait unsent in the socket; 0 restores the
 /// kernel's default (the `net.ipv4.tcp_notsent_lowat` sysctl, unlimited unless set).
 /// Failure (an old kernel) only leaves the default.
-pub fn set_notsent_lowat(stream: &TcpStream, bytes: u32) {
+pub fn set_notsent_lowat(stream: &impl AsRawFd, bytes: u32) {
     let v = bytes as libc::c_int;
     // SAFETY: setsockopt with a valid int option value on an open socket.
     unsafe {

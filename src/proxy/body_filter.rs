@@ -9,7 +9,6 @@ use crate::http::response::ResponseFraming;
 use crate::upstream::pool::UpstreamConn;
 use crate::upstream::{Timeouts, UpstreamSpec};
 use std::io::Write;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::ctx::Outcome;
@@ -23,7 +22,6 @@ impl Conn {
         &mut self,
         mut upc: UpstreamConn,
         up: &UpstreamSpec,
-        addr: SocketAddr,
         t: &Timeouts,
         outcome: Outcome,
     ) -> Outcome {
@@ -57,7 +55,6 @@ impl Conn {
             reusable,
             client_keep,
             up,
-            addr,
             relay.outcome,
         )
     }

@@ -3,9 +3,10 @@
 //! the response head sent to the client (hop-by-hop dropped, framing re-written,
 //! `X-APISIX-Upstream-Status`).
 
-use crate::http::request::BodyFraming;
+use crate::http::request::{BodyFraming, RequestHead};
 use crate::http::response::ResponseFraming;
 use crate::http::{eq_ignore_case, is_hop_by_hop, push_decimal};
+use crate::plugin::RequestEdits;
 use crate::upstream::{Node, PassHost, UpstreamSpec};
 use std::io::Write;
 
@@ -36,6 +37,24 @@ pub(super) fn put_chunk(out: &mut Vec<u8>, data: &[u8]) {
     }
 }
 
+/// The Host sent to `node`: a plugin's rewrite, else per `pass_host` (the client's Host,
+/// the node's `host[:port]`, or `upstream_host`). Upstream TLS sends it as SNI too.
+pub(super) fn upstream_host<'a>(
+    buf: &'a [u8],
+    head: &RequestHead,
+    edits: &'a RequestEdits,
+    up: &'a UpstreamSpec,
+    node: &'a Node,
+) -> &'a [u8] {
+    let client_host = &buf[head.host.clone()];
+    match (&edits.host, &up.pass_host) {
+        (Some(h), _) => h.as_bytes(),
+        (None, PassHost::Pass) if !client_host.is_empty() => client_host,
+        (None, PassHost::Pass | PassHost::Node) => node.host_port.as_bytes(),
+        (None, PassHost::Rewrite(h)) => h.as_bytes(),
+    }
+}
+
 impl Conn {
     /// Writes the request head for `node` into `self.out`.
     pub(super) fn build_upstream_head(&mut self, up: &UpstreamSpec, node: &Node) {
@@ -55,14 +74,7 @@ impl Conn {
         }
         out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         let client_host = &buf[head.host.clone()];
-        match (&edits.host, &up.pass_host) {
-            (Some(h), _) => out.extend_from_slice(h.as_bytes()),
-            (None, PassHost::Pass) if !client_host.is_empty() => out.extend_from_slice(client_host),
-            (None, PassHost::Pass | PassHost::Node) => {
-                out.extend_from_slice(node.host_port.as_bytes())
-            }
-            (None, PassHost::Rewrite(h)) => out.extend_from_slice(h.as_bytes()),
-        }
+        out.extend_from_slice(upstream_host(buf, head, edits, up, node));
         out.extend_from_slice(b"\r\n");
         let edited = !edits.headers.is_empty();
         let mut xff: Option<usize> = None;
@@ -133,7 +145,10 @@ impl Conn {
         out.extend_from_slice(remote.as_bytes());
         out.extend_from_slice(b"\r\nX-Real-IP: ");
         out.extend_from_slice(remote.as_bytes());
-        out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
+        out.extend_from_slice(match self.stream.tls() {
+            Some(_) => b"\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: ",
+            None => b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ",
+        });
         out.extend_from_slice(client_host);
         out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
         out.extend_from_slice(self.local_port.as_bytes());
@@ -153,7 +168,10 @@ impl Conn {
             } else {
                 let _ = write!(out, "for={remote}");
             }
-            out.extend_from_slice(b";proto=http\r\n");
+            out.extend_from_slice(match self.stream.tls() {
+                Some(_) => b";proto=https\r\n",
+                None => b";proto=http\r\n",
+            });
         }
         out.extend_from_slice(b"\r\n");
     }

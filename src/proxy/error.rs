@@ -39,6 +39,9 @@ pub(super) enum ProxyError {
     /// The upstream closed the connection before a complete response head.
     Closed,
     Invalid(&'static str),
+    /// The TLS handshake with the node failed (its certificate did not verify, no common
+    /// protocol, the node refused ours): nothing of the request was sent.
+    Tls(String),
     /// Client side: the client closed or reset its connection (nginx's 499): nothing is
     /// answered, the upstream attempt is abandoned, the node is not blamed.
     ClientGone,
@@ -81,6 +84,7 @@ impl ProxyError {
             ProxyError::Read(e) => format!("upstream read failed: {e}"),
             ProxyError::Closed => "upstream closed the connection prematurely".into(),
             ProxyError::Invalid(why) => format!("invalid upstream response: {why}"),
+            ProxyError::Tls(why) => format!("upstream TLS handshake failed: {why}"),
             ProxyError::ClientGone => "client closed the connection".into(),
             ProxyError::ClientBodyTimeout => "timed out reading the request body".into(),
             ProxyError::BadChunkedBody => "invalid chunked request body".into(),
@@ -103,7 +107,10 @@ impl ProxyError {
 
     /// Failures where nothing reached the upstream, so any request may be retried.
     pub(super) fn nothing_sent(&self) -> bool {
-        matches!(self, ProxyError::ConnectTimeout | ProxyError::Connect(_))
+        matches!(
+            self,
+            ProxyError::ConnectTimeout | ProxyError::Connect(_) | ProxyError::Tls(_)
+        )
     }
 
     /// A reused pooled connection that turned out dead: worth one fresh connection.

@@ -36,7 +36,7 @@ mod session;
 mod upstream;
 mod vars;
 
-pub use session::serve;
+pub use session::{serve, Entrance};
 
 use std::time::Duration;
 

@@ -303,6 +303,7 @@ impl Conn {
             real_ip,
             consumer,
             server_port: &self.local_port,
+            tls: self.stream.tls().map(|t| &t.facts),
         };
         (vars, edits, resp)
     }
@@ -318,6 +319,7 @@ impl Conn {
             real_ip: &self.req.real_ip,
             consumer: &self.req.consumer,
             server_port: &self.local_port,
+            tls: self.stream.tls().map(|t| &t.facts),
         }
     }
 

@@ -312,8 +312,14 @@ impl Conn {
             return None;
         }
         let how = self.relay_shape(body_timeout, send, false);
-        let (_, result) =
-            splice::relay(&self.worker.pipes, &self.stream, &upc.stream, len, &how).await?;
+        let (_, result) = splice::relay(
+            &self.worker.pipes,
+            self.stream.plain()?,
+            upc.stream.plain()?,
+            len,
+            &how,
+        )
+        .await?;
         Some(match result {
             Ok(()) => Ok(()),
             Err(splice::RelayError::Source(e)) => Err(ProxyError::client_read(e)),

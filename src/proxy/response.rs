@@ -11,7 +11,6 @@ use crate::net::watchdog::Watch;
 use crate::upstream::pool::{still_idle, UpstreamConn};
 use crate::upstream::{Timeouts, UpstreamSpec};
 use std::io::Write;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::ctx::Outcome;
@@ -37,7 +36,6 @@ impl Conn {
         &mut self,
         mut upc: UpstreamConn,
         up: &UpstreamSpec,
-        addr: SocketAddr,
         t: &Timeouts,
         mut outcome: Outcome,
     ) -> Outcome {
@@ -54,7 +52,7 @@ impl Conn {
         }
         let framing = self.req.resp.framing();
         if self.req.edits.response.body_changes() && framing != ResponseFraming::None {
-            return self.relay_changed(upc, up, addr, t, outcome).await;
+            return self.relay_changed(upc, up, t, outcome).await;
         }
         let http10 = self.req.head.minor_version == 0;
         let dechunk = http10 && framing == ResponseFraming::Chunked;
@@ -118,7 +116,6 @@ impl Conn {
                     upstream_reusable,
                     client_keep,
                     up,
-                    addr,
                     outcome,
                 );
             }
@@ -167,7 +164,6 @@ impl Conn {
             upstream_reusable,
             client_keep,
             up,
-            addr,
             outcome,
         )
     }
@@ -208,13 +204,12 @@ impl Conn {
         upstream_reusable: bool,
         client_keep: bool,
         up: &UpstreamSpec,
-        addr: SocketAddr,
         mut outcome: Outcome,
     ) -> Outcome {
         if ok && upstream_reusable {
             self.worker
                 .pool
-                .put(addr, upc, &up.keepalive, self.worker.watchdog.now());
+                .put(upc, &up.keepalive, self.worker.watchdog.now());
         } else {
             self.worker.pool.discard(upc);
         }
@@ -305,6 +300,9 @@ impl Conn {
     /// on a blocking socket could stall the worker). `false` when that fails (the caller
     /// copies instead).
     pub(super) fn splice_ready(&mut self, upc: &mut UpstreamConn) -> bool {
+        if self.stream.plain().is_none() || upc.stream.plain().is_none() {
+            return false; // TLS bytes are encrypted in user space
+        }
         if !self.nonblocking {
             if sockopt::set_nonblocking(&self.stream).is_err() {
                 return false;
@@ -352,8 +350,14 @@ impl Conn {
             return None;
         }
         let how = self.relay_shape(read, send, true);
-        let (sent, result) =
-            splice::relay(&self.worker.pipes, &upc.stream, &self.stream, len, &how).await?;
+        let (sent, result) = splice::relay(
+            &self.worker.pipes,
+            upc.stream.plain()?,
+            self.stream.plain()?,
+            len,
+            &how,
+        )
+        .await?;
         outcome.bytes += sent;
         Some(match result {
             Ok(()) => {

@@ -6,7 +6,9 @@ use crate::http::request::{Parsed, RequestError};
 use crate::log::access::Entry;
 use crate::net::io::{read_more_timeout, write_all, IoFail};
 use crate::net::sockopt;
+use crate::net::stream::Stream;
 use crate::net::watchdog::{later, Watch};
+use crate::tls::stream::TlsConn;
 use crate::worker::state::Worker;
 use monoio::net::TcpStream;
 use std::fmt::Write as _;
@@ -18,11 +20,27 @@ use super::ctx::Ctx;
 use super::scratch::Scratch;
 use super::{BODY_CHUNK, LINGER_IDLE, LINGER_TOTAL};
 
-/// Accepts a connection and serves requests on it until it closes.
-/// `local_port` is the listener's port (for `X-Forwarded-Port`), known without a syscall.
-pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, local_port: Rc<str>) {
-    let s = worker.take_scratch();
+/// The listener a connection came in on.
+pub struct Entrance {
+    /// Its port (for `X-Forwarded-Port`), known without a syscall.
+    pub port: Rc<str>,
+    /// It terminates TLS.
+    pub tls: bool,
+}
+
+/// Accepts a connection (completing its TLS handshake on a TLS listener) and serves
+/// requests on it until it closes.
+pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, entrance: Rc<Entrance>) {
     let watch = worker.watchdog.watch();
+    let stream = match entrance.tls {
+        false => Stream::Plain(tcp),
+        true => match handshake(&worker, tcp, peer, &watch).await {
+            Some(tls) => Stream::Tls(Box::new(tls)),
+            None => return,
+        },
+    };
+    let local_port = entrance.port.clone();
+    let s = worker.take_scratch();
     let mut peer_ip = s.peer_ip;
     peer_ip.clear();
     let _ = write!(peer_ip, "{}", peer.ip());
@@ -83,9 +101,32 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, loca
     });
 }
 
+/// Completes a client's TLS handshake with the current snapshot's certificates, within
+/// `ssl_handshake_timeout`. A failure is logged (as nginx logs them, at info) and the
+/// connection closed.
+async fn handshake(
+    worker: &Rc<Worker>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    watch: &Watch,
+) -> Option<TlsConn> {
+    let local = worker.current();
+    let limit = local.shared.settings.ssl_handshake_timeout;
+    let tls = local.shared.tls.clone();
+    drop(local);
+    let accepted = TlsConn::accept(tcp, limit, watch, |hello| tls.as_ref()?.choose(hello)).await;
+    match accepted {
+        Ok(t) => Some(t),
+        Err(e) => {
+            crate::info!("TLS handshake with {peer} failed: {e}");
+            None
+        }
+    }
+}
+
 pub(super) struct Conn {
     pub(super) worker: Rc<Worker>,
-    pub(super) stream: TcpStream,
+    pub(super) stream: Stream,
     /// Received bytes; the current request's head starts at 0.
     pub(super) buf: Vec<u8>,
     /// Scratch for heads the gateway writes (to the upstream and to the client).
@@ -118,10 +159,25 @@ impl Conn {
         self.req.settings
     }
 
+    /// The certificate served demands a client certificate and the client sent none.
+    fn client_cert_missing(&self) -> bool {
+        self.stream
+            .tls()
+            .is_some_and(|t| t.facts.missing_client_cert)
+    }
+
     pub(super) async fn run(&mut self) {
         let mut first = true;
         loop {
             match self.read_head(first).await {
+                Ok(true) if first && self.client_cert_missing() => {
+                    self.refuse(RequestError {
+                        status: 400,
+                        reason: "No required SSL certificate was sent",
+                    })
+                    .await;
+                    return;
+                }
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(e) => {
@@ -155,8 +211,7 @@ impl Conn {
     /// `lingering_timeout` and `lingering_time` defaults). Not capped by size: a client that
     /// writes its whole body before it reads must get to the end of it.
     pub(super) async fn linger_close(&mut self) {
-        use monoio::io::AsyncWriteRent;
-        let _ = self.stream.shutdown().await;
+        self.stream.shutdown(&self.watch).await;
         let deadline = Instant::now() + LINGER_TOTAL;
         loop {
             self.buf.clear();

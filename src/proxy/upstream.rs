@@ -7,13 +7,18 @@ use crate::http::request::BodyFraming;
 use crate::http::response::{self};
 use crate::net::io::{read_more_timeout, IoFail};
 use crate::net::sockopt;
+use crate::net::stream::Stream;
 use crate::route::Route;
+use crate::tls::stream::{HandshakeError, TlsConn};
 use crate::upstream::balancer::{Balancer, PickContext};
+use crate::upstream::pool::PoolKey;
 use crate::upstream::pool::{Pool, UpstreamConn};
+use crate::upstream::tls::{sni_of, UpstreamTls};
 use crate::upstream::{HashOn, Node, Timeouts, UpstreamSpec};
 use crate::vars::VarSource;
 use crate::worker::state::Local;
 use monoio::net::TcpStream;
+use rustls::pki_types::ServerName;
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -21,6 +26,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::ctx::Outcome;
+use super::editor::upstream_host;
 use super::error::{ProxyError, Side};
 use super::request_body::BodyState;
 use super::session::Conn;
@@ -63,18 +69,84 @@ pub(super) fn hash_key(out: &mut Vec<u8>, hash_on: &HashOn, vars: &RequestVars<'
     }
 }
 
+/// Where a new upstream connection goes: the node, and for TLS the configuration, the
+/// name and the pool key part.
+pub(super) struct Target<'a> {
+    pub(super) addr: SocketAddr,
+    pub(super) tls: Option<(&'a UpstreamTls, &'a [u8])>,
+    pub(super) key: PoolKey,
+}
+
+impl<'a> Target<'a> {
+    /// The target for `node` of `up`, sending `host` (the Host sent upstream).
+    pub(super) fn new(up: &'a UpstreamSpec, node: &Node, host: &'a [u8]) -> Target<'a> {
+        match up.tls.as_deref() {
+            None => Target {
+                addr: node.addr,
+                tls: None,
+                key: PoolKey::plain(node.addr),
+            },
+            Some(t) => {
+                let sni = t.sni.as_deref().map_or(sni_of(host), str::as_bytes);
+                Target {
+                    addr: node.addr,
+                    tls: Some((t, sni)),
+                    key: PoolKey {
+                        addr: node.addr,
+                        tls: t.pool_key(sni),
+                    },
+                }
+            }
+        }
+    }
+
+    /// The TLS name ("" for plain TCP).
+    pub(super) fn sni(&self) -> &[u8] {
+        self.tls.map_or(&[][..], |(_, sni)| sni)
+    }
+}
+
+/// Opens a connection to `target` (TCP connect, then the TLS handshake for TLS), the whole
+/// within `limit` (the upstream connect timeout).
 pub(super) async fn connect(
     pool: &Pool,
-    addr: SocketAddr,
+    target: &Target<'_>,
     limit: Duration,
+    watch: &crate::net::watchdog::Watch,
 ) -> Result<UpstreamConn, ProxyError> {
-    match monoio::time::timeout(limit, TcpStream::connect_addr(addr)).await {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            Ok(pool.attach(stream))
+    let start = Instant::now();
+    let tcp = match monoio::time::timeout(limit, TcpStream::connect_addr(target.addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(ProxyError::Connect(e)),
+        Err(_) => return Err(ProxyError::ConnectTimeout),
+    };
+    let _ = tcp.set_nodelay(true);
+    let Some((tls, sni)) = target.tls else {
+        return Ok(pool.attach(Stream::Plain(tcp), target.key, None));
+    };
+    let name = std::str::from_utf8(sni)
+        .ok()
+        .and_then(|s| ServerName::try_from(s).ok())
+        .map(|n| n.to_owned())
+        .ok_or_else(|| {
+            ProxyError::Tls(format!(
+                "cannot send \"{}\" as TLS server name",
+                String::from_utf8_lossy(sni)
+            ))
+        })?;
+    let left = limit.saturating_sub(start.elapsed());
+    match TlsConn::connect(tcp, tls.config.clone(), name, left, watch).await {
+        Ok(conn) => Ok(pool.attach(Stream::Tls(Box::new(conn)), target.key, Some(sni.into()))),
+        Err(HandshakeError::Io(IoFail::Timeout)) => Err(ProxyError::ConnectTimeout),
+        Err(e) => {
+            // As nginx logs "upstream SSL certificate verify error": the reason is here.
+            crate::warn!(
+                "TLS handshake with upstream {} (SNI \"{}\") failed: {e}",
+                target.addr,
+                String::from_utf8_lossy(sni)
+            );
+            Err(ProxyError::Tls(e.to_string()))
         }
-        Ok(Err(e)) => Err(ProxyError::Connect(e)),
-        Err(_) => Err(ProxyError::ConnectTimeout),
     }
 }
 
@@ -201,14 +273,17 @@ impl Conn {
             let attempt_start = timed.then(Instant::now);
             balancer.borrow_mut().started(node_idx);
 
+            let host = upstream_host(&self.buf, &self.req.head, &self.req.edits.request, up, node);
+            let target = Target::new(up, node, host);
             let pooled = if fresh_retry.take().is_some() {
                 None
             } else {
-                self.worker.pool.take(node.addr, self.worker.watchdog.now())
+                let now = self.worker.watchdog.now();
+                self.worker.pool.take(target.key, target.sni(), now)
             };
             let result = match pooled {
                 Some(c) => Ok(c),
-                None => connect(&self.worker.pool, node.addr, timeouts.connect).await,
+                None => connect(&self.worker.pool, &target, timeouts.connect, &self.watch).await,
             };
             let mut upc = match result {
                 Ok(c) => c,
@@ -280,9 +355,7 @@ impl Conn {
                     outcome.upstream_latency = rtt;
                     outcome.retries = retries_done;
                     outcome.consumed = body.end;
-                    let outcome = self
-                        .relay_response(upc, up, node.addr, &timeouts, outcome)
-                        .await;
+                    let outcome = self.relay_response(upc, up, &timeouts, outcome).await;
                     // An early answer's time includes the upload (or the send timeout): no
                     // latency sample for the balancer.
                     let sample = rtt.filter(|_| !self.req.early_answer);

@@ -19,6 +19,8 @@ pub struct RequestVars<'a> {
     /// The consumer an authentication plugin identified, when one did.
     pub consumer: &'a std::cell::OnceCell<String>,
     pub server_port: &'a str,
+    /// What the TLS handshake told (None on plain connections).
+    pub tls: Option<&'a crate::tls::stream::Facts>,
 }
 
 impl RequestVars<'_> {
@@ -75,12 +77,18 @@ impl VarSource for RequestVars<'_> {
             Var::Host => Some(self.host),
             Var::RemoteAddr => Some(self.remote().as_bytes()),
             Var::RequestMethod => Some(&self.buf[self.head.method.clone()]),
-            Var::Scheme => Some(b"http"),
+            Var::Scheme => Some(if self.tls.is_some() {
+                b"https"
+            } else {
+                b"http"
+            }),
             Var::ServerPort => Some(self.server_port.as_bytes()),
             Var::Arg(name) => self.arg(name),
             Var::Http(name) => self.header(name),
             Var::Cookie(name) => self.cookie(name),
             Var::ConsumerName => self.consumer.get().map(|c| c.as_bytes()),
+            Var::SslServerName => self.tls?.server_name.as_deref().map(str::as_bytes),
+            Var::SslClientSDn => self.tls?.client_s_dn.as_deref().map(str::as_bytes),
             // No response yet.
             Var::Status | Var::UpstreamHttp(_) => None,
         }

@@ -6,8 +6,8 @@
 use super::consumers;
 use super::plugins::build_plugins;
 use super::routes::{PluginConfigs, ServiceInfo, Services};
-use super::upstreams::compile_upstream;
-use super::{check_id, lookup_upstream, object_name, Result};
+use super::upstreams::{compile_upstream, UpstreamEnv};
+use super::{check_id, lookup_upstream, object_name, Result, TlsSettings};
 use crate::config::ConfigError;
 use crate::dns::Names;
 use crate::plugin::{Chain, Registry};
@@ -23,14 +23,21 @@ pub(super) struct Base {
     pub(super) global: Chain,
     pub(super) services: Services,
     pub(super) plugin_configs: PluginConfigs,
-    /// The certificates served by SNI.
-    pub(super) certs: std::sync::Arc<crate::tls::CertStore>,
-    /// New TLS handshakes' configuration (none without certificates).
-    pub(super) tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// How TLS handshakes are answered: certificates by SNI (none without certificates).
+    pub(super) tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
+    /// The CAs trusted for upstream certificates (routes' inline upstreams use them too).
+    pub(super) roots: std::sync::Arc<rustls::RootCertStore>,
 }
 
 impl Base {
-    pub(super) fn compile(config: &Resources, names: &Names) -> Result<Base> {
+    pub(super) fn compile(config: &Resources, names: &Names, tls: &TlsSettings) -> Result<Base> {
+        let roots = crate::upstream::tls::roots(tls.trusted.as_deref())
+            .map_err(|e| ConfigError::invalid("gateway.ssl_trusted_certificate", e))?;
+        let env = UpstreamEnv {
+            names,
+            ssls: &config.ssls,
+            roots: &roots,
+        };
         let mut upstreams: Vec<UpstreamSpec> = Vec::new();
         let mut upstream_ids: HashMap<String, usize> = HashMap::new();
         for (i, u) in config.upstreams.iter().enumerate() {
@@ -48,7 +55,7 @@ impl Base {
                     "duplicate upstream id",
                 ));
             }
-            upstreams.push(compile_upstream(&name, id, u, names)?);
+            upstreams.push(compile_upstream(&name, id, u, &env)?);
         }
 
         let mut registry = Registry::default();
@@ -61,7 +68,7 @@ impl Base {
                 &owner,
                 &g.plugins,
                 &upstream_ids,
-                names,
+                &env,
                 &mut upstreams,
                 &mut registry,
             )? {
@@ -86,7 +93,7 @@ impl Base {
                     &format!("{name}.upstream"),
                     &key,
                     u,
-                    names,
+                    &env,
                 )?);
                 Some(upstreams.len() - 1)
             } else {
@@ -106,7 +113,7 @@ impl Base {
                     &format!("services/{id}"),
                     p,
                     &upstream_ids,
-                    names,
+                    &env,
                     &mut upstreams,
                     &mut registry,
                 )?,
@@ -138,7 +145,7 @@ impl Base {
                 &format!("plugin_configs/{id}"),
                 &pc.plugins,
                 &upstream_ids,
-                names,
+                &env,
                 &mut upstreams,
                 &mut registry,
             )?;
@@ -154,22 +161,16 @@ impl Base {
             &config.consumers,
             &config.credentials,
             &upstream_ids,
-            names,
+            &env,
             &mut upstreams,
             &mut registry,
         )?;
 
-        let certs = std::sync::Arc::new(crate::tls::CertStore::build(&config.ssls, None)?);
-        let tls = match certs.is_empty() {
-            true => None,
-            false => Some(
-                crate::tls::server::config(certs.clone())
-                    .map_err(|e| ConfigError::invalid("ssls", e.to_string()))?,
-            ),
-        };
+        let tls = crate::tls::ServerTls::build(&config.ssls, tls.fallback_sni.as_deref())?
+            .map(std::sync::Arc::new);
         Ok(Base {
-            certs,
             tls,
+            roots,
             upstreams,
             upstream_ids,
             registry,

@@ -92,12 +92,14 @@ impl CompileCache {
 /// The objects a base was made from, compared by identity.
 pub(super) struct BaseKey {
     ptrs: Vec<*const ()>,
+    /// The `[gateway]` TLS settings the base was compiled with.
+    tls: super::TlsSettings,
     /// The objects themselves, held so no address is reused while the key lives.
     _held: Resources,
 }
 
 impl BaseKey {
-    pub(super) fn of(config: &Resources) -> BaseKey {
+    pub(super) fn of(config: &Resources, tls: &super::TlsSettings) -> BaseKey {
         fn ptrs<T>(list: &[Arc<T>]) -> impl Iterator<Item = *const ()> + '_ {
             list.iter().map(|a| Arc::as_ptr(a) as *const ())
         }
@@ -125,6 +127,7 @@ impl BaseKey {
         all.extend(ptrs(&c.ssls));
         BaseKey {
             ptrs: all,
+            tls: tls.clone(),
             _held: Resources {
                 routes: Vec::new(),
                 ..c.clone()
@@ -135,6 +138,6 @@ impl BaseKey {
 
 impl PartialEq for BaseKey {
     fn eq(&self, other: &BaseKey) -> bool {
-        self.ptrs == other.ptrs
+        self.ptrs == other.ptrs && self.tls == other.tls
     }
 }

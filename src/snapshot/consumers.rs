@@ -3,9 +3,9 @@
 //! credential; until then a consumer is stored and validated, and identifies no request.
 
 use super::plugins::build_plugins;
+use super::upstreams::UpstreamEnv;
 use super::{object_name, Result};
 use crate::config::{ConfigError, ConsumerConfig, CredentialConfig};
-use crate::dns::Names;
 use crate::plugin::Registry;
 use crate::upstream::UpstreamSpec;
 use std::collections::{HashMap, HashSet};
@@ -16,7 +16,7 @@ pub(super) fn check_consumers(
     consumers: &[Arc<ConsumerConfig>],
     credentials: &[Arc<CredentialConfig>],
     upstream_ids: &HashMap<String, usize>,
-    names: &Names,
+    env: &UpstreamEnv<'_>,
     upstreams: &mut Vec<UpstreamSpec>,
     registry: &mut Registry,
 ) -> Result<()> {
@@ -49,7 +49,7 @@ pub(super) fn check_consumers(
                 &format!("consumers/{}", c.username),
                 plugins,
                 upstream_ids,
-                names,
+                env,
                 upstreams,
                 registry,
             )?;

@@ -14,6 +14,8 @@ use std::net::SocketAddr;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProcessSettings {
     pub listen: Vec<SocketAddr>,
+    /// Listeners that terminate TLS.
+    pub listen_tls: Vec<SocketAddr>,
     /// Where the control API (health status) listens; `None` = off.
     pub control_listen: Option<SocketAddr>,
     pub workers: usize,
@@ -38,6 +40,7 @@ impl ProcessSettings {
             }
         };
         check(self.listen != next.listen, "gateway.listen");
+        check(self.listen_tls != next.listen_tls, "gateway.listen_tls");
         check(
             self.control_listen != next.control_listen,
             "gateway.control_listen",
@@ -78,15 +81,26 @@ pub(super) fn compile_gateway(g: &GatewayConfig) -> Result<(Settings, ProcessSet
             "needs at least one address",
         ));
     }
-    let mut listen = Vec::new();
-    for (i, l) in g.listen.iter().enumerate() {
-        let addr: SocketAddr = l.parse().map_err(|_| {
-            ConfigError::invalid(
-                format!("gateway.listen[{i}]"),
-                format!("'{l}' is not an ip:port address"),
-            )
-        })?;
-        listen.push(addr);
+    let addrs = |field: &str, list: &[String]| -> Result<Vec<SocketAddr>> {
+        let mut out = Vec::new();
+        for (i, l) in list.iter().enumerate() {
+            let addr: SocketAddr = l.parse().map_err(|_| {
+                ConfigError::invalid(
+                    format!("{field}[{i}]"),
+                    format!("'{l}' is not an ip:port address"),
+                )
+            })?;
+            out.push(addr);
+        }
+        Ok(out)
+    };
+    let listen = addrs("gateway.listen", &g.listen)?;
+    let listen_tls = addrs("gateway.listen_tls", &g.listen_tls)?;
+    if let Some(both) = listen_tls.iter().find(|a| listen.contains(a)) {
+        return Err(ConfigError::invalid(
+            "gateway.listen_tls",
+            format!("{both} is also in gateway.listen"),
+        ));
     }
     if !matches!(g.access_log_format.as_str(), "text" | "json") {
         return Err(ConfigError::invalid(
@@ -153,6 +167,11 @@ pub(super) fn compile_gateway(g: &GatewayConfig) -> Result<(Settings, ProcessSet
         client_body_timeout: seconds("gateway.client_body_timeout", g.client_body_timeout, false)?,
         keepalive_timeout: seconds("gateway.keepalive_timeout", g.keepalive_timeout, false)?,
         send_timeout: seconds("gateway.send_timeout", g.send_timeout, false)?,
+        ssl_handshake_timeout: seconds(
+            "gateway.ssl_handshake_timeout",
+            g.ssl_handshake_timeout,
+            false,
+        )?,
         fail_open: g.healthcheck_fail_open,
         splice: g.splice,
         splice_lowat: g.splice_lowat,
@@ -170,6 +189,7 @@ pub(super) fn compile_gateway(g: &GatewayConfig) -> Result<(Settings, ProcessSet
     };
     let process = ProcessSettings {
         listen,
+        listen_tls,
         control_listen,
         workers: g.workers,
         pin_cores: g.pin_cores,

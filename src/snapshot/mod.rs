@@ -43,6 +43,8 @@ pub struct Settings {
     pub client_body_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub send_timeout: Duration,
+    /// How long a client's TLS handshake may take.
+    pub ssl_handshake_timeout: Duration,
     /// Use every node when all of an upstream's are unhealthy (`healthcheck_fail_open`).
     pub fail_open: bool,
     /// Relay long bodies with splice(2) (`splice`).
@@ -67,15 +69,23 @@ pub struct Snapshot {
     pub settings: Settings,
     pub router: Router,
     pub upstreams: Vec<Arc<UpstreamSpec>>,
-    /// The certificates served to TLS clients, by SNI (`ssls`).
-    pub certs: Arc<crate::tls::CertStore>,
-    /// The configuration new TLS handshakes use (with `certs`; none without certificates).
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How new TLS handshakes are answered: the certificates by SNI (`ssls`), one
+    /// configuration per profile; none without certificates.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// The settings read at start only (a running gateway keeps its first snapshot's).
     pub process: ProcessSettings,
 }
 
 pub(super) type Result<T> = std::result::Result<T, ConfigError>;
+
+/// The `[gateway]` settings the TLS objects are compiled with (part of the base's cache key).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct TlsSettings {
+    /// `gateway.fallback_sni`.
+    pub(super) fallback_sni: Option<String>,
+    /// `gateway.ssl_trusted_certificate`.
+    pub(super) trusted: Option<String>,
+}
 
 /// An object's name in messages, as a string (`upstreams[0] (id "demo")`).
 pub(super) fn object_name(kind: &'static str, index: usize, id: Option<&str>) -> String {
@@ -104,10 +114,14 @@ impl Snapshot {
         let (settings, process) = compile_gateway(gateway)?;
         names.take_missing();
 
-        let key = cache::BaseKey::of(config);
+        let tls = TlsSettings {
+            fallback_sni: gateway.fallback_sni.clone(),
+            trusted: gateway.ssl_trusted_certificate.clone(),
+        };
+        let key = cache::BaseKey::of(config, &tls);
         let (base, reuse_routes) = match cache.begin(&key) {
             Some(base) => (base, true),
-            None => (Arc::new(Base::compile(config, names)?), false),
+            None => (Arc::new(Base::compile(config, names, &tls)?), false),
         };
         let mut upstreams = base.upstreams.clone();
         let mut registry = base.registry.clone();
@@ -141,7 +155,11 @@ impl Snapshot {
                             upstream_ids: &base.upstream_ids,
                             services: &base.services,
                             plugin_configs: &base.plugin_configs,
-                            names,
+                            env: &upstreams::UpstreamEnv {
+                                names,
+                                ssls: &config.ssls,
+                                roots: &base.roots,
+                            },
                         },
                         &mut upstreams,
                         &mut registry,
@@ -190,14 +208,12 @@ impl Snapshot {
         }
 
         let global = base.global.clone();
-        let certs = base.certs.clone();
         let tls = base.tls.clone();
         cache.finish(key, base, compiled);
         Ok(Snapshot {
             version,
             plugins: registry,
             global,
-            certs,
             tls,
             settings,
             router: Router::new(routes, uris),

@@ -1,10 +1,9 @@
 //! Plugins on routes, services and global rules, built once per snapshot.
 
-use super::upstreams::compile_upstream;
+use super::upstreams::{compile_upstream, UpstreamEnv};
 use super::Result;
 use crate::config::Plugins;
 use crate::config::{ConfigError, UpstreamConfig};
-use crate::dns::Names;
 use crate::plugin::{self, BuildCtx, Instance, Registry};
 use crate::upstream::UpstreamSpec;
 use std::collections::HashMap;
@@ -17,7 +16,7 @@ pub(super) fn build_plugins(
     owner: &str,
     plugins: &Plugins,
     upstream_ids: &HashMap<String, usize>,
-    names: &Names,
+    env: &UpstreamEnv<'_>,
     upstreams: &mut Vec<UpstreamSpec>,
     registry: &mut Registry,
 ) -> Result<Vec<(String, Instance)>> {
@@ -26,7 +25,7 @@ pub(super) fn build_plugins(
         let field = format!("{name}.plugins.{plugin}");
         let mut add_upstream =
             |f: &str, u: &UpstreamConfig| -> std::result::Result<usize, String> {
-                let spec = compile_upstream(f, f, u, names).map_err(|e| e.to_string())?;
+                let spec = compile_upstream(f, f, u, env).map_err(|e| e.to_string())?;
                 upstreams.push(spec);
                 Ok(upstreams.len() - 1)
             };

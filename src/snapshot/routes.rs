@@ -17,8 +17,8 @@ pub(super) struct Referenced<'a> {
     pub(super) upstream_ids: &'a HashMap<String, usize>,
     pub(super) services: &'a Services,
     pub(super) plugin_configs: &'a PluginConfigs,
-    /// Resolved node host names.
-    pub(super) names: &'a crate::dns::Names,
+    /// What inline upstreams are compiled against.
+    pub(super) env: &'a super::upstreams::UpstreamEnv<'a>,
 }
 
 /// Plugin configs by id: their plugins, built once and shared by the routes that name them.
@@ -190,7 +190,7 @@ pub(super) fn compile_route(
             &format!("{name}.upstream"),
             &format!("route:{id}"),
             u,
-            refs.names,
+            refs.env,
         )?);
         Some(upstreams.len() - 1)
     } else {
@@ -224,7 +224,7 @@ pub(super) fn compile_route(
             &format!("routes/{id}"),
             p,
             refs.upstream_ids,
-            refs.names,
+            refs.env,
             upstreams,
             registry,
         )?,

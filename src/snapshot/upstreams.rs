@@ -92,12 +92,23 @@ pub(super) fn node(
     })
 }
 
+/// What an upstream is compiled against besides its own object.
+pub(super) struct UpstreamEnv<'a> {
+    /// Resolved node host names.
+    pub(super) names: &'a Names,
+    /// The `ssls` objects (`tls.client_cert_id`).
+    pub(super) ssls: &'a [Arc<crate::config::SslConfig>],
+    /// The CAs trusted for upstream certificates (`gateway.ssl_trusted_certificate`).
+    pub(super) roots: &'a Arc<rustls::RootCertStore>,
+}
+
 pub(super) fn compile_upstream(
     name: &str,
     key: &str,
     u: &UpstreamConfig,
-    names: &Names,
+    env: &UpstreamEnv<'_>,
 ) -> Result<UpstreamSpec> {
+    let names = env.names;
     let kind = match u.lb_type.as_str() {
         "roundrobin" => BalancerKind::RoundRobin,
         "least_conn" => BalancerKind::LeastConn,
@@ -116,12 +127,21 @@ pub(super) fn compile_upstream(
         BalancerKind::ConsistentHash => Some(compile_hash_on(name, u)?),
         _ => None,
     };
-    if u.scheme != "http" {
-        return Err(ConfigError::invalid(
-            format!("{name}.scheme"),
-            format!("\"{}\" is not supported yet; use \"http\"", u.scheme),
-        ));
-    }
+    let tls = match u.scheme.as_str() {
+        "http" => None,
+        "https" => Some(Arc::new(crate::upstream::tls::UpstreamTls::build(
+            name,
+            u.tls.as_ref(),
+            env.ssls,
+            env.roots,
+        )?)),
+        other => {
+            return Err(ConfigError::invalid(
+                format!("{name}.scheme"),
+                format!("\"{other}\" is not supported yet; use \"http\" or \"https\""),
+            ))
+        }
+    };
     let nodes_field = format!("{name}.nodes");
     let nodes = match &u.nodes {
         NodesConfig::Map(map) => map
@@ -252,6 +272,7 @@ pub(super) fn compile_upstream(
         timeouts,
         keepalive,
         pass_host,
+        tls,
     })
 }
 

@@ -18,29 +18,40 @@ use std::sync::Arc;
 
 type Keys = Vec<Arc<CertifiedKey>>;
 
+/// What a name is served with: its certificates, and the handshake profile of the object
+/// that named it first (0: the default; others demand a client certificate or limit the
+/// protocol versions, see [`super::server`]).
+#[derive(Debug, Default)]
+struct Entry {
+    keys: Keys,
+    profile: usize,
+}
+
 /// The SNI table.
 #[derive(Debug, Default)]
 pub struct CertStore {
-    exact: HashMap<String, Keys, FoldHash>,
+    exact: HashMap<String, Entry, FoldHash>,
     /// `.example.com` for `*.example.com`, longest first.
-    wildcard: Vec<(String, Keys)>,
+    wildcard: Vec<(String, Entry)>,
     /// The name looked up when a client sends none (APISIX `ssl.fallback_sni`).
     fallback: Option<String>,
 }
 
 impl CertStore {
     /// Builds the table; errors name the object and field. Client certificates (`type =
-    /// "client"`) and disabled objects are not served.
+    /// "client"`) and disabled objects are not served. `profile_of` gives each served
+    /// object's handshake profile.
     pub fn build(
         ssls: &[Arc<SslConfig>],
         fallback: Option<&str>,
+        mut profile_of: impl FnMut(usize, &SslConfig) -> Result<usize, ConfigError>,
     ) -> Result<CertStore, ConfigError> {
         let provider = rustls::crypto::ring::default_provider();
         let mut store = CertStore {
             fallback: fallback.map(|f| f.to_ascii_lowercase()),
             ..CertStore::default()
         };
-        let mut wildcard: HashMap<String, Keys> = HashMap::new();
+        let mut wildcard: HashMap<String, Entry> = HashMap::new();
         for (i, ssl) in ssls.iter().enumerate() {
             if ssl.kind != "server" || ssl.status != 1 {
                 continue;
@@ -71,14 +82,19 @@ impl CertStore {
                         .map_err(|e| ConfigError::invalid(format!("{name}.certs[{j}]"), e))?,
                 );
             }
+            let profile = profile_of(i, ssl)?;
             let snis = ssl.snis.iter().flatten().chain(ssl.sni.iter());
             for sni in snis {
                 let sni = sni.to_ascii_lowercase();
-                match sni.strip_prefix('*') {
-                    Some(suffix) => wildcard.entry(suffix.to_string()).or_default(),
-                    None => store.exact.entry(sni).or_default(),
+                let entry = match sni.strip_prefix('*') {
+                    Some(suffix) => wildcard.entry(suffix.to_string()),
+                    None => store.exact.entry(sni),
                 }
-                .extend(keys.iter().cloned());
+                .or_insert_with(|| Entry {
+                    keys: Vec::new(),
+                    profile,
+                });
+                entry.keys.extend(keys.iter().cloned());
             }
         }
         store.wildcard = wildcard.into_iter().collect();
@@ -89,13 +105,26 @@ impl CertStore {
     }
 
     /// The certificates for `name` (lower case).
-    fn lookup(&self, name: &str) -> Option<&Keys> {
+    fn lookup(&self, name: &str) -> Option<&Entry> {
         self.exact.get(name).or_else(|| {
             self.wildcard
                 .iter()
                 .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
-                .map(|(_, keys)| keys)
+                .map(|(_, entry)| entry)
         })
+    }
+
+    /// The handshake profile for a client asking for `name` (any case; none sent: the
+    /// fallback name), or None when no certificate serves it.
+    pub fn profile(&self, name: Option<&str>) -> Option<usize> {
+        let entry = match name {
+            Some(n) if n.bytes().any(|b| b.is_ascii_uppercase()) => {
+                self.lookup(&n.to_ascii_lowercase())
+            }
+            Some(n) => self.lookup(n),
+            None => self.lookup(self.fallback.as_deref()?),
+        }?;
+        Some(entry.profile)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -109,7 +138,7 @@ impl ResolvesServerCert for CertStore {
             Some(n) => n.to_ascii_lowercase(),
             None => self.fallback.clone()?,
         };
-        let keys = self.lookup(&name)?;
+        let keys = &self.lookup(&name)?.keys;
         let schemes = hello.signature_schemes();
         keys.iter()
             .find(|k| k.key.choose_scheme(schemes).is_some())
@@ -307,7 +336,7 @@ pub(crate) mod tests {
             ssl(&["*.w.test"], std::slice::from_ref(&w)),
             ssl(&["both.test"], &[ec.clone(), rsa.clone()]),
         ];
-        let store = Arc::new(CertStore::build(&ssls, Some("a.test")).unwrap());
+        let store = Arc::new(CertStore::build(&ssls, Some("a.test"), |_, _| Ok(0)).unwrap());
         assert_eq!(
             handshake(&store, &dir, Some("a.test"), false),
             Some(der(&a.0))
@@ -340,26 +369,34 @@ pub(crate) mod tests {
         );
         // No SNI: fallback_sni, or a failed handshake without it.
         assert_eq!(handshake(&store, &dir, None, false), Some(der(&a.0)));
-        let strict = Arc::new(CertStore::build(&ssls, None).unwrap());
+        let strict = Arc::new(CertStore::build(&ssls, None, |_, _| Ok(0)).unwrap());
         assert_eq!(handshake(&strict, &dir, None, false), None);
 
         // A key that is not the certificate's, an encrypted key, a disabled object.
-        let err = CertStore::build(&[ssl(&["a.test"], &[(a.0.clone(), w.1.clone())])], None)
-            .unwrap_err()
-            .to_string();
+        let err = CertStore::build(
+            &[ssl(&["a.test"], &[(a.0.clone(), w.1.clone())])],
+            None,
+            |_, _| Ok(0),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("ssls[0]") && err.contains("does not match"),
             "{err}"
         );
         let encrypted = (a.0.clone(), crate::data_encryption::encrypt(&a.1));
-        let store = Arc::new(CertStore::build(&[ssl(&["a.test"], &[encrypted])], None).unwrap());
+        let store = Arc::new(
+            CertStore::build(&[ssl(&["a.test"], &[encrypted])], None, |_, _| Ok(0)).unwrap(),
+        );
         assert_eq!(
             handshake(&store, &dir, Some("a.test"), false),
             Some(der(&a.0))
         );
         let mut off = (*ssl(&["a.test"], std::slice::from_ref(&a))).clone();
         off.status = 0;
-        assert!(CertStore::build(&[Arc::new(off)], None).unwrap().is_empty());
+        assert!(CertStore::build(&[Arc::new(off)], None, |_, _| Ok(0))
+            .unwrap()
+            .is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

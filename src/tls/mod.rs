@@ -4,7 +4,11 @@
 //! by all). The listener that terminates TLS with them is next.
 
 pub mod certs;
+pub mod client;
+pub mod dn;
 pub mod server;
+pub mod stream;
 pub mod validity;
 
 pub use certs::CertStore;
+pub use server::ServerTls;

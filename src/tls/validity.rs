@@ -48,7 +48,7 @@ impl Validity {
 }
 
 /// One DER element with tag `tag`: (its contents, what follows it).
-fn element(data: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+pub(super) fn element(data: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
     if *data.first()? != tag {
         return None;
     }

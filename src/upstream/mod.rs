@@ -3,6 +3,7 @@
 
 pub mod balancer;
 pub mod pool;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -133,4 +134,6 @@ pub struct UpstreamSpec {
     pub timeouts: Timeouts,
     pub keepalive: KeepalivePolicy,
     pub pass_host: PassHost,
+    /// TLS towards the nodes (`scheme = "https"`).
+    pub tls: Option<Arc<tls::UpstreamTls>>,
 }

@@ -13,7 +13,7 @@
 //! and 820 µs with 16 KiB (per-operation overhead dominates), while 1 MiB buffers got worse
 //! again. Both kinds of buffer are recycled, never freed per request.
 
-use monoio::net::TcpStream;
+use crate::net::stream::Stream;
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -30,9 +30,26 @@ pub const LARGE_BUF: usize = 256 * 1024;
 const KEEP_SMALL: usize = 256;
 const KEEP_LARGE: usize = 16;
 
+/// What a pooled connection may be reused for: the node, and for TLS its name and client
+/// identity (see [`super::tls::UpstreamTls::pool_key`]; 0 for plain TCP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub addr: SocketAddr,
+    pub tls: u64,
+}
+
+impl PoolKey {
+    pub fn plain(addr: SocketAddr) -> PoolKey {
+        PoolKey { addr, tls: 0 }
+    }
+}
+
 /// An open connection to a node and what it carries along.
 pub struct UpstreamConn {
-    pub stream: TcpStream,
+    pub stream: Stream,
+    pub key: PoolKey,
+    /// The name a TLS connection was made for (compared on reuse: keys are hashes).
+    pub sni: Option<Box<[u8]>>,
     /// Bytes read but not yet consumed (len = filled). Empty with no capacity while idle.
     pub buf: Vec<u8>,
     /// Requests sent on this connection so far.
@@ -51,7 +68,7 @@ struct Idle {
 /// Whether a pooled connection is still open with nothing to read: the backend may have
 /// closed it while it sat in the pool (end of stream), or sent bytes no request asked for
 /// (which would otherwise be read as the next response). One non-blocking peek per reuse.
-pub fn still_idle(stream: &TcpStream) -> bool {
+pub fn still_idle(stream: &Stream) -> bool {
     use std::os::fd::AsRawFd;
     peek_would_block(stream.as_raw_fd())
 }
@@ -85,15 +102,17 @@ struct Buffers {
 
 #[derive(Default)]
 pub struct Pool {
-    idle: RefCell<HashMap<SocketAddr, VecDeque<Idle>, FoldHash>>,
+    idle: RefCell<HashMap<PoolKey, VecDeque<Idle>, FoldHash>>,
     buffers: RefCell<Buffers>,
 }
 
 impl Pool {
     /// Wraps a freshly connected stream, with a buffer.
-    pub fn attach(&self, stream: TcpStream) -> UpstreamConn {
+    pub fn attach(&self, stream: Stream, key: PoolKey, sni: Option<Box<[u8]>>) -> UpstreamConn {
         UpstreamConn {
             stream,
+            key,
+            sni,
             buf: self.small_buffer(),
             served: 0,
             reused: false,
@@ -101,17 +120,18 @@ impl Pool {
         }
     }
 
-    /// An idle connection to `addr` that has not expired by `now`, if any, with a buffer
-    /// attached.
-    pub fn take(&self, addr: SocketAddr, now: Instant) -> Option<UpstreamConn> {
+    /// An idle connection for `key` (made for TLS name `sni`, empty for plain TCP) that has
+    /// not expired by `now`, if any, with a buffer attached.
+    pub fn take(&self, key: PoolKey, sni: &[u8], now: Instant) -> Option<UpstreamConn> {
         let mut idle = self.idle.borrow_mut();
-        let q = idle.get_mut(&addr)?;
+        let q = idle.get_mut(&key)?;
         while let Some(entry) = q.pop_back() {
             // Peek at every connection before reuse, however briefly it sat idle: a backend
             // may have closed it, or sent bytes no request asked for (an extra response a few
             // milliseconds after a complete one), which would otherwise reach the next,
             // unrelated client as its answer. One recv(2) per reuse.
-            if entry.expires > now && still_idle(&entry.conn.stream) {
+            let same_name = entry.conn.sni.as_deref().unwrap_or_default() == sni;
+            if entry.expires > now && same_name && still_idle(&entry.conn.stream) {
                 drop(idle);
                 let mut conn = entry.conn;
                 conn.reused = true;
@@ -124,13 +144,7 @@ impl Pool {
 
     /// Returns a connection after a cleanly finished exchange; closes it instead when the
     /// policy says so. Its buffer goes back to the buffer pool either way.
-    pub fn put(
-        &self,
-        addr: SocketAddr,
-        mut conn: UpstreamConn,
-        policy: &KeepalivePolicy,
-        now: Instant,
-    ) {
+    pub fn put(&self, mut conn: UpstreamConn, policy: &KeepalivePolicy, now: Instant) {
         let clean = conn.buf.is_empty();
         self.recycle(std::mem::take(&mut conn.buf));
         if !clean || conn.served >= policy.requests || policy.size == 0 {
@@ -138,7 +152,7 @@ impl Pool {
         }
         conn.reused = false;
         let mut idle = self.idle.borrow_mut();
-        let q = idle.entry(addr).or_default();
+        let q = idle.entry(conn.key).or_default();
         while q.len() >= policy.size {
             q.pop_front();
         }

@@ -48,19 +48,22 @@ const STEAL_BATCH: usize = 8;
 /// socket for listen address `a`.
 pub struct Listeners {
     by_worker: Vec<Vec<std::net::TcpListener>>,
+    /// Whether address `a` terminates TLS.
+    tls: Vec<bool>,
 }
 
 impl Listeners {
-    /// Binds one SO_REUSEPORT listener per worker and address; on failure, the address that
-    /// could not be bound.
+    /// Binds one SO_REUSEPORT listener per worker and address, plain and TLS; on failure,
+    /// the address that could not be bound.
     pub fn bind(
         workers: usize,
-        addrs: &[SocketAddr],
+        plain: &[SocketAddr],
+        tls: &[SocketAddr],
     ) -> Result<Listeners, (SocketAddr, std::io::Error)> {
         let mut by_worker = Vec::with_capacity(workers);
         for _ in 0..workers {
-            let mut own = Vec::with_capacity(addrs.len());
-            for &addr in addrs {
+            let mut own = Vec::with_capacity(plain.len() + tls.len());
+            for &addr in plain.iter().chain(tls) {
                 let socket = crate::net::listen::reuseport_listener(addr).map_err(|e| (addr, e))?;
                 // Stealing relies on it: between reading a sibling's backlog and accepting,
                 // the sibling may take the connection, and a blocking accept4(2) would then
@@ -70,7 +73,11 @@ impl Listeners {
             }
             by_worker.push(own);
         }
-        Ok(Listeners { by_worker })
+        let tls = plain.iter().map(|_| false).chain(tls.iter().map(|_| true));
+        Ok(Listeners {
+            by_worker,
+            tls: tls.collect(),
+        })
     }
 
     fn workers(&self) -> usize {
@@ -99,6 +106,7 @@ pub fn start(worker: &Rc<Worker>, listeners: &Arc<Listeners>, me: usize) {
                 monoio::spawn(accept_loop(
                     worker.clone(),
                     l,
+                    listeners.tls[addr_index],
                     Stealer {
                         listeners: listeners.clone(),
                         me,
@@ -175,12 +183,13 @@ impl Stealer {
     }
 }
 
-async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, mut stealer: Stealer) {
+async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool, mut stealer: Stealer) {
     let port: Rc<str> = listener
         .local_addr()
         .map(|a| a.port().to_string())
         .unwrap_or_default()
         .into();
+    let port = Rc::new(crate::proxy::Entrance { port, tls });
     let mut stop = std::pin::pin!(worker.stop_signal());
     loop {
         monoio::select! {

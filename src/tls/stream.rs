@@ -1,0 +1,369 @@
+//! A TLS connection over a monoio TCP stream: rustls's state machine fed through the
+//! runtime's owned-buffer I/O, with every read and write bounded by the connection's
+//! [`Watch`] like plain sockets are.
+//!
+//! rustls does no I/O itself: ciphertext read from the socket goes into `rbuf` and is handed
+//! to rustls from there (`read_tls`), plaintext comes out of its reader; plaintext written
+//! is encrypted into rustls's send queue and copied out into `wbuf` for the socket. We keep
+//! the adapter here rather than use monoio-rustls so the session's facts (SNI, the client's
+//! certificate) stay reachable after the handshake, no byte pipelined behind the handshake
+//! is dropped, the handshake can pick its configuration from the ClientHello (client
+//! certificate authentication and protocol versions are per `ssls` object), and buffers
+//! follow the gateway's rules (a large write buffer is not kept between writes).
+
+use crate::net::io::{read_plain, IoFail};
+use crate::net::watchdog::{Dir, Watch};
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use rustls::pki_types::ServerName;
+use rustls::server::{Accepted, Acceptor};
+use rustls::{ClientConfig, Connection, ServerConfig};
+use std::io::{self, BufRead, Write};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Ciphertext read per socket read: one full TLS record and its header and tag.
+const READ_SIZE: usize = 16 * 1024 + 512;
+/// A fatal `internal_error` alert record.
+const INTERNAL_ERROR_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 80];
+/// A write buffer larger than this is freed after the write rather than kept while idle.
+const KEEP_WBUF: usize = 20 * 1024;
+
+/// Why a handshake failed, for the log.
+#[derive(Debug)]
+pub enum HandshakeError {
+    /// The peer closed, reset, or sent nothing in time.
+    Io(IoFail),
+    /// The peer spoke TLS wrongly or was refused (bad certificate, no common version or
+    /// cipher).
+    Tls(rustls::Error),
+    /// No certificate serves the name the client asked for (None: it sent no SNI).
+    NoCertificate(Option<Box<str>>),
+}
+
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandshakeError::Io(IoFail::Timeout) => f.write_str("timed out"),
+            HandshakeError::Io(IoFail::Io(e)) => write!(f, "{e}"),
+            HandshakeError::Tls(e) => write!(f, "{e}"),
+            HandshakeError::NoCertificate(Some(name)) => {
+                write!(f, "failed to match any SSL certificate by SNI: {name}")
+            }
+            HandshakeError::NoCertificate(None) => {
+                f.write_str("the client sent no SNI and gateway.fallback_sni names no certificate")
+            }
+        }
+    }
+}
+
+impl From<IoFail> for HandshakeError {
+    fn from(e: IoFail) -> Self {
+        HandshakeError::Io(e)
+    }
+}
+
+/// An established (or establishing) TLS connection.
+pub struct TlsConn {
+    tcp: TcpStream,
+    conn: Connection,
+    /// Ciphertext received and not yet handed to rustls: `rbuf[rpos..]`.
+    rbuf: Vec<u8>,
+    rpos: usize,
+    /// Ciphertext on its way to the socket.
+    wbuf: Vec<u8>,
+    /// What the server side learnt at the handshake (empty on client connections).
+    pub facts: Facts,
+}
+
+/// What the handshake told the server about its client.
+#[derive(Debug, Default, Clone)]
+pub struct Facts {
+    /// The name the client asked for (SNI), lower case.
+    pub server_name: Option<Box<str>>,
+    /// The subject of the client's certificate in RFC 2253 form (nginx's
+    /// `$ssl_client_s_dn`), when it sent one.
+    pub client_s_dn: Option<Box<str>>,
+    /// The `ssls` object served demands a client certificate and none was sent: the
+    /// session answers 400 to the first request, as nginx does.
+    pub missing_client_cert: bool,
+    /// The ALPN protocol agreed.
+    pub alpn: Option<Box<[u8]>>,
+}
+
+/// What the server side decides from a ClientHello: the configuration to continue with and
+/// whether a client certificate is required.
+pub struct Choice {
+    pub config: Arc<ServerConfig>,
+    pub client_cert_required: bool,
+}
+
+impl TlsConn {
+    fn new(tcp: TcpStream, conn: Connection, rbuf: Vec<u8>, rpos: usize) -> TlsConn {
+        TlsConn {
+            tcp,
+            conn,
+            rbuf,
+            rpos,
+            wbuf: Vec::new(),
+            facts: Facts::default(),
+        }
+    }
+
+    /// The TCP socket underneath (socket options, the watchdog).
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// Accepts a client's handshake within `limit`, choosing the configuration from its
+    /// ClientHello with `choose` (None: refuse, as for a name with no certificate).
+    pub async fn accept(
+        tcp: TcpStream,
+        limit: Duration,
+        watch: &Watch,
+        choose: impl FnOnce(&rustls::server::ClientHello<'_>) -> Option<Choice>,
+    ) -> Result<TlsConn, HandshakeError> {
+        let deadline = watch.deadline_in(limit);
+        let mut tcp = tcp;
+        let mut rbuf = Vec::with_capacity(READ_SIZE);
+        let mut acceptor = Acceptor::default();
+        let accepted: Accepted = loop {
+            rbuf.clear();
+            let n = read_plain(&mut tcp, &mut rbuf, READ_SIZE, deadline, watch).await?;
+            if n == 0 {
+                return Err(HandshakeError::Io(IoFail::Io(
+                    io::ErrorKind::UnexpectedEof.into(),
+                )));
+            }
+            let mut pos = 0;
+            while pos < rbuf.len() {
+                match acceptor.read_tls(&mut &rbuf[pos..]) {
+                    Ok(0) => break,
+                    Ok(k) => pos += k,
+                    Err(e) => return Err(HandshakeError::Io(IoFail::Io(e))),
+                }
+            }
+            match acceptor.accept() {
+                Ok(None) => continue,
+                Ok(Some(a)) => break a,
+                Err((e, mut alert)) => {
+                    let mut out = Vec::new();
+                    let _ = alert.write_all(&mut out);
+                    let _ = send(&mut tcp, out, deadline, watch).await;
+                    return Err(HandshakeError::Tls(e));
+                }
+            }
+        };
+        let hello = accepted.client_hello();
+        let server_name = hello.server_name().map(|n| n.to_ascii_lowercase().into());
+        let Some(choice) = choose(&hello) else {
+            // No certificate for this name: a fatal internal_error alert, as APISIX's
+            // failing certificate phase makes OpenSSL send.
+            let _ = send(&mut tcp, INTERNAL_ERROR_ALERT.to_vec(), deadline, watch).await;
+            return Err(HandshakeError::NoCertificate(server_name));
+        };
+        let conn = match accepted.into_connection(choice.config) {
+            Ok(c) => c,
+            Err((e, mut alert)) => {
+                let mut out = Vec::new();
+                let _ = alert.write_all(&mut out);
+                let _ = send(&mut tcp, out, deadline, watch).await;
+                return Err(HandshakeError::Tls(e));
+            }
+        };
+        // Everything read so far went to the acceptor and came along into the connection.
+        rbuf.clear();
+        let mut tls = TlsConn::new(tcp, Connection::Server(conn), rbuf, 0);
+        tls.complete(deadline, watch).await?;
+        tls.facts.server_name = server_name;
+        tls.facts.alpn = tls.conn.alpn_protocol().map(Into::into);
+        match tls.conn.peer_certificates().and_then(|c| c.first()) {
+            Some(cert) => tls.facts.client_s_dn = super::dn::subject(cert).map(Into::into),
+            None => tls.facts.missing_client_cert = choice.client_cert_required,
+        }
+        Ok(tls)
+    }
+
+    /// Connects as a client to `name` over `tcp` within `limit`.
+    pub async fn connect(
+        tcp: TcpStream,
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+        limit: Duration,
+        watch: &Watch,
+    ) -> Result<TlsConn, HandshakeError> {
+        let deadline = watch.deadline_in(limit);
+        let conn = rustls::ClientConnection::new(config, name).map_err(HandshakeError::Tls)?;
+        let mut tls = TlsConn::new(tcp, Connection::Client(conn), Vec::new(), 0);
+        tls.complete(deadline, watch).await?;
+        Ok(tls)
+    }
+
+    /// Drives the handshake to its end (and sends what it leaves queued: session tickets).
+    async fn complete(&mut self, deadline: Instant, watch: &Watch) -> Result<(), HandshakeError> {
+        loop {
+            if self.conn.wants_write() {
+                self.flush(deadline, watch).await?;
+            }
+            if !self.conn.is_handshaking() {
+                return Ok(());
+            }
+            if self.rpos < self.rbuf.len() {
+                self.feed().map_err(|e| self.fail(e))?;
+                if let Err(e) = self.conn.process_new_packets() {
+                    // The alert rustls queued tells the peer why.
+                    let _ = self.flush(deadline, watch).await;
+                    return Err(HandshakeError::Tls(e));
+                }
+                continue;
+            }
+            self.rbuf.clear();
+            self.rpos = 0;
+            if read_plain(&mut self.tcp, &mut self.rbuf, READ_SIZE, deadline, watch).await? == 0 {
+                return Err(HandshakeError::Io(IoFail::Io(
+                    io::ErrorKind::UnexpectedEof.into(),
+                )));
+            }
+        }
+    }
+
+    fn fail(&self, e: io::Error) -> HandshakeError {
+        HandshakeError::Io(IoFail::Io(e))
+    }
+
+    /// Hands received ciphertext to rustls (as much as it takes now).
+    fn feed(&mut self) -> io::Result<usize> {
+        let n = self.conn.read_tls(&mut &self.rbuf[self.rpos..])?;
+        self.rpos += n;
+        Ok(n)
+    }
+
+    /// Sends everything rustls has queued.
+    async fn flush(&mut self, deadline: Instant, watch: &Watch) -> Result<(), IoFail> {
+        while self.conn.wants_write() {
+            self.wbuf.clear();
+            while self.conn.wants_write() {
+                self.conn.write_tls(&mut self.wbuf).map_err(IoFail::Io)?;
+            }
+            let out = std::mem::take(&mut self.wbuf);
+            self.wbuf = send(&mut self.tcp, out, deadline, watch).await?;
+        }
+        if self.wbuf.capacity() > KEEP_WBUF {
+            self.wbuf = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Reads more plaintext after `buf.len()`, keeping at least `min_spare` free, within
+    /// `limit` of waiting for the peer. Returns 0 at end of stream (a close_notify, or the
+    /// peer's TCP end: HTTP framing tells a truncated message from a complete one).
+    pub async fn read_more(
+        &mut self,
+        buf: &mut Vec<u8>,
+        min_spare: usize,
+        limit: Duration,
+        watch: &Watch,
+    ) -> Result<usize, IoFail> {
+        if buf.capacity() - buf.len() < min_spare {
+            buf.reserve(min_spare);
+        }
+        let mut got = 0;
+        loop {
+            // Plaintext rustls already holds.
+            let mut reader = self.conn.reader();
+            loop {
+                let room = buf.capacity() - buf.len();
+                if room == 0 {
+                    return Ok(got);
+                }
+                match reader.fill_buf() {
+                    Ok([]) => return Ok(got),
+                    Ok(chunk) => {
+                        let n = chunk.len().min(room);
+                        buf.extend_from_slice(&chunk[..n]);
+                        reader.consume(n);
+                        got += n;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(got),
+                    Err(e) => return Err(IoFail::Io(e)),
+                }
+            }
+            // Ciphertext already received.
+            if self.rpos < self.rbuf.len() {
+                self.feed().map_err(IoFail::Io)?;
+                let processed = self.conn.process_new_packets();
+                if self.conn.wants_write() {
+                    // An alert, or an answer to a key update.
+                    let deadline = watch.deadline_in(limit);
+                    let _ = self.flush(deadline, watch).await;
+                }
+                if let Err(e) = processed {
+                    return Err(IoFail::Io(io::Error::new(io::ErrorKind::InvalidData, e)));
+                }
+                continue;
+            }
+            if got > 0 {
+                return Ok(got);
+            }
+            // Wait for the peer.
+            self.rbuf.clear();
+            self.rpos = 0;
+            let deadline = watch.deadline_in(limit);
+            if read_plain(&mut self.tcp, &mut self.rbuf, READ_SIZE, deadline, watch).await? == 0 {
+                // Tell rustls the stream ended; the reader then reports it.
+                let _ = self.conn.read_tls(&mut &[][..]);
+            }
+        }
+    }
+
+    /// Writes `data` completely; `limit` bounds each write's progress. On failure, how many
+    /// bytes had been handed on.
+    pub async fn write(
+        &mut self,
+        data: &[u8],
+        limit: Duration,
+        watch: &Watch,
+    ) -> Result<(), (IoFail, usize)> {
+        let mut pos = 0;
+        while pos < data.len() {
+            let n = self
+                .conn
+                .writer()
+                .write(&data[pos..])
+                .map_err(|e| (IoFail::Io(e), pos))?;
+            if n == 0 {
+                return Err((IoFail::Io(io::ErrorKind::WriteZero.into()), pos));
+            }
+            let deadline = watch.deadline_in(limit);
+            self.flush(deadline, watch).await.map_err(|e| (e, pos))?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Says goodbye (close_notify) and half-closes the socket.
+    pub async fn shutdown(&mut self, watch: &Watch) {
+        self.conn.send_close_notify();
+        let deadline = watch.deadline_in(Duration::from_secs(1));
+        let _ = self.flush(deadline, watch).await;
+        let _ = self.tcp.shutdown().await;
+    }
+}
+
+/// Writes all of `out` to the socket by `deadline`, giving the buffer back.
+async fn send(
+    tcp: &mut TcpStream,
+    out: Vec<u8>,
+    deadline: Instant,
+    watch: &Watch,
+) -> Result<Vec<u8>, IoFail> {
+    watch.arm_until(tcp.as_raw_fd(), Dir::Write, deadline);
+    let (res, out) = tcp.write_all(out).await;
+    if watch.disarm() {
+        return Err(IoFail::Timeout);
+    }
+    res.map_err(IoFail::Io)?;
+    Ok(out)
+}
