@@ -6,7 +6,8 @@
 # - etcd (Debian's etcd-server, with etcdctl from etcd-client): one server for the run on
 #   loopback ports, named to the tests in SHARDGATE_TEST_ETCD (tests that kill or secure a
 #   cluster start private ones with the same binary);
-# - the openssl command, which makes the TLS tests' certificates.
+# - the openssl command, which makes the TLS tests' certificates and is one of their
+#   clients (s_client), and curl, another.
 # Backends are started by the tests themselves, and the comparison script's self-test skips
 # its nginx/HAProxy checks when they are absent.
 set -euo pipefail
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 # What the tests run besides the gateway: command -> Debian package.
 missing=()
-for need in etcd:etcd-server etcdctl:etcd-client openssl:openssl; do
+for need in etcd:etcd-server etcdctl:etcd-client openssl:openssl curl:curl; do
     command -v "${need%%:*}" >/dev/null || missing+=("${need#*:}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

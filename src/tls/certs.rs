@@ -175,6 +175,9 @@ fn certified(
             rustls::Error::InconsistentKeys(_) => {
                 "the private key does not match the certificate".into()
             }
+            rustls::Error::General(why) if why.contains("failed to parse private key") => {
+                "unsupported key type (RSA, ECDSA P-256/P-384 and Ed25519 keys are)".into()
+            }
             other => format!("failed to load the certificate and key: {other}"),
         })
 }

@@ -12,7 +12,7 @@ const SIZE: u64 = 256 << 20;
 const RSS_LIMIT_KIB: u64 = 96 * 1024;
 
 /// Samples the gateway's RSS every 20 ms until stopped; returns the peak.
-fn watch_rss(pid: u32) -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
+pub(crate) fn watch_rss(pid: u32) -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     let peak = Arc::new(AtomicU64::new(0));

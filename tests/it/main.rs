@@ -26,5 +26,6 @@ mod proxying;
 mod rewrite_plugins;
 mod routing;
 mod slow_clients;
+mod tls;
 mod tuning;
 mod validation;

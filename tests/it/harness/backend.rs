@@ -65,6 +65,37 @@ struct State {
     /// Killed: no more accepts, every open connection closes at its next request.
     dead: AtomicBool,
     handler: Box<Handler>,
+    /// Speaks TLS with this configuration (see [`Backend::start_tls`]).
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// What TLS clients asked for, per connection.
+    handshakes: Mutex<Vec<Handshake>>,
+}
+
+/// A TLS client as a TLS backend saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handshake {
+    pub sni: Option<String>,
+    /// It showed a certificate.
+    pub client_cert: bool,
+    /// It resumed an earlier session.
+    pub resumed: bool,
+}
+
+/// A backend connection: plain TCP, or rustls over it.
+trait Conn: Read + Write {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Conn for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Conn for rustls::StreamOwned<rustls::ServerConnection, TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref()
+    }
 }
 
 pub struct Backend {
@@ -116,6 +147,26 @@ impl Backend {
     }
 
     pub fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Backend {
+        Backend::start_inner(None, handler)
+    }
+
+    /// A backend that speaks TLS (rustls) with `config`, recording each handshake.
+    pub fn start_tls(
+        config: Arc<rustls::ServerConfig>,
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> Backend {
+        Backend::start_inner(Some(config), handler)
+    }
+
+    /// Each TLS connection's handshake so far.
+    pub fn handshakes(&self) -> Vec<Handshake> {
+        self.state.handshakes.lock().unwrap().clone()
+    }
+
+    fn start_inner(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(State {
@@ -125,6 +176,8 @@ impl Backend {
             stop: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             handler: Box::new(handler),
+            tls,
+            handshakes: Mutex::new(Vec::new()),
         });
         let st = state.clone();
         std::thread::spawn(move || {
@@ -135,7 +188,27 @@ impl Backend {
                 let Ok(stream) = stream else { continue };
                 st.connections.fetch_add(1, Ordering::SeqCst);
                 let st = st.clone();
-                std::thread::spawn(move || serve(stream, st));
+                std::thread::spawn(move || match st.tls.clone() {
+                    None => serve(stream, st),
+                    Some(config) => {
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                        let Ok(mut conn) = rustls::ServerConnection::new(config) else {
+                            return;
+                        };
+                        let mut stream = stream;
+                        while conn.is_handshaking() {
+                            if conn.complete_io(&mut stream).is_err() {
+                                return; // refused (a client certificate missing or bad)
+                            }
+                        }
+                        st.handshakes.lock().unwrap().push(Handshake {
+                            sni: conn.server_name().map(str::to_string),
+                            client_cert: conn.peer_certificates().is_some_and(|c| !c.is_empty()),
+                            resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+                        });
+                        serve(rustls::StreamOwned::new(conn, stream), st)
+                    }
+                });
             }
         });
         Backend { port, state }
@@ -189,8 +262,8 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 
-fn serve(mut stream: TcpStream, st: Arc<State>) {
-    let _ = stream.set_nodelay(true);
+fn serve(mut stream: impl Conn, st: Arc<State>) {
+    let _ = stream.tcp().set_nodelay(true);
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
@@ -311,14 +384,14 @@ fn serve(mut stream: TcpStream, st: Arc<State>) {
         let is_head = seen.method == "HEAD";
         st.seen.lock().unwrap().push(seen);
         if !send_reply(&mut stream, reply, is_head) {
-            let _ = stream.shutdown(Shutdown::Both);
+            let _ = stream.tcp().shutdown(Shutdown::Both);
             return;
         }
     }
 }
 
 /// Sends a reply; returns whether the connection stays open.
-fn send_reply(stream: &mut TcpStream, reply: Reply, is_head: bool) -> bool {
+fn send_reply(stream: &mut impl Conn, reply: Reply, is_head: bool) -> bool {
     match reply {
         Reply::Full(status, headers, body) => {
             let mut out = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());

@@ -34,6 +34,8 @@ impl Response {
 pub struct Client {
     pub stream: TcpStream,
     buf: Vec<u8>,
+    /// TLS over `stream` (see [`Client::connect_tls`]).
+    pub tls: Option<Box<rustls::ClientConnection>>,
 }
 
 impl Client {
@@ -46,11 +48,51 @@ impl Client {
         Client {
             stream,
             buf: Vec::new(),
+            tls: None,
         }
     }
 
+    /// Connects and completes a TLS handshake for `sni` (None: no SNI, the address then).
+    pub fn connect_tls(
+        addr: SocketAddr,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        sni: Option<&str>,
+    ) -> io::Result<Client> {
+        let mut c = Client::connect(addr);
+        let name = rustls::pki_types::ServerName::try_from(sni.unwrap_or("127.0.0.1"))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
+            .to_owned();
+        let mut conn = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut c.stream)?;
+        }
+        c.tls = Some(Box::new(conn));
+        Ok(c)
+    }
+
+    /// The TLS session (panics on a plain client).
+    pub fn session(&self) -> &rustls::ClientConnection {
+        self.tls.as_ref().expect("a TLS client")
+    }
+
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write to gateway");
+        match &mut self.tls {
+            None => self.stream.write_all(bytes).expect("write to gateway"),
+            Some(conn) => rustls::Stream::new(&mut **conn, &mut self.stream)
+                .write_all(bytes)
+                .expect("write to gateway"),
+        }
+    }
+
+    fn read_some(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            None => self.stream.read(out),
+            Some(conn) => match rustls::Stream::new(&mut **conn, &mut self.stream).read(out) {
+                // A TCP close without close_notify: the end, as on a plain socket.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+                other => other,
+            },
+        }
     }
 
     /// Sends a request; adds `Host: test.local` unless a Host is given, and Content-Length
@@ -91,7 +133,7 @@ impl Client {
 
     fn fill(&mut self) -> io::Result<usize> {
         let mut chunk = [0u8; 65536];
-        let n = self.stream.read(&mut chunk)?;
+        let n = self.read_some(&mut chunk)?;
         self.buf.extend_from_slice(&chunk[..n]);
         Ok(n)
     }
@@ -208,7 +250,7 @@ impl Client {
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
         let mut b = [0u8; 1];
-        match self.stream.read(&mut b) {
+        match self.read_some(&mut b) {
             Ok(0) => true,
             Ok(_) => false,
             Err(e) => !matches!(

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod client;
 pub mod etcd;
+pub mod tls;
 
 pub use backend::{Backend, Reply};
 pub use client::{Client, Response};
@@ -349,17 +350,22 @@ pub fn certificates(dir: &std::path::Path) {
         format!("req {key} -keyout expired.key -out expired.csr -subj /CN=expired"),
         "ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -in expired.csr -out expired.pem -extfile ext.cnf -startdate 20200101000000Z -enddate 20200102000000Z".to_string(),
     ] {
-        let out = Command::new("openssl")
-            .current_dir(dir)
-            .args(cmd.split_whitespace())
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        openssl(dir, &cmd);
     }
+}
+
+/// Runs `openssl` with the words of `cmd` in `dir`; panics with its message on failure.
+pub fn openssl(dir: &std::path::Path, cmd: &str) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(cmd.split_whitespace())
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `openssl enc` with APISIX's default keyring's first key (key = IV = "qeddd145sfvddff3").
