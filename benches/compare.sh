@@ -14,6 +14,13 @@
 # prints one markdown table per scenario (medians over rounds, ratios to nginx) and writes it to
 # OUT/summary.md. See benches/README.md.
 #
+# The tls-* scenarios terminate TLS at the proxy (plain HTTP to the backend): every proxy
+# serves the same ECDSA P-256 certificate (made with openssl for the run), TLS 1.2 and 1.3,
+# session tickets on; the load generator (rustls) negotiates TLS 1.3 with
+# TLS_AES_256_GCM_SHA384 and X25519 with each. tls-newconn makes a full handshake per
+# request, tls-resume resumes a ticket on each new connection. They are not in the default
+# list either; the "direct" target is left out of them (the backend speaks plain HTTP).
+#
 # The lb-* scenarios (one per load-balancing algorithm) put three sg-backend instances on
 # three ports (BACKEND_PORT, +1, +2), all pinned to the backend core with one thread each, and
 # make every proxy balance over them with its counterpart of the algorithm. They are not in
@@ -77,6 +84,10 @@ Usage: benches/compare.sh [options]
                                                     three backends; not in the default, as
                                                     they would double the full run (about
                                                     5 min each, 20 min for the four)
+                        tls-ka tls-newconn tls-resume tls-1m
+                                                    HTTPS at the proxy: 64 B keep-alive, a
+                                                    full handshake per request, a resumed
+                                                    one per request, 1 MiB keep-alive
   --workers LIST      proxy worker counts, e.g. "1 2" (default "$WORKERS_LIST")
   --targets LIST      any of: direct shardgate nginx haproxy (default: all)
   --max-requests N    per-run request bound (default: duration x 1,000,000)
@@ -135,6 +146,7 @@ is_uint "$MAX_REQ" && ((MAX_REQ >= 1)) || die "--max-requests must be a positive
 for s in $SCENARIOS; do
     case $s in
         small-ka | newconn | 16k | 1m | lb-rr | lb-leastconn | lb-chash | lb-ewma) ;;
+        tls-ka | tls-newconn | tls-resume | tls-1m) ;;
         *) die "unknown scenario: $s" ;;
     esac
 done
@@ -279,7 +291,11 @@ tree_ticks() { # tree_ticks PID...: utime+stime (+cutime+cstime) of each PID and
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-http_ok() { # one GET over bash's /dev/tcp; succeeds on a 200 status line
+http_ok() { # one GET over bash's /dev/tcp (curl for a TLS proxy); succeeds on a 200 status line
+    if ((TLS)) && [[ $1 != "$BACKEND_PORT" && $1 != "$((BACKEND_PORT + 1))" && $1 != "$((BACKEND_PORT + 2))" ]]; then
+        [[ $(curl -sk -o /dev/null -w '%{http_code}' "https://127.0.0.1:$1$URL_PATH" 2>/dev/null) == 200 ]]
+        return
+    fi
     (
         exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
         printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nConnection: close\r\n\r\n' "$URL_PATH" "$1" >&3
@@ -290,7 +306,7 @@ http_ok() { # one GET over bash's /dev/tcp; succeeds on a 200 status line
 
 wait_ready() { # wait_ready PORT PID NAME LOG: up to 10 s for an HTTP 200 on PORT; 1 if not
     local port=$1 pid=$2 name=$3 log=$4 i
-    echo "  (wait until GET http://127.0.0.1:$port$URL_PATH answers 200, via bash /dev/tcp)" | tee -a "$CMDLOG" >&2
+    echo "  (wait until GET $port$URL_PATH answers 200, via bash /dev/tcp, or curl -k for TLS)" | tee -a "$CMDLOG" >&2
     ((DRY_RUN)) && return 0
     for ((i = 0; i < 200; i++)); do
         if ! alive "$pid"; then
@@ -380,13 +396,17 @@ nginx_masks() { # "0,1" -> "01 10" (worker i -> bit cpus[i]; rightmost bit = CPU
 }
 
 write_shardgate_conf() { # OUTFILE WORKERS CPUS (upstream from SG_LB and the backend ports)
-    local nodes="" p
+    local nodes="" p listen="listen = [\"127.0.0.1:$SHARDGATE_PORT\"]" ssl=""
     for p in "${BACKEND_PORTS[@]}"; do nodes+="${nodes:+, }\"127.0.0.1:$p\" = 1"; done
+    if ((TLS)); then # the measured port terminates TLS; the plain one is unused
+        listen="listen = [\"127.0.0.1:$((SHARDGATE_PORT + 100))\"]"$'\n'"listen_tls = [\"127.0.0.1:$SHARDGATE_PORT\"]"
+        ssl=$'[[ssls]]\nid = "bench"\nsnis = ["localhost"]\n'"cert = '''$(cat "$TLS_CERT")'''"$'\n'"key = '''$(cat "$TLS_KEY")'''"
+    fi
     cat >"$1" <<EOF
 # Shardgate config for benches/compare.sh (generated). Same cores, workers and pool sizes as
 # the nginx and HAProxy configs: keepalive_pool per core = nginx keepalive 320 per worker.
 [gateway]
-listen = ["127.0.0.1:$SHARDGATE_PORT"]
+$listen
 workers = $2
 pin_cores = true
 cpus = [$3]
@@ -403,6 +423,8 @@ keepalive_pool = { size = 320, idle_timeout = 60, requests = 100000 }
 [[routes]]
 uri = "/*"
 upstream_id = "b"
+
+$ssl
 EOF
 }
 
@@ -460,6 +482,8 @@ start_target() {
             render "$BENCH_DIR/nginx.conf.template" "$conf" \
                 WORKERS="$w" CPU_MASKS="$(nginx_masks "$PROXY_CPUS")" \
                 LISTEN_PORT="$NGINX_PORT" BALANCE="$NGINX_LB" SERVERS="$(nginx_servers)" \
+                LISTEN_SSL="$( ((TLS)) && echo ssl)" \
+                SSL_CONF="$( ((TLS)) && echo "ssl_certificate $TLS_CERT; ssl_certificate_key $TLS_KEY; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets on;")" \
                 PIDFILE="$TMP/nginx.pid" TMPDIR="$TMP" ERROR_LOG="$TMP/$tag.error.log"
             check_conf "$conf" "$NGINX_BIN" -t -q -p "$TMP/" -e "$TMP/nginx-check.log" -c "$conf"
             start_bg "$log" taskset -c "$PROXY_CPUS" "$NGINX_BIN" -p "$TMP/" -e "$TMP/$tag.error.log" -c "$conf"
@@ -470,6 +494,8 @@ start_target() {
             render "$BENCH_DIR/haproxy.cfg.template" "$conf" \
                 WORKERS="$w" CPUS_LIST="${PROXY_CPUS//,/ }" \
                 LISTEN_PORT="$HAPROXY_PORT" BALANCE="$HAPROXY_LB" SERVERS="$(haproxy_servers)" \
+                BIND_SSL="$( ((TLS)) && echo "ssl crt $TLS_COMBINED alpn http/1.1 ssl-min-ver TLSv1.2")" \
+                PROTO="$( ((TLS)) && echo https || echo http)" \
                 PIDFILE="$TMP/haproxy.pid" TMPDIR="$TMP" \
                 SPLICE="$( ((HAPROXY_SPLICE)) && echo 'option splice-response')" \
                 MAXPIPES="$( ((HAPROXY_SPLICE)) && echo 'maxpipes 1024')"
@@ -500,11 +526,14 @@ load_cmd() { # load_cmd TARGET SECONDS [extra sg-load args...] -> LOAD (array)
     shift 2
     local threads
     threads=$(cpu_list_count "$LOAD_CPUS")
+    local scheme=http
+    ((TLS)) && scheme=https
     LOAD=(timeout --foreground --signal=TERM --kill-after=5 $((secs + 30))
         taskset -c "$LOAD_CPUS" "$BIN_DIR/sg-load"
-        --url "http://127.0.0.1:$(target_port "$target")$URL_PATH"
+        --url "$scheme://127.0.0.1:$(target_port "$target")$URL_PATH"
         -c "$CONNS" -d "$secs" --threads "$threads" --max-requests "$MAX_REQ")
     ((NEWCONN)) && LOAD+=(--new-conn)
+    ((RESUME)) && LOAD+=(--tls-resume)
     LOAD+=("$@")
 }
 
@@ -578,9 +607,13 @@ print("   %.0f req/s  p50 %.1f us  p99 %.1f us  errors %d  CPU us/req %s%s"
 PY
 }
 
-scenario_params() { # sets SIZE NEWCONN LB, and from LB: BACKEND_PORTS SG_LB NGINX_LB HAPROXY_LB
-    LB=""
+scenario_params() { # sets SIZE NEWCONN LB TLS RESUME, and from LB: BACKEND_PORTS SG_LB NGINX_LB HAPROXY_LB
+    LB="" TLS=0 RESUME=0
     case $1 in
+        tls-ka) SIZE=64 NEWCONN=0 TLS=1 ;;
+        tls-newconn) SIZE=64 NEWCONN=1 TLS=1 ;;
+        tls-resume) SIZE=64 NEWCONN=1 TLS=1 RESUME=1 ;;
+        tls-1m) SIZE=1048576 NEWCONN=0 TLS=1 ;;
         small-ka) SIZE=64 NEWCONN=0 ;;
         newconn) SIZE=64 NEWCONN=1 ;;
         16k) SIZE=16384 NEWCONN=0 ;;
@@ -679,6 +712,19 @@ if ((!DRY_RUN)); then
     # Proxies and load generator need many descriptors; raise the soft limit to the hard one.
     ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 fi
+# One certificate for every proxy in the tls-* scenarios.
+TLS_CERT="$TMP/tls.pem" TLS_KEY="$TMP/tls.key" TLS_COMBINED="$TMP/tls-combined.pem"
+if [[ " $SCENARIOS " == *" tls-"* ]]; then
+    command -v openssl >/dev/null || die "openssl is needed for the tls-* scenarios"
+    command -v curl >/dev/null || die "curl is needed for the tls-* scenarios"
+    # Made in dry runs too (into the temp dir), so the rendered configs can be checked.
+    cert=(openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost -keyout "$TLS_KEY" -out "$TLS_CERT")
+    show "${cert[@]}" | tee -a "$CMDLOG" >&2
+    "${cert[@]}" 2>/dev/null || die "openssl could not make the test certificate"
+    cat "$TLS_CERT" "$TLS_KEY" >"$TLS_COMBINED"
+    chmod 644 "$TLS_KEY" "$TLS_COMBINED"
+fi
 ((DRY_RUN)) || printf 'scenario\tworkers\tround\ttarget\tsize\tnewconn\tjson\tproxy_ticks\tbackend_ticks\tclk_tck\tproxy_cpus\tbackend_cpus\tload_cpus\tcontended\tbackend_ticks_each\n' >"$OUT/runs.tsv"
 
 {
@@ -730,6 +776,7 @@ for scen in $SCENARIOS; do
         fi
         for ((round = 1; round <= ROUNDS; round++)); do
             for target in $TARGETS; do
+                ((TLS)) && [[ $target == direct ]] && continue
                 measure "$scen" "$w" "$round" "$target" || true
             done
         done

@@ -6,8 +6,14 @@
 use crate::{new_histogram, Args, Shared, Target, ThreadResult};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use shardgate::http::chunked::ChunkedScanner;
 use shardgate::http::response::{Parsed, ResponseFraming, ResponseHead};
+use shardgate::net::io::read_more_timeout;
+use shardgate::net::stream::Stream;
+use shardgate::net::watchdog::{Watch, Watchdog};
+use shardgate::tls::stream::TlsConn;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -66,12 +72,18 @@ pub async fn run_thread(
         .rate
         .map(|r| Duration::from_secs_f64(args.connections as f64 / r.max(0.001)));
     let timeout = Duration::from_secs_f64(args.timeout);
+    let tls = target.tls.then(|| Tls::new(&args));
+    // The TLS layer bounds its I/O with watches; requests are bounded by `timeout` already,
+    // so the watchdog only prunes (it is ticked on each new connection).
+    let watchdog = Rc::new(Watchdog::default());
     let mut tasks = Vec::new();
     for i in conns {
         // Stagger open-loop schedules so connections do not fire in lockstep.
         let first_due = interval.map(|iv| start + iv.mul_f64(i as f64 / args.connections as f64));
         tasks.push(monoio::spawn(connection(
             target.clone(),
+            tls.clone(),
+            watchdog.clone(),
             first_due,
             interval,
             args.new_conn,
@@ -90,9 +102,41 @@ pub async fn run_thread(
         .into_inner()
 }
 
+/// This thread's TLS client: certificates not verified (the proxies' cost is measured, not
+/// the client's), sessions resumed only with `--tls-resume` (one cache per thread, so
+/// threads do not share its lock).
+#[derive(Clone)]
+pub struct Tls {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl Tls {
+    fn new(args: &Args) -> Tls {
+        let provider = Arc::new(shardgate::tls::provider());
+        let mut config = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("default versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(shardgate::tls::client::NoVerify(provider)))
+            .with_no_client_auth();
+        if !args.tls_resume {
+            config.resumption = rustls::client::Resumption::disabled();
+        }
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = ServerName::try_from(args.sni.clone()).expect("--sni must be a DNS name");
+        Tls {
+            config: Arc::new(config),
+            name,
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn connection(
     target: Target,
+    tls: Option<Tls>,
+    watchdog: Rc<Watchdog>,
     mut due: Option<Instant>,
     interval: Option<Duration>,
     new_conn: bool,
@@ -101,7 +145,8 @@ async fn connection(
     result: Rc<RefCell<ThreadResult>>,
     deadline: Instant,
 ) {
-    let mut stream: Option<TcpStream> = None;
+    let mut stream: Option<Stream> = None;
+    let watch = watchdog.watch();
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut head = ResponseHead::default();
     // Completed requests not yet added to the shared progress counter (batched: one atomic
@@ -125,9 +170,11 @@ async fn connection(
         }
         // Open loop: latency counts from when the request was due (coordinated omission).
         let began = due.unwrap_or_else(Instant::now);
-        let outcome =
-            monoio::time::timeout(timeout, exchange(&mut stream, &mut buf, &mut head, &target))
-                .await;
+        if stream.is_none() {
+            watchdog.tick();
+        }
+        let exchange = exchange(&mut stream, &mut buf, &mut head, &target, &tls, &watch);
+        let outcome = monoio::time::timeout(timeout, exchange).await;
         let mut r = result.borrow_mut();
         match outcome {
             Ok(Ok((keep, status))) => {
@@ -170,11 +217,16 @@ async fn connection(
     shared.requests.fetch_add(unreported, Ordering::Relaxed);
 }
 
-async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, Fail> {
+async fn fill(stream: &mut Stream, buf: &mut Vec<u8>, watch: &Watch) -> Result<usize, Fail> {
     let len = buf.len();
     if buf.capacity() - len < 16 * 1024 {
         buf.reserve(64 * 1024);
     }
+    let Stream::Plain(stream) = stream else {
+        return read_more_timeout(stream, buf, 16 * 1024, Duration::from_secs(3600), watch)
+            .await
+            .map_err(|_| Fail::Read);
+    };
     let (res, slice) = stream
         .read(monoio::buf::IoBufMut::slice_mut(std::mem::take(buf), len..))
         .await;
@@ -184,22 +236,41 @@ async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, Fail> 
 
 /// One request/response exchange. Returns (connection reusable, status).
 async fn exchange(
-    stream: &mut Option<TcpStream>,
+    stream: &mut Option<Stream>,
     buf: &mut Vec<u8>,
     head: &mut ResponseHead,
     target: &Target,
+    tls: &Option<Tls>,
+    watch: &Watch,
 ) -> Result<(bool, u16), Fail> {
+    let forever = Duration::from_secs(3600);
     if stream.is_none() {
         let s = TcpStream::connect_addr(target.addr)
             .await
             .map_err(|_| Fail::Connect)?;
         let _ = s.set_nodelay(true);
         buf.clear();
-        *stream = Some(s);
+        *stream = Some(match tls {
+            None => Stream::Plain(s),
+            Some(t) => {
+                let c = TlsConn::connect(s, t.config.clone(), t.name.clone(), forever, watch)
+                    .await
+                    .map_err(|_| Fail::Connect)?;
+                Stream::Tls(Box::new(c))
+            }
+        });
     }
     let s = stream.as_mut().expect("connected above");
-    let (res, _) = s.write_all(target.request).await;
-    res.map_err(|_| Fail::Write)?;
+    match s {
+        Stream::Plain(p) => {
+            let (res, _) = p.write_all(target.request).await;
+            res.map_err(|_| Fail::Write)?;
+        }
+        Stream::Tls(t) => t
+            .write(target.request, forever, watch)
+            .await
+            .map_err(|_| Fail::Write)?,
+    }
 
     loop {
         if !buf.is_empty() {
@@ -214,7 +285,7 @@ async fn exchange(
                 Err(_) => return Err(Fail::Protocol),
             }
         }
-        if fill(s, buf).await? == 0 {
+        if fill(s, buf, watch).await? == 0 {
             return Err(Fail::Protocol);
         }
     }
@@ -231,7 +302,7 @@ async fn exchange(
             if left == 0 {
                 break;
             }
-            if fill(s, buf).await? == 0 {
+            if fill(s, buf, watch).await? == 0 {
                 return Err(Fail::Protocol);
             }
         },
@@ -243,14 +314,14 @@ async fn exchange(
                 if scanner.is_done() {
                     break;
                 }
-                if fill(s, buf).await? == 0 {
+                if fill(s, buf, watch).await? == 0 {
                     return Err(Fail::Protocol);
                 }
             }
         }
         ResponseFraming::UntilClose => {
             buf.clear();
-            while fill(s, buf).await? > 0 {
+            while fill(s, buf, watch).await? > 0 {
                 buf.clear();
             }
             return Ok((false, status));

@@ -27,9 +27,15 @@ use std::time::{Duration, Instant};
     about = "HTTP/1.1 load generator with latency histograms"
 )]
 pub struct Args {
-    /// Target URL, e.g. http://127.0.0.1:9080/api (loopback addresses only).
+    /// Target URL, e.g. http://127.0.0.1:9080/api or https://... (loopback addresses only).
     #[arg(long)]
     url: String,
+    /// https: resume TLS sessions on new connections (default: a full handshake each time).
+    #[arg(long)]
+    tls_resume: bool,
+    /// https: the server name sent (SNI); certificates are not verified.
+    #[arg(long, default_value = "localhost")]
+    sni: String,
     /// Concurrent connections.
     #[arg(short = 'c', long, default_value_t = 64)]
     connections: usize,
@@ -78,15 +84,21 @@ pub struct Args {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub addr: SocketAddr,
+    /// Speak TLS (an https:// URL).
+    pub tls: bool,
     /// The request bytes, identical for every request.
     pub request: &'static [u8],
 }
 
 fn parse_target(args: &Args) -> Result<Target, String> {
-    let rest = args
-        .url
-        .strip_prefix("http://")
-        .ok_or("only http:// URLs are supported")?;
+    let (tls, rest) = match (
+        args.url.strip_prefix("http://"),
+        args.url.strip_prefix("https://"),
+    ) {
+        (Some(rest), _) => (false, rest),
+        (_, Some(rest)) => (true, rest),
+        _ => return Err("only http:// and https:// URLs are supported".into()),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -125,6 +137,7 @@ fn parse_target(args: &Args) -> Result<Target, String> {
     request.resize(request.len() + args.body_size.unwrap_or(0), b'x');
     Ok(Target {
         addr,
+        tls,
         request: Box::leak(request.into_boxed_slice()),
     })
 }

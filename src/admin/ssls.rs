@@ -81,7 +81,7 @@ fn pair(cert: &str, key: Option<&str>) -> Result<(), String> {
         .map_err(|e| format!("failed to parse key: {e}"))?;
     // Parses the certificate and the key, and checks that they belong together (APISIX
     // leaves that to the first handshake).
-    let provider = rustls::crypto::ring::default_provider();
+    let provider = crate::tls::provider();
     let signing = provider
         .key_provider
         .load_private_key(der)

@@ -222,8 +222,8 @@ pub fn run(path: PathBuf) -> i32 {
     };
 
     if !process.listen_tls.is_empty() && snapshot.tls.is_none() {
-        crate::warn!(
-            "gateway.listen_tls is set but no ssls object serves a certificate: TLS handshakes fail until one is added"
+        crate::info!(
+            "gateway.listen_tls: no ssls object serves a certificate yet; TLS handshakes fail until one is added"
         );
     }
     let listeners = match Listeners::bind(workers, &process.listen, &process.listen_tls) {

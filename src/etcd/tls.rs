@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 /// Builds the client configuration; errors name the field.
 pub fn client_config(tls: &EtcdTlsConfig) -> Result<Arc<ClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(crate::tls::provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("deployment.etcd.tls: {e}"))?;

@@ -15,6 +15,7 @@ use super::ctx::Outcome;
 use super::error::Abort;
 use super::response::read_body;
 use super::session::Conn;
+use std::net::SocketAddr;
 
 impl Conn {
     /// Sends the edited head and relays the body through the body filters.
@@ -22,6 +23,7 @@ impl Conn {
         &mut self,
         mut upc: UpstreamConn,
         up: &UpstreamSpec,
+        addr: SocketAddr,
         t: &Timeouts,
         outcome: Outcome,
     ) -> Outcome {
@@ -55,6 +57,7 @@ impl Conn {
             reusable,
             client_keep,
             up,
+            addr,
             relay.outcome,
         )
     }

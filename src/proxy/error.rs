@@ -41,7 +41,7 @@ pub(super) enum ProxyError {
     Invalid(&'static str),
     /// The TLS handshake with the node failed (its certificate did not verify, no common
     /// protocol, the node refused ours): nothing of the request was sent.
-    Tls(String),
+    Tls(Box<str>),
     /// Client side: the client closed or reset its connection (nginx's 499): nothing is
     /// answered, the upstream attempt is abandoned, the node is not blamed.
     ClientGone,

@@ -17,6 +17,7 @@ use super::ctx::Outcome;
 use super::error::Abort;
 use super::session::Conn;
 use super::COALESCE_LIMIT;
+use std::net::SocketAddr;
 
 /// Reads more of a response body; 0 at end of stream. A timeout or error ends the exchange.
 pub(super) async fn read_body(
@@ -36,6 +37,7 @@ impl Conn {
         &mut self,
         mut upc: UpstreamConn,
         up: &UpstreamSpec,
+        addr: SocketAddr,
         t: &Timeouts,
         mut outcome: Outcome,
     ) -> Outcome {
@@ -52,7 +54,7 @@ impl Conn {
         }
         let framing = self.req.resp.framing();
         if self.req.edits.response.body_changes() && framing != ResponseFraming::None {
-            return self.relay_changed(upc, up, t, outcome).await;
+            return self.relay_changed(upc, up, addr, t, outcome).await;
         }
         let http10 = self.req.head.minor_version == 0;
         let dechunk = http10 && framing == ResponseFraming::Chunked;
@@ -116,6 +118,7 @@ impl Conn {
                     upstream_reusable,
                     client_keep,
                     up,
+                    addr,
                     outcome,
                 );
             }
@@ -164,6 +167,7 @@ impl Conn {
             upstream_reusable,
             client_keep,
             up,
+            addr,
             outcome,
         )
     }
@@ -204,12 +208,13 @@ impl Conn {
         upstream_reusable: bool,
         client_keep: bool,
         up: &UpstreamSpec,
+        addr: SocketAddr,
         mut outcome: Outcome,
     ) -> Outcome {
         if ok && upstream_reusable {
             self.worker
                 .pool
-                .put(upc, &up.keepalive, self.worker.watchdog.now());
+                .put(addr, upc, &up.keepalive, self.worker.watchdog.now());
         } else {
             self.worker.pool.discard(upc);
         }

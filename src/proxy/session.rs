@@ -34,7 +34,8 @@ pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, entranc
     let watch = worker.watchdog.watch();
     let stream = match entrance.tls {
         false => Stream::Plain(tcp),
-        true => match handshake(&worker, tcp, peer, &watch).await {
+        // Boxed: the handshake's state stays out of every plain connection's task.
+        true => match Box::pin(handshake(&worker, tcp, peer, &watch)).await {
             Some(tls) => Stream::Tls(Box::new(tls)),
             None => return,
         },

@@ -11,8 +11,8 @@ use crate::net::stream::Stream;
 use crate::route::Route;
 use crate::tls::stream::{HandshakeError, TlsConn};
 use crate::upstream::balancer::{Balancer, PickContext};
-use crate::upstream::pool::PoolKey;
 use crate::upstream::pool::{Pool, UpstreamConn};
+use crate::upstream::pool::{PoolKey, TlsIdentity};
 use crate::upstream::tls::{sni_of, UpstreamTls};
 use crate::upstream::{HashOn, Node, Timeouts, UpstreamSpec};
 use crate::vars::VarSource;
@@ -122,21 +122,30 @@ pub(super) async fn connect(
     };
     let _ = tcp.set_nodelay(true);
     let Some((tls, sni)) = target.tls else {
-        return Ok(pool.attach(Stream::Plain(tcp), target.key, None));
+        return Ok(pool.attach(Stream::Plain(tcp), None));
     };
     let name = std::str::from_utf8(sni)
         .ok()
         .and_then(|s| ServerName::try_from(s).ok())
         .map(|n| n.to_owned())
         .ok_or_else(|| {
-            ProxyError::Tls(format!(
-                "cannot send \"{}\" as TLS server name",
-                String::from_utf8_lossy(sni)
-            ))
+            ProxyError::Tls(
+                format!(
+                    "cannot send \"{}\" as TLS server name",
+                    String::from_utf8_lossy(sni)
+                )
+                .into(),
+            )
         })?;
     let left = limit.saturating_sub(start.elapsed());
     match TlsConn::connect(tcp, tls.config.clone(), name, left, watch).await {
-        Ok(conn) => Ok(pool.attach(Stream::Tls(Box::new(conn)), target.key, Some(sni.into()))),
+        Ok(conn) => Ok(pool.attach(
+            Stream::Tls(Box::new(conn)),
+            Some(Box::new(TlsIdentity {
+                key: target.key.tls,
+                sni: sni.into(),
+            })),
+        )),
         Err(HandshakeError::Io(IoFail::Timeout)) => Err(ProxyError::ConnectTimeout),
         Err(e) => {
             // As nginx logs "upstream SSL certificate verify error": the reason is here.
@@ -145,7 +154,7 @@ pub(super) async fn connect(
                 target.addr,
                 String::from_utf8_lossy(sni)
             );
-            Err(ProxyError::Tls(e.to_string()))
+            Err(ProxyError::Tls(e.to_string().into()))
         }
     }
 }
@@ -355,7 +364,9 @@ impl Conn {
                     outcome.upstream_latency = rtt;
                     outcome.retries = retries_done;
                     outcome.consumed = body.end;
-                    let outcome = self.relay_response(upc, up, &timeouts, outcome).await;
+                    let outcome = self
+                        .relay_response(upc, up, node.addr, &timeouts, outcome)
+                        .await;
                     // An early answer's time includes the upload (or the send timeout): no
                     // latency sample for the balancer.
                     let sample = rtt.filter(|_| !self.req.early_answer);

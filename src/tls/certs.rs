@@ -46,7 +46,7 @@ impl CertStore {
         fallback: Option<&str>,
         mut profile_of: impl FnMut(usize, &SslConfig) -> Result<usize, ConfigError>,
     ) -> Result<CertStore, ConfigError> {
-        let provider = rustls::crypto::ring::default_provider();
+        let provider = crate::tls::provider();
         let mut store = CertStore {
             fallback: fallback.map(|f| f.to_ascii_lowercase()),
             ..CertStore::default()
@@ -242,7 +242,7 @@ pub(crate) mod tests {
         for c in CertificateDer::pem_file_iter(dir.join("ca.pem")).unwrap() {
             roots.add(c.unwrap()).unwrap();
         }
-        let mut provider = rustls::crypto::ring::default_provider();
+        let mut provider = crate::tls::provider();
         if rsa_only {
             let algs = &mut provider.signature_verification_algorithms;
             let rsa: Vec<_> = algs
@@ -310,13 +310,11 @@ pub(crate) mod tests {
         sni: Option<&str>,
         rsa_only: bool,
     ) -> Option<Vec<u8>> {
-        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_cert_resolver(store.clone());
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(crate::tls::provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(store.clone());
         handshake_with(&Arc::new(server), &client_config(dir, rsa_only), sni).0
     }
 

@@ -24,7 +24,7 @@ type Versions = Vec<&'static SupportedProtocolVersion>;
 fn ticketer() -> Option<Arc<dyn ProducesTickets>> {
     static TICKETER: OnceLock<Option<Arc<dyn ProducesTickets>>> = OnceLock::new();
     TICKETER
-        .get_or_init(|| match rustls::crypto::ring::Ticketer::new() {
+        .get_or_init(|| match crate::tls::ticketer() {
             Ok(t) => Some(t),
             Err(e) => {
                 crate::error!("TLS session tickets are off: {e}");
@@ -63,7 +63,7 @@ impl ServerTls {
         ssls: &[Arc<SslConfig>],
         fallback_sni: Option<&str>,
     ) -> Result<Option<ServerTls>, ConfigError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(crate::tls::provider());
         // Profiles other than the default, made while the table is built.
         let mut special: Vec<(Versions, Option<Arc<dyn ClientCertVerifier>>)> = Vec::new();
         let certs = CertStore::build(ssls, fallback_sni, |i, ssl| {

@@ -44,12 +44,18 @@ impl PoolKey {
     }
 }
 
+/// What a TLS connection was made for: its pool key part, and the name itself (compared on
+/// reuse: keys are hashes). Boxed in [`UpstreamConn`], which plain connections keep small.
+pub struct TlsIdentity {
+    pub key: u64,
+    pub sni: Box<[u8]>,
+}
+
 /// An open connection to a node and what it carries along.
 pub struct UpstreamConn {
     pub stream: Stream,
-    pub key: PoolKey,
-    /// The name a TLS connection was made for (compared on reuse: keys are hashes).
-    pub sni: Option<Box<[u8]>>,
+    /// Set on TLS connections.
+    pub tls: Option<Box<TlsIdentity>>,
     /// Bytes read but not yet consumed (len = filled). Empty with no capacity while idle.
     pub buf: Vec<u8>,
     /// Requests sent on this connection so far.
@@ -108,11 +114,10 @@ pub struct Pool {
 
 impl Pool {
     /// Wraps a freshly connected stream, with a buffer.
-    pub fn attach(&self, stream: Stream, key: PoolKey, sni: Option<Box<[u8]>>) -> UpstreamConn {
+    pub fn attach(&self, stream: Stream, tls: Option<Box<TlsIdentity>>) -> UpstreamConn {
         UpstreamConn {
             stream,
-            key,
-            sni,
+            tls,
             buf: self.small_buffer(),
             served: 0,
             reused: false,
@@ -130,7 +135,8 @@ impl Pool {
             // may have closed it, or sent bytes no request asked for (an extra response a few
             // milliseconds after a complete one), which would otherwise reach the next,
             // unrelated client as its answer. One recv(2) per reuse.
-            let same_name = entry.conn.sni.as_deref().unwrap_or_default() == sni;
+            // Plain connections (key.tls == 0) have no name to compare.
+            let same_name = key.tls == 0 || entry.conn.tls.as_ref().is_some_and(|t| *t.sni == *sni);
             if entry.expires > now && same_name && still_idle(&entry.conn.stream) {
                 drop(idle);
                 let mut conn = entry.conn;
@@ -144,7 +150,13 @@ impl Pool {
 
     /// Returns a connection after a cleanly finished exchange; closes it instead when the
     /// policy says so. Its buffer goes back to the buffer pool either way.
-    pub fn put(&self, mut conn: UpstreamConn, policy: &KeepalivePolicy, now: Instant) {
+    pub fn put(
+        &self,
+        addr: SocketAddr,
+        mut conn: UpstreamConn,
+        policy: &KeepalivePolicy,
+        now: Instant,
+    ) {
         let clean = conn.buf.is_empty();
         self.recycle(std::mem::take(&mut conn.buf));
         if !clean || conn.served >= policy.requests || policy.size == 0 {
@@ -152,7 +164,11 @@ impl Pool {
         }
         conn.reused = false;
         let mut idle = self.idle.borrow_mut();
-        let q = idle.entry(conn.key).or_default();
+        let key = PoolKey {
+            addr,
+            tls: conn.tls.as_ref().map_or(0, |t| t.key),
+        };
+        let q = idle.entry(key).or_default();
         while q.len() >= policy.size {
             q.pop_front();
         }

@@ -44,7 +44,7 @@ impl UpstreamTls {
         let default = UpstreamTlsConfig::default();
         let tls = tls.unwrap_or(&default);
         let field = |f: &str| format!("{name}.tls.{f}");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(crate::tls::provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| ConfigError::invalid(format!("{name}.tls"), e.to_string()))?;
@@ -194,7 +194,7 @@ pub fn current_roots() -> Arc<RootCertStore> {
 
 /// A client configuration for health probes: verifying against `roots`, or not at all.
 pub fn probe_config(verify: bool, roots: &Arc<RootCertStore>) -> Arc<ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(crate::tls::provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default versions");
