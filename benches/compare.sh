@@ -293,7 +293,8 @@ port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 http_ok() { # one GET over bash's /dev/tcp (curl for a TLS proxy); succeeds on a 200 status line
     if ((TLS)) && [[ $1 != "$BACKEND_PORT" && $1 != "$((BACKEND_PORT + 1))" && $1 != "$((BACKEND_PORT + 2))" ]]; then
-        [[ $(curl -sk -o /dev/null -w '%{http_code}' "https://127.0.0.1:$1$URL_PATH" 2>/dev/null) == 200 ]]
+        [[ $(curl -sk -o /dev/null -w '%{http_code}' --resolve "localhost:$1:127.0.0.1" \
+            "https://localhost:$1$URL_PATH" 2>/dev/null) == 200 ]]
         return
     fi
     (

@@ -4,7 +4,11 @@
 //!
 //! rustls does no I/O itself: ciphertext read from the socket goes into `rbuf` and is handed
 //! to rustls from there (`read_tls`), plaintext comes out of its reader; plaintext written
-//! is encrypted into rustls's send queue and copied out into `wbuf` for the socket. We keep
+//! is encrypted into rustls's send queue, which goes to the socket straight from there with
+//! non-blocking `writev(2)` calls (a wait for room is an io_uring poll), so no copy of the
+//! ciphertext is made in user space (on 1 MiB responses that copy was a tenth of the
+//! gateway's CPU). Reads stay io_uring reads: one operation per wait rather than a poll and
+//! a read. We keep
 //! the adapter here rather than use monoio-rustls so the session's facts (SNI, the client's
 //! certificate) stay reachable after the handshake, no byte pipelined behind the handshake
 //! is dropped, the handshake can pick its configuration from the ClientHello (client
@@ -27,8 +31,6 @@ use std::time::{Duration, Instant};
 const READ_SIZE: usize = 16 * 1024 + 512;
 /// A fatal `internal_error` alert record.
 const INTERNAL_ERROR_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 80];
-/// A write buffer larger than this is freed after the write rather than kept while idle.
-const KEEP_WBUF: usize = 20 * 1024;
 
 /// Why a handshake failed, for the log.
 #[derive(Debug)]
@@ -71,8 +73,6 @@ pub struct TlsConn {
     /// Ciphertext received and not yet handed to rustls: `rbuf[rpos..]`.
     rbuf: Vec<u8>,
     rpos: usize,
-    /// Ciphertext on its way to the socket.
-    wbuf: Vec<u8>,
     /// What the server side learnt at the handshake (empty on client connections).
     pub facts: Facts,
 }
@@ -101,12 +101,15 @@ pub struct Choice {
 
 impl TlsConn {
     fn new(tcp: TcpStream, conn: Connection, rbuf: Vec<u8>, rpos: usize) -> TlsConn {
+        // Writes go straight from rustls's queue with non-blocking writev(2) (see `flush`);
+        // io_uring's reads keep working on a non-blocking socket. (fcntl(2) does not fail on
+        // an open socket.)
+        let _ = crate::net::sockopt::set_nonblocking(&tcp);
         TlsConn {
             tcp,
             conn,
             rbuf,
             rpos,
-            wbuf: Vec::new(),
             facts: Facts::default(),
         }
     }
@@ -239,18 +242,23 @@ impl TlsConn {
         Ok(n)
     }
 
-    /// Sends everything rustls has queued.
+    /// Sends everything rustls has queued, by `deadline`.
     async fn flush(&mut self, deadline: Instant, watch: &Watch) -> Result<(), IoFail> {
+        let fd = self.tcp.as_raw_fd();
         while self.conn.wants_write() {
-            self.wbuf.clear();
-            while self.conn.wants_write() {
-                self.conn.write_tls(&mut self.wbuf).map_err(IoFail::Io)?;
+            match self.conn.write_tls(&mut FdWriter(fd)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    watch.arm_until(fd, Dir::Write, deadline);
+                    let ready = self.tcp.writable(false).await;
+                    if watch.disarm() {
+                        return Err(IoFail::Timeout);
+                    }
+                    ready.map_err(IoFail::Io)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(IoFail::Io(e)),
             }
-            let out = std::mem::take(&mut self.wbuf);
-            self.wbuf = send(&mut self.tcp, out, deadline, watch).await?;
-        }
-        if self.wbuf.capacity() > KEEP_WBUF {
-            self.wbuf = Vec::new();
         }
         Ok(())
     }
@@ -366,4 +374,27 @@ async fn send(
     }
     res.map_err(IoFail::Io)?;
     Ok(out)
+}
+
+/// `writev(2)` on a socket, for rustls to write its queued records to directly.
+struct FdWriter(std::os::fd::RawFd);
+
+impl Write for FdWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[io::IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let n = bufs.len().min(64) as libc::c_int;
+        // SAFETY: IoSlice is ABI-compatible with iovec; the slices outlive the call.
+        let r = unsafe { libc::writev(self.0, bufs.as_ptr().cast::<libc::iovec>(), n) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r as usize)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
