@@ -418,6 +418,13 @@ fn protocol_versions_per_certificate_and_bad_handshakes_block_nothing() {
 
     // Stalled handshakes (silent, or half a ClientHello) hold the only worker's attention
     // not at all, and are closed at ssl_handshake_timeout.
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", gw.child.id()))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(gw.get("/").text(), "b"); // the pooled upstream connection, there from now on
+    let fds_before = fds();
     let mut stalled = Vec::new();
     for i in 0..50 {
         let mut s = TcpStream::connect(tls_addr(tls_port)).unwrap();
@@ -473,6 +480,17 @@ fn protocol_versions_per_certificate_and_bad_handshakes_block_nothing() {
     );
     assert!(gw.wait_for_event(|e| e.contains("TLS handshake with") && e.contains("timed out")));
     assert_eq!(gw.get("/").text(), "b");
+    // Nothing kept: the gateway's descriptors are back to what they were.
+    drop(c);
+    let settle = Instant::now();
+    while fds() > fds_before && settle.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        fds() <= fds_before,
+        "{} descriptors, {fds_before} before",
+        fds()
+    );
 
     // Refused at validation, naming the field: a key type rustls does not take (ECDSA
     // P-521), TLS 1.1 alone, listen_tls garbage.
