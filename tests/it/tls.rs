@@ -275,6 +275,20 @@ fn client_certificates_are_required_verified_and_routed_on() {
     issue(&dir, "m", "/CN=m.test", Some("DNS:m.test"), "ca", false);
     issue(&dir, "client", "/O=Shard/CN=client", None, "ca", false);
     issue(&dir, "stranger", "/CN=stranger", None, "other", false);
+    issue(&dir, "d", "/CN=d.test", Some("DNS:d.test"), "ca", false);
+    // A client certificate two below the CA: issued by an intermediate, sent with it.
+    std::fs::write(
+        dir.join("inter.ext"),
+        "basicConstraints=critical,CA:true\nkeyUsage=critical,keyCertSign,cRLSign\n",
+    )
+    .unwrap();
+    openssl(&dir, "req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout inter.key -out inter.csr -subj /CN=intermediate");
+    openssl(&dir, "x509 -req -in inter.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out inter.pem -days 2 -extfile inter.ext");
+    issue(&dir, "deep", "/CN=deep", None, "inter", false);
+    let (deep, deep_key) = pair(&dir, "deep");
+    let (inter, _) = pair(&dir, "inter");
+    std::fs::write(dir.join("deepchain.pem"), format!("{deep}{inter}")).unwrap();
+    std::fs::write(dir.join("deepchain.key"), deep_key).unwrap();
     let ca = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
     let be = Backend::start(|s| {
         Reply::ok(&format!(
@@ -283,9 +297,10 @@ fn client_certificates_are_required_verified_and_routed_on() {
         ))
     });
     let tls_port = free_port();
+    let client_ca = |depth: u32| format!("client = {{ ca = '''{ca}''', depth = {depth} }}");
     let gw = Gateway::start_with(
         &format!(
-            "{}
+            "{}{}
 [[routes]]
 uri = \"/*\"
 upstream = {{ nodes = {{ \"{}\" = 1 }} }}
@@ -295,13 +310,8 @@ vars = [[\"ssl_client_s_dn\", \"==\", \"CN=client,O=Shard\"]]
 plugins.response-rewrite = {{ body = \"hello client\" }}
 upstream = {{ nodes = {{ \"{}\" = 1 }} }}
 ",
-            ssl(
-                &dir,
-                "m",
-                &["m.test"],
-                "m",
-                &format!("client = {{ ca = '''{ca}''' }}")
-            ),
+            ssl(&dir, "m", &["m.test"], "m", &client_ca(1)),
+            ssl(&dir, "d", &["d.test"], "d", &client_ca(2)),
             be.addr(),
             be.addr()
         ),
@@ -346,6 +356,20 @@ upstream = {{ nodes = {{ \"{}\" = 1 }} }}
     };
     assert!(refused);
     assert!(gw.wait_for_event(|e| e.contains("TLS handshake with") && e.contains("failed")));
+    // client.depth: the default (1) refuses a certificate two below the CA; depth 2 takes it.
+    let deep = |sni: &str| match Client::connect_tls(
+        tls_addr(tls_port),
+        client_config(&dir, Some("deepchain")),
+        Some(sni),
+    ) {
+        Err(_) => None,
+        Ok(mut c) => {
+            c.send("GET", "/other", &[], b"");
+            c.read_response(false).ok().map(|r| r.text())
+        }
+    };
+    assert_eq!(deep("m.test"), None);
+    assert_eq!(deep("d.test").as_deref(), Some("proto https"));
 }
 
 #[test]
