@@ -5,7 +5,8 @@
 //! Each target has one probe loop: probe, apply the result to the state machine, sleep
 //! `healthy.interval` or `unhealthy.interval` depending on the state, again. A probe is a TCP
 //! connect (`type = "tcp"`), or a connect plus `GET http_path` whose status line decides
-//! (`type = "http"`): a status in `healthy.http_statuses` is a success, one in
+//! (`type = "http"`, or `"https"` over TLS, the certificate verified when
+//! `https_verify_certificate`): a status in `healthy.http_statuses` is a success, one in
 //! `unhealthy.http_statuses` (or an unreadable answer) an HTTP failure, any other is ignored;
 //! a timeout counts as a timeout, a refused or reset connection as a TCP failure.
 

@@ -1,8 +1,9 @@
 //! The request path: everything between an accepted client connection and its close.
 //!
 //! A request's life, file by file:
-//! 1. `session.rs`: the connection's keep-alive loop reads a head (strict RFC 9112 rules in
-//!    `http/request.rs`); a malformed one is refused here and the connection closes.
+//! 1. `session.rs`: the TLS handshake on a TLS listener, then the connection's keep-alive
+//!    loop reads a head (strict RFC 9112 rules in `http/request.rs`); a malformed one is
+//!    refused here and the connection closes.
 //! 2. `phases.rs`: THE order of a request's phases, in one function: host and path, routing,
 //!    plugins (rewrite, access, before_proxy), proxying or an answer of the gateway's own, the
 //!    response phases, the access log.

@@ -1,7 +1,15 @@
-//! TLS towards clients (issue #11, in progress): the certificates served by SNI
-//! ([`certs`]), compiled from the `ssls` objects with every snapshot, and the rustls server
-//! configuration new handshakes use ([`server`]: one per snapshot, session tickets shared
-//! by all). The listener that terminates TLS with them is next.
+//! TLS, both directions, with rustls:
+//! - [`certs`]: the certificates served by SNI, compiled from the `ssls` objects with every
+//!   snapshot;
+//! - [`server`]: how a snapshot answers handshakes (one configuration per profile: default,
+//!   client certificates, protocol versions), session tickets shared by all;
+//! - [`stream`]: a TLS connection over a monoio TCP stream (the listener's handshakes, and
+//!   upstream ones), reads and writes bounded by the connection's watch;
+//! - [`client`]: what the gateway's TLS clients share (system CAs, `verify = false`);
+//! - [`validity`], [`dn`]: a certificate's validity period and subject, read from DER.
+//!
+//! Upstream TLS configurations (`scheme = "https"`) live with the upstreams
+//! (`upstream/tls.rs`).
 
 pub mod certs;
 pub mod client;
