@@ -7,6 +7,8 @@
 #    `shardgate check` when target/release/shardgate exists).
 # 1b. the same for the lb-* scenarios: three backends on the backend core, each proxy's
 #    balancing directive in its rendered config, and the one-backend configs left unchanged.
+# 1c. the tls-* scenarios: https load runs (resumed ones with --tls-resume), every proxy's
+#    config terminating TLS with the run's certificate, and no direct target.
 # 2. summarize.py on made-up results: medians, spread, ratios to nginx, CPU per request, and
 #    the lb-* notes (balancer stand-ins, split of backend CPU over the three backends).
 set -euo pipefail
@@ -134,6 +136,32 @@ if [[ -x ../target/release/shardgate ]]; then
     check "lb: shardgate check ran on each lb config (4)" \
         test "$(grep -c 'shardgate check -c .*/shardgate-lb-[a-z]*-w1.toml' "$L")" -eq 4
 fi
+
+# ---------------------------------------------------------------- 1c. dry run, tls-* scenarios
+mkdir -p "$WORK/tls"
+if TMPDIR=$WORK/tls ./compare.sh --dry-run --no-build --rounds 1 --duration 5 \
+    --scenarios tls-ka,tls-resume --workers 1 --out "$WORK/out-tls" \
+    >"$WORK/dry-tls.out" 2>"$WORK/dry-tls.err"; then
+    ok "tls dry run exits 0"
+else
+    nok "tls dry run exits 0"
+    cat "$WORK/dry-tls.err"
+fi
+T=$WORK/dry-tls.err
+tlsdir=$(sed -n 's/^== rendered configs are kept in //p' "$T" | sed 's/ for review$//')
+order=$(sed -n 's/^== tls-ka, workers=1, round 1\/1: //p' "$T" | tr '\n' ' ')
+check "tls: no direct target (got: $order)" test "$order" = "shardgate nginx haproxy "
+check "tls: 2 x 3 warm-up + measured load runs, all https://127.0.0.1:<port>/bench" \
+    bash -c "[[ \$(grep -c -- '/sg-load --url https://127\.0\.0\.1:[0-9]*/bench ' '$T') -eq 12 && \$(grep -c -- '/sg-load --url' '$T') -eq 12 ]]"
+check "tls: tls-resume runs make new connections and resume (6)" \
+    test "$(grep -c -- '--new-conn --tls-resume' "$T")" -eq 6
+check "tls: the certificate was made" test -s "$tlsdir/tls.pem"
+check "tls: shardgate listens for TLS with an ssls object" \
+    bash -c "grep -q '^listen_tls = \[\"127.0.0.1:18090\"\]' '$tlsdir/shardgate-w1.toml' && grep -q '^snis = \[\"localhost\"\]' '$tlsdir/shardgate-w1.toml'"
+check "tls: nginx listens with ssl and the certificate" \
+    bash -c "grep -q 'listen 127.0.0.1:18091 reuseport backlog=4096 ssl;' '$tlsdir'/nginx-tls-ka-w1-r1-nginx.conf && grep -q 'ssl_certificate $tlsdir/tls.pem;' '$tlsdir'/nginx-tls-ka-w1-r1-nginx.conf"
+check "tls: haproxy binds with ssl crt, X-Forwarded-Proto https" \
+    bash -c "grep -q 'bind 127.0.0.1:18092 ssl crt $tlsdir/tls-combined.pem' '$tlsdir'/haproxy-w1.cfg && grep -q 'X-Forwarded-Proto https' '$tlsdir'/haproxy-w1.cfg"
 
 # ---------------------------------------------------------------- 2. summarize.py
 S=$WORK/sum
