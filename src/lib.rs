@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod consumer;
 pub mod control;
 pub mod data_encryption;
 pub mod demo;

@@ -26,6 +26,7 @@ mod conf;
 pub mod cors;
 pub mod fault_injection;
 pub mod ip_restriction;
+pub mod key_auth;
 pub mod mocking;
 pub mod proxy_rewrite;
 pub mod real_ip;
@@ -148,6 +149,7 @@ plugins! {
     Cors(cors::Cors) = "cors",
     FaultInjection(fault_injection::FaultInjection) = "fault-injection",
     IpRestriction(ip_restriction::IpRestriction) = "ip-restriction",
+    KeyAuth(key_auth::KeyAuth) = "key-auth",
     Mocking(mocking::Mocking) = "mocking",
     ProxyRewrite(proxy_rewrite::ProxyRewrite) = "proxy-rewrite",
     RealIp(real_ip::RealIp) = "real-ip",
@@ -366,6 +368,8 @@ fn in_order(chains: [&Chain; 2], phase: PhaseSet) -> impl Iterator<Item = (usize
 
 /// What building a plugin may need from the snapshot being compiled.
 pub struct BuildCtx<'a> {
+    /// The snapshot's consumers, by credential (authentication plugins).
+    pub consumers: &'a std::sync::Arc<crate::consumer::Consumers>,
     /// Upstream ids to indices.
     pub upstream_ids: &'a std::collections::HashMap<String, usize>,
     /// Compiles an inline upstream (added to the snapshot's table) and returns its index.

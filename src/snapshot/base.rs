@@ -6,7 +6,7 @@
 use super::consumers;
 use super::plugins::build_plugins;
 use super::routes::{PluginConfigs, ServiceInfo, Services};
-use super::upstreams::{compile_upstream, UpstreamEnv};
+use super::upstreams::{compile_upstream, CompileEnv};
 use super::{check_id, lookup_upstream, object_name, Result, TlsSettings};
 use crate::config::ConfigError;
 use crate::dns::Names;
@@ -27,16 +27,23 @@ pub(super) struct Base {
     pub(super) tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
     /// The CAs trusted for upstream certificates (routes' inline upstreams use them too).
     pub(super) roots: std::sync::Arc<rustls::RootCertStore>,
+    /// The consumers by credential (routes' authentication plugins use them too).
+    pub(super) consumers: std::sync::Arc<crate::consumer::Consumers>,
 }
 
 impl Base {
     pub(super) fn compile(config: &Resources, names: &Names, tls: &TlsSettings) -> Result<Base> {
         let roots = crate::upstream::tls::roots(tls.trusted.as_deref())
             .map_err(|e| ConfigError::invalid("gateway.ssl_trusted_certificate", e))?;
-        let env = UpstreamEnv {
+        let consumers = std::sync::Arc::new(crate::consumer::Consumers::build(
+            &config.consumers,
+            &config.credentials,
+        )?);
+        let env = CompileEnv {
             names,
             ssls: &config.ssls,
             roots: &roots,
+            consumers: &consumers,
         };
         let mut upstreams: Vec<UpstreamSpec> = Vec::new();
         let mut upstream_ids: HashMap<String, usize> = HashMap::new();
@@ -171,6 +178,7 @@ impl Base {
         Ok(Base {
             tls,
             roots,
+            consumers,
             upstreams,
             upstream_ids,
             registry,

@@ -1,11 +1,12 @@
 //! Consumers and their credentials: checked and their plugins built, so an invalid one never
-//! reaches the data plane. Authentication plugins (issue #12) will look consumers up by
-//! credential; until then a consumer is stored and validated, and identifies no request.
+//! reaches the data plane. Their authentication plugins' configs (the credentials) are
+//! checked and indexed by `consumer::Consumers`; the other plugins are built here.
 
 use super::plugins::build_plugins;
-use super::upstreams::UpstreamEnv;
+use super::upstreams::CompileEnv;
 use super::{object_name, Result};
 use crate::config::{ConfigError, ConsumerConfig, CredentialConfig};
+use crate::consumer::AUTH_PLUGINS;
 use crate::plugin::Registry;
 use crate::upstream::UpstreamSpec;
 use std::collections::{HashMap, HashSet};
@@ -16,7 +17,7 @@ pub(super) fn check_consumers(
     consumers: &[Arc<ConsumerConfig>],
     credentials: &[Arc<CredentialConfig>],
     upstream_ids: &HashMap<String, usize>,
-    env: &UpstreamEnv<'_>,
+    env: &CompileEnv<'_>,
     upstreams: &mut Vec<UpstreamSpec>,
     registry: &mut Registry,
 ) -> Result<()> {
@@ -44,10 +45,17 @@ pub(super) fn check_consumers(
             ));
         }
         if let Some(plugins) = &c.plugins {
+            // Credentials (key-auth's `key`, ...) are the consumer index's; the rest are
+            // plugins the consumer's requests run.
+            let plugins: crate::config::Plugins = plugins
+                .iter()
+                .filter(|(p, _)| !AUTH_PLUGINS.contains(&p.as_str()))
+                .map(|(p, v)| (p.clone(), v.clone()))
+                .collect();
             build_plugins(
                 &name,
                 &format!("consumers/{}", c.username),
-                plugins,
+                &plugins,
                 upstream_ids,
                 env,
                 upstreams,
@@ -80,8 +88,7 @@ pub(super) fn check_consumers(
                     "expect object to have at most 1 properties",
                 ));
             }
-            if let Some(plugin) = plugins.keys().next() {
-                // No authentication plugin exists yet (issue #12).
+            if let Some(plugin) = plugins.keys().find(|p| !AUTH_PLUGINS.contains(&p.as_str())) {
                 return Err(ConfigError::invalid(
                     format!("{name}.plugins.{plugin}"),
                     "only supports auth type plugins in consumer credential",

@@ -155,10 +155,11 @@ impl Snapshot {
                             upstream_ids: &base.upstream_ids,
                             services: &base.services,
                             plugin_configs: &base.plugin_configs,
-                            env: &upstreams::UpstreamEnv {
+                            env: &upstreams::CompileEnv {
                                 names,
                                 ssls: &config.ssls,
                                 roots: &base.roots,
+                                consumers: &base.consumers,
                             },
                         },
                         &mut upstreams,

@@ -1,6 +1,6 @@
 //! Plugins on routes, services and global rules, built once per snapshot.
 
-use super::upstreams::{compile_upstream, UpstreamEnv};
+use super::upstreams::{compile_upstream, CompileEnv};
 use super::Result;
 use crate::config::Plugins;
 use crate::config::{ConfigError, UpstreamConfig};
@@ -16,7 +16,7 @@ pub(super) fn build_plugins(
     owner: &str,
     plugins: &Plugins,
     upstream_ids: &HashMap<String, usize>,
-    env: &UpstreamEnv<'_>,
+    env: &CompileEnv<'_>,
     upstreams: &mut Vec<UpstreamSpec>,
     registry: &mut Registry,
 ) -> Result<Vec<(String, Instance)>> {
@@ -30,6 +30,7 @@ pub(super) fn build_plugins(
                 Ok(upstreams.len() - 1)
             };
         let mut ctx = BuildCtx {
+            consumers: env.consumers,
             upstream_ids,
             add_upstream: &mut add_upstream,
             field: field.clone(),

@@ -18,7 +18,7 @@ pub(super) struct Referenced<'a> {
     pub(super) services: &'a Services,
     pub(super) plugin_configs: &'a PluginConfigs,
     /// What inline upstreams are compiled against.
-    pub(super) env: &'a super::upstreams::UpstreamEnv<'a>,
+    pub(super) env: &'a super::upstreams::CompileEnv<'a>,
 }
 
 /// Plugin configs by id: their plugins, built once and shared by the routes that name them.

@@ -92,21 +92,23 @@ pub(super) fn node(
     })
 }
 
-/// What an upstream is compiled against besides its own object.
-pub(super) struct UpstreamEnv<'a> {
+/// What upstreams and plugins are compiled against besides their own objects.
+pub(super) struct CompileEnv<'a> {
     /// Resolved node host names.
     pub(super) names: &'a Names,
     /// The `ssls` objects (`tls.client_cert_id`).
     pub(super) ssls: &'a [Arc<crate::config::SslConfig>],
     /// The CAs trusted for upstream certificates (`gateway.ssl_trusted_certificate`).
     pub(super) roots: &'a Arc<rustls::RootCertStore>,
+    /// The consumers by credential (authentication plugins).
+    pub(super) consumers: &'a Arc<crate::consumer::Consumers>,
 }
 
 pub(super) fn compile_upstream(
     name: &str,
     key: &str,
     u: &UpstreamConfig,
-    env: &UpstreamEnv<'_>,
+    env: &CompileEnv<'_>,
 ) -> Result<UpstreamSpec> {
     let names = env.names;
     let kind = match u.lb_type.as_str() {

@@ -6,6 +6,7 @@ mod harness;
 mod accepting;
 mod access_plugins;
 mod admin;
+mod auth;
 mod balancing;
 mod bodies;
 mod body_filters;

@@ -1,0 +1,226 @@
+//! Consumers and authentication through real sockets (issue #12, first slice: key-auth).
+
+use crate::harness::*;
+use std::net::SocketAddr;
+
+/// A request (path, headers) and what the upstream should see.
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+
+/// A backend answering with what identifies the consumer, as the upstream saw it.
+fn echo_identity() -> Backend {
+    Backend::start(|s| {
+        Reply::ok(&format!(
+            "user={} cred={} custom={} apikey={} target={}",
+            s.header("x-consumer-username").unwrap_or("-"),
+            s.header("x-credential-identifier").unwrap_or("-"),
+            s.header("x-consumer-custom-id").unwrap_or("-"),
+            s.header("apikey").unwrap_or("-"),
+            s.target
+        ))
+    })
+}
+
+fn routes(be: &Backend) -> String {
+    let up = format!("upstream = {{ nodes = {{ \"{}\" = 1 }} }}", be.addr());
+    format!(
+        "[[routes]]\nuri = \"/a\"\nplugins.key-auth = {{}}\n{up}\n\
+         [[routes]]\nuri = \"/hidden\"\nplugins.key-auth = {{ hide_credentials = true }}\n{up}\n\
+         [[routes]]\nuri = \"/q\"\nplugins.key-auth = {{ header = \"X-Key\", query = \"k\", hide_credentials = true }}\n{up}\n\
+         [[routes]]\nuri = \"/open\"\n{up}\n"
+    )
+}
+
+#[test]
+fn key_auth_identifies_consumers_and_refuses_the_rest_as_apisix_does() {
+    let be = echo_identity();
+    // A key from the environment ($env://), never written in the file.
+    std::env::set_var("SG_TEST_KEY_AUTH_JILL", "jill-secret");
+    let body = format!(
+        "{}
+[[consumers]]
+username = \"jack\"
+labels = {{ custom_id = \"c-77\" }}
+plugins.key-auth = {{ key = \"jack-key\" }}
+[[consumers]]
+username = \"jill\"
+[[credentials]]
+id = \"laptop\"
+consumer = \"jill\"
+plugins.key-auth = {{ key = \"$env://SG_TEST_KEY_AUTH_JILL\" }}
+",
+        routes(&be)
+    );
+    let gw = Gateway::start(&body);
+    let get = |path: &str, headers: &[(&str, &str)]| gw.client().request("GET", path, headers, b"");
+    let seen = |path: &str, headers: &[(&str, &str)]| get(path, headers).text();
+
+    // No key, a wrong key: 401 with APISIX's messages and challenge.
+    let r = get("/a", &[]);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["message"], "Missing API key in request");
+    assert_eq!(r.header("www-authenticate"), Some("apikey realm=\"key\""));
+    let r = get("/a", &[("apikey", "nope")]);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["message"], "Invalid API key in request");
+    // A key one character short of a real one gets the same answer.
+    let r = get("/a", &[("apikey", "jack-ke")]);
+    assert_eq!(
+        (r.status, r.json()["message"].as_str()),
+        (401, Some("Invalid API key in request"))
+    );
+
+    // The consumer's own key: identified; what the client claimed is replaced.
+    let r = get(
+        "/a",
+        &[
+            ("apikey", "jack-key"),
+            ("X-Consumer-Username", "admin"),
+            ("X-Credential-Identifier", "x"),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.text(),
+        "user=jack cred=- custom=c-77 apikey=jack-key target=/a"
+    );
+    // A credential's key (from the environment), by query argument; hide_credentials keeps
+    // the header or the query argument from the upstream; a route without key-auth passes
+    // the client's headers as they are.
+    let cases: [Case; 5] = [
+        (
+            "/a?apikey=jill-secret&x=1",
+            &[],
+            "user=jill cred=laptop custom=- apikey=- target=/a?apikey=jill-secret&x=1",
+        ),
+        (
+            "/hidden",
+            &[("apikey", "jack-key")],
+            "user=jack cred=- custom=c-77 apikey=- target=/hidden",
+        ),
+        (
+            "/q?a=1&k=jack-key&b=2",
+            &[],
+            "user=jack cred=- custom=c-77 apikey=- target=/q?a=1&b=2",
+        ),
+        (
+            "/q",
+            &[("X-Key", "jill-secret")],
+            "user=jill cred=laptop custom=- apikey=- target=/q",
+        ),
+        (
+            "/open",
+            &[("X-Consumer-Username", "anyone")],
+            "user=anyone cred=- custom=- apikey=- target=/open",
+        ),
+    ];
+    for (path, headers, want) in cases {
+        assert_eq!(seen(path, headers), want, "{path}");
+    }
+    // The secret from the environment is never logged.
+    assert!(!gw.events().contains("jill-secret"));
+}
+
+#[test]
+fn key_auth_credentials_are_checked_and_change_live_through_the_admin_api() {
+    let be = echo_identity();
+    let dir = temp_dir("auth-admin");
+    let port = free_port();
+    let gw = Gateway::start(&format!(
+        "{}\n[deployment]\nconfig_provider = \"store\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{port}\"\nadmin_key = \"auth-test\"\n",
+        routes(&be),
+        dir.display()
+    ));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let admin = |method: &str, path: &str, body: serde_json::Value| {
+        Client::connect(addr).request(
+            method,
+            path,
+            &[
+                ("X-API-KEY", "auth-test"),
+                ("Content-Type", "application/json"),
+            ],
+            body.to_string().as_bytes(),
+        )
+    };
+    let get = |key: &str| gw.client().request("GET", "/a", &[("apikey", key)], b"");
+    assert_eq!(get("k1").status, 401);
+    let put = |path: &str, body: serde_json::Value| {
+        let r = admin("PUT", path, body);
+        assert!(r.status == 200 || r.status == 201, "{}", r.text());
+    };
+    put(
+        "/apisix/admin/consumers",
+        serde_json::json!({"username": "ann", "plugins": {"key-auth": {"key": "k1"}}}),
+    );
+    assert_eq!(
+        get("k1").text(),
+        "user=ann cred=- custom=- apikey=k1 target=/a"
+    );
+    // A credential of ann's.
+    put(
+        "/apisix/admin/consumers/ann/credentials/phone",
+        serde_json::json!({"plugins": {"key-auth": {"key": "k2"}}}),
+    );
+    assert_eq!(
+        get("k2").text(),
+        "user=ann cred=phone custom=- apikey=k2 target=/a"
+    );
+    // Another consumer with a key already taken: refused, naming the owner; nothing changes.
+    let r = admin(
+        "PUT",
+        "/apisix/admin/consumers",
+        serde_json::json!({"username": "bob", "plugins": {"key-auth": {"key": "k2"}}}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    // (The message names the other holder of the key and the field where it was met again.)
+    assert!(
+        r.text().contains("duplicate key found with consumer"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        get("k2").text(),
+        "user=ann cred=phone custom=- apikey=k2 target=/a"
+    );
+    // A key-auth without its key, a non-auth plugin on a credential: refused.
+    let r = admin(
+        "PUT",
+        "/apisix/admin/consumers",
+        serde_json::json!({"username": "carl", "plugins": {"key-auth": {}}}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("key"), "{}", r.text());
+    let r = admin(
+        "PUT",
+        "/apisix/admin/consumers/ann/credentials/bad",
+        serde_json::json!({"plugins": {"cors": {}}}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("only supports auth type plugins"),
+        "{}",
+        r.text()
+    );
+    // Deleted: the key stops working at once.
+    let r = admin(
+        "DELETE",
+        "/apisix/admin/consumers/ann/credentials/phone",
+        serde_json::json!({}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get("k2").status, 401);
+    assert_eq!(get("k1").status, 200);
+    // A route's key-auth config is checked by its schema.
+    let r = admin(
+        "PUT",
+        "/apisix/admin/routes/x",
+        serde_json::json!({"uri": "/x", "plugins": {"key-auth": {"header": ""}},
+                           "upstream": {"nodes": {be.addr(): 1}}}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+}
