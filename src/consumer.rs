@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The authentication plugins a consumer or credential may configure.
-pub const AUTH_PLUGINS: &[&str] = &["key-auth"];
+pub const AUTH_PLUGINS: &[&str] = &["key-auth", "basic-auth"];
 
 /// Who a request authenticated as.
 #[derive(Debug)]
@@ -32,6 +32,8 @@ type Digest = [u8; 32];
 pub struct Consumers {
     /// `key-auth` keys.
     keys: HashMap<Digest, Arc<Identity>>,
+    /// `basic-auth` users: the password's digest and who it is.
+    users: HashMap<String, (Digest, Arc<Identity>)>,
 }
 
 fn digest(secret: &[u8]) -> Digest {
@@ -69,23 +71,22 @@ impl Consumers {
                 .and_then(|l| l.get("custom_id"))
                 .map(|s| s.as_str().into());
             names.insert(&c.username, (username.clone(), custom_id.clone()));
-            let Some(conf) = c.plugins.as_ref().and_then(|p| p.get("key-auth")) else {
-                continue;
-            };
             let name = ObjectName {
                 kind: "consumers",
                 index: i,
                 id: Some(&c.username),
             };
-            let identity = Identity {
+            let identity = Arc::new(Identity {
                 username,
                 credential: None,
                 custom_id,
-            };
-            index.add_key(&format!("{name}.plugins.key-auth"), conf, identity)?;
+            });
+            if let Some(plugins) = &c.plugins {
+                index.add(&name.to_string(), plugins, &identity)?;
+            }
         }
         for (i, cred) in credentials.iter().enumerate() {
-            let Some(conf) = cred.plugins.as_ref().and_then(|p| p.get("key-auth")) else {
+            let Some(plugins) = &cred.plugins else {
                 continue;
             };
             let (owner, id) = match (&cred.consumer, cred.id.split_once("/credentials/")) {
@@ -101,55 +102,48 @@ impl Consumers {
                 index: i,
                 id: Some(&cred.id),
             };
-            let identity = Identity {
+            let identity = Arc::new(Identity {
                 username: username.clone(),
                 credential: Some(id.into()),
                 custom_id: custom_id.clone(),
-            };
-            index.add_key(&format!("{name}.plugins.key-auth"), conf, identity)?;
+            });
+            index.add(&name.to_string(), plugins, &identity)?;
         }
         Ok(index)
     }
 
-    fn add_key(
+    /// Indexes the credentials among the plugins of object `name` (a consumer or a credential).
+    fn add(
         &mut self,
-        field: &str,
-        conf: &serde_json::Value,
-        identity: Identity,
+        name: &str,
+        plugins: &crate::config::Plugins,
+        identity: &Arc<Identity>,
     ) -> Result<(), ConfigError> {
-        let key = match conf.get("key") {
-            Some(serde_json::Value::String(k)) => k,
-            Some(_) => {
+        if let Some(conf) = plugins.get("key-auth") {
+            let field = format!("{name}.plugins.key-auth");
+            let [key] = fields(&field, conf, ["key"])?;
+            let key = secret(key, &format!("{field}.key"))?;
+            if let Some(taken) = self.keys.get(&digest(key.as_bytes())) {
                 return Err(ConfigError::invalid(
                     format!("{field}.key"),
-                    "wrong type: expected string",
-                ))
+                    format!("duplicate key found with consumer: {}", taken.username),
+                ));
             }
-            None => return Err(ConfigError::invalid(field, "property \"key\" is required")),
-        };
-        if let Some(other) = conf
-            .as_object()
-            .and_then(|o| o.keys().find(|k| *k != "key"))
-        {
-            return Err(ConfigError::invalid(
-                field,
-                format!("additional properties forbidden, found {other}"),
-            ));
+            self.keys.insert(digest(key.as_bytes()), identity.clone());
         }
-        let key = secret(key, &format!("{field}.key"))?;
-        if key.is_empty() {
-            return Err(ConfigError::invalid(
-                format!("{field}.key"),
-                "must not be empty",
-            ));
+        if let Some(conf) = plugins.get("basic-auth") {
+            let field = format!("{name}.plugins.basic-auth");
+            let [user, password] = fields(&field, conf, ["username", "password"])?;
+            let password = secret(password, &format!("{field}.password"))?;
+            if let Some((_, taken)) = self.users.get(user.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("{field}.username"),
+                    format!("duplicate username found with consumer: {}", taken.username),
+                ));
+            }
+            let entry = (digest(password.as_bytes()), identity.clone());
+            self.users.insert(user.clone(), entry);
         }
-        if let Some(taken) = self.keys.get(&digest(key.as_bytes())) {
-            return Err(ConfigError::invalid(
-                format!("{field}.key"),
-                format!("duplicate key found with consumer: {}", taken.username),
-            ));
-        }
-        self.keys.insert(digest(key.as_bytes()), Arc::new(identity));
         Ok(())
     }
 
@@ -157,4 +151,64 @@ impl Consumers {
     pub fn by_key(&self, key: &[u8]) -> Option<&Arc<Identity>> {
         self.keys.get(&digest(key))
     }
+
+    /// The consumer whose `basic-auth` user and password these are. An unknown user costs
+    /// the same digest and comparison as a wrong password, so the answer's time does not
+    /// tell a client which user names exist.
+    pub fn by_user(&self, user: &[u8], password: &[u8]) -> Option<&Arc<Identity>> {
+        let given = digest(password);
+        let entry = std::str::from_utf8(user)
+            .ok()
+            .and_then(|u| self.users.get(u));
+        let expected = entry.map_or([0u8; 32], |(d, _)| *d);
+        let same = given
+            .iter()
+            .zip(expected.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+        entry.filter(|_| same).map(|(_, who)| who)
+    }
+}
+
+/// The string fields `names` of a credential config, all required, no other field allowed;
+/// empty values refused. Errors in APISIX's words, naming the field.
+fn fields<'a, const N: usize>(
+    field: &str,
+    conf: &'a serde_json::Value,
+    names: [&str; N],
+) -> Result<[&'a String; N], ConfigError> {
+    let Some(object) = conf.as_object() else {
+        return Err(ConfigError::invalid(field, "wrong type: expected object"));
+    };
+    if let Some(other) = object.keys().find(|k| !names.contains(&k.as_str())) {
+        return Err(ConfigError::invalid(
+            field,
+            format!("additional properties forbidden, found {other}"),
+        ));
+    }
+    let mut out = Vec::with_capacity(N);
+    for n in names {
+        match object.get(n) {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => out.push(s),
+            Some(serde_json::Value::String(_)) => {
+                return Err(ConfigError::invalid(
+                    format!("{field}.{n}"),
+                    "must not be empty",
+                ))
+            }
+            Some(_) => {
+                return Err(ConfigError::invalid(
+                    format!("{field}.{n}"),
+                    "wrong type: expected string",
+                ))
+            }
+            None => {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("property \"{n}\" is required"),
+                ))
+            }
+        }
+    }
+    Ok(out.try_into().expect("one per name"))
 }

@@ -55,20 +55,8 @@ impl KeyAuth {
         if c.header.is_empty() || c.query.is_empty() {
             return Err("header and query must not be empty".into());
         }
-        let answer = |message: &str| {
-            let body = serde_json::json!({ "message": message }).to_string();
-            Answer::new(
-                401,
-                vec![
-                    ("Content-Type".into(), "application/json".into()),
-                    (
-                        "WWW-Authenticate".into(),
-                        format!("apikey realm=\"{}\"", c.realm),
-                    ),
-                ],
-                body.into_bytes(),
-            )
-        };
+        let challenge = format!("apikey realm=\"{}\"", c.realm);
+        let answer = |message: &str| super::auth::unauthorized(&challenge, message);
         Ok(KeyAuth {
             consumers: ctx.consumers.clone(),
             header_var: Var::Http(c.header.to_ascii_lowercase().replace('-', "_")),
@@ -122,16 +110,7 @@ impl Phases for KeyAuth {
             return Flow::Respond(self.invalid.clone());
         };
         let _ = ctx.consumer.set(who.username.to_string());
-        let headers = &mut ctx.request.headers;
-        headers.set("X-Consumer-Username", &who.username);
-        match &who.credential {
-            Some(id) => headers.set("X-Credential-Identifier", id),
-            None => headers.remove("X-Credential-Identifier"),
-        }
-        match &who.custom_id {
-            Some(id) => headers.set("X-Consumer-Custom-ID", id),
-            None => headers.remove("X-Consumer-Custom-ID"),
-        }
+        super::auth::send_identity(&mut ctx.request.headers, who);
         if self.hide_credentials {
             if from_header {
                 ctx.request.headers.remove(&self.header);

@@ -22,6 +22,8 @@
 //! same state object to the new snapshot.
 
 mod api;
+mod auth;
+pub mod basic_auth;
 mod conf;
 pub mod cors;
 pub mod fault_injection;
@@ -146,6 +148,7 @@ macro_rules! plugins {
 }
 
 plugins! {
+    BasicAuth(basic_auth::BasicAuth) = "basic-auth",
     Cors(cors::Cors) = "cors",
     FaultInjection(fault_injection::FaultInjection) = "fault-injection",
     IpRestriction(ip_restriction::IpRestriction) = "ip-restriction",

@@ -224,3 +224,77 @@ fn key_auth_credentials_are_checked_and_change_live_through_the_admin_api() {
     );
     assert_eq!(r.status, 400, "{}", r.text());
 }
+
+#[test]
+fn basic_auth_checks_user_and_password_and_answers_alike_for_unknown_users() {
+    use base64::Engine;
+    let be = Backend::start(|s| {
+        Reply::ok(&format!(
+            "user={} auth={}",
+            s.header("x-consumer-username").unwrap_or("-"),
+            s.header("authorization").unwrap_or("-"),
+        ))
+    });
+    let up = format!("upstream = {{ nodes = {{ \"{}\" = 1 }} }}", be.addr());
+    let gw = Gateway::start(&format!(
+        "[[routes]]\nuri = \"/b\"\nplugins.basic-auth = {{}}\n{up}\n\
+         [[routes]]\nuri = \"/hidden\"\nplugins.basic-auth = {{ hide_credentials = true }}\n{up}\n\
+         [[consumers]]\nusername = \"jack\"\nplugins.basic-auth = {{ username = \"jack\", password = \"p:w x\" }}\n"
+    ));
+    let basic = |pair: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
+    };
+    let get = |path: &str, auth: Option<&str>| {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+        gw.client().request("GET", path, &headers, b"")
+    };
+    let refused = |auth: Option<&str>| {
+        let r = get("/b", auth);
+        assert_eq!(r.status, 401, "{auth:?}");
+        assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"basic\""));
+        r.json()["message"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(refused(None), "Missing authorization in request");
+    assert_eq!(
+        refused(Some("Bearer abc")),
+        "Invalid authorization in request"
+    );
+    assert_eq!(
+        refused(Some("Basic !!!")),
+        "Invalid authorization in request"
+    );
+    // An unknown user and a known user's wrong password get the same answer.
+    assert_eq!(
+        refused(Some(&basic("nobody:p:w x"))),
+        "Invalid user authorization"
+    );
+    assert_eq!(
+        refused(Some(&basic("jack:p:w"))),
+        "Invalid user authorization"
+    );
+    // The password is everything after the first colon, spaces and colons included.
+    let good = basic("jack:p:w x");
+    let r = get("/b", Some(&good));
+    assert_eq!(r.text(), format!("user=jack auth={good}"));
+    let r = get("/hidden", Some(&good.replace("Basic", "basic")));
+    assert_eq!(r.text(), "user=jack auth=-");
+    // Two credentials for one user name: refused, naming the holder.
+    let (ok, err) = check_config(
+        "[[consumers]]\nusername = \"a\"\nplugins.basic-auth = { username = \"u\", password = \"1\" }\n\
+         [[consumers]]\nusername = \"b\"\nplugins.basic-auth = { username = \"u\", password = \"2\" }\n",
+    );
+    assert!(
+        !ok && err.contains("duplicate username found with consumer: a"),
+        "{err}"
+    );
+    let (ok, err) = check_config(
+        "[[consumers]]\nusername = \"a\"\nplugins.basic-auth = { username = \"u\" }\n",
+    );
+    assert!(
+        !ok && err.contains("plugins.basic-auth") && err.contains("password"),
+        "{err}"
+    );
+}
