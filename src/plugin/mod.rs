@@ -25,6 +25,7 @@ mod api;
 mod auth;
 pub mod basic_auth;
 mod conf;
+pub mod consumer_restriction;
 pub mod cors;
 pub mod fault_injection;
 pub mod ip_restriction;
@@ -149,6 +150,7 @@ macro_rules! plugins {
 
 plugins! {
     BasicAuth(basic_auth::BasicAuth) = "basic-auth",
+    ConsumerRestriction(consumer_restriction::ConsumerRestriction) = "consumer-restriction",
     Cors(cors::Cors) = "cors",
     FaultInjection(fault_injection::FaultInjection) = "fault-injection",
     IpRestriction(ip_restriction::IpRestriction) = "ip-restriction",

@@ -298,3 +298,64 @@ fn basic_auth_checks_user_and_password_and_answers_alike_for_unknown_users() {
         "{err}"
     );
 }
+
+#[test]
+fn consumer_restriction_lets_listed_consumers_and_methods_through() {
+    let be = Backend::named("ok");
+    let up = format!("upstream = {{ nodes = {{ \"{}\" = 1 }} }}", be.addr());
+    let route = |uri: &str, restriction: &str, auth: bool| {
+        let auth = if auth { "plugins.key-auth = {}\n" } else { "" };
+        format!("[[routes]]\nuri = \"{uri}\"\n{auth}plugins.consumer-restriction = {restriction}\n{up}\n")
+    };
+    let mut body = [
+        route("/wl", "{ whitelist = [\"jack\"] }", true),
+        route(
+            "/bl",
+            "{ blacklist = [\"jill\"], rejected_code = 401, rejected_msg = \"go away\" }",
+            true,
+        ),
+        route(
+            "/m",
+            "{ allowed_by_methods = [{ user = \"jill\", methods = [\"GET\"] }] }",
+            true,
+        ),
+        route("/anon", "{ whitelist = [\"jack\"] }", false),
+    ]
+    .concat();
+    for user in ["jack", "jill", "joe"] {
+        body.push_str(&format!(
+            "[[consumers]]\nusername = \"{user}\"\nplugins.key-auth = {{ key = \"{user}-key\" }}\n"
+        ));
+    }
+    let gw = Gateway::start(&body);
+    let call = |method: &str, path: &str, user: &str| {
+        let key = format!("{user}-key");
+        let r = gw.client().request(method, path, &[("apikey", &key)], b"");
+        let msg = match r.status {
+            200 => String::new(),
+            _ => r.json()["message"].as_str().unwrap_or_default().to_string(),
+        };
+        (r.status, msg)
+    };
+    let forbidden = (403, "The consumer_name is forbidden.".to_string());
+    assert_eq!(call("GET", "/wl", "jack").0, 200);
+    assert_eq!(call("GET", "/wl", "jill"), forbidden);
+    assert_eq!(call("GET", "/bl", "jill"), (401, "go away".into()));
+    assert_eq!(call("GET", "/bl", "joe").0, 200);
+    assert_eq!(call("GET", "/m", "jill").0, 200);
+    assert_eq!(call("POST", "/m", "jill"), forbidden);
+    assert_eq!(call("POST", "/m", "joe").0, 200);
+    // No authentication plugin named anyone.
+    let r = gw.client().request("GET", "/anon", &[], b"");
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.json()["message"],
+        "The request is rejected, please check the consumer_name for this request"
+    );
+    let (ok, err) = check_config(&route(
+        "/x",
+        "{ type = \"route_id\", whitelist = [\"1\"] }",
+        false,
+    ));
+    assert!(!ok && err.contains("not supported yet"), "{err}");
+}
