@@ -122,14 +122,14 @@ impl Consumers {
         if let Some(conf) = plugins.get("key-auth") {
             let field = format!("{name}.plugins.key-auth");
             let [key] = fields(&field, conf, ["key"])?;
-            let key = secret(key, &format!("{field}.key"))?;
-            if let Some(taken) = self.keys.get(&digest(key.as_bytes())) {
+            let key = digest(secret(key, &format!("{field}.key"))?.as_bytes());
+            if let Some(taken) = self.keys.get(&key) {
                 return Err(ConfigError::invalid(
                     format!("{field}.key"),
                     format!("duplicate key found with consumer: {}", taken.username),
                 ));
             }
-            self.keys.insert(digest(key.as_bytes()), identity.clone());
+            self.keys.insert(key, identity.clone());
         }
         if let Some(conf) = plugins.get("basic-auth") {
             let field = format!("{name}.plugins.basic-auth");

@@ -113,12 +113,8 @@ pub struct Tls {
 
 impl Tls {
     fn new(args: &Args) -> Tls {
-        let provider = Arc::new(shardgate::tls::provider());
-        let mut config = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .expect("default versions")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(shardgate::tls::client::NoVerify(provider)))
+        let mut config = shardgate::tls::client::builder(None)
+            .expect("the provider supports the default protocol versions")
             .with_no_client_auth();
         if !args.tls_resume {
             config.resumption = rustls::client::Resumption::disabled();

@@ -3,7 +3,7 @@
 //! bundle), an optional client certificate, and `verify = false` for test clusters only.
 
 use crate::config::EtcdTlsConfig;
-use crate::tls::client::{certs, NoVerify, SYSTEM_CAS};
+use crate::tls::client::{certs, SYSTEM_CAS};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::{ClientConfig, RootCertStore};
@@ -11,11 +11,7 @@ use std::sync::Arc;
 
 /// Builds the client configuration; errors name the field.
 pub fn client_config(tls: &EtcdTlsConfig) -> Result<Arc<ClientConfig>, String> {
-    let provider = Arc::new(crate::tls::provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("deployment.etcd.tls: {e}"))?;
-    let builder = if tls.verify {
+    let roots = if tls.verify {
         let (field, path) = match &tls.ca {
             Some(p) => ("deployment.etcd.tls.ca", p.as_str()),
             None => (
@@ -29,12 +25,12 @@ pub fn client_config(tls: &EtcdTlsConfig) -> Result<Arc<ClientConfig>, String> {
                 .add(cert)
                 .map_err(|e| format!("{field}: {path}: {e}"))?;
         }
-        builder.with_root_certificates(roots)
+        Some(Arc::new(roots))
     } else {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+        None
     };
+    let builder =
+        crate::tls::client::builder(roots).map_err(|e| format!("deployment.etcd.tls: {e}"))?;
     let config = match (&tls.cert, &tls.key) {
         (Some(cert), Some(key)) => {
             let chain = certs("deployment.etcd.tls.cert", cert)?;

@@ -22,7 +22,6 @@ use crate::tls::stream::TlsConn;
 use crossbeam_queue::SegQueue;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
-use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -217,10 +216,7 @@ async fn probe_handshake(
     watch: &Watch,
 ) -> Result<TlsConn, String> {
     let host = crate::upstream::tls::sni_of(t.host_header.as_bytes());
-    let name = std::str::from_utf8(host)
-        .ok()
-        .and_then(|h| ServerName::try_from(h).ok())
-        .map(|n| n.to_owned())
+    let name = crate::tls::client::server_name(host)
         .ok_or_else(|| format!("cannot send {:?} as TLS server name", t.host_header))?;
     TlsConn::connect(tcp, probe_tls(t.checks.active.verify), name, limit, watch)
         .await

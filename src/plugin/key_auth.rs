@@ -52,9 +52,6 @@ pub struct KeyAuth {
 impl KeyAuth {
     pub fn build(conf: &serde_json::Value, ctx: &mut BuildCtx<'_>) -> Result<Self, String> {
         let c: Config = serde_json::from_value(conf.clone()).map_err(|e| e.to_string())?;
-        if c.header.is_empty() || c.query.is_empty() {
-            return Err("header and query must not be empty".into());
-        }
         let challenge = format!("apikey realm=\"{}\"", c.realm);
         let answer = |message: &str| super::auth::unauthorized(&challenge, message);
         Ok(KeyAuth {

@@ -18,7 +18,6 @@ use crate::upstream::{HashOn, Node, Timeouts, UpstreamSpec};
 use crate::vars::VarSource;
 use crate::worker::state::Local;
 use monoio::net::TcpStream;
-use rustls::pki_types::ServerName;
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -124,19 +123,15 @@ pub(super) async fn connect(
     let Some((tls, sni)) = target.tls else {
         return Ok(pool.attach(Stream::Plain(tcp), None));
     };
-    let name = std::str::from_utf8(sni)
-        .ok()
-        .and_then(|s| ServerName::try_from(s).ok())
-        .map(|n| n.to_owned())
-        .ok_or_else(|| {
-            ProxyError::Tls(
-                format!(
-                    "cannot send \"{}\" as TLS server name",
-                    String::from_utf8_lossy(sni)
-                )
-                .into(),
+    let name = crate::tls::client::server_name(sni).ok_or_else(|| {
+        ProxyError::Tls(
+            format!(
+                "cannot send \"{}\" as TLS server name",
+                String::from_utf8_lossy(sni)
             )
-        })?;
+            .into(),
+        )
+    })?;
     let left = limit.saturating_sub(start.elapsed());
     match TlsConn::connect(tcp, tls.config.clone(), name, left, watch).await {
         Ok(conn) => Ok(pool.attach(

@@ -2,10 +2,11 @@
 //! CA bundle, reading PEM certificate files, and the verifier behind `verify = false`.
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WantsClientCert;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::{ClientConfig, ConfigBuilder, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::sync::Arc;
 
 /// Where Debian keeps the system's CAs (package ca-certificates).
@@ -21,6 +22,29 @@ pub fn certs(field: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, St
         return Err(format!("{field}: {path}: no PEM certificate in it"));
     }
     Ok(certs)
+}
+
+/// A client configuration builder with the gateway's crypto provider, checking servers'
+/// certificates against `roots`, or with None taking any (`verify = false`).
+pub fn builder(
+    roots: Option<Arc<RootCertStore>>,
+) -> Result<ConfigBuilder<ClientConfig, WantsClientCert>, rustls::Error> {
+    let provider = Arc::new(super::provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    Ok(match roots {
+        Some(roots) => builder.with_root_certificates(roots),
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider))),
+    })
+}
+
+/// `name` as a name to send as SNI and verify (a DNS name, or an IP address: verified,
+/// never sent).
+pub fn server_name(name: &[u8]) -> Option<ServerName<'static>> {
+    let name = std::str::from_utf8(name).ok()?;
+    ServerName::try_from(name).ok().map(|n| n.to_owned())
 }
 
 /// `verify = false`: any certificate is taken (the handshake's signatures are still checked).

@@ -15,7 +15,7 @@
 //!   cores: a lock taken per new upstream connection, never per request).
 
 use crate::config::{ConfigError, SslConfig, UpstreamTlsConfig};
-use crate::tls::client::{certs, NoVerify, SYSTEM_CAS};
+use crate::tls::client::{self, certs, SYSTEM_CAS};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
@@ -44,17 +44,8 @@ impl UpstreamTls {
         let default = UpstreamTlsConfig::default();
         let tls = tls.unwrap_or(&default);
         let field = |f: &str| format!("{name}.tls.{f}");
-        let provider = Arc::new(crate::tls::provider());
-        let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
+        let builder = client::builder(tls.verify.then(|| roots.clone()))
             .map_err(|e| ConfigError::invalid(format!("{name}.tls"), e.to_string()))?;
-        let builder = if tls.verify {
-            builder.with_root_certificates(roots.clone())
-        } else {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-        };
         let mut identity = std::collections::hash_map::DefaultHasher::new();
         tls.verify.hash(&mut identity);
         let pair = match (&tls.client_cert_id, &tls.client_cert, &tls.client_key) {
@@ -194,17 +185,9 @@ pub fn current_roots() -> Arc<RootCertStore> {
 
 /// A client configuration for health probes: verifying against `roots`, or not at all.
 pub fn probe_config(verify: bool, roots: &Arc<RootCertStore>) -> Arc<ClientConfig> {
-    let provider = Arc::new(crate::tls::provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default versions");
-    let builder = match verify {
-        true => builder.with_root_certificates(roots.clone()),
-        false => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider))),
-    };
-    let mut config = builder.with_no_client_auth();
+    let mut config = client::builder(verify.then(|| roots.clone()))
+        .expect("the provider supports the default protocol versions")
+        .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
 }
