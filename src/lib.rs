@@ -21,6 +21,7 @@ pub mod etcd;
 pub mod fold_hash;
 pub mod health;
 pub mod http;
+pub mod limit;
 pub mod log;
 pub mod net;
 pub mod plugin;

@@ -125,13 +125,19 @@ impl Template {
     /// Appends the text with each variable's value (missing ones as empty) to `out`.
     /// Returns whether any variable had a value.
     pub fn render(&self, vars: &dyn VarSource, out: &mut Vec<u8>) -> bool {
+        self.for_each_piece(vars, |piece| out.extend_from_slice(piece))
+    }
+
+    /// Hands the rendered text to `piece` in pieces (a hasher, a buffer), without building
+    /// it. Returns whether any variable had a value.
+    pub fn for_each_piece(&self, vars: &dyn VarSource, mut piece: impl FnMut(&[u8])) -> bool {
         let mut any = false;
         for part in &self.parts {
             match part {
-                TemplatePart::Literal(s) => out.extend_from_slice(s.as_bytes()),
+                TemplatePart::Literal(s) => piece(s.as_bytes()),
                 TemplatePart::Var(v) => {
                     if let Some(value) = vars.var(v) {
-                        out.extend_from_slice(value);
+                        piece(value);
                         any = true;
                     }
                 }

@@ -30,6 +30,10 @@ pub mod cors;
 pub mod fault_injection;
 pub mod ip_restriction;
 pub mod key_auth;
+pub mod limit_conn;
+pub mod limit_count;
+pub mod limit_req;
+mod limiting;
 pub mod mocking;
 pub mod proxy_rewrite;
 pub mod real_ip;
@@ -155,6 +159,9 @@ plugins! {
     FaultInjection(fault_injection::FaultInjection) = "fault-injection",
     IpRestriction(ip_restriction::IpRestriction) = "ip-restriction",
     KeyAuth(key_auth::KeyAuth) = "key-auth",
+    LimitConn(limit_conn::LimitConn) = "limit-conn",
+    LimitCount(limit_count::LimitCount) = "limit-count",
+    LimitReq(limit_req::LimitReq) = "limit-req",
     Mocking(mocking::Mocking) = "mocking",
     ProxyRewrite(proxy_rewrite::ProxyRewrite) = "proxy-rewrite",
     RealIp(real_ip::RealIp) = "real-ip",
@@ -380,6 +387,9 @@ pub struct BuildCtx<'a> {
     /// Compiles an inline upstream (added to the snapshot's table) and returns its index.
     pub add_upstream:
         &'a mut dyn FnMut(&str, &crate::config::UpstreamConfig) -> Result<usize, String>,
+    /// The object the plugin is configured on (`routes/ID`, `services/ID`,
+    /// `global_rules/ID`): names state shared across snapshots and cores (rate limits).
+    pub owner: String,
     /// Where the plugin's config sits, for error messages (`routes[0] (id "r").plugins`).
     pub field: String,
 }

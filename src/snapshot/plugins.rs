@@ -33,6 +33,7 @@ pub(super) fn build_plugins(
             consumers: env.consumers,
             upstream_ids,
             add_upstream: &mut add_upstream,
+            owner: owner.to_string(),
             field: field.clone(),
         };
         let built = plugin::build(plugin, conf, &mut ctx).map_err(|e| {

@@ -19,6 +19,7 @@ mod headers;
 mod health;
 mod health_apisix;
 mod lifecycle;
+mod limits;
 mod loadgen;
 mod malformed;
 mod memory;

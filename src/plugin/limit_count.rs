@@ -1,0 +1,179 @@
+//! `limit-count` (APISIX priority 1002, access phase): at most `count` requests per
+//! `time_window` seconds for each key (`key_type` + `key`, default the client address). The
+//! window starts at a key's first request. Over the limit: `rejected_code` (503) with
+//! `{"error_msg": rejected_msg}` when set. `show_limit_quota_header` (default on) adds
+//! `X-RateLimit-Limit`, `-Remaining` and `-Reset` (seconds to the window's end) to passed
+//! and refused responses.
+//!
+//! Counters: `policy = "local"` keeps them in memory shared by every core (`limit/`): exact
+//! for the whole gateway. `redis` and `redis-cluster` keep them in Redis (`limit/redis/`):
+//! exact for every gateway sharing it. Counters belong to the route (or service, global
+//! rule) and its configuration: changing the plugin's configuration starts them afresh, as in
+//! APISIX; routes with the same `group` share them.
+
+use super::limiting::Common;
+use super::{Answer, BuildCtx, CoreState, Flow, PhaseSet, Phases, RequestCtx};
+use crate::limit::amount::Amount;
+use crate::limit::key::LimitKey;
+use crate::limit::table::{self, Table};
+use crate::limit::window::{Verdict, Window};
+use serde::Deserialize;
+use std::cell::RefCell;
+use std::fmt::Write;
+use std::sync::Arc;
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+struct Config {
+    count: serde_json::Value,
+    time_window: serde_json::Value,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default = "yes")]
+    show_limit_quota_header: bool,
+    #[serde(flatten)]
+    common: Common,
+}
+
+pub struct LimitCount {
+    count: Amount,
+    time_window: Amount,
+    key: LimitKey,
+    rejection: Answer,
+    show_headers: bool,
+    allow_degradation: bool,
+    counters: Arc<Table<Window>>,
+}
+
+impl LimitCount {
+    pub fn build(conf: &serde_json::Value, ctx: &mut BuildCtx<'_>) -> Result<Self, String> {
+        let c: Config = serde_json::from_value(conf.clone()).map_err(|e| e.to_string())?;
+        c.common.local_only()?;
+        // The counters' identity: the group's, or this owner's with this configuration.
+        let id = match &c.group {
+            Some(group) => format!("limit-count/group/{group}:{conf}"),
+            None => format!("limit-count/{}:{conf}", ctx.owner),
+        };
+        Ok(LimitCount {
+            count: Amount::parse(&c.count, "count", false)?,
+            time_window: Amount::parse(&c.time_window, "time_window", false)?,
+            key: c.common.limit_key()?,
+            rejection: c.common.rejection(),
+            show_headers: c.show_limit_quota_header,
+            allow_degradation: c.common.allow_degradation,
+            counters: table::shared(&id, || Table::new(())),
+        })
+    }
+
+    /// The refusal: `rejected_code`, the quota headers, `rejected_msg` if set.
+    fn refuse(&self, limit: u64, reset: Option<u64>) -> Flow {
+        let mut headers = Vec::new();
+        if self.show_headers {
+            headers.push(("X-RateLimit-Limit".to_string(), limit.to_string()));
+            headers.push(("X-RateLimit-Remaining".to_string(), "0".to_string()));
+            let mut value = String::new();
+            write_reset(&mut value, reset.unwrap_or(0), None);
+            headers.push(("X-RateLimit-Reset".to_string(), value));
+        }
+        let mut answer = self.rejection.clone();
+        answer.headers.extend(headers);
+        Flow::Respond(answer)
+    }
+
+    /// A counter that cannot be consulted: let through with `allow_degradation`, else 500.
+    fn degrade(&self) -> Flow {
+        match self.allow_degradation {
+            true => Flow::Continue,
+            false => Flow::Respond(Answer::error(500, "failed to limit count")),
+        }
+    }
+}
+
+/// Writes `X-RateLimit-Reset`: the whole window when this request opened it, else the time
+/// left floored to hundredths of a second, printed as APISIX (Lua) prints numbers.
+fn write_reset(out: &mut String, reset_ms: u64, opened: Option<u64>) {
+    if let Some(window) = opened {
+        let _ = write!(out, "{window}");
+        return;
+    }
+    let centis = reset_ms / 10;
+    let (whole, frac) = (centis / 100, centis % 100);
+    let _ = match frac {
+        0 => write!(out, "{whole}"),
+        f if f % 10 == 0 => write!(out, "{whole}.{}", f / 10),
+        f => write!(out, "{whole}.{f:02}"),
+    };
+}
+
+impl Phases for LimitCount {
+    fn name(&self) -> &'static str {
+        "limit-count"
+    }
+
+    fn priority(&self) -> i32 {
+        1002
+    }
+
+    fn uses(&self) -> PhaseSet {
+        PhaseSet::ACCESS
+    }
+
+    fn access(&self, ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
+        let (Some(limit), Some(window)) = (
+            self.count.resolve(ctx.vars),
+            self.time_window.resolve(ctx.vars),
+        ) else {
+            return self.degrade();
+        };
+        let key = self.key.digest(ctx.vars, self.counters.hasher());
+        let now = crate::limit::now_ms();
+        let window_ms = window.saturating_mul(1000);
+        let verdict = self
+            .counters
+            .update(key, |w| w.take(now, window_ms, limit, 1));
+        match verdict {
+            Ok(Verdict::Pass {
+                remaining,
+                reset_ms,
+                first,
+            }) => {
+                if self.show_headers {
+                    let headers = &mut ctx.response.headers;
+                    headers.set_with("X-RateLimit-Limit", |o| {
+                        let _ = write!(o, "{limit}");
+                    });
+                    headers.set_with("X-RateLimit-Remaining", |o| {
+                        let _ = write!(o, "{remaining}");
+                    });
+                    headers.set_with("X-RateLimit-Reset", |o| {
+                        write_reset(o, reset_ms, first.then_some(window))
+                    });
+                }
+                Flow::Continue
+            }
+            Ok(Verdict::Reject { reset_ms }) => self.refuse(limit, Some(reset_ms)),
+            // A table at its key bound: a new key is refused as over its limit.
+            Err(table::Full) => self.refuse(limit, None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reset_prints_as_apisix() {
+        let show = |ms, opened| {
+            let mut s = String::new();
+            super::write_reset(&mut s, ms, opened);
+            s
+        };
+        assert_eq!(show(60_000, Some(60)), "60");
+        assert_eq!(show(59_994, None), "59.99");
+        assert_eq!(show(1_500, None), "1.5");
+        assert_eq!(show(2_000, None), "2");
+        assert_eq!(show(5, None), "0");
+    }
+}
