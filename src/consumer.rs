@@ -45,7 +45,7 @@ fn digest(secret: &[u8]) -> Digest {
 
 /// A secret as configured: encrypted with the data_encryption keyring (as APISIX stores
 /// `key-auth.key`) or in clear; `$env://NAME` reads it from the environment.
-fn secret(value: &str, field: &str) -> Result<String, ConfigError> {
+pub(crate) fn secret(value: &str, field: &str) -> Result<String, ConfigError> {
     if let Some(var) = value.strip_prefix("$env://") {
         return std::env::var(var).map_err(|_| {
             ConfigError::invalid(field, format!("environment variable {var} is not set"))

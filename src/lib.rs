@@ -26,6 +26,7 @@ pub mod log;
 pub mod net;
 pub mod plugin;
 pub mod proxy;
+pub mod redis;
 pub mod resources;
 pub mod route;
 pub mod schema;

@@ -6,6 +6,9 @@
 # - etcd (Debian's etcd-server, with etcdctl from etcd-client): one server for the run on
 #   loopback ports, named to the tests in SHARDGATE_TEST_ETCD (tests that kill or secure a
 #   cluster start private ones with the same binary);
+# - Redis (Debian's redis-server, with redis-cli from redis-tools): one standalone server and
+#   one 3-master Redis Cluster for the run, named in SHARDGATE_TEST_REDIS and
+#   SHARDGATE_TEST_REDIS_CLUSTER (tests that kill or pause Redis start private servers);
 # - the openssl command, which makes the TLS tests' certificates and is one of their
 #   clients (s_client), and curl, another.
 # Backends are started by the tests themselves, and the comparison script's self-test skips
@@ -15,7 +18,8 @@ cd "$(dirname "$0")/.."
 
 # What the tests run besides the gateway: command -> Debian package.
 missing=()
-for need in etcd:etcd-server etcdctl:etcd-client openssl:openssl curl:curl; do
+for need in etcd:etcd-server etcdctl:etcd-client redis-server:redis-server redis-cli:redis-tools \
+    openssl:openssl curl:curl; do
     command -v "${need%%:*}" >/dev/null || missing+=("${need#*:}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -29,8 +33,11 @@ fi
 log=$(mktemp)
 etcd_dir=$(mktemp -d)
 etcd_pid=""
+redis_pids=()
 cleanup() {
-    if [ -n "$etcd_pid" ]; then kill "$etcd_pid" 2>/dev/null || true; wait "$etcd_pid" 2>/dev/null || true; fi
+    for pid in $etcd_pid "${redis_pids[@]}"; do
+        kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+    done
     rm -rf "$log" "$etcd_dir"
 }
 trap cleanup EXIT
@@ -50,6 +57,35 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 export SHARDGATE_TEST_ETCD="http://127.0.0.1:$etcd_client"
+
+# The run's Redis: a standalone server on 16379 and a cluster of three masters on
+# 16380-16382 (ports outside free_port()'s range too), no persistence.
+start_redis() { # port [extra args...]
+    local port=$1; shift
+    mkdir -p "$etcd_dir/redis-$port"
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+        --dir "$etcd_dir/redis-$port" "$@" >"$etcd_dir/redis-$port.log" 2>&1 &
+    redis_pids+=($!)
+    for _ in $(seq 1 100); do
+        if [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ]; then return 0; fi
+        sleep 0.05
+    done
+    echo "redis-server on $port did not start:"; cat "$etcd_dir/redis-$port.log"; exit 1
+}
+start_redis 16379
+cluster_nodes=()
+for port in 16380 16381 16382; do
+    start_redis "$port" --cluster-enabled yes --cluster-config-file "$etcd_dir/redis-$port/nodes.conf"
+    cluster_nodes+=("127.0.0.1:$port")
+done
+redis-cli --cluster create "${cluster_nodes[@]}" --cluster-replicas 0 --cluster-yes >"$etcd_dir/cluster.log" 2>&1 \
+    || { echo "redis cluster create failed:"; cat "$etcd_dir/cluster.log"; exit 1; }
+for _ in $(seq 1 100); do
+    if redis-cli -p 16380 cluster info | grep -q 'cluster_state:ok'; then break; fi
+    sleep 0.1
+done
+export SHARDGATE_TEST_REDIS="127.0.0.1:16379"
+export SHARDGATE_TEST_REDIS_CLUSTER="$(IFS=,; echo "${cluster_nodes[*]}")"
 
 # One build profile for everything (release: the tests push 256 MiB through the gateway).
 status=0

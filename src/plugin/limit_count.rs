@@ -12,11 +12,13 @@
 //! APISIX; routes with the same `group` share them.
 
 use super::limiting::Common;
-use super::{Answer, BuildCtx, CoreState, Flow, PhaseSet, Phases, RequestCtx};
+use super::limiting::{RedisConfig, RedisSpec};
+use super::{Answer, BuildCtx, CoreState, Flow, Phase, PhaseSet, Phases, RequestCtx};
 use crate::limit::amount::Amount;
 use crate::limit::key::LimitKey;
 use crate::limit::table::{self, Table};
 use crate::limit::window::{Verdict, Window};
+use crate::redis::{Reply, Script, Target};
 use serde::Deserialize;
 use std::cell::RefCell;
 use std::fmt::Write;
@@ -36,6 +38,30 @@ struct Config {
     show_limit_quota_header: bool,
     #[serde(flatten)]
     common: Common,
+    #[serde(flatten)]
+    redis: RedisConfig,
+}
+
+/// Where the counters are.
+enum Counters {
+    /// In this gateway's memory, shared by its cores.
+    Local(Arc<Table<Window>>),
+    /// In Redis, under `prefix` + the key's text.
+    Redis { spec: RedisSpec, prefix: String },
+}
+
+/// APISIX's fixed-window script: count `ARGV[3]` for `KEYS[1]`, opening a window of
+/// `ARGV[2]` seconds on its first request; returns the count and the ms left.
+const SCRIPT: &str = "local ttl = redis.call('pttl', KEYS[1])
+if ttl < 0 then
+    redis.call('set', KEYS[1], ARGV[3], 'EX', ARGV[2])
+    return {ARGV[3], ARGV[2] * 1000}
+end
+return {redis.call('incrby', KEYS[1], ARGV[3]), ttl}";
+
+fn script() -> &'static Script {
+    static SCRIPT_DIGEST: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+    SCRIPT_DIGEST.get_or_init(|| Script::new(SCRIPT))
 }
 
 pub struct LimitCount {
@@ -45,17 +71,25 @@ pub struct LimitCount {
     rejection: Answer,
     show_headers: bool,
     allow_degradation: bool,
-    counters: Arc<Table<Window>>,
+    counters: Counters,
 }
 
 impl LimitCount {
     pub fn build(conf: &serde_json::Value, ctx: &mut BuildCtx<'_>) -> Result<Self, String> {
         let c: Config = serde_json::from_value(conf.clone()).map_err(|e| e.to_string())?;
-        c.common.local_only()?;
         // The counters' identity: the group's, or this owner's with this configuration.
         let id = match &c.group {
-            Some(group) => format!("limit-count/group/{group}:{conf}"),
-            None => format!("limit-count/{}:{conf}", ctx.owner),
+            Some(group) => format!("group/{group}"),
+            None => format!("{}/{}", ctx.owner, conf_digest(conf)),
+        };
+        let counters = match RedisSpec::build(&c.common.policy, &c.redis)? {
+            None => Counters::Local(table::shared(&format!("limit-count/{id}:{conf}"), || {
+                Table::new(())
+            })),
+            Some(spec) => Counters::Redis {
+                spec,
+                prefix: format!("plugin-limit-count:{id}:"),
+            },
         };
         Ok(LimitCount {
             count: Amount::parse(&c.count, "count", false)?,
@@ -64,7 +98,7 @@ impl LimitCount {
             rejection: c.common.rejection(),
             show_headers: c.show_limit_quota_header,
             allow_degradation: c.common.allow_degradation,
-            counters: table::shared(&id, || Table::new(())),
+            counters,
         })
     }
 
@@ -90,6 +124,13 @@ impl LimitCount {
             false => Flow::Respond(Answer::error(500, "failed to limit count")),
         }
     }
+}
+
+/// A short digest of a plugin configuration (the same text on every gateway sharing a
+/// Redis, so they share counters).
+fn conf_digest(conf: &serde_json::Value) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, conf.to_string().as_bytes());
+    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes `X-RateLimit-Reset`: the whole window when this request opened it, else the time
@@ -118,28 +159,97 @@ impl Phases for LimitCount {
     }
 
     fn uses(&self) -> PhaseSet {
-        PhaseSet::ACCESS
+        match self.counters {
+            Counters::Local(_) => PhaseSet::ACCESS,
+            Counters::Redis { .. } => PhaseSet::ACCESS.with(PhaseSet::AWAITS),
+        }
+    }
+
+    fn core_state(&self) -> CoreState {
+        match &self.counters {
+            Counters::Local(_) => Box::new(()),
+            Counters::Redis { spec, .. } => Box::new(spec.target()),
+        }
     }
 
     fn access(&self, ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
-        let (Some(limit), Some(window)) = (
-            self.count.resolve(ctx.vars),
-            self.time_window.resolve(ctx.vars),
-        ) else {
+        let Counters::Local(table) = &self.counters else {
+            return Flow::Continue; // not called: Redis counters wait (request_phase)
+        };
+        let Some((limit, window)) = self.amounts(ctx) else {
             return self.degrade();
         };
-        let key = self.key.digest(ctx.vars, self.counters.hasher());
+        let key = self.key.digest(ctx.vars, table.hasher());
         let now = crate::limit::now_ms();
         let window_ms = window.saturating_mul(1000);
-        let verdict = self
-            .counters
-            .update(key, |w| w.take(now, window_ms, limit, 1));
+        match table.update(key, |w| w.take(now, window_ms, limit, 1)) {
+            Ok(verdict) => self.apply(ctx, verdict, limit, window),
+            // A table at its key bound: a new key is refused as over its limit.
+            Err(table::Full) => self.refuse(limit, None),
+        }
+    }
+
+    async fn request_phase(
+        &self,
+        phase: Phase,
+        ctx: &mut RequestCtx<'_>,
+        state: &RefCell<CoreState>,
+    ) -> Flow {
+        let (Phase::Access, Counters::Redis { prefix, .. }) = (phase, &self.counters) else {
+            return Flow::Continue;
+        };
+        let Some((limit, window)) = self.amounts(ctx) else {
+            return self.degrade();
+        };
+        let Some(target) = state.borrow().downcast_ref::<Target>().cloned() else {
+            return self.degrade();
+        };
+        let mut key = prefix.as_bytes().to_vec();
+        self.key
+            .write(ctx.vars, |piece| key.extend_from_slice(piece));
+        let (limit_text, window_text) = (limit.to_string(), window.to_string());
+        let args: [&[u8]; 3] = [limit_text.as_bytes(), window_text.as_bytes(), b"1"];
+        let reply = Box::pin(target.eval(script(), &key, &args)).await;
+        let counted = match &reply {
+            Ok(Reply::Array(Some(items))) => match (items.first(), items.get(1)) {
+                (Some(used), Some(ttl)) => used.int().zip(ttl.int()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some((used, ttl_ms)) = counted else {
+            return self.degrade();
+        };
+        let reset_ms = ttl_ms.max(0) as u64;
+        let verdict = match used.max(0) as u64 {
+            used if used > limit => Verdict::Reject { reset_ms },
+            used => Verdict::Pass {
+                remaining: limit - used,
+                reset_ms,
+                first: false,
+            },
+        };
+        self.apply(ctx, verdict, limit, window)
+    }
+}
+
+impl LimitCount {
+    /// This request's `count` and `time_window`.
+    fn amounts(&self, ctx: &RequestCtx<'_>) -> Option<(u64, u64)> {
+        Some((
+            self.count.resolve(ctx.vars)?,
+            self.time_window.resolve(ctx.vars)?,
+        ))
+    }
+
+    /// Lets the request through with the quota headers, or refuses it.
+    fn apply(&self, ctx: &mut RequestCtx<'_>, verdict: Verdict, limit: u64, window: u64) -> Flow {
         match verdict {
-            Ok(Verdict::Pass {
+            Verdict::Pass {
                 remaining,
                 reset_ms,
                 first,
-            }) => {
+            } => {
                 if self.show_headers {
                     let headers = &mut ctx.response.headers;
                     headers.set_with("X-RateLimit-Limit", |o| {
@@ -154,9 +264,7 @@ impl Phases for LimitCount {
                 }
                 Flow::Continue
             }
-            Ok(Verdict::Reject { reset_ms }) => self.refuse(limit, Some(reset_ms)),
-            // A table at its key bound: a new key is refused as over its limit.
-            Err(table::Full) => self.refuse(limit, None),
+            Verdict::Reject { reset_ms } => self.refuse(limit, Some(reset_ms)),
         }
     }
 }

@@ -3,7 +3,10 @@
 
 use super::{Answer, Flow};
 use crate::limit::key::LimitKey;
+use crate::redis::cluster::resolve;
+use crate::redis::{Endpoint, Target};
 use serde::Deserialize;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 fn remote_addr() -> String {
@@ -55,6 +58,90 @@ impl Common {
         let code = self.rejected_code;
         let msg = self.rejected_msg.as_deref();
         Answer::error(code, msg.unwrap_or(crate::http::reason_phrase(code)))
+    }
+}
+
+fn port_6379() -> u16 {
+    6379
+}
+fn ms_1000() -> u64 {
+    1000
+}
+
+/// Where a `redis` or `redis-cluster` policy keeps its counters (APISIX's field names).
+#[derive(Deserialize)]
+pub(super) struct RedisConfig {
+    #[serde(default)]
+    redis_host: Option<String>,
+    #[serde(default = "port_6379")]
+    redis_port: u16,
+    #[serde(default)]
+    redis_username: Option<String>,
+    #[serde(default)]
+    redis_password: Option<String>,
+    #[serde(default)]
+    redis_database: u32,
+    #[serde(default = "ms_1000")]
+    redis_timeout: u64,
+    #[serde(default)]
+    redis_cluster_nodes: Vec<String>,
+}
+
+/// A Redis policy, resolved: what each core connects to.
+pub(super) enum RedisSpec {
+    Single(Endpoint),
+    Cluster(Vec<SocketAddr>, Endpoint),
+}
+
+impl RedisSpec {
+    /// The Redis a `policy` names (`None` for `local`); errors name the field.
+    pub fn build(policy: &str, c: &RedisConfig) -> Result<Option<RedisSpec>, String> {
+        let password = match &c.redis_password {
+            Some(p) => {
+                Some(crate::consumer::secret(p, "redis_password").map_err(|e| e.to_string())?)
+            }
+            None => None,
+        };
+        let endpoint = |addr| Endpoint {
+            addr,
+            username: c.redis_username.clone(),
+            password: password.clone(),
+            database: c.redis_database,
+            timeout: Duration::from_millis(c.redis_timeout),
+        };
+        match policy {
+            "local" => Ok(None),
+            "redis" => {
+                let host = c.redis_host.as_deref().ok_or("redis_host: required")?;
+                let hostport = match host.contains(':') && !host.starts_with('[') {
+                    true => format!("[{host}]:{}", c.redis_port),
+                    false => format!("{host}:{}", c.redis_port),
+                };
+                let addr = resolve(&hostport).map_err(|e| format!("redis_host: {e}"))?;
+                Ok(Some(RedisSpec::Single(endpoint(addr))))
+            }
+            "redis-cluster" => {
+                let seeds = c
+                    .redis_cluster_nodes
+                    .iter()
+                    .map(|n| resolve(n).map_err(|e| format!("redis_cluster_nodes: {e}")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let first = *seeds.first().ok_or("redis_cluster_nodes: required")?;
+                let mut template = endpoint(first);
+                template.database = 0;
+                Ok(Some(RedisSpec::Cluster(seeds, template)))
+            }
+            other => Err(format!("policy \"{other}\" is not supported")),
+        }
+    }
+
+    /// This core's way to it (one connection per server per core, shared by every plugin
+    /// instance naming it).
+    pub fn target(&self) -> Target {
+        match self {
+            RedisSpec::Single(e) => Target::Single(crate::redis::single(e)),
+            RedisSpec::Cluster(seeds, e) => Target::Cluster(crate::redis::cluster(seeds, e)),
+        }
     }
 }
 

@@ -20,6 +20,7 @@ mod health;
 mod health_apisix;
 mod lifecycle;
 mod limits;
+mod limits_redis;
 mod loadgen;
 mod malformed;
 mod memory;
