@@ -65,21 +65,6 @@ impl KeyAuth {
             hide_credentials: c.hide_credentials,
         })
     }
-
-    /// The request target without query argument `self.query`.
-    fn target_without_key(&self, target: &str) -> String {
-        let Some((path, query)) = target.split_once('?') else {
-            return target.to_string();
-        };
-        let kept: Vec<&str> = query
-            .split('&')
-            .filter(|pair| pair.split('=').next() != Some(self.query.as_str()))
-            .collect();
-        match kept.is_empty() {
-            true => path.to_string(),
-            false => format!("{path}?{}", kept.join("&")),
-        }
-    }
 }
 
 impl Phases for KeyAuth {
@@ -112,14 +97,7 @@ impl Phases for KeyAuth {
             if from_header {
                 ctx.request.headers.remove(&self.header);
             } else {
-                let target = match &ctx.request.uri {
-                    Some(uri) => uri.clone(),
-                    None => {
-                        let raw = ctx.vars.var(&Var::RequestUri).unwrap_or(b"/");
-                        String::from_utf8_lossy(raw).into_owned()
-                    }
-                };
-                ctx.request.uri = Some(self.target_without_key(&target));
+                super::auth::hide_query_arg(ctx, &self.query);
             }
         }
         Flow::Continue

@@ -29,6 +29,7 @@ pub mod consumer_restriction;
 pub mod cors;
 pub mod fault_injection;
 pub mod ip_restriction;
+pub mod jwt_auth;
 pub mod key_auth;
 pub mod limit_conn;
 pub mod limit_count;
@@ -158,6 +159,7 @@ plugins! {
     Cors(cors::Cors) = "cors",
     FaultInjection(fault_injection::FaultInjection) = "fault-injection",
     IpRestriction(ip_restriction::IpRestriction) = "ip-restriction",
+    JwtAuth(jwt_auth::JwtAuth) = "jwt-auth",
     KeyAuth(key_auth::KeyAuth) = "key-auth",
     LimitConn(limit_conn::LimitConn) = "limit-conn",
     LimitCount(limit_count::LimitCount) = "limit-count",

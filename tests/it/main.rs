@@ -18,6 +18,7 @@ mod failures;
 mod headers;
 mod health;
 mod health_apisix;
+mod jwt;
 mod lifecycle;
 mod limits;
 mod limits_redis;

@@ -7,12 +7,14 @@
 //! lookup compares digests, never the secret's bytes, so its time tells a client nothing
 //! about how much of a key it guessed (and the index holds no secret in clear).
 
+pub mod jwt;
+
 use crate::config::{ConfigError, ConsumerConfig, CredentialConfig, ObjectName};
 use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The authentication plugins a consumer or credential may configure.
-pub const AUTH_PLUGINS: &[&str] = &["key-auth", "basic-auth"];
+pub const AUTH_PLUGINS: &[&str] = &["key-auth", "basic-auth", "jwt-auth"];
 
 /// Who a request authenticated as.
 #[derive(Debug)]
@@ -34,6 +36,9 @@ pub struct Consumers {
     keys: HashMap<Digest, Arc<Identity>>,
     /// `basic-auth` users: the password's digest and who it is.
     users: HashMap<String, (Digest, Arc<Identity>)>,
+    /// `jwt-auth` credentials, by the `key` claim their tokens carry (an identifier, not a
+    /// secret: the token's signature is what authenticates).
+    jwts: HashMap<String, (jwt::JwtCredential, Arc<Identity>)>,
 }
 
 fn digest(secret: &[u8]) -> Digest {
@@ -144,12 +149,28 @@ impl Consumers {
             let entry = (digest(password.as_bytes()), identity.clone());
             self.users.insert(user.clone(), entry);
         }
+        if let Some(conf) = plugins.get("jwt-auth") {
+            let field = format!("{name}.plugins.jwt-auth");
+            let (key, credential) = jwt::parse(&field, conf, secret)?;
+            if let Some((_, taken)) = self.jwts.get(&key) {
+                return Err(ConfigError::invalid(
+                    format!("{field}.key"),
+                    format!("duplicate key found with consumer: {}", taken.username),
+                ));
+            }
+            self.jwts.insert(key, (credential, identity.clone()));
+        }
         Ok(())
     }
 
     /// The consumer whose `key-auth` key is `key`.
     pub fn by_key(&self, key: &[u8]) -> Option<&Arc<Identity>> {
         self.keys.get(&digest(key))
+    }
+
+    /// The `jwt-auth` credential whose tokens carry `key`, and whose it is.
+    pub fn by_jwt_key(&self, key: &str) -> Option<&(jwt::JwtCredential, Arc<Identity>)> {
+        self.jwts.get(key)
     }
 
     /// The consumer whose `basic-auth` user and password these are. An unknown user costs
