@@ -231,46 +231,51 @@ impl ResponseEdits {
 }
 
 /// One value per plugin of a request, kept from its first phase to its log phase (a plugin
-/// finds its own: the dispatcher points the slots at the plugin it calls). Empty slots cost
-/// nothing; a plugin that stores a value pays one allocation for that request.
+/// finds its own: the dispatcher points the slots at the plugin it calls, by its instance's
+/// slot in the snapshot, so a value stays the plugin's even when a consumer's plugins join
+/// the request's chain). Empty slots cost nothing; a plugin that stores a value pays one
+/// allocation for that request.
 #[derive(Default)]
 pub struct Slots {
-    items: Vec<Option<Box<dyn Any>>>,
+    /// (instance slot, value); a request has few.
+    items: Vec<(usize, Box<dyn Any>)>,
     current: usize,
 }
 
 impl Slots {
+    fn position(&self) -> Option<usize> {
+        self.items
+            .iter()
+            .position(|(slot, _)| *slot == self.current)
+    }
+
     /// The calling plugin's value, if it stored one of type `T`.
     pub fn get<T: Any>(&mut self) -> Option<&mut T> {
-        self.items
-            .get_mut(self.current)?
-            .as_mut()?
-            .downcast_mut::<T>()
+        let at = self.position()?;
+        self.items[at].1.downcast_mut::<T>()
     }
 
     /// Stores the calling plugin's value (replacing what it had).
     pub fn put<T: Any>(&mut self, value: T) {
-        if self.items.len() <= self.current {
-            self.items.resize_with(self.current + 1, || None);
+        match self.position() {
+            Some(at) => self.items[at].1 = Box::new(value),
+            None => self.items.push((self.current, Box::new(value))),
         }
-        self.items[self.current] = Some(Box::new(value));
     }
 
     /// Takes the calling plugin's value out.
     pub fn take<T: Any>(&mut self) -> Option<T> {
-        let item = self.items.get_mut(self.current)?;
-        match item.take()?.downcast::<T>() {
-            Ok(v) => Some(*v),
-            Err(other) => {
-                *item = Some(other);
-                None
-            }
+        let at = self.position()?;
+        if !self.items[at].1.is::<T>() {
+            return None;
         }
+        let (_, value) = self.items.swap_remove(at);
+        value.downcast::<T>().ok().map(|v| *v)
     }
 
-    /// Points the slots at the plugin at `position` in the request's plugin order.
-    pub(crate) fn point_at(&mut self, position: usize) {
-        self.current = position;
+    /// Points the slots at the plugin instance with registry slot `slot`.
+    pub(crate) fn point_at(&mut self, slot: usize) {
+        self.current = slot;
     }
 
     /// Drops every value (the request is over).

@@ -247,6 +247,29 @@ impl Chain {
     }
 }
 
+impl Chain {
+    /// The chain a request runs once its consumer is known (APISIX's merge of consumer and
+    /// route): the consumer's plugins join the route's, and where both configure a plugin,
+    /// the consumer's configuration wins.
+    pub fn merged(route: &Chain, consumer: &Chain) -> Chain {
+        let mut merged = Chain {
+            plugins: route
+                .plugins
+                .iter()
+                .filter(|r| {
+                    let name = r.plugin.name();
+                    !consumer.plugins.iter().any(|c| c.plugin.name() == name)
+                })
+                .chain(&consumer.plugins)
+                .cloned()
+                .collect(),
+            ..Chain::default()
+        };
+        merged.sort();
+        merged
+    }
+}
+
 /// Every plugin instance of a snapshot, by slot, so each core can make their states.
 #[derive(Default, Clone)]
 pub struct Registry {
@@ -312,8 +335,8 @@ impl PluginStates {
     /// answer.
     pub async fn run(&self, chains: [&Chain; 2], phase: Phase, ctx: &mut RequestCtx<'_>) -> Flow {
         let wanted = phase.set();
-        for (position, i) in in_order(chains, wanted) {
-            ctx.slots.point_at(position);
+        for i in in_order(chains, wanted) {
+            ctx.slots.point_at(i.slot);
             let state = &self.states[i.slot];
             let flow = if i.uses.has(PhaseSet::AWAITS) {
                 i.plugin.run_waiting(phase, ctx, state).await
@@ -330,8 +353,8 @@ impl PluginStates {
     /// [`PluginStates::run`] for chains where no plugin waits ([`Chain::awaits`]): no
     /// future at all.
     pub fn run_now(&self, chains: [&Chain; 2], phase: Phase, ctx: &mut RequestCtx<'_>) -> Flow {
-        for (position, i) in in_order(chains, phase.set()) {
-            ctx.slots.point_at(position);
+        for i in in_order(chains, phase.set()) {
+            ctx.slots.point_at(i.slot);
             let flow = i.plugin.run_now(phase, ctx, &self.states[i.slot]);
             if let Flow::Respond(_) = flow {
                 return flow;
@@ -342,8 +365,8 @@ impl PluginStates {
 
     /// Runs `header_filter` for both chains.
     pub fn header_filter(&self, chains: [&Chain; 2], ctx: &mut ResponseCtx<'_>) {
-        for (position, i) in in_order(chains, PhaseSet::HEADER_FILTER) {
-            ctx.slots.point_at(position);
+        for i in in_order(chains, PhaseSet::HEADER_FILTER) {
+            ctx.slots.point_at(i.slot);
             i.plugin.header_filter(ctx, &self.states[i.slot]);
             if let Some(s) = ctx.response.status {
                 ctx.status = s;
@@ -353,31 +376,29 @@ impl PluginStates {
 
     /// Runs `body_filter` for both chains, each plugin on what the one before handed on.
     pub fn body_filter(&self, chains: [&Chain; 2], ctx: &mut BodyCtx<'_>) {
-        for (position, i) in in_order(chains, PhaseSet::BODY_FILTER) {
-            ctx.slots.point_at(position);
+        for i in in_order(chains, PhaseSet::BODY_FILTER) {
+            ctx.slots.point_at(i.slot);
             i.plugin.body_filter(ctx, &self.states[i.slot]);
         }
     }
 
     /// Runs `log` for both chains.
     pub fn log(&self, chains: [&Chain; 2], ctx: &mut LogCtx<'_>) {
-        for (position, i) in in_order(chains, PhaseSet::LOG) {
-            ctx.slots.point_at(position);
+        for i in in_order(chains, PhaseSet::LOG) {
+            ctx.slots.point_at(i.slot);
             i.plugin.log(ctx, &self.states[i.slot]);
         }
     }
 }
 
-/// The plugins of both chains that implement `phase`, with their position in the request's
-/// plugin order (global rules first; the position names the plugin's [`Slots`] entry).
-fn in_order(chains: [&Chain; 2], phase: PhaseSet) -> impl Iterator<Item = (usize, &Instance)> {
+/// The plugins of both chains that implement `phase`, global rules first.
+fn in_order(chains: [&Chain; 2], phase: PhaseSet) -> impl Iterator<Item = &Instance> {
     let [global, route] = chains;
     global
         .plugins
         .iter()
         .chain(&route.plugins)
-        .enumerate()
-        .filter(move |(_, i)| i.uses.has(phase))
+        .filter(move |i| i.uses.has(phase))
 }
 
 /// What building a plugin may need from the snapshot being compiled.

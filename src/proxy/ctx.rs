@@ -53,6 +53,9 @@ pub(super) struct Ctx {
     /// The consumer an authentication plugin identified (set once per request): the
     /// `consumer_name` variable, chash `hash_on = "consumer"`.
     pub(super) consumer: OnceCell<String>,
+    /// The route's chain merged with the consumer's own plugins, once the request is
+    /// authenticated as a consumer that has some: the chain of its later phases.
+    pub(super) merged: Option<std::rc::Rc<crate::plugin::Chain>>,
 }
 
 /// The plugins' changes to one request and its response.
@@ -82,6 +85,7 @@ impl Ctx {
             self.edits.slots.clear();
             self.real_ip.take();
             self.consumer.take();
+            self.merged = None;
         }
     }
 }

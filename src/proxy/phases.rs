@@ -80,6 +80,7 @@ impl Conn {
 
         // 6. The log phase of the plugins, then the access log.
         if self.req.plugins {
+            let route_chain = request_chain(&self.req.merged, self.req.route, &local);
             let mut ctx = LogCtx {
                 status: outcome.status,
                 slots: &mut self.req.edits.slots,
@@ -187,19 +188,36 @@ impl Conn {
             peer,
             slots: &mut edits.slots,
         };
-        let chains = [&local.shared.global, route_chain];
-        let awaits = local.shared.global.awaits || route_chain.awaits;
+        let global = &local.shared.global;
+        let states = &local.plugin_states;
+        let mut merged = None;
+        let mut chain = route_chain;
         for phase in [Phase::Rewrite, Phase::Access, Phase::BeforeProxy] {
-            let flow = if awaits {
-                local.plugin_states.run(chains, phase, &mut ctx).await
-            } else {
-                local.plugin_states.run_now(chains, phase, &mut ctx)
+            let chains = [global, chain];
+            let flow = match global.awaits || chain.awaits {
+                true => states.run(chains, phase, &mut ctx).await,
+                false => states.run_now(chains, phase, &mut ctx),
             };
             if let Flow::Respond(answer) = flow {
                 return Err(answer);
             }
+            // Authenticated as a consumer with plugins of its own: they run their rewrite
+            // phase now, then the merged chain goes on (APISIX's merge of consumer and
+            // route).
+            let consumers = &local.shared.consumer_chains;
+            if phase == Phase::Rewrite && !consumers.is_empty() {
+                if let Some(own) = ctx.consumer.get().and_then(|c| consumers.get(c)) {
+                    let flow = states.run([&EMPTY_CHAIN, own], phase, &mut ctx).await;
+                    if let Flow::Respond(answer) = flow {
+                        return Err(answer);
+                    }
+                    chain = &**merged.insert(std::rc::Rc::new(Chain::merged(route_chain, own)));
+                }
+            }
         }
-        Ok(ctx.upstream)
+        let upstream = ctx.upstream;
+        self.req.merged = merged;
+        Ok(upstream)
     }
 
     /// Runs the plugins' header_filter on a response about to go out with `status`: the
@@ -215,10 +233,8 @@ impl Conn {
             return status;
         }
         let local = self.req.local.clone();
-        let route_chain = self
-            .req
-            .route
-            .map_or(&EMPTY_CHAIN, |i| &local.shared.router.route(i).plugins);
+        let merged = self.req.merged.clone();
+        let route_chain = request_chain(&merged, self.req.route, &local);
         let (request, edits, resp) = self.request_parts();
         let headers = match gateway {
             Some(fields) => ResponseHeaders::Gateway(fields),
@@ -246,10 +262,7 @@ impl Conn {
     /// header_filter asked to change the body). `last`: the body ends with this piece.
     pub(super) fn filter_piece(&mut self, data: &mut Vec<u8>, last: bool) {
         let local = &self.req.local;
-        let route_chain = self
-            .req
-            .route
-            .map_or(&EMPTY_CHAIN, |i| &local.shared.router.route(i).plugins);
+        let route_chain = request_chain(&self.req.merged, self.req.route, local);
         let mut ctx = BodyCtx {
             data,
             last,
@@ -330,5 +343,18 @@ impl Conn {
         } else {
             self.req.head.path(&self.buf)
         }
+    }
+}
+
+/// The plugins of a request's route (`route`), or the chain merged with its consumer's.
+fn request_chain<'l>(
+    merged: &'l Option<std::rc::Rc<Chain>>,
+    route: Option<usize>,
+    local: &'l Local,
+) -> &'l Chain {
+    match (merged, route) {
+        (Some(merged), _) => merged,
+        (None, Some(i)) => &local.shared.router.route(i).plugins,
+        (None, None) => &EMPTY_CHAIN,
     }
 }

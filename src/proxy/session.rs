@@ -75,6 +75,7 @@ pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, entranc
             edits: Default::default(),
             real_ip: Default::default(),
             consumer: Default::default(),
+            merged: None,
         },
     };
     conn.run().await;

@@ -29,6 +29,8 @@ pub(super) struct Base {
     pub(super) roots: std::sync::Arc<rustls::RootCertStore>,
     /// The consumers by credential (routes' authentication plugins use them too).
     pub(super) consumers: std::sync::Arc<crate::consumer::Consumers>,
+    /// Consumers' own plugins, by username.
+    pub(super) consumer_chains: std::sync::Arc<consumers::ConsumerChains>,
 }
 
 impl Base {
@@ -164,7 +166,7 @@ impl Base {
             }
         }
 
-        consumers::check_consumers(
+        let consumer_chains = consumers::check_consumers(
             &config.consumers,
             &config.credentials,
             &upstream_ids,
@@ -179,6 +181,7 @@ impl Base {
             tls,
             roots,
             consumers,
+            consumer_chains: std::sync::Arc::new(consumer_chains),
             upstreams,
             upstream_ids,
             registry,

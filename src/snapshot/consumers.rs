@@ -7,12 +7,17 @@ use super::upstreams::CompileEnv;
 use super::{object_name, Result};
 use crate::config::{ConfigError, ConsumerConfig, CredentialConfig};
 use crate::consumer::AUTH_PLUGINS;
-use crate::plugin::Registry;
+use crate::plugin::{Chain, Registry};
+
+/// Consumers' own plugins (besides their credentials), by username: merged into a request's
+/// chain once the request is authenticated as that consumer.
+pub type ConsumerChains = HashMap<String, Chain>;
 use crate::upstream::UpstreamSpec;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Checks every consumer and credential; builds consumers' plugins into `registry`.
+/// Returns the plugin chain of each consumer that has plugins besides its credentials.
 pub(super) fn check_consumers(
     consumers: &[Arc<ConsumerConfig>],
     credentials: &[Arc<CredentialConfig>],
@@ -20,8 +25,9 @@ pub(super) fn check_consumers(
     env: &CompileEnv<'_>,
     upstreams: &mut Vec<UpstreamSpec>,
     registry: &mut Registry,
-) -> Result<()> {
+) -> Result<ConsumerChains> {
     let mut usernames = HashSet::new();
+    let mut chains = ConsumerChains::new();
     for (i, c) in consumers.iter().enumerate() {
         let name = object_name("consumers", i, Some(&c.username));
         let valid = !c.username.is_empty()
@@ -52,7 +58,7 @@ pub(super) fn check_consumers(
                 .filter(|(p, _)| !AUTH_PLUGINS.contains(&p.as_str()))
                 .map(|(p, v)| (p.clone(), v.clone()))
                 .collect();
-            build_plugins(
+            let built = build_plugins(
                 &name,
                 &format!("consumers/{}", c.username),
                 &plugins,
@@ -61,6 +67,14 @@ pub(super) fn check_consumers(
                 upstreams,
                 registry,
             )?;
+            if !built.is_empty() {
+                let mut chain = Chain {
+                    plugins: built.into_iter().map(|(_, i)| i).collect(),
+                    ..Chain::default()
+                };
+                chain.sort();
+                chains.insert(c.username.clone(), chain);
+            }
         }
     }
     for (i, cred) in credentials.iter().enumerate() {
@@ -96,5 +110,5 @@ pub(super) fn check_consumers(
             }
         }
     }
-    Ok(())
+    Ok(chains)
 }

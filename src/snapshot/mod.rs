@@ -66,6 +66,8 @@ pub struct Snapshot {
     pub plugins: Registry,
     /// Global rules' plugins, in execution order.
     pub global: Chain,
+    /// Consumers' own plugins, by username (merged into an authenticated request's chain).
+    pub consumer_chains: Arc<consumers::ConsumerChains>,
     pub settings: Settings,
     pub router: Router,
     pub upstreams: Vec<Arc<UpstreamSpec>>,
@@ -209,12 +211,14 @@ impl Snapshot {
         }
 
         let global = base.global.clone();
+        let consumer_chains = base.consumer_chains.clone();
         let tls = base.tls.clone();
         cache.finish(key, base, compiled);
         Ok(Snapshot {
             version,
             plugins: registry,
             global,
+            consumer_chains,
             tls,
             settings,
             router: Router::new(routes, uris),

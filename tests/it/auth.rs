@@ -359,3 +359,42 @@ fn consumer_restriction_lets_listed_consumers_and_methods_through() {
     ));
     assert!(!ok && err.contains("not supported yet"), "{err}");
 }
+
+#[test]
+fn a_consumers_own_plugins_join_the_request_and_win_over_the_routes() {
+    let be = Backend::start(|s| {
+        Reply::ok(&format!(
+            "user={} who={}",
+            s.header("x-consumer-username").unwrap_or("-"),
+            s.header("x-who").unwrap_or("-")
+        ))
+    });
+    let up = format!("upstream = {{ nodes = {{ \"{}\" = 1 }} }}", be.addr());
+    let gw = Gateway::start(&format!(
+        r#"[[routes]]
+uri = "/m"
+plugins.key-auth = {{}}
+plugins.proxy-rewrite = {{ headers = {{ set = {{ "X-Who" = "route" }} }} }}
+{up}
+[[consumers]]
+username = "jack"
+plugins.key-auth = {{ key = "jack-key" }}
+plugins.proxy-rewrite = {{ headers = {{ set = {{ "X-Who" = "jack" }} }} }}
+plugins.limit-count = {{ count = 2, time_window = 60, rejected_code = 429 }}
+[[consumers]]
+username = "jill"
+plugins.key-auth = {{ key = "jill-key" }}
+"#
+    ));
+    let call = |key: &str| {
+        let r = gw.client().request("GET", "/m", &[("apikey", key)], b"");
+        (r.status, r.text())
+    };
+    // jack's proxy-rewrite replaces the route's, and his limit-count applies to him alone.
+    assert_eq!(call("jack-key"), (200, "user=jack who=jack".into()));
+    assert_eq!(call("jack-key"), (200, "user=jack who=jack".into()));
+    assert_eq!(call("jack-key").0, 429);
+    for _ in 0..3 {
+        assert_eq!(call("jill-key"), (200, "user=jill who=route".into()));
+    }
+}
