@@ -88,6 +88,12 @@ Usage: benches/compare.sh [options]
                                                     HTTPS at the proxy: 64 B keep-alive, a
                                                     full handshake per request, a resumed
                                                     one per request, 1 MiB keep-alive
+                        auth-limit auth-limit-redis
+                                                    64 B keep-alive through an API key check
+                                                    and a rate limit never reached: Shardgate's
+                                                    key-auth + limit-count (local, or in a
+                                                    redis-server the script starts), nginx's
+                                                    map + limit_req, HAProxy's ACL + stick table
   --workers LIST      proxy worker counts, e.g. "1 2" (default "$WORKERS_LIST")
   --targets LIST      any of: direct shardgate nginx haproxy (default: all)
   --max-requests N    per-run request bound (default: duration x 1,000,000)
@@ -147,6 +153,7 @@ for s in $SCENARIOS; do
     case $s in
         small-ka | newconn | 16k | 1m | lb-rr | lb-leastconn | lb-chash | lb-ewma) ;;
         tls-ka | tls-newconn | tls-resume | tls-1m) ;;
+        auth-limit | auth-limit-redis) ;;
         *) die "unknown scenario: $s" ;;
     esac
 done
@@ -299,7 +306,9 @@ http_ok() { # one GET over bash's /dev/tcp (curl for a TLS proxy); succeeds on a
     fi
     (
         exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
-        printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nConnection: close\r\n\r\n' "$URL_PATH" "$1" >&3
+        key="" # the auth-limit scenarios' API key (the backend ignores it)
+        [[ -z $AUTH ]] || key=$'apikey: bench-key\r\n'
+        printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1:%s\r\n%sConnection: close\r\n\r\n' "$URL_PATH" "$1" "$key" >&3
         IFS= read -r -t 2 line <&3 || exit 1
         [[ $line == HTTP/1.[01]\ 200* ]]
     ) 2>/dev/null
@@ -424,9 +433,49 @@ keepalive_pool = { size = 320, idle_timeout = 60, requests = 100000 }
 [[routes]]
 uri = "/*"
 upstream_id = "b"
-
+$(auth_plugins)
 $ssl
 EOF
+}
+
+# The auth-limit scenarios: an API key checked against a consumer, then a count per client
+# address that is never reached (so every request pays for the check and the counting).
+REDIS_PORT=${SG_BENCH_REDIS_PORT:-18093}
+auth_plugins() {
+    [[ -n $AUTH ]] || return 0
+    local policy=""
+    [[ $AUTH == redis ]] && policy=", policy = \"redis\", redis_host = \"127.0.0.1\", redis_port = $REDIS_PORT"
+    cat <<EOF
+plugins.key-auth = {}
+plugins.limit-count = { count = 1000000000, time_window = 60$policy }
+
+[[consumers]]
+username = "bench"
+plugins.key-auth = { key = "bench-key" }
+EOF
+}
+# nginx's counterpart: a map from the key header to a consumer, 401 without one, and
+# limit_req per client address at a rate never reached.
+nginx_auth_http() {
+    [[ -n $AUTH ]] || return 0
+    # shellcheck disable=SC2016  # nginx variables
+    printf '%s' 'map $http_apikey $bench_consumer { default ""; "bench-key" "bench"; }
+    limit_req_zone $binary_remote_addr zone=bench:1m rate=100000000r/s;'
+}
+nginx_auth_location() {
+    [[ -n $AUTH ]] || return 0
+    # shellcheck disable=SC2016  # nginx variables
+    printf '%s' 'if ($bench_consumer = "") { return 401; }
+            limit_req zone=bench burst=100000000 nodelay;'
+}
+# HAProxy's: the key compared by an ACL, 401 without it, and a stick table counting each
+# client address's requests against a rate never reached.
+haproxy_auth() {
+    [[ -n $AUTH ]] || return 0
+    printf '%s' 'http-request deny deny_status 401 unless { req.hdr(apikey) -m str bench-key }
+    stick-table type ip size 100k expire 60s store http_req_rate(60s)
+    http-request track-sc0 src
+    http-request deny deny_status 503 if { sc_http_req_rate(0) gt 1000000000 }'
 }
 
 declare -A CHECKED=()
@@ -483,6 +532,7 @@ start_target() {
             render "$BENCH_DIR/nginx.conf.template" "$conf" \
                 WORKERS="$w" CPU_MASKS="$(nginx_masks "$PROXY_CPUS")" \
                 LISTEN_PORT="$NGINX_PORT" BALANCE="$NGINX_LB" SERVERS="$(nginx_servers)" \
+                AUTH_HTTP="$(nginx_auth_http)" AUTH_LOCATION="$(nginx_auth_location)" \
                 LISTEN_SSL="$( ((TLS)) && echo ssl)" \
                 SSL_CONF="$( ((TLS)) && echo "ssl_certificate $TLS_CERT; ssl_certificate_key $TLS_KEY; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets on;")" \
                 PIDFILE="$TMP/nginx.pid" TMPDIR="$TMP" ERROR_LOG="$TMP/$tag.error.log"
@@ -495,6 +545,7 @@ start_target() {
             render "$BENCH_DIR/haproxy.cfg.template" "$conf" \
                 WORKERS="$w" CPUS_LIST="${PROXY_CPUS//,/ }" \
                 LISTEN_PORT="$HAPROXY_PORT" BALANCE="$HAPROXY_LB" SERVERS="$(haproxy_servers)" \
+                AUTH="$(haproxy_auth)" \
                 BIND_SSL="$( ((TLS)) && echo "ssl crt $TLS_COMBINED alpn http/1.1 ssl-min-ver TLSv1.2")" \
                 PROTO="$( ((TLS)) && echo https || echo http)" \
                 PIDFILE="$TMP/haproxy.pid" TMPDIR="$TMP" \
@@ -535,6 +586,7 @@ load_cmd() { # load_cmd TARGET SECONDS [extra sg-load args...] -> LOAD (array)
         -c "$CONNS" -d "$secs" --threads "$threads" --max-requests "$MAX_REQ")
     ((NEWCONN)) && LOAD+=(--new-conn)
     ((RESUME)) && LOAD+=(--tls-resume)
+    [[ -z $AUTH ]] || LOAD+=(-H "apikey: bench-key")
     LOAD+=("$@")
 }
 
@@ -608,9 +660,11 @@ print("   %.0f req/s  p50 %.1f us  p99 %.1f us  errors %d  CPU us/req %s%s"
 PY
 }
 
-scenario_params() { # sets SIZE NEWCONN LB TLS RESUME, and from LB: BACKEND_PORTS SG_LB NGINX_LB HAPROXY_LB
-    LB="" TLS=0 RESUME=0
+scenario_params() { # sets SIZE NEWCONN LB TLS RESUME AUTH, and from LB: BACKEND_PORTS SG_LB NGINX_LB HAPROXY_LB
+    LB="" TLS=0 RESUME=0 AUTH=""
     case $1 in
+        auth-limit) SIZE=64 NEWCONN=0 AUTH=local ;;
+        auth-limit-redis) SIZE=64 NEWCONN=0 AUTH=redis ;;
         tls-ka) SIZE=64 NEWCONN=0 TLS=1 ;;
         tls-newconn) SIZE=64 NEWCONN=1 TLS=1 ;;
         tls-resume) SIZE=64 NEWCONN=1 TLS=1 RESUME=1 ;;
@@ -774,6 +828,20 @@ for scen in $SCENARIOS; do
                 wait_ready "${BACKEND_PORTS[i]}" "$STARTED_PID" "sg-backend $((i + 1))" "$blog" ||
                     die "backend $((i + 1)) did not start"
             done
+        fi
+        if [[ $AUTH == redis ]]; then # the counters' Redis, on the backend's core
+            command -v redis-server >/dev/null && command -v redis-cli >/dev/null ||
+                die "redis-server and redis-cli are needed for $scen (apt-get install redis-server redis-tools)"
+            start_bg "$OUT/logs/redis-$scen-w$w.log" taskset -c "$BACKEND_CPUS" redis-server \
+                --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$TMP"
+            BACKEND_PIDS+=("$STARTED_PID")
+            if ((!DRY_RUN)); then
+                for ((i = 0; i < 100; i++)); do
+                    [[ $(redis-cli -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]] && break
+                    sleep 0.05
+                done
+                [[ $(redis-cli -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]] || die "redis-server did not start"
+            fi
         fi
         for ((round = 1; round <= ROUNDS; round++)); do
             for target in $TARGETS; do

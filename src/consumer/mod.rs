@@ -39,6 +39,8 @@ pub struct Consumers {
     /// `jwt-auth` credentials, by the `key` claim their tokens carry (an identifier, not a
     /// secret: the token's signature is what authenticates).
     jwts: HashMap<String, (jwt::JwtCredential, Arc<Identity>)>,
+    /// Every consumer by username (`anonymous_consumer`).
+    by_name: HashMap<Arc<str>, Arc<Identity>>,
 }
 
 fn digest(secret: &[u8]) -> Digest {
@@ -82,10 +84,11 @@ impl Consumers {
                 id: Some(&c.username),
             };
             let identity = Arc::new(Identity {
-                username,
+                username: username.clone(),
                 credential: None,
                 custom_id,
             });
+            index.by_name.insert(username, identity.clone());
             if let Some(plugins) = &c.plugins {
                 index.add(&name.to_string(), plugins, &identity)?;
             }
@@ -166,6 +169,11 @@ impl Consumers {
     /// The consumer whose `key-auth` key is `key`.
     pub fn by_key(&self, key: &[u8]) -> Option<&Arc<Identity>> {
         self.keys.get(&digest(key))
+    }
+
+    /// The consumer called `name`.
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Identity>> {
+        self.by_name.get(name)
     }
 
     /// The `jwt-auth` credential whose tokens carry `key`, and whose it is.

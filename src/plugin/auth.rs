@@ -1,9 +1,51 @@
 //! What the authentication plugins share: their 401 answer, and the consumer headers they
 //! send upstream once a request is identified.
 
-use super::{Answer, HeaderEdits, RequestCtx};
-use crate::consumer::Identity;
+use super::{Answer, Flow, HeaderEdits, RequestCtx};
+use crate::consumer::{Consumers, Identity};
 use crate::vars::Var;
+
+/// `anonymous_consumer`: the consumer a request that fails authentication is taken as, when
+/// the route names one (APISIX 3.11): it passes as that consumer, whose own plugins (a
+/// stricter limit) then apply. A name no consumer has: 401 `Invalid user authorization`.
+pub(super) struct Anonymous {
+    name: Option<String>,
+    unknown: Answer,
+}
+
+impl Anonymous {
+    pub fn new(name: Option<String>, challenge: &str) -> Anonymous {
+        Anonymous {
+            name,
+            unknown: unauthorized(challenge, "Invalid user authorization"),
+        }
+    }
+
+    /// What a request that failed authentication (with `refusal`) gets.
+    pub fn or_refuse(
+        &self,
+        ctx: &mut RequestCtx<'_>,
+        consumers: &Consumers,
+        refusal: &Answer,
+    ) -> Flow {
+        let Some(name) = &self.name else {
+            return Flow::Respond(refusal.clone());
+        };
+        match consumers.by_name(name) {
+            Some(who) => {
+                identify(ctx, who);
+                Flow::Continue
+            }
+            None => Flow::Respond(self.unknown.clone()),
+        }
+    }
+}
+
+/// Records who the request is (`consumer_name`, the consumer's plugins) and tells the upstream.
+pub(super) fn identify(ctx: &mut RequestCtx<'_>, who: &Identity) {
+    let _ = ctx.consumer.set(who.username.to_string());
+    send_identity(&mut ctx.request.headers, who);
+}
 
 /// APISIX's refusal: 401, `{"message": message}`, and the challenge in `WWW-Authenticate`.
 pub(super) fn unauthorized(challenge: &str, message: &str) -> Answer {

@@ -29,6 +29,8 @@ struct Config {
     hide_credentials: bool,
     #[serde(default = "realm")]
     realm: String,
+    #[serde(default)]
+    anonymous_consumer: Option<String>,
 }
 
 pub struct BasicAuth {
@@ -39,6 +41,7 @@ pub struct BasicAuth {
     missing: Answer,
     malformed: Answer,
     refused: Answer,
+    anonymous: super::auth::Anonymous,
 }
 
 /// Longest decoded `user:password` looked at (on the stack; longer is malformed).
@@ -56,6 +59,7 @@ impl BasicAuth {
             missing: answer("Missing authorization in request"),
             malformed: answer("Invalid authorization in request"),
             refused: answer("Invalid user authorization"),
+            anonymous: super::auth::Anonymous::new(c.anonymous_consumer, &challenge),
         })
     }
 }
@@ -90,17 +94,22 @@ impl Phases for BasicAuth {
 
     fn rewrite(&self, ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
         let Some(header) = ctx.vars.var(&self.authorization) else {
-            return Flow::Respond(self.missing.clone());
+            return self
+                .anonymous
+                .or_refuse(ctx, &self.consumers, &self.missing);
         };
         let mut buf = [0u8; MAX_DECODED];
         let Some((user, password)) = decode(header, &mut buf) else {
-            return Flow::Respond(self.malformed.clone());
+            return self
+                .anonymous
+                .or_refuse(ctx, &self.consumers, &self.malformed);
         };
         let Some(who) = self.consumers.by_user(user, password) else {
-            return Flow::Respond(self.refused.clone());
+            return self
+                .anonymous
+                .or_refuse(ctx, &self.consumers, &self.refused);
         };
-        let _ = ctx.consumer.set(who.username.to_string());
-        super::auth::send_identity(&mut ctx.request.headers, who);
+        super::auth::identify(ctx, who);
         if self.hide_credentials {
             ctx.request.headers.remove("Authorization");
         }

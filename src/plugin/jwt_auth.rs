@@ -56,6 +56,8 @@ struct Config {
     realm: String,
     #[serde(default)]
     claims_to_verify: Vec<String>,
+    #[serde(default)]
+    anonymous_consumer: Option<String>,
 }
 
 pub struct JwtAuth {
@@ -76,6 +78,7 @@ pub struct JwtAuth {
     invalid: Answer,
     no_key: Answer,
     failed: Answer,
+    anonymous: super::auth::Anonymous,
 }
 
 /// Where the token came from (what `hide_credentials` removes).
@@ -109,6 +112,7 @@ impl JwtAuth {
             invalid: answer("JWT token invalid"),
             no_key: answer("missing user key in JWT token"),
             failed: answer("failed to verify jwt"),
+            anonymous: super::auth::Anonymous::new(c.anonymous_consumer, &challenge),
             header: c.header,
             query: c.query,
             cookie: c.cookie,
@@ -232,16 +236,22 @@ impl Phases for JwtAuth {
 
     fn rewrite(&self, ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
         let Some((token, source)) = self.token(ctx) else {
-            return Flow::Respond(self.missing.clone());
+            return self
+                .anonymous
+                .or_refuse(ctx, &self.consumers, &self.missing);
         };
         let who = match self.verify(token) {
             Ok(who) => who,
-            Err(Refusal::Invalid) => return Flow::Respond(self.invalid.clone()),
-            Err(Refusal::NoKey) => return Flow::Respond(self.no_key.clone()),
-            Err(Refusal::Failed) => return Flow::Respond(self.failed.clone()),
+            Err(why) => {
+                let refusal = match why {
+                    Refusal::Invalid => &self.invalid,
+                    Refusal::NoKey => &self.no_key,
+                    Refusal::Failed => &self.failed,
+                };
+                return self.anonymous.or_refuse(ctx, &self.consumers, refusal);
+            }
         };
-        let _ = ctx.consumer.set(who.username.to_string());
-        super::auth::send_identity(&mut ctx.request.headers, who);
+        super::auth::identify(ctx, who);
         if self.hide_credentials {
             self.hide(ctx, source);
         }

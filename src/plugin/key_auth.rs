@@ -35,6 +35,8 @@ struct Config {
     hide_credentials: bool,
     #[serde(default = "realm")]
     realm: String,
+    #[serde(default)]
+    anonymous_consumer: Option<String>,
 }
 
 pub struct KeyAuth {
@@ -47,6 +49,7 @@ pub struct KeyAuth {
     hide_credentials: bool,
     missing: Answer,
     invalid: Answer,
+    anonymous: super::auth::Anonymous,
 }
 
 impl KeyAuth {
@@ -60,6 +63,7 @@ impl KeyAuth {
             query_var: Var::Arg(c.query.clone()),
             missing: answer("Missing API key in request"),
             invalid: answer("Invalid API key in request"),
+            anonymous: super::auth::Anonymous::new(c.anonymous_consumer, &challenge),
             header: c.header,
             query: c.query,
             hide_credentials: c.hide_credentials,
@@ -85,14 +89,19 @@ impl Phases for KeyAuth {
             Some(k) => (k, true),
             None => match ctx.vars.var(&self.query_var) {
                 Some(k) => (k, false),
-                None => return Flow::Respond(self.missing.clone()),
+                None => {
+                    return self
+                        .anonymous
+                        .or_refuse(ctx, &self.consumers, &self.missing)
+                }
             },
         };
         let Some(who) = self.consumers.by_key(key) else {
-            return Flow::Respond(self.invalid.clone());
+            return self
+                .anonymous
+                .or_refuse(ctx, &self.consumers, &self.invalid);
         };
-        let _ = ctx.consumer.set(who.username.to_string());
-        super::auth::send_identity(&mut ctx.request.headers, who);
+        super::auth::identify(ctx, who);
         if self.hide_credentials {
             if from_header {
                 ctx.request.headers.remove(&self.header);

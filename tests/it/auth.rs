@@ -398,3 +398,56 @@ plugins.key-auth = {{ key = "jill-key" }}
         assert_eq!(call("jill-key"), (200, "user=jill who=route".into()));
     }
 }
+
+#[test]
+fn a_request_that_fails_authentication_passes_as_the_anonymous_consumer_when_one_is_named() {
+    let be = Backend::start(|s| Reply::ok(s.header("x-consumer-username").unwrap_or("-")));
+    let up = format!("upstream = {{ nodes = {{ \"{}\" = 1 }} }}", be.addr());
+    let gw = Gateway::start(&format!(
+        r#"[[routes]]
+uri = "/key"
+plugins.key-auth = {{ anonymous_consumer = "guest" }}
+{up}
+[[routes]]
+uri = "/basic"
+plugins.basic-auth = {{ anonymous_consumer = "guest" }}
+{up}
+[[routes]]
+uri = "/jwt"
+plugins.jwt-auth = {{ anonymous_consumer = "guest" }}
+{up}
+[[routes]]
+uri = "/ghost"
+plugins.key-auth = {{ anonymous_consumer = "ghost" }}
+{up}
+[[consumers]]
+username = "guest"
+plugins.limit-count = {{ count = 3, time_window = 60, key_type = "constant", key = "guests", rejected_code = 429 }}
+[[consumers]]
+username = "jack"
+plugins.key-auth = {{ key = "jack-key" }}
+"#
+    ));
+    let call = |path: &str, headers: &[(&str, &str)]| {
+        let r = gw.client().request("GET", path, headers, b"");
+        (r.status, r.text())
+    };
+    // The guest's own limit (3, shared by the three routes) applies to anonymous requests
+    // only; a real consumer passes as itself.
+    assert_eq!(call("/key", &[]), (200, "guest".into()));
+    assert_eq!(call("/key", &[("apikey", "wrong")]), (200, "guest".into()));
+    assert_eq!(call("/basic", &[]), (200, "guest".into()));
+    assert_eq!(call("/jwt", &[("Authorization", "Bearer nonsense")]).0, 429);
+    for _ in 0..5 {
+        assert_eq!(
+            call("/key", &[("apikey", "jack-key")]),
+            (200, "jack".into())
+        );
+    }
+    // Naming a consumer that does not exist refuses, as APISIX does.
+    let r = gw.client().request("GET", "/ghost", &[], b"");
+    assert_eq!(
+        (r.status, r.json()["message"].as_str()),
+        (401, Some("Invalid user authorization"))
+    );
+}
