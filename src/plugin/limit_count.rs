@@ -12,17 +12,16 @@
 //! APISIX; routes with the same `group` share them.
 
 use super::limiting::Common;
-use super::limiting::{RedisConfig, RedisSpec};
+use super::limiting::{RedisConfig, Store};
 use super::{Answer, BuildCtx, CoreState, Flow, Phase, PhaseSet, Phases, RequestCtx};
 use crate::limit::amount::Amount;
 use crate::limit::key::LimitKey;
-use crate::limit::table::{self, Table};
+use crate::limit::table;
 use crate::limit::window::{Verdict, Window};
-use crate::redis::{Reply, Script, Target};
+use crate::redis::{Reply, Script};
 use serde::Deserialize;
 use std::cell::RefCell;
 use std::fmt::Write;
-use std::sync::Arc;
 
 fn yes() -> bool {
     true
@@ -42,27 +41,16 @@ struct Config {
     redis: RedisConfig,
 }
 
-/// Where the counters are.
-enum Counters {
-    /// In this gateway's memory, shared by its cores.
-    Local(Arc<Table<Window>>),
-    /// In Redis, under `prefix` + the key's text.
-    Redis { spec: RedisSpec, prefix: String },
-}
-
 /// APISIX's fixed-window script: count `ARGV[3]` for `KEYS[1]`, opening a window of
 /// `ARGV[2]` seconds on its first request; returns the count and the ms left.
-const SCRIPT: &str = "local ttl = redis.call('pttl', KEYS[1])
+static SCRIPT: Script = Script::new(
+    "local ttl = redis.call('pttl', KEYS[1])
 if ttl < 0 then
     redis.call('set', KEYS[1], ARGV[3], 'EX', ARGV[2])
     return {ARGV[3], ARGV[2] * 1000}
 end
-return {redis.call('incrby', KEYS[1], ARGV[3]), ttl}";
-
-fn script() -> &'static Script {
-    static SCRIPT_DIGEST: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-    SCRIPT_DIGEST.get_or_init(|| Script::new(SCRIPT))
-}
+return {redis.call('incrby', KEYS[1], ARGV[3]), ttl}",
+);
 
 pub struct LimitCount {
     count: Amount,
@@ -71,26 +59,23 @@ pub struct LimitCount {
     rejection: Answer,
     show_headers: bool,
     allow_degradation: bool,
-    counters: Counters,
+    counters: Store<Window>,
 }
 
 impl LimitCount {
     pub fn build(conf: &serde_json::Value, ctx: &mut BuildCtx<'_>) -> Result<Self, String> {
         let c: Config = serde_json::from_value(conf.clone()).map_err(|e| e.to_string())?;
         // The counters' identity: the group's, or this owner's with this configuration.
-        let id = match &c.group {
-            Some(group) => format!("group/{group}"),
-            None => format!("{}/{}", ctx.owner, conf_digest(conf)),
-        };
-        let counters = match RedisSpec::build(&c.common.policy, &c.redis)? {
-            None => Counters::Local(table::shared(&format!("limit-count/{id}:{conf}"), || {
-                Table::new(())
-            })),
-            Some(spec) => Counters::Redis {
-                spec,
-                prefix: format!("plugin-limit-count:{id}:"),
-            },
-        };
+        let id = super::limiting::counter_id(&ctx.owner, conf, c.group.as_deref());
+        let counters = Store::build(
+            "limit-count",
+            "plugin-limit-count",
+            &id,
+            conf,
+            &c.common.policy,
+            &c.redis,
+            (),
+        )?;
         Ok(LimitCount {
             count: Amount::parse(&c.count, "count", false)?,
             time_window: Amount::parse(&c.time_window, "time_window", false)?,
@@ -126,13 +111,6 @@ impl LimitCount {
     }
 }
 
-/// A short digest of a plugin configuration (the same text on every gateway sharing a
-/// Redis, so they share counters).
-fn conf_digest(conf: &serde_json::Value) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, conf.to_string().as_bytes());
-    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Writes `X-RateLimit-Reset`: the whole window when this request opened it, else the time
 /// left floored to hundredths of a second, printed as APISIX (Lua) prints numbers.
 fn write_reset(out: &mut String, reset_ms: u64, opened: Option<u64>) {
@@ -160,20 +138,17 @@ impl Phases for LimitCount {
 
     fn uses(&self) -> PhaseSet {
         match self.counters {
-            Counters::Local(_) => PhaseSet::ACCESS,
-            Counters::Redis { .. } => PhaseSet::ACCESS.with(PhaseSet::AWAITS),
+            Store::Local(_) => PhaseSet::ACCESS,
+            Store::Redis { .. } => PhaseSet::ACCESS.with(PhaseSet::AWAITS),
         }
     }
 
     fn core_state(&self) -> CoreState {
-        match &self.counters {
-            Counters::Local(_) => Box::new(()),
-            Counters::Redis { spec, .. } => Box::new(spec.target()),
-        }
+        self.counters.core_state()
     }
 
     fn access(&self, ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
-        let Counters::Local(table) = &self.counters else {
+        let Store::Local(table) = &self.counters else {
             return Flow::Continue; // not called: Redis counters wait (request_phase)
         };
         let Some((limit, window)) = self.amounts(ctx) else {
@@ -195,13 +170,13 @@ impl Phases for LimitCount {
         ctx: &mut RequestCtx<'_>,
         state: &RefCell<CoreState>,
     ) -> Flow {
-        let (Phase::Access, Counters::Redis { prefix, .. }) = (phase, &self.counters) else {
+        let (Phase::Access, Store::Redis { prefix, .. }) = (phase, &self.counters) else {
             return Flow::Continue;
         };
         let Some((limit, window)) = self.amounts(ctx) else {
             return self.degrade();
         };
-        let Some(target) = state.borrow().downcast_ref::<Target>().cloned() else {
+        let Some(target) = super::limiting::target(state) else {
             return self.degrade();
         };
         let mut key = prefix.as_bytes().to_vec();
@@ -209,7 +184,7 @@ impl Phases for LimitCount {
             .write(ctx.vars, |piece| key.extend_from_slice(piece));
         let (limit_text, window_text) = (limit.to_string(), window.to_string());
         let args: [&[u8]; 3] = [limit_text.as_bytes(), window_text.as_bytes(), b"1"];
-        let reply = Box::pin(target.eval(script(), &key, &args)).await;
+        let reply = Box::pin(target.eval(&SCRIPT, &key, &args)).await;
         let counted = match &reply {
             Ok(Reply::Array(Some(items))) => match (items.first(), items.get(1)) {
                 (Some(used), Some(ttl)) => used.int().zip(ttl.int()),

@@ -1,12 +1,16 @@
 //! What the rate-limiting plugins (limit-count, limit-req, limit-conn) share: the fields that
 //! say what a request counts as and how a refusal looks, and waiting out a delay.
 
+use super::CoreState;
 use super::{Answer, Flow};
 use crate::limit::key::LimitKey;
+use crate::limit::table::{self, Cell, Table};
 use crate::redis::cluster::resolve;
 use crate::redis::{Endpoint, Target};
 use serde::Deserialize;
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 fn remote_addr() -> String {
@@ -42,14 +46,6 @@ pub(super) struct Common {
 impl Common {
     pub fn limit_key(&self) -> Result<LimitKey, String> {
         LimitKey::parse(&self.key_type, &self.key)
-    }
-
-    /// Refuses a policy other than `local` (until Redis-backed limits exist for the plugin).
-    pub fn local_only(&self) -> Result<(), String> {
-        match self.policy.as_str() {
-            "local" => Ok(()),
-            other => Err(format!("policy \"{other}\" is not supported yet")),
-        }
     }
 
     /// The refusal, as APISIX makes it: `rejected_code` with `{"error_msg": rejected_msg}`,
@@ -141,6 +137,65 @@ impl RedisSpec {
         match self {
             RedisSpec::Single(e) => Target::Single(crate::redis::single(e)),
             RedisSpec::Cluster(seeds, e) => Target::Cluster(crate::redis::cluster(seeds, e)),
+        }
+    }
+}
+
+/// Where a limit's state lives.
+pub(super) enum Store<C: Cell> {
+    /// In this gateway's memory, shared by its cores.
+    Local(Arc<Table<C>>),
+    /// In Redis, under `prefix` + the key's text.
+    Redis { spec: RedisSpec, prefix: String },
+}
+
+impl<C: Cell> Store<C> {
+    /// The store for a limit of plugin `plugin` (its table's id: `plugin/ID:conf`) or, in
+    /// Redis, under `redis_prefix:ID:` (APISIX's key prefixes).
+    pub fn build(
+        plugin: &str,
+        redis_prefix: &str,
+        id: &str,
+        conf: &serde_json::Value,
+        policy: &str,
+        redis: &RedisConfig,
+        params: C::Params,
+    ) -> Result<Store<C>, String> {
+        Ok(match RedisSpec::build(policy, redis)? {
+            None => Store::Local(table::shared(&format!("{plugin}/{id}:{conf}"), || {
+                Table::new(params)
+            })),
+            Some(spec) => Store::Redis {
+                spec,
+                prefix: format!("{redis_prefix}:{id}:"),
+            },
+        })
+    }
+
+    /// Each core's way to Redis, for a Redis store.
+    pub fn core_state(&self) -> CoreState {
+        match self {
+            Store::Local(_) => Box::new(()),
+            Store::Redis { spec, .. } => Box::new(spec.target()),
+        }
+    }
+}
+
+/// This core's way to Redis, from a Redis store's core state.
+pub(super) fn target(state: &RefCell<CoreState>) -> Option<Target> {
+    state.borrow().downcast_ref::<Target>().cloned()
+}
+
+/// What a limit's counters are called: the group's (`group/NAME`), or the owner's with a
+/// digest of the plugin's configuration, so that a changed configuration starts afresh and
+/// every gateway with the same configuration names the same counters in Redis.
+pub(super) fn counter_id(owner: &str, conf: &serde_json::Value, group: Option<&str>) -> String {
+    match group {
+        Some(group) => format!("group/{group}"),
+        None => {
+            let d = ring::digest::digest(&ring::digest::SHA256, conf.to_string().as_bytes());
+            let hex: String = d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+            format!("{owner}/{hex}")
         }
     }
 }

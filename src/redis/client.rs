@@ -91,7 +91,8 @@ enum Kind {
     Call,
     /// AUTH or SELECT, sent by the connection itself: an error reply breaks the connection.
     Login,
-    /// Sent just before a caller's to prepare it (`ASKING`); the reply is dropped.
+    /// Sent just before a caller's to prepare it (`ASKING`), or sent detached; the reply
+    /// is dropped.
     Prefix,
 }
 
@@ -155,6 +156,23 @@ impl Client {
     /// endpoint's timeout. An error reply is [`Error::Server`].
     pub async fn call(&self, args: &[&[u8]]) -> Result<Reply, Error> {
         self.call_after(None, args).await
+    }
+
+    /// Queues a command whose reply nobody waits for, if the connection is up (a command
+    /// from a destructor: nothing may wait there); dropped otherwise.
+    pub fn send_detached(&self, args: &[&[u8]]) {
+        let mut st = self.shared.state.borrow_mut();
+        if !st.running || st.down.is_some() {
+            return;
+        }
+        resp::encode(&mut st.out, args);
+        st.waiting.push_back(Rc::new(Waiter {
+            kind: Kind::Prefix,
+            ..Waiter::default()
+        }));
+        if let Some(w) = st.wake_io.take() {
+            w.wake();
+        }
     }
 
     /// [`Client::call`], with `prefix` sent right before `args` on the same connection,

@@ -145,6 +145,17 @@ impl Cluster {
         Err(Error::Down(format!("no master serves slot {slot}")))
     }
 
+    /// Sends a command about `key` to its slot's master without waiting, when the slot map
+    /// is known (see [`Client::send_detached`]).
+    pub fn send_detached(&self, key: &[u8], args: &[&[u8]]) {
+        let index = self.slots.borrow().get(slot(key) as usize).copied();
+        if let Some(i) = index.filter(|&i| i != UNKNOWN) {
+            if let Some(client) = self.masters.borrow().get(i as usize) {
+                client.send_detached(args);
+            }
+        }
+    }
+
     /// Sends a command about `key` to the master of its slot, following one redirection.
     pub async fn call(&self, key: &[u8], args: &[&[u8]]) -> Result<Reply, Error> {
         let client = self.for_key(key).await?;

@@ -47,17 +47,29 @@ pub fn cluster(seeds: &[SocketAddr], template: &Endpoint) -> Rc<cluster::Cluster
 }
 
 /// A Lua script, run by its SHA-1 digest (`EVALSHA`), sent whole (`EVAL`) only when the
-/// server does not know it yet (after a restart or `SCRIPT FLUSH`).
+/// server does not know it yet (after a restart or `SCRIPT FLUSH`). Made in a `static`; the
+/// digest is computed on first use.
 pub struct Script {
     pub text: &'static str,
-    pub sha1: String,
+    sha1: std::sync::OnceLock<String>,
 }
 
 impl Script {
-    pub fn new(text: &'static str) -> Script {
-        let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, text.as_bytes());
-        let sha1 = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        Script { text, sha1 }
+    pub const fn new(text: &'static str) -> Script {
+        Script {
+            text,
+            sha1: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn sha1(&self) -> &str {
+        self.sha1.get_or_init(|| {
+            let digest = ring::digest::digest(
+                &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+                self.text.as_bytes(),
+            );
+            digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        })
     }
 }
 
@@ -76,10 +88,19 @@ impl Target {
         }
     }
 
+    /// Sends a command about `key` without waiting for (or reading) its reply, when a
+    /// connection is up; otherwise drops it (a release that can wait for its key's expiry).
+    pub fn send_detached(&self, key: &[u8], args: &[&[u8]]) {
+        match self {
+            Target::Single(c) => c.send_detached(args),
+            Target::Cluster(c) => c.send_detached(key, args),
+        }
+    }
+
     /// Runs `script` with one key and `args`.
     pub async fn eval(&self, script: &Script, key: &[u8], args: &[&[u8]]) -> Result<Reply, Error> {
         let mut command: Vec<&[u8]> = Vec::with_capacity(4 + args.len());
-        command.extend([b"EVALSHA".as_slice(), script.sha1.as_bytes(), b"1", key]);
+        command.extend([b"EVALSHA".as_slice(), script.sha1().as_bytes(), b"1", key]);
         command.extend_from_slice(args);
         match self.call(key, &command).await {
             Err(Error::Server(e)) if e.starts_with("NOSCRIPT") => {

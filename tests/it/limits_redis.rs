@@ -192,3 +192,50 @@ fn redis_down_or_stalled_follows_allow_degradation_and_recovers_by_itself() {
     recovered(&gw);
     assert_eq!(gw.get("/closed").status, 503);
 }
+
+#[test]
+fn limit_req_and_limit_conn_in_redis_hold_across_two_gateways() {
+    let (addr, _private) = shared_redis();
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let redis = format!("policy = \"redis\", redis_host = \"{host}\", redis_port = {port}");
+    let be = Backend::start(|s| match s.target.as_str() {
+        t if t.contains("slow") => {
+            Reply::After(Duration::from_millis(800), Box::new(Reply::ok("slow")))
+        }
+        _ => Reply::ok("ok"),
+    });
+    let (req, conn) = (unique_id("req"), unique_id("conn-slow"));
+    let up = format!("upstream = {{ nodes = {{ \"{}\" = 1 }} }}", be.addr());
+    let body = format!(
+        "[[routes]]\nid = \"{req}\"\nuri = \"/{req}\"\n\
+         plugins.limit-req = {{ rate = 0.1, burst = 9, key = \"remote_addr\", nodelay = true, {redis} }}\n{up}\n\
+         [[routes]]\nid = \"{conn}\"\nuri = \"/{conn}\"\n\
+         plugins.limit-conn = {{ conn = 1, burst = 0, default_conn_delay = 0.1, key = \"remote_addr\", {redis} }}\n{up}\n"
+    );
+    let a = Gateway::start_with(&body, "workers = 2");
+    let b = Gateway::start_with(&body, "workers = 2");
+    // One leaky bucket for both gateways: 1 + a burst of 9 pass, the rest are refused.
+    assert_eq!(flood(&[&a, &b], &format!("/{req}"), 40, 8), (10, 30, 0));
+
+    // One request in progress on gateway a: gateway b refuses the next, then admits one
+    // once a's has ended (released with ZREM), also when a's client went away.
+    for abort in [false, true] {
+        let mut holder = Client::connect(a.addr());
+        holder.send("GET", &format!("/{conn}"), &[], b"");
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(b.get(&format!("/{conn}")).status, 503, "abort={abort}");
+        if abort {
+            drop(holder);
+        } else {
+            assert_eq!(holder.read_response(false).unwrap().status, 200);
+        }
+        let started = Instant::now();
+        while b.get(&format!("/{conn}")).status != 200 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "never released (abort={abort})"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
