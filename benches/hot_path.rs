@@ -35,6 +35,7 @@ fn router(n: usize) -> Router {
             ),
         };
         routes.push(Route {
+            service_id: None,
             id: format!("r{i}").into(),
             hosts,
             methods: 0,

@@ -26,6 +26,9 @@ pub enum Var {
     Cookie(String),
     /// `consumer_name`: the consumer an authentication plugin identified.
     ConsumerName,
+    /// `route_id`, `service_id`: the matched route's id and its service's (APISIX's ctx vars).
+    RouteId,
+    ServiceId,
     /// `ssl_server_name`: the name a TLS client asked for (SNI).
     SslServerName,
     /// `ssl_client_s_dn`: the subject of a TLS client's certificate (RFC 2253).
@@ -49,6 +52,8 @@ impl Var {
             "server_port" => Var::ServerPort,
             "status" => Var::Status,
             "consumer_name" => Var::ConsumerName,
+            "route_id" => Var::RouteId,
+            "service_id" => Var::ServiceId,
             "ssl_server_name" => Var::SslServerName,
             "ssl_client_s_dn" => Var::SslClientSDn,
             _ => {

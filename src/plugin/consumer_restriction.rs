@@ -5,8 +5,9 @@
 //! did not name). A request with no consumer gets 401 `The request is rejected, please check
 //! the consumer_name for this request`; a refused one `rejected_code` (403) with
 //! `rejected_msg` or `The consumer_name is forbidden.`. `type` is `consumer_name` (APISIX's
-//! default); `service_id`, `route_id` and `consumer_group_id` are refused until routes and
-//! consumer groups reach the plugins.
+//! default), or `route_id` / `service_id`: the lists then name routes or services, and the
+//! plugin belongs on a consumer (its own plugins run after authentication), restricting
+//! where that consumer may go. `consumer_group_id` is refused until consumer groups exist.
 
 use super::{Answer, BuildCtx, CoreState, Flow, PhaseSet, Phases, RequestCtx};
 use crate::vars::Var;
@@ -43,6 +44,8 @@ fn forbidden() -> u16 {
 }
 
 pub struct ConsumerRestriction {
+    /// What is checked: the consumer's name, the route's id or the service's id.
+    subject: Var,
     blacklist: Vec<String>,
     whitelist: Vec<String>,
     /// (user, methods): a user listed here may use only these methods.
@@ -54,18 +57,23 @@ pub struct ConsumerRestriction {
 impl ConsumerRestriction {
     pub fn build(conf: &serde_json::Value, _ctx: &mut BuildCtx<'_>) -> Result<Self, String> {
         let c: Config = serde_json::from_value(conf.clone()).map_err(|e| e.to_string())?;
-        if c.kind != "consumer_name" {
-            return Err(format!(
-                "property \"type\": \"{}\" is not supported yet (consumer_name is)",
-                c.kind
-            ));
-        }
+        let subject = match c.kind.as_str() {
+            "consumer_name" => Var::ConsumerName,
+            "route_id" => Var::RouteId,
+            "service_id" => Var::ServiceId,
+            other => {
+                return Err(format!(
+                    "property \"type\": \"{other}\" is not supported yet (consumer_name, route_id and service_id are)"
+                ))
+            }
+        };
         let message = |m: &str| serde_json::json!({ "message": m }).to_string().into_bytes();
         let json = || vec![("Content-Type".to_string(), "application/json".to_string())];
         let rejected = c
             .rejected_msg
-            .unwrap_or_else(|| "The consumer_name is forbidden.".into());
+            .unwrap_or_else(|| format!("The {} is forbidden.", c.kind));
         Ok(ConsumerRestriction {
+            subject,
             blacklist: c.blacklist.unwrap_or_default(),
             whitelist: c.whitelist.unwrap_or_default(),
             by_methods: c
@@ -77,7 +85,10 @@ impl ConsumerRestriction {
             unidentified: Answer::new(
                 401,
                 json(),
-                message("The request is rejected, please check the consumer_name for this request"),
+                message(&format!(
+                    "The request is rejected, please check the {} for this request",
+                    c.kind
+                )),
             ),
             refused: Answer::new(c.rejected_code, json(), message(&rejected)),
         })
@@ -98,13 +109,14 @@ impl Phases for ConsumerRestriction {
     }
 
     fn access(&self, ctx: &mut RequestCtx<'_>, _state: &RefCell<CoreState>) -> Flow {
-        let Some(name) = ctx.consumer.get() else {
+        let Some(name) = ctx.vars.var(&self.subject) else {
             return Flow::Respond(self.unidentified.clone());
         };
-        if self.blacklist.contains(name) {
+        let name = std::str::from_utf8(name).unwrap_or_default();
+        if self.blacklist.iter().any(|b| b == name) {
             return Flow::Respond(self.refused.clone());
         }
-        let whitelisted = self.whitelist.contains(name);
+        let whitelisted = self.whitelist.iter().any(|w| w == name);
         let mut block = !self.whitelist.is_empty() && !whitelisted;
         if !whitelisted {
             let method = ctx.vars.var(&Var::RequestMethod).unwrap_or_default();

@@ -298,8 +298,11 @@ impl Conn {
             real_ip,
             consumer,
             resp,
+            local,
+            route,
             ..
         } = &mut self.req;
+        let route = route.map(|i| local.shared.router.route(i));
         let real_ip = &*real_ip;
         let consumer = &*consumer;
         let path = if *path_normalized {
@@ -317,6 +320,7 @@ impl Conn {
             consumer,
             server_port: &self.local_port,
             tls: self.stream.tls().map(|t| &t.facts),
+            route,
         };
         (vars, edits, resp)
     }
@@ -333,6 +337,10 @@ impl Conn {
             consumer: &self.req.consumer,
             server_port: &self.local_port,
             tls: self.stream.tls().map(|t| &t.facts),
+            route: self
+                .req
+                .route
+                .map(|i| self.req.local.shared.router.route(i)),
         }
     }
 

@@ -21,6 +21,8 @@ pub struct RequestVars<'a> {
     pub server_port: &'a str,
     /// What the TLS handshake told (None on plain connections).
     pub tls: Option<&'a crate::tls::stream::Facts>,
+    /// The matched route, once routing is done.
+    pub route: Option<&'a crate::route::Route>,
 }
 
 impl RequestVars<'_> {
@@ -87,6 +89,11 @@ impl VarSource for RequestVars<'_> {
             Var::Http(name) => self.header(name),
             Var::Cookie(name) => self.cookie(name),
             Var::ConsumerName => self.consumer.get().map(|c| c.as_bytes()),
+            Var::RouteId => self.route.map(|r| r.id.as_bytes()),
+            Var::ServiceId => self
+                .route
+                .and_then(|r| r.service_id.as_deref())
+                .map(str::as_bytes),
             Var::SslServerName => self.tls?.server_name.as_deref().map(str::as_bytes),
             Var::SslClientSDn => self.tls?.client_s_dn.as_deref().map(str::as_bytes),
             // No response yet.

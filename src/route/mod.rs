@@ -115,6 +115,8 @@ impl IpNet {
 #[derive(Debug, Clone)]
 pub struct Route {
     pub id: Arc<str>,
+    /// The service it belongs to (`service_id`, the variable of that name).
+    pub service_id: Option<Arc<str>>,
     pub hosts: Vec<HostPattern>,
     /// Bit set of allowed methods; 0 = any.
     pub methods: u32,
@@ -308,6 +310,7 @@ mod tests {
 
     fn route(id: &str, hosts: &[&str], methods: &[&str], priority: i64) -> Route {
         Route {
+            service_id: None,
             id: id.into(),
             hosts: hosts.iter().map(|h| HostPattern::parse(h)).collect(),
             methods: methods

@@ -251,6 +251,7 @@ pub(super) fn compile_route(
     Ok((
         Route {
             id: id.into(),
+            service_id: r.service_id.as_deref().map(Into::into),
             hosts,
             methods,
             vars,

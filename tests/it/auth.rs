@@ -354,7 +354,7 @@ fn consumer_restriction_lets_listed_consumers_and_methods_through() {
     );
     let (ok, err) = check_config(&route(
         "/x",
-        "{ type = \"route_id\", whitelist = [\"1\"] }",
+        "{ type = \"consumer_group_id\", whitelist = [\"1\"] }",
         false,
     ));
     assert!(!ok && err.contains("not supported yet"), "{err}");
@@ -393,7 +393,12 @@ plugins.key-auth = {{ key = "jill-key" }}
     // jack's proxy-rewrite replaces the route's, and his limit-count applies to him alone.
     assert_eq!(call("jack-key"), (200, "user=jack who=jack".into()));
     assert_eq!(call("jack-key"), (200, "user=jack who=jack".into()));
-    assert_eq!(call("jack-key").0, 429);
+    // No rejected_msg: the status's reason phrase, in the status line and the body.
+    let r = gw
+        .client()
+        .request("GET", "/m", &[("apikey", "jack-key")], b"");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error_msg"], "Too Many Requests");
     for _ in 0..3 {
         assert_eq!(call("jill-key"), (200, "user=jill who=route".into()));
     }
@@ -450,4 +455,67 @@ plugins.key-auth = {{ key = "jack-key" }}
         (r.status, r.json()["message"].as_str()),
         (401, Some("Invalid user authorization"))
     );
+}
+
+#[test]
+fn consumer_restriction_on_a_consumer_limits_the_routes_and_services_it_may_use() {
+    let be = Backend::start(|_| Reply::ok("ok"));
+    let up = format!("upstream = {{ nodes = {{ \"{}\" = 1 }} }}", be.addr());
+    let gw = Gateway::start(&format!(
+        r#"[[services]]
+id = "billing"
+{up}
+[[routes]]
+id = "r1"
+uri = "/r1"
+plugins.key-auth = {{}}
+{up}
+[[routes]]
+id = "r2"
+uri = "/r2"
+plugins.key-auth = {{}}
+{up}
+[[routes]]
+id = "r3"
+uri = "/r3"
+service_id = "billing"
+plugins.key-auth = {{}}
+[[services]]
+id = "shop"
+{up}
+[[routes]]
+id = "r4"
+uri = "/r4"
+service_id = "shop"
+plugins.key-auth = {{}}
+[[consumers]]
+username = "jack"
+plugins.key-auth = {{ key = "jack-key" }}
+plugins.consumer-restriction = {{ type = "route_id", whitelist = ["r1"] }}
+[[consumers]]
+username = "jill"
+plugins.key-auth = {{ key = "jill-key" }}
+plugins.consumer-restriction = {{ type = "service_id", blacklist = ["billing"], rejected_code = 401, rejected_msg = "no billing" }}
+"#
+    ));
+    let call = |path: &str, key: &str| {
+        let r = gw.client().request("GET", path, &[("apikey", key)], b"");
+        let msg = match r.status {
+            200 => String::new(),
+            _ => r.json()["message"].as_str().unwrap_or_default().to_string(),
+        };
+        (r.status, msg)
+    };
+    assert_eq!(call("/r1", "jack-key").0, 200);
+    assert_eq!(
+        call("/r2", "jack-key"),
+        (403, "The route_id is forbidden.".into())
+    );
+    // By service: a route without a service has no service_id to check, which APISIX
+    // refuses as unidentified.
+    let unidentified = "The request is rejected, please check the service_id for this request";
+    assert_eq!(call("/r1", "jill-key"), (401, unidentified.into()));
+    assert_eq!(call("/r3", "jill-key"), (401, "no billing".into()));
+    assert_eq!(call("/r4", "jill-key").0, 200);
+    assert_eq!(call("/r3", "jack-key").0, 403);
 }
