@@ -48,12 +48,30 @@ fn keyring() -> &'static [Vec<u8>] {
 
 /// Encrypts a PEM value with the first key; anything else (already encrypted) as it is.
 pub fn encrypt(value: &str) -> String {
+    match value.starts_with("---") {
+        true => seal(value),
+        false => value.to_string(),
+    }
+}
+
+/// Encrypts a secret that is not PEM (a key-auth key, a password: APISIX's `encrypt_fields`)
+/// with the first key. Kept as written: a reference (`$env://`, `$secret://`), and a value
+/// that already decrypts (stored before, sent back by a PATCH or a PUT of what a GET gave),
+/// which the data plane would decrypt anyway.
+pub fn encrypt_text(value: &str) -> String {
+    let reference = value.starts_with("$env://") || value.starts_with("$secret://");
+    let encrypted = !value.starts_with("---") && decrypt(value).is_ok();
+    match reference || encrypted {
+        true => value.to_string(),
+        false => seal(value),
+    }
+}
+
+/// `value` encrypted with the first key, base64 as APISIX stores it (as it is without keys).
+fn seal(value: &str) -> String {
     let Some(key) = keyring().first() else {
         return value.to_string();
     };
-    if !value.starts_with("---") {
-        return value.to_string();
-    }
     let data = value.as_bytes();
     let out = match key.len() {
         16 => cbc::Encryptor::<aes::Aes128>::new_from_slices(key, key)

@@ -577,11 +577,13 @@ pub(super) fn check(kind: Kind, value: &Value) -> Result<(), AdminResponse> {
     Ok(())
 }
 
-/// What a kind changes in an object before it is stored: an SSL object's keys are encrypted.
-fn at_rest(kind: Kind, mut value: Value) -> Value {
+/// What a kind changes in an object before it is stored: an SSL object's keys are
+/// encrypted, and so are plugins' secrets (APISIX's `encrypt_fields`).
+pub(super) fn at_rest(kind: Kind, mut value: Value) -> Value {
     if kind == Kind::Ssls {
         super::ssls::encrypt_keys(&mut value);
     }
+    super::consumers::encrypt_plugin_secrets(&mut value);
     value
 }
 

@@ -59,7 +59,12 @@ pub(super) fn decide(
             }
             check(Kind::Consumers, &v)?;
             let mut next = objects.clone();
-            let created = next.put(Kind::Consumers, &name, v, now);
+            let created = next.put(
+                Kind::Consumers,
+                &name,
+                super::api::at_rest(Kind::Consumers, v),
+                now,
+            );
             let reply = stored(
                 Kind::Consumers,
                 &name,
@@ -171,7 +176,7 @@ fn credentials(
                 if let Err(r) = check(kind, &v) {
                     return Decision::Reply(r);
                 }
-                let created = next.put(kind, &id, v, now);
+                let created = next.put(kind, &id, super::api::at_rest(kind, v), now);
                 stored(kind, &id, &next, if created { 201 } else { 200 })
             } else {
                 if next.delete(kind, &id).is_none() {
@@ -189,5 +194,29 @@ fn credentials(
             }
         }
         _ => Decision::Reply(AdminResponse::error(404, "not found")),
+    }
+}
+
+/// Plugin fields APISIX encrypts at rest when `data_encryption.enable_encrypt_fields` is on
+/// (each plugin's `encrypt_fields`): (plugin, field). The data plane decrypts them when it
+/// compiles (`consumer::secret`), and takes a value that does not decrypt as written.
+const ENCRYPTED_FIELDS: &[(&str, &str)] = &[
+    ("key-auth", "key"),
+    ("basic-auth", "password"),
+    ("jwt-auth", "secret"),
+    ("limit-count", "redis_password"),
+    ("limit-req", "redis_password"),
+    ("limit-conn", "redis_password"),
+];
+
+/// Encrypts the secrets among an object's `plugins` before it is stored.
+pub(super) fn encrypt_plugin_secrets(value: &mut Value) {
+    let Some(Value::Object(plugins)) = value.get_mut("plugins") else {
+        return;
+    };
+    for (plugin, field) in ENCRYPTED_FIELDS {
+        if let Some(Value::String(s)) = plugins.get_mut(*plugin).and_then(|p| p.get_mut(*field)) {
+            *s = crate::data_encryption::encrypt_text(s);
+        }
     }
 }

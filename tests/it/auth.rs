@@ -157,6 +157,34 @@ fn key_auth_credentials_are_checked_and_change_live_through_the_admin_api() {
         "/apisix/admin/consumers",
         serde_json::json!({"username": "ann", "plugins": {"key-auth": {"key": "k1"}}}),
     );
+    // The key at rest is APISIX's encryption of it (default keyring), and stays so through a
+    // PUT that sends the stored value back (consumers have no PATCH, as in APISIX).
+    let stored = admin(
+        "GET",
+        "/apisix/admin/consumers/ann",
+        serde_json::json!(null),
+    )
+    .json();
+    let stored = stored["value"]["plugins"]["key-auth"]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(stored, "k1");
+    assert_eq!(apisix_encrypt(&stored, true).trim(), "k1");
+    put(
+        "/apisix/admin/consumers",
+        serde_json::json!({"username": "ann", "desc": "x", "plugins": {"key-auth": {"key": stored}}}),
+    );
+    let again = admin(
+        "GET",
+        "/apisix/admin/consumers/ann",
+        serde_json::json!(null),
+    )
+    .json();
+    assert_eq!(
+        again["value"]["plugins"]["key-auth"]["key"],
+        stored.as_str()
+    );
     assert_eq!(
         get("k1").text(),
         "user=ann cred=- custom=- apikey=k1 target=/a"
