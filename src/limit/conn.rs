@@ -38,10 +38,6 @@ impl Conns {
     pub fn leave(&self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
-
-    pub fn current(&self) -> i64 {
-        self.0.load(Ordering::Acquire).max(0)
-    }
 }
 
 impl Cell for Conns {

@@ -65,15 +65,6 @@ impl<C: Cell> Table<C> {
         self.hasher.build_hasher()
     }
 
-    /// How many keys the table holds now.
-    pub fn len(&self) -> usize {
-        self.cells.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.cells.is_empty()
-    }
-
     /// Runs `update` on the cell of `key`, made on first use; [`Full`] when the key is new
     /// and the table holds [`MAX_KEYS`] keys already.
     pub fn update<R>(

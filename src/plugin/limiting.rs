@@ -194,8 +194,7 @@ pub(super) fn counter_id(owner: &str, conf: &serde_json::Value, group: Option<&s
         Some(group) => format!("group/{group}"),
         None => {
             let d = ring::digest::digest(&ring::digest::SHA256, conf.to_string().as_bytes());
-            let hex: String = d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
-            format!("{owner}/{hex}")
+            format!("{owner}/{}", crate::redis::hex(&d.as_ref()[..8]))
         }
     }
 }

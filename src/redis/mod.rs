@@ -68,9 +68,14 @@ impl Script {
                 &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
                 self.text.as_bytes(),
             );
-            digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+            hex(digest.as_ref())
         })
     }
+}
+
+/// Lower-case hex of `bytes` (script digests, counter names).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Where a script runs: one server, or the master of the key's slot in a cluster.
