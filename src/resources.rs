@@ -1,5 +1,5 @@
 //! Resources: the objects requests are served with (upstreams, services, routes, global
-//! rules, plugin configs), kept apart from the process settings of `[gateway]`. Resources are
+//! rules, plugin configs, consumers and their groups), kept apart from the process settings of `[gateway]`. Resources are
 //! reloadable: a change is compiled into a new snapshot and swapped in without a restart.
 //! Process settings (listeners, workers, io_uring, the control listener, the access log
 //! target) are read once at start; a changed one is reported and waits for a restart.
@@ -13,9 +13,9 @@
 //! the newest revision that compiled).
 
 use crate::config::{
-    AdminConfig, Config, ConfigError, ConsumerConfig, CredentialConfig, DemoConfig,
-    DeploymentConfig, GatewayConfig, GlobalRuleConfig, ObjectName, PluginConfigConfig, RouteConfig,
-    ServiceConfig, SslConfig, UpstreamConfig,
+    AdminConfig, Config, ConfigError, ConsumerConfig, ConsumerGroupConfig, CredentialConfig,
+    DemoConfig, DeploymentConfig, GatewayConfig, GlobalRuleConfig, ObjectName, PluginConfigConfig,
+    RouteConfig, ServiceConfig, SslConfig, UpstreamConfig,
 };
 use crate::store::Kind;
 use std::collections::BTreeMap;
@@ -33,6 +33,7 @@ pub struct Resources {
     pub global_rules: Vec<Arc<GlobalRuleConfig>>,
     pub plugin_configs: Vec<Arc<PluginConfigConfig>>,
     pub consumers: Vec<Arc<ConsumerConfig>>,
+    pub consumer_groups: Vec<Arc<ConsumerGroupConfig>>,
     pub credentials: Vec<Arc<CredentialConfig>>,
     pub ssls: Vec<Arc<SslConfig>>,
 }
@@ -132,6 +133,7 @@ impl Config {
                 global_rules: shared(self.global_rules),
                 plugin_configs: shared(self.plugin_configs),
                 consumers: shared(self.consumers),
+                consumer_groups: shared(self.consumer_groups),
                 credentials: shared(self.credentials),
                 ssls: shared(self.ssls),
             }),

@@ -26,6 +26,8 @@ pub enum Var {
     Cookie(String),
     /// `consumer_name`: the consumer an authentication plugin identified.
     ConsumerName,
+    /// `consumer_group_id`: that consumer's group, when it has one.
+    ConsumerGroupId,
     /// `route_id`, `service_id`: the matched route's id and its service's (APISIX's ctx vars).
     RouteId,
     ServiceId,
@@ -52,6 +54,7 @@ impl Var {
             "server_port" => Var::ServerPort,
             "status" => Var::Status,
             "consumer_name" => Var::ConsumerName,
+            "consumer_group_id" => Var::ConsumerGroupId,
             "route_id" => Var::RouteId,
             "service_id" => Var::ServiceId,
             "ssl_server_name" => Var::SslServerName,

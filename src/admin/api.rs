@@ -78,6 +78,13 @@ pub fn decide(
             return Decision::Reply(refused);
         }
     }
+    if kind == Kind::ConsumerGroups && req.method == "POST" {
+        // APISIX: a group is created by PUT with its id.
+        return Decision::Reply(AdminResponse::error(
+            405,
+            "not supported `POST` method for consumer group",
+        ));
+    }
     if let Some(id) = id {
         if !valid_id(id) {
             return Decision::Reply(AdminResponse::error(
@@ -444,6 +451,16 @@ fn delete(objects: &Objects, kind: Kind, id: Option<&str>, req: &AdminRequest) -
 
 /// The first object that refers to `kind`/`id` (`route [1]`), as APISIX names it.
 fn used_by(objects: &Objects, kind: Kind, id: &str) -> Option<String> {
+    if kind == Kind::ConsumerGroups {
+        let member = objects.list(Kind::Consumers).into_iter().find(|(_, o)| {
+            match o.value.get("group_id") {
+                Some(Value::String(s)) => s == id,
+                Some(Value::Number(n)) => n.to_string() == id,
+                _ => false,
+            }
+        });
+        return member.map(|(user, _)| format!("consumer [{user}]"));
+    }
     let field = match kind {
         Kind::Upstreams => "upstream_id",
         Kind::Services => "service_id",
@@ -514,6 +531,7 @@ fn schema_text(resource: &str) -> Option<&'static str> {
         "global_rule" => include_str!("schemas/global_rule.json"),
         "plugin_config" => include_str!("schemas/plugin_config.json"),
         "consumer" => include_str!("schemas/consumer.json"),
+        "consumer_group" => include_str!("schemas/consumer_group.json"),
         "credential" => include_str!("schemas/credential.json"),
         "plugin_metadata" => include_str!("schemas/plugin_metadata.json"),
         "ssl" => include_str!("schemas/ssl.json"),
@@ -535,6 +553,7 @@ fn schema(kind: Kind) -> Option<&'static crate::schema::Schema> {
                 (Kind::GlobalRules, "global_rule"),
                 (Kind::PluginConfigs, "plugin_config"),
                 (Kind::Consumers, "consumer"),
+                (Kind::ConsumerGroups, "consumer_group"),
                 (Kind::Credentials, "credential"),
                 (Kind::PluginMetadata, "plugin_metadata"),
                 (Kind::Ssls, "ssl"),

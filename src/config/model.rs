@@ -23,6 +23,10 @@ pub struct Config {
     /// API users (APISIX `consumers`), and their credentials.
     #[serde(default)]
     pub consumers: Vec<ConsumerConfig>,
+    /// Plugins shared by the consumers that name the group in `group_id` (APISIX
+    /// `consumer_groups`).
+    #[serde(default)]
+    pub consumer_groups: Vec<ConsumerGroupConfig>,
     #[serde(default)]
     pub credentials: Vec<CredentialConfig>,
     /// Settings a plugin shares across all its instances (APISIX `plugin_metadata`), by the
@@ -363,6 +367,23 @@ pub struct PluginConfigConfig {
     pub plugins: Plugins,
 }
 
+/// Plugins shared by a group of consumers (APISIX `consumer_groups`): a consumer naming the
+/// group in `group_id` runs them, its own plugins winning where both configure one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerGroupConfig {
+    #[serde(deserialize_with = "req_id")]
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub desc: Option<String>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub plugins: Plugins,
+}
+
 /// A consumer: an API user that authentication plugins identify (APISIX `consumers`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -502,4 +523,9 @@ fn opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
         }
     }
     d.deserialize_option(IdVisitor)
+}
+
+/// A required id, a string or an integer as APISIX takes it.
+fn req_id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    opt_id(d)?.ok_or_else(|| serde::de::Error::custom("missing id"))
 }

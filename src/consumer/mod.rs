@@ -24,6 +24,8 @@ pub struct Identity {
     pub credential: Option<Arc<str>>,
     /// The consumer's `labels.custom_id` (`X-Consumer-Custom-ID`).
     pub custom_id: Option<Arc<str>>,
+    /// The consumer's group (`consumer_group_id`).
+    pub group: Option<Arc<str>>,
 }
 
 /// A secret's digest.
@@ -69,7 +71,7 @@ impl Consumers {
         credentials: &[Arc<CredentialConfig>],
     ) -> Result<Consumers, ConfigError> {
         let mut index = Consumers::default();
-        let mut names: HashMap<&str, (Arc<str>, Option<Arc<str>>)> = HashMap::new();
+        let mut names: HashMap<&str, Arc<Identity>> = HashMap::new();
         for (i, c) in consumers.iter().enumerate() {
             let username: Arc<str> = c.username.as_str().into();
             let custom_id: Option<Arc<str>> = c
@@ -77,7 +79,6 @@ impl Consumers {
                 .as_ref()
                 .and_then(|l| l.get("custom_id"))
                 .map(|s| s.as_str().into());
-            names.insert(&c.username, (username.clone(), custom_id.clone()));
             let name = ObjectName {
                 kind: "consumers",
                 index: i,
@@ -87,7 +88,9 @@ impl Consumers {
                 username: username.clone(),
                 credential: None,
                 custom_id,
+                group: c.group_id.as_deref().map(Into::into),
             });
+            names.insert(&c.username, identity.clone());
             index.by_name.insert(username, identity.clone());
             if let Some(plugins) = &c.plugins {
                 index.add(&name.to_string(), plugins, &identity)?;
@@ -102,7 +105,7 @@ impl Consumers {
                 (Some(c), None) => (c.as_str(), cred.id.as_str()),
                 (None, None) => continue, // refused by the consumer checks
             };
-            let Some((username, custom_id)) = names.get(owner) else {
+            let Some(consumer) = names.get(owner) else {
                 continue; // refused by the consumer checks
             };
             let name = ObjectName {
@@ -111,9 +114,10 @@ impl Consumers {
                 id: Some(&cred.id),
             };
             let identity = Arc::new(Identity {
-                username: username.clone(),
                 credential: Some(id.into()),
-                custom_id: custom_id.clone(),
+                username: consumer.username.clone(),
+                custom_id: consumer.custom_id.clone(),
+                group: consumer.group.clone(),
             });
             index.add(&name.to_string(), plugins, &identity)?;
         }

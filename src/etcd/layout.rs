@@ -107,6 +107,10 @@ mod tests {
             parse_key(p, "/apisix/global_rules/g"),
             Some((Kind::GlobalRules, "g".into()))
         );
+        assert_eq!(
+            parse_key(p, "/apisix/consumer_groups/gold"),
+            Some((Kind::ConsumerGroups, "gold".into()))
+        );
         for skipped in [
             "/apisix/gen_id",
             "/apisix/routes",

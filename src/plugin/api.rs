@@ -359,7 +359,7 @@ pub struct RequestCtx<'a> {
     pub remote_addr: &'a std::cell::OnceCell<String>,
     /// Where an authentication plugin records the consumer it identified, once: the
     /// `consumer_name` variable for the plugins after it, chash `hash_on = "consumer"`.
-    pub consumer: &'a std::cell::OnceCell<String>,
+    pub consumer: &'a std::cell::OnceCell<std::sync::Arc<crate::consumer::Identity>>,
     /// The peer's address (the client's, unless real-ip established another).
     pub peer: std::net::IpAddr,
     pub slots: &'a mut Slots,

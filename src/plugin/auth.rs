@@ -42,8 +42,8 @@ impl Anonymous {
 }
 
 /// Records who the request is (`consumer_name`, the consumer's plugins) and tells the upstream.
-pub(super) fn identify(ctx: &mut RequestCtx<'_>, who: &Identity) {
-    let _ = ctx.consumer.set(who.username.to_string());
+pub(super) fn identify(ctx: &mut RequestCtx<'_>, who: &std::sync::Arc<Identity>) {
+    let _ = ctx.consumer.set(who.clone());
     send_identity(&mut ctx.request.headers, who);
 }
 

@@ -7,7 +7,7 @@
 //! `rejected_msg` or `The consumer_name is forbidden.`. `type` is `consumer_name` (APISIX's
 //! default), or `route_id` / `service_id`: the lists then name routes or services, and the
 //! plugin belongs on a consumer (its own plugins run after authentication), restricting
-//! where that consumer may go. `consumer_group_id` is refused until consumer groups exist.
+//! where that consumer may go; or `consumer_group_id`: the lists name consumer groups.
 
 use super::{Answer, BuildCtx, CoreState, Flow, PhaseSet, Phases, RequestCtx};
 use crate::vars::Var;
@@ -61,11 +61,8 @@ impl ConsumerRestriction {
             "consumer_name" => Var::ConsumerName,
             "route_id" => Var::RouteId,
             "service_id" => Var::ServiceId,
-            other => {
-                return Err(format!(
-                    "property \"type\": \"{other}\" is not supported yet (consumer_name, route_id and service_id are)"
-                ))
-            }
+            "consumer_group_id" => Var::ConsumerGroupId,
+            other => return Err(format!("property \"type\": unknown type \"{other}\"")),
         };
         let message = |m: &str| serde_json::json!({ "message": m }).to_string().into_bytes();
         let json = || vec![("Content-Type".to_string(), "application/json".to_string())];

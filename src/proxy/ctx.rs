@@ -52,7 +52,7 @@ pub(super) struct Ctx {
     pub(super) real_ip: OnceCell<String>,
     /// The consumer an authentication plugin identified (set once per request): the
     /// `consumer_name` variable, chash `hash_on = "consumer"`.
-    pub(super) consumer: OnceCell<String>,
+    pub(super) consumer: OnceCell<std::sync::Arc<crate::consumer::Identity>>,
     /// The route's chain merged with the consumer's own plugins, once the request is
     /// authenticated as a consumer that has some: the chain of its later phases.
     pub(super) merged: Option<std::rc::Rc<crate::plugin::Chain>>,

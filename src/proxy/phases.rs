@@ -206,7 +206,7 @@ impl Conn {
             // route).
             let consumers = &local.shared.consumer_chains;
             if phase == Phase::Rewrite && !consumers.is_empty() {
-                if let Some(own) = ctx.consumer.get().and_then(|c| consumers.get(c)) {
+                if let Some(own) = ctx.consumer.get().and_then(|c| consumers.get(&c.username)) {
                     let flow = states.run([&EMPTY_CHAIN, own], phase, &mut ctx).await;
                     if let Flow::Respond(answer) = flow {
                         return Err(answer);

@@ -56,7 +56,7 @@ pub(super) fn hash_key(out: &mut Vec<u8>, hash_on: &HashOn, vars: &RequestVars<'
         // APISIX falls back.
         HashOn::Consumer => match vars.consumer.get() {
             Some(c) => {
-                out.extend_from_slice(c.as_bytes());
+                out.extend_from_slice(c.username.as_bytes());
                 true
             }
             None => false,

@@ -17,7 +17,7 @@ pub struct RequestVars<'a> {
     /// What real-ip established, when it did (it wins over `remote_ip`).
     pub real_ip: &'a std::cell::OnceCell<String>,
     /// The consumer an authentication plugin identified, when one did.
-    pub consumer: &'a std::cell::OnceCell<String>,
+    pub consumer: &'a std::cell::OnceCell<std::sync::Arc<crate::consumer::Identity>>,
     pub server_port: &'a str,
     /// What the TLS handshake told (None on plain connections).
     pub tls: Option<&'a crate::tls::stream::Facts>,
@@ -88,7 +88,8 @@ impl VarSource for RequestVars<'_> {
             Var::Arg(name) => self.arg(name),
             Var::Http(name) => self.header(name),
             Var::Cookie(name) => self.cookie(name),
-            Var::ConsumerName => self.consumer.get().map(|c| c.as_bytes()),
+            Var::ConsumerName => self.consumer.get().map(|c| c.username.as_bytes()),
+            Var::ConsumerGroupId => self.consumer.get()?.group.as_deref().map(str::as_bytes),
             Var::RouteId => self.route.map(|r| r.id.as_bytes()),
             Var::ServiceId => self
                 .route

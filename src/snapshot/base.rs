@@ -168,6 +168,7 @@ impl Base {
 
         let consumer_chains = consumers::check_consumers(
             &config.consumers,
+            &config.consumer_groups,
             &config.credentials,
             &upstream_ids,
             &env,

@@ -113,6 +113,7 @@ impl BaseKey {
                 c.global_rules.len(),
                 c.plugin_configs.len(),
                 c.consumers.len(),
+                c.consumer_groups.len(),
                 c.credentials.len(),
                 c.ssls.len(),
             ]
@@ -123,6 +124,7 @@ impl BaseKey {
         all.extend(ptrs(&c.global_rules));
         all.extend(ptrs(&c.plugin_configs));
         all.extend(ptrs(&c.consumers));
+        all.extend(ptrs(&c.consumer_groups));
         all.extend(ptrs(&c.credentials));
         all.extend(ptrs(&c.ssls));
         BaseKey {

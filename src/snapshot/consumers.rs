@@ -1,31 +1,38 @@
-//! Consumers and their credentials: checked and their plugins built, so an invalid one never
-//! reaches the data plane. Their authentication plugins' configs (the credentials) are
-//! checked and indexed by `consumer::Consumers`; the other plugins are built here.
+//! Consumers, their groups and their credentials: checked and their plugins built, so an
+//! invalid one never reaches the data plane. Their authentication plugins' configs (the
+//! credentials) are checked and indexed by `consumer::Consumers`; the other plugins are
+//! built here. A group's plugins are built once (one instance, so a `limit-count` in a
+//! group is one counter for its consumers) and joined to each member's own, the member's
+//! winning where both configure a plugin (APISIX's merge order: group, then consumer).
 
 use super::plugins::build_plugins;
 use super::upstreams::CompileEnv;
 use super::{object_name, Result};
-use crate::config::{ConfigError, ConsumerConfig, CredentialConfig};
+use crate::config::{ConfigError, ConsumerConfig, ConsumerGroupConfig, CredentialConfig};
 use crate::consumer::AUTH_PLUGINS;
-use crate::plugin::{Chain, Registry};
-
-/// Consumers' own plugins (besides their credentials), by username: merged into a request's
-/// chain once the request is authenticated as that consumer.
-pub type ConsumerChains = HashMap<String, Chain>;
+use crate::plugin::{Chain, Instance, Registry};
 use crate::upstream::UpstreamSpec;
+
+/// Consumers' plugins (their own besides their credentials, and their group's), by
+/// username: merged into a request's chain once the request is authenticated as that
+/// consumer.
+pub type ConsumerChains = HashMap<std::sync::Arc<str>, Chain>;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Checks every consumer and credential; builds consumers' plugins into `registry`.
 /// Returns the plugin chain of each consumer that has plugins besides its credentials.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn check_consumers(
     consumers: &[Arc<ConsumerConfig>],
+    groups: &[Arc<ConsumerGroupConfig>],
     credentials: &[Arc<CredentialConfig>],
     upstream_ids: &HashMap<String, usize>,
     env: &CompileEnv<'_>,
     upstreams: &mut Vec<UpstreamSpec>,
     registry: &mut Registry,
 ) -> Result<ConsumerChains> {
+    let groups = build_groups(groups, upstream_ids, env, upstreams, registry)?;
     let mut usernames = HashSet::new();
     let mut chains = ConsumerChains::new();
     for (i, c) in consumers.iter().enumerate() {
@@ -50,6 +57,18 @@ pub(super) fn check_consumers(
                 "duplicate consumer username",
             ));
         }
+        let group = match &c.group_id {
+            Some(id) => groups.get(id.as_str()).ok_or_else(|| {
+                ConfigError::invalid(
+                    format!("{name}.group_id"),
+                    format!(
+                        "failed to fetch consumer group info by consumer group id [{id}], not found"
+                    ),
+                )
+            })?,
+            None => &Vec::new(),
+        };
+        let mut own = Vec::new();
         if let Some(plugins) = &c.plugins {
             // Credentials (key-auth's `key`, ...) are the consumer index's; the rest are
             // plugins the consumer's requests run.
@@ -58,7 +77,7 @@ pub(super) fn check_consumers(
                 .filter(|(p, _)| !AUTH_PLUGINS.contains(&p.as_str()))
                 .map(|(p, v)| (p.clone(), v.clone()))
                 .collect();
-            let built = build_plugins(
+            own = build_plugins(
                 &name,
                 &format!("consumers/{}", c.username),
                 &plugins,
@@ -67,14 +86,20 @@ pub(super) fn check_consumers(
                 upstreams,
                 registry,
             )?;
-            if !built.is_empty() {
-                let mut chain = Chain {
-                    plugins: built.into_iter().map(|(_, i)| i).collect(),
-                    ..Chain::default()
-                };
-                chain.sort();
-                chains.insert(c.username.clone(), chain);
-            }
+        }
+        let mut plugins: Vec<Instance> = group
+            .iter()
+            .filter(|(p, _)| !own.iter().any(|(o, _)| o == p))
+            .map(|(_, i)| i.clone())
+            .collect();
+        plugins.extend(own.into_iter().map(|(_, i)| i));
+        let mut chain = Chain {
+            plugins,
+            ..Chain::default()
+        };
+        if !chain.is_empty() {
+            chain.sort();
+            chains.insert(c.username.as_str().into(), chain);
         }
     }
     for (i, cred) in credentials.iter().enumerate() {
@@ -111,4 +136,45 @@ pub(super) fn check_consumers(
         }
     }
     Ok(chains)
+}
+
+/// Each consumer group's plugins, built once, by group id.
+fn build_groups(
+    groups: &[Arc<ConsumerGroupConfig>],
+    upstream_ids: &HashMap<String, usize>,
+    env: &CompileEnv<'_>,
+    upstreams: &mut Vec<UpstreamSpec>,
+    registry: &mut Registry,
+) -> Result<HashMap<String, Vec<(String, Instance)>>> {
+    let mut built = HashMap::new();
+    for (i, g) in groups.iter().enumerate() {
+        let name = object_name("consumer_groups", i, Some(&g.id));
+        super::check_id(&name, &g.id)?;
+        if let Some(p) = g
+            .plugins
+            .keys()
+            .find(|p| AUTH_PLUGINS.contains(&p.as_str()))
+        {
+            return Err(ConfigError::invalid(
+                format!("{name}.plugins.{p}"),
+                "an authentication plugin's credentials belong to a consumer, not a group",
+            ));
+        }
+        let plugins = build_plugins(
+            &name,
+            &format!("consumer_groups/{}", g.id),
+            &g.plugins,
+            upstream_ids,
+            env,
+            upstreams,
+            registry,
+        )?;
+        if built.insert(g.id.clone(), plugins).is_some() {
+            return Err(ConfigError::invalid(
+                format!("{name}.id"),
+                "duplicate consumer group id",
+            ));
+        }
+    }
+    Ok(built)
 }

@@ -5,8 +5,8 @@
 //! With `config_provider = "store"` the objects persist under `data_dir` ([`file`]).
 
 use crate::config::{
-    ConfigError, ConsumerConfig, CredentialConfig, GlobalRuleConfig, PluginConfigConfig,
-    RouteConfig, ServiceConfig, SslConfig, UpstreamConfig,
+    ConfigError, ConsumerConfig, ConsumerGroupConfig, CredentialConfig, GlobalRuleConfig,
+    PluginConfigConfig, RouteConfig, ServiceConfig, SslConfig, UpstreamConfig,
 };
 use crate::resources::Resources;
 use serde_json::Value;
@@ -22,6 +22,8 @@ pub enum Kind {
     GlobalRules,
     PluginConfigs,
     Consumers,
+    /// Plugins shared by the consumers naming the group in `group_id`.
+    ConsumerGroups,
     /// Keyed `{username}/credentials/{id}`, under `/apisix/consumers/`.
     Credentials,
     /// Keyed by plugin name: settings a plugin shares across all its instances.
@@ -31,13 +33,14 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Routes,
         Kind::Services,
         Kind::Upstreams,
         Kind::GlobalRules,
         Kind::PluginConfigs,
         Kind::Consumers,
+        Kind::ConsumerGroups,
         Kind::Credentials,
         Kind::PluginMetadata,
         Kind::Ssls,
@@ -52,6 +55,7 @@ impl Kind {
             Kind::GlobalRules => "global_rules",
             Kind::PluginConfigs => "plugin_configs",
             Kind::Consumers => "consumers",
+            Kind::ConsumerGroups => "consumer_groups",
             Kind::Credentials => "credentials",
             Kind::PluginMetadata => "plugin_metadata",
             Kind::Ssls => "ssls",
@@ -76,6 +80,7 @@ impl Kind {
             Kind::GlobalRules => "global rule",
             Kind::PluginConfigs => "plugin config",
             Kind::Consumers => "consumer",
+            Kind::ConsumerGroups => "consumer group",
             Kind::Credentials => "credential",
             Kind::PluginMetadata => "plugin_metadata",
             Kind::Ssls => "ssl",
@@ -123,6 +128,7 @@ enum Typed {
     GlobalRule(Arc<GlobalRuleConfig>),
     PluginConfig(Arc<PluginConfigConfig>),
     Consumer(Arc<ConsumerConfig>),
+    ConsumerGroup(Arc<ConsumerGroupConfig>),
     Credential(Arc<CredentialConfig>),
     Ssl(Arc<SslConfig>),
     /// Kept as JSON (plugin metadata: the plugin reads it).
@@ -145,6 +151,7 @@ impl Typed {
             Kind::GlobalRules => de(v, Typed::GlobalRule),
             Kind::PluginConfigs => de(v, Typed::PluginConfig),
             Kind::Consumers => de(v, Typed::Consumer),
+            Kind::ConsumerGroups => de(v, Typed::ConsumerGroup),
             Kind::Credentials => de(v, Typed::Credential),
             Kind::Ssls => de(v, Typed::Ssl),
             Kind::PluginMetadata => Typed::Json,
@@ -172,7 +179,7 @@ macro_rules! pick {
 
 pick!(UpstreamConfig => Upstream, ServiceConfig => Service, RouteConfig => Route,
     GlobalRuleConfig => GlobalRule, PluginConfigConfig => PluginConfig,
-    ConsumerConfig => Consumer, CredentialConfig => Credential, SslConfig => Ssl);
+    ConsumerConfig => Consumer, ConsumerGroupConfig => ConsumerGroup, CredentialConfig => Credential, SslConfig => Ssl);
 
 impl Object {
     /// An object of `kind` with its JSON (which carries its `id`), times and indexes; its
@@ -339,6 +346,7 @@ impl Objects {
             global_rules: self.typed::<GlobalRuleConfig>(Kind::GlobalRules)?,
             plugin_configs: self.typed::<PluginConfigConfig>(Kind::PluginConfigs)?,
             consumers: self.typed::<ConsumerConfig>(Kind::Consumers)?,
+            consumer_groups: self.typed::<ConsumerGroupConfig>(Kind::ConsumerGroups)?,
             credentials: self.typed::<CredentialConfig>(Kind::Credentials)?,
             ssls: self.typed::<SslConfig>(Kind::Ssls)?,
         })

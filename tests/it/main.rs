@@ -12,6 +12,7 @@ mod bodies;
 mod body_filters;
 mod config_fuzz;
 mod config_limits;
+mod consumer_groups;
 mod eligibility;
 mod etcd;
 mod failures;

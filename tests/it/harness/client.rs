@@ -29,6 +29,18 @@ impl Response {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
     }
+
+    /// The status, and for a refusal the JSON body's `message` (APISIX's plugins' form).
+    pub fn refusal(&self) -> (u16, String) {
+        let msg = match self.status {
+            200 => String::new(),
+            _ => self.json()["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        };
+        (self.status, msg)
+    }
 }
 
 pub struct Client {

@@ -396,3 +396,55 @@ pub fn apisix_encrypt(plain: &str, decrypt: bool) -> String {
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// A gateway serving from the store, with its Admin API on a loopback port: for tests that
+/// change objects live.
+pub struct AdminGateway {
+    pub gw: Gateway,
+    pub port: u16,
+    key: &'static str,
+    _dir: PathBuf,
+}
+
+impl AdminGateway {
+    /// Starts a gateway on `body` (the store imports its objects) with the Admin API up.
+    pub fn start(body: &str) -> AdminGateway {
+        let dir = temp_dir("admin-gw");
+        let port = free_port();
+        let key = "admin-test-key";
+        let gw = Gateway::start(&format!(
+            "{body}\n[deployment]\nconfig_provider = \"store\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{port}\"\nadmin_key = \"{key}\"\n",
+            dir.display()
+        ));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "admin API not listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        AdminGateway {
+            gw,
+            port,
+            key,
+            _dir: dir,
+        }
+    }
+
+    /// One Admin API request (`body` JSON; `null` sends none worth reading).
+    pub fn call(&self, method: &str, path: &str, body: serde_json::Value) -> Response {
+        Client::connect(([127, 0, 0, 1], self.port).into()).request(
+            method,
+            path,
+            &[
+                ("X-API-KEY", self.key),
+                ("Content-Type", "application/json"),
+            ],
+            body.to_string().as_bytes(),
+        )
+    }
+
+    /// A PUT that must succeed (200 or 201).
+    pub fn put(&self, path: &str, body: serde_json::Value) {
+        let r = self.call("PUT", path, body);
+        assert!(r.status == 200 || r.status == 201, "{path}: {}", r.text());
+    }
+}
