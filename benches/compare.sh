@@ -88,6 +88,10 @@ Usage: benches/compare.sh [options]
                                                     HTTPS at the proxy: 64 B keep-alive, a
                                                     full handshake per request, a resumed
                                                     one per request, 1 MiB keep-alive
+                        prometheus                  64 B keep-alive with Shardgate's prometheus
+                                                    plugin as a global rule (nginx and HAProxy
+                                                    run as in small-ka, for reference); compare
+                                                    with small-ka of the same run
                         auth-limit auth-limit-redis
                                                     64 B keep-alive through an API key check
                                                     and a rate limit never reached: Shardgate's
@@ -153,7 +157,7 @@ for s in $SCENARIOS; do
     case $s in
         small-ka | newconn | 16k | 1m | lb-rr | lb-leastconn | lb-chash | lb-ewma) ;;
         tls-ka | tls-newconn | tls-resume | tls-1m) ;;
-        auth-limit | auth-limit-redis) ;;
+        auth-limit | auth-limit-redis | prometheus) ;;
         *) die "unknown scenario: $s" ;;
     esac
 done
@@ -435,7 +439,19 @@ uri = "/*"
 upstream_id = "b"
 $(auth_plugins)
 $ssl
+$(observability)
 EOF
+}
+
+# The observability scenarios: the plugin as a global rule (every request recorded), the
+# exporter on a port of the script's own.
+observability() {
+    if [[ $OBS == prometheus ]]; then
+        printf '[plugin_attr.prometheus]\nexport_addr = "127.0.0.1:%s"\n' "$((SHARDGATE_PORT + 50))"
+        printf '[[global_rules]]\nid = "obs"\nplugins.prometheus = {}\n'
+    else
+        printf '[plugin_attr.prometheus]\nenable_export_server = false\n'
+    fi
 }
 
 # The auth-limit scenarios: an API key checked against a consumer, then a count per client
@@ -660,9 +676,10 @@ print("   %.0f req/s  p50 %.1f us  p99 %.1f us  errors %d  CPU us/req %s%s"
 PY
 }
 
-scenario_params() { # sets SIZE NEWCONN LB TLS RESUME AUTH, and from LB: BACKEND_PORTS SG_LB NGINX_LB HAPROXY_LB
-    LB="" TLS=0 RESUME=0 AUTH=""
+scenario_params() { # sets SIZE NEWCONN LB TLS RESUME AUTH OBS, and from LB: BACKEND_PORTS SG_LB NGINX_LB HAPROXY_LB
+    LB="" TLS=0 RESUME=0 AUTH="" OBS=""
     case $1 in
+        prometheus) SIZE=64 NEWCONN=0 OBS=prometheus ;;
         auth-limit) SIZE=64 NEWCONN=0 AUTH=local ;;
         auth-limit-redis) SIZE=64 NEWCONN=0 AUTH=redis ;;
         tls-ka) SIZE=64 NEWCONN=0 TLS=1 ;;

@@ -36,6 +36,7 @@ fn router(n: usize) -> Router {
         };
         routes.push(Route {
             service_id: None,
+            labels: Default::default(),
             id: format!("r{i}").into(),
             hosts,
             methods: 0,

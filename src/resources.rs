@@ -48,6 +48,7 @@ pub struct FileContents {
     pub demo: Option<DemoConfig>,
     pub deployment: DeploymentConfig,
     pub admin: AdminConfig,
+    pub plugin_attr: crate::config::PluginAttr,
 }
 
 /// Reads and parses `path` (semantic checks are the compiler's).
@@ -141,6 +142,7 @@ impl Config {
             demo: self.demo,
             deployment: self.deployment,
             admin: self.admin,
+            plugin_attr: self.plugin_attr,
         }
     }
 }

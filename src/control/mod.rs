@@ -45,6 +45,7 @@ fn check_file(file: &crate::resources::FileContents) -> Result<Snapshot, ConfigE
         &mut CompileCache::default(),
     )?;
     file.check_schemas()?;
+    file.plugin_attr.prometheus.settings()?;
     Ok(snapshot)
 }
 
@@ -175,7 +176,43 @@ pub fn run(path: PathBuf) -> i32 {
     if let Provider::Etcd(etcd) = &provider {
         etcd::set_reachable(&status, true, Some(etcd.endpoint().to_string()), None);
     }
-    let prober = match prober::spawn(control, targets, snapshot.clone(), status.clone()) {
+    // Must run before any thread is pinned: it reads this thread's affinity mask.
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = if process.workers == 0 {
+        cores.len().min(parallelism).max(1)
+    } else {
+        process.workers
+    };
+    // The metrics: every worker's shard, and the exporter's listener.
+    let settings = match file.plugin_attr.prometheus.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            crate::error!("{e}");
+            return 1;
+        }
+    };
+    let exporter = match settings.export_addr {
+        Some(addr) => match prober::bind_control(addr) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                crate::error!(
+                    "cannot listen on {addr} (plugin_attr.prometheus.export_addr; enable_export_server = false turns the exporter off): {e}"
+                );
+                return 1;
+            }
+        },
+        None => None,
+    };
+    let metrics = crate::metrics::Metrics::new(settings, workers);
+    let listeners = prober::ControlListeners { control, exporter };
+    let prober = match prober::spawn(
+        listeners,
+        targets,
+        snapshot.clone(),
+        status.clone(),
+        metrics.clone(),
+    ) {
         Ok(p) => p,
         Err(e) => {
             crate::error!("cannot start the health prober: {e}");
@@ -190,14 +227,6 @@ pub fn run(path: PathBuf) -> i32 {
         crate::info!("started {} demo backend(s)", demo.backends.len());
     }
 
-    // Must run before any thread is pinned: it reads this thread's affinity mask.
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = if process.workers == 0 {
-        cores.len().min(parallelism).max(1)
-    } else {
-        process.workers
-    };
     let core_for = |i: usize| -> Option<core_affinity::CoreId> {
         if !process.pin_cores {
             return None;
@@ -243,6 +272,7 @@ pub fn run(path: PathBuf) -> i32 {
             listeners: listeners.clone(),
             access_log: access_log.clone(),
             passive: prober.passive.clone(),
+            metrics: metrics.clone(),
         };
         match worker::spawn(spec) {
             Ok(h) => handles.push(h),
@@ -281,6 +311,8 @@ pub fn run(path: PathBuf) -> i32 {
         prober,
         status,
         cache,
+        metrics,
+        compile_started: None,
     };
     if let Err(e) = start_admin(&file.admin, Path::new(&file.deployment.data_dir), admin_tx) {
         crate::error!("{e}");

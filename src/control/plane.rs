@@ -59,6 +59,10 @@ pub(super) struct Plane {
     pub(super) status: Arc<ConfigStatus>,
     /// What the last compilation made, for the next to take again.
     pub(super) cache: CompileCache,
+    /// The metrics (reloads and how long they took to apply).
+    pub(super) metrics: Arc<crate::metrics::Metrics>,
+    /// When the version being made started compiling.
+    pub(super) compile_started: Option<std::time::Instant>,
 }
 
 impl Plane {
@@ -305,6 +309,7 @@ impl Plane {
         resources: &Resources,
     ) -> Result<Snapshot, ConfigError> {
         let version = self.snapshot.version + 1;
+        self.compile_started = Some(std::time::Instant::now());
         compile(
             gateway,
             resources,
@@ -337,6 +342,13 @@ impl Plane {
             std::thread::sleep(Duration::from_millis(1));
         }
         self.snapshot = s;
+        let m = &self.metrics;
+        crate::metrics::bump(&m.reloads, 1);
+        if let Some(t) = self.compile_started.take() {
+            let us = t.elapsed().as_micros() as u64;
+            m.last_apply_us
+                .store(us, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Stops the prober and the workers (in-flight requests get `grace`).

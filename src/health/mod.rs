@@ -276,6 +276,23 @@ pub struct Target {
     pub retired: AtomicBool,
 }
 
+/// (kind, id) of an upstream's checker name: `upstreams/<id>`, `routes/<id>`, `services/<id>`.
+pub fn resource(key: &str) -> (&'static str, &str) {
+    if let Some(id) = key.strip_prefix("route:") {
+        ("routes", id)
+    } else if let Some(id) = key.strip_prefix("service:") {
+        ("services", id)
+    } else {
+        ("upstreams", key)
+    }
+}
+
+/// The checker's name APISIX reports (`/upstreams/1`, `/routes/2`).
+pub fn checker_name(key: &str) -> String {
+    let (kind, id) = resource(key);
+    format!("/{kind}/{id}")
+}
+
 impl Target {
     pub fn usable(&self) -> bool {
         self.usable.load(Ordering::Relaxed)

@@ -1,6 +1,6 @@
 //! The prober: one thread (its own monoio runtime, not pinned to a worker's core) that runs the
 //! active checks of every target, applies the passive outcomes the workers report, and serves
-//! the health status API on the control listener.
+//! the health status API on the control listener, and the Prometheus exporter.
 //!
 //! Each target has one probe loop: probe, apply the result to the state machine, sleep
 //! `healthy.interval` or `unhealthy.interval` depending on the state, again. A probe is a TCP
@@ -51,14 +51,33 @@ struct State {
     snapshot: RefCell<Arc<Snapshot>>,
     /// Where the configuration comes from, for `/v1/config`.
     config: Arc<ConfigStatus>,
+    /// Every worker's metrics (the exporter), and health transitions counted.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
-/// Starts the prober thread. `control` is the bound status-API listener, if any.
+/// The listeners the prober thread serves (bound before it starts, so a port in use fails
+/// the start).
+pub struct ControlListeners {
+    /// The control API (`gateway.control_listen`).
+    pub control: Option<std::net::TcpListener>,
+    /// The Prometheus exporter (`plugin_attr.prometheus.export_addr`).
+    pub exporter: Option<std::net::TcpListener>,
+}
+
+/// What a listener of the prober thread serves.
+#[derive(Clone, Copy)]
+enum Api {
+    Control,
+    Metrics,
+}
+
+/// Starts the prober thread, serving `listeners`.
 pub fn spawn(
-    control: Option<std::net::TcpListener>,
+    listeners: ControlListeners,
     targets: Vec<Arc<Target>>,
     snapshot: Arc<Snapshot>,
     config: Arc<ConfigStatus>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> std::io::Result<ProberHandle> {
     let mailbox = Arc::new(SegQueue::new());
     let passive = Arc::new(PassiveQueue::new());
@@ -70,7 +89,13 @@ pub fn spawn(
                 .enable_timer()
                 .build()
                 .expect("health runtime");
-            rt.block_on(run(control, targets, snapshot, config, mb, pq));
+            let state = Rc::new(State {
+                targets: RefCell::new(HashMap::new()),
+                snapshot: RefCell::new(snapshot),
+                config,
+                metrics,
+            });
+            rt.block_on(run(listeners, targets, state, mb, pq));
         })?;
     Ok(ProberHandle {
         mailbox,
@@ -80,23 +105,21 @@ pub fn spawn(
 }
 
 async fn run(
-    control: Option<std::net::TcpListener>,
+    listeners: ControlListeners,
     targets: Vec<Arc<Target>>,
-    snapshot: Arc<Snapshot>,
-    config: Arc<ConfigStatus>,
+    state: Rc<State>,
     mailbox: Arc<SegQueue<ProberMsg>>,
     passive: Arc<PassiveQueue>,
 ) {
-    let state = Rc::new(State {
-        targets: RefCell::new(HashMap::new()),
-        snapshot: RefCell::new(snapshot),
-        config,
-    });
     adopt(&state, targets);
-    if let Some(l) = control {
+    for (listener, api) in [
+        (listeners.control, Api::Control),
+        (listeners.exporter, Api::Metrics),
+    ] {
+        let Some(l) = listener else { continue };
         match TcpListener::from_std(l) {
             Ok(l) => {
-                monoio::spawn(serve_status(l, state.clone()));
+                monoio::spawn(serve(l, state.clone(), api));
             }
             Err(e) => crate::error!("control listener: {e}"),
         }
@@ -117,7 +140,9 @@ async fn run(
             let targets = state.targets.borrow();
             for (id, report) in batch {
                 if let Some(t) = targets.get(&id) {
-                    apply(t, report, &t.checks.passive.thresholds, "passive");
+                    if apply(t, report, &t.checks.passive.thresholds, "passive") {
+                        crate::metrics::bump(&state.metrics.health_transitions, 1);
+                    }
                 }
             }
         }
@@ -130,13 +155,13 @@ fn adopt(state: &Rc<State>, targets: Vec<Arc<Target>>) {
     known.retain(|_, t| !t.retired.load(Ordering::Relaxed));
     for t in targets {
         if known.insert(t.id, t.clone()).is_none() {
-            monoio::spawn(probe_loop(t));
+            monoio::spawn(probe_loop(t, state.metrics.clone()));
         }
     }
 }
 
-/// Applies a report; logs a usability change with its reason.
-pub fn apply(t: &Target, report: Report, thresholds: &Thresholds, source: &str) {
+/// Applies a report; logs a usability change with its reason. Returns whether it changed.
+pub fn apply(t: &Target, report: Report, thresholds: &Thresholds, source: &str) -> bool {
     let transition = {
         let mut m = t.machine.lock().unwrap_or_else(|e| e.into_inner());
         let tr = m.report(report, thresholds);
@@ -146,33 +171,37 @@ pub fn apply(t: &Target, report: Report, thresholds: &Thresholds, source: &str) 
         }
         tr
     };
-    if let Some(tr) = transition {
-        if tr.usable {
-            crate::info!(
-                "health: {} ({}) is healthy again after {} ({source} check)",
-                t.probe_addr,
-                t.hostname,
-                tr.reason
-            );
-        } else {
-            crate::warn!(
-                "health: {} ({}) is unhealthy: {} ({source} check)",
-                t.probe_addr,
-                t.hostname,
-                tr.reason
-            );
-        }
+    let Some(tr) = transition else {
+        return false;
+    };
+    if tr.usable {
+        crate::info!(
+            "health: {} ({}) is healthy again after {} ({source} check)",
+            t.probe_addr,
+            t.hostname,
+            tr.reason
+        );
+    } else {
+        crate::warn!(
+            "health: {} ({}) is unhealthy: {} ({source} check)",
+            t.probe_addr,
+            t.hostname,
+            tr.reason
+        );
     }
+    true
 }
 
-async fn probe_loop(t: Arc<Target>) {
+async fn probe_loop(t: Arc<Target>, metrics: Arc<crate::metrics::Metrics>) {
     let active = t.checks.active.clone();
     loop {
         if t.retired.load(Ordering::Relaxed) {
             return;
         }
         if let Some(report) = probe(&t).await {
-            apply(&t, report, &active.thresholds, "active");
+            if apply(&t, report, &active.thresholds, "active") {
+                crate::metrics::bump(&metrics.health_transitions, 1);
+            }
         }
         let interval = if t.usable() {
             active.healthy_interval
@@ -308,13 +337,14 @@ fn classify(status_line: &[u8], a: &super::ActiveCheck) -> Option<Report> {
     }
 }
 
-/// The health status API (APISIX's control API shape):
-/// `GET /v1/healthcheck` and `GET /v1/healthcheck/{upstreams|routes|services}/{id}`.
-async fn serve_status(listener: TcpListener, state: Rc<State>) {
+/// Serves one of the prober's listeners: the control API (APISIX's shape:
+/// `GET /v1/healthcheck`, `GET /v1/healthcheck/{upstreams|routes|services}/{id}`,
+/// `GET /v1/config`) or the Prometheus exporter (`GET {export_uri}`).
+async fn serve(listener: TcpListener, state: Rc<State>, api: Api) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                monoio::spawn(status_conn(stream, state.clone()));
+                monoio::spawn(status_conn(stream, state.clone(), api));
             }
             Err(e) => {
                 // EMFILE and friends: the connection stays queued; back off instead of
@@ -326,7 +356,7 @@ async fn serve_status(listener: TcpListener, state: Rc<State>) {
     }
 }
 
-async fn status_conn(mut stream: TcpStream, state: Rc<State>) {
+async fn status_conn(mut stream: TcpStream, state: Rc<State>, api: Api) {
     let limits = Limits {
         max_request_line: 8192,
         max_header_size: 16 * 1024,
@@ -366,39 +396,47 @@ async fn status_conn(mut stream: TcpStream, state: Rc<State>) {
     }
     let method = String::from_utf8_lossy(&buf[head.method.clone()]).to_string();
     let path = String::from_utf8_lossy(head.path(&buf)).to_string();
-    let (status, body) = if method != "GET" {
-        (
+    let json = "application/json";
+    let (status, kind, body) = match api {
+        _ if method != "GET" => (
             405,
-            serde_json::json!({"error_msg": "only GET is supported"}),
-        )
-    } else if path.trim_end_matches('/') == "/v1/config" {
-        (200, serde_json::json!(state.config.get()))
-    } else {
-        status_response(&path, &state.snapshot.borrow())
+            json,
+            serde_json::json!({"error_msg": "only GET is supported"}).to_string(),
+        ),
+        Api::Metrics => match path == state.metrics.settings.export_uri {
+            true => {
+                let cx = crate::metrics::exposition::Context {
+                    snapshot: &state.snapshot.borrow(),
+                    config: &state.config.get(),
+                };
+                let text = crate::metrics::exposition::render(&state.metrics, &cx);
+                (200, "text/plain; version=0.0.4; charset=utf-8", text)
+            }
+            false => (
+                404,
+                json,
+                serde_json::json!({"error_msg": "not found"}).to_string(),
+            ),
+        },
+        Api::Control if path.trim_end_matches('/') == "/v1/config" => {
+            (200, json, serde_json::json!(state.config.get()).to_string())
+        }
+        Api::Control => {
+            let (status, body) = status_response(&path, &state.snapshot.borrow());
+            (status, json, body.to_string())
+        }
     };
-    let body = body.to_string();
     let out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         crate::http::reason_phrase(status),
         body.len()
     );
     let _ = stream.write_all(out.into_bytes()).await;
 }
 
-/// (kind, id) of an upstream's checker name: `upstreams/<id>`, `routes/<id>`, `services/<id>`.
-fn resource(key: &str) -> (&'static str, &str) {
-    if let Some(id) = key.strip_prefix("route:") {
-        ("routes", id)
-    } else if let Some(id) = key.strip_prefix("service:") {
-        ("services", id)
-    } else {
-        ("upstreams", key)
-    }
-}
-
 fn upstream_json(u: &crate::upstream::UpstreamSpec) -> Option<serde_json::Value> {
     let checks = u.checks.as_ref()?;
-    let (kind, id) = resource(&u.key);
+    let (kind, id) = super::resource(&u.key);
     // Nodes that share a probe target (`checks.active.port` maps them to one address) are
     // one entry, listed where the first of them is, as APISIX lists a target once.
     let mut seen: Vec<u32> = Vec::new();
@@ -467,7 +505,7 @@ fn status_response(path: &str, snap: &Snapshot) -> (u16, serde_json::Value) {
     let found = snap
         .upstreams
         .iter()
-        .find(|u| resource(&u.key) == (kind, id));
+        .find(|u| super::resource(&u.key) == (kind, id));
     match found {
         None => (
             404,

@@ -422,6 +422,13 @@ impl Phase {
 pub struct LogCtx<'a> {
     pub status: u16,
     pub slots: &'a mut Slots,
+    /// What the request was and how it went.
+    pub served: &'a crate::metrics::Served<'a>,
+    /// The core's metrics.
+    pub metrics: &'a crate::metrics::Recorder,
+    /// Set once the request's metrics are recorded (a global rule and a route may both
+    /// have `prometheus`).
+    pub metrics_recorded: bool,
 }
 
 /// Per-core mutable state of one plugin instance.
@@ -442,6 +449,8 @@ impl PhaseSet {
     /// The request phases wait (a timer, a backend): [`Phases::request_phase`] is called
     /// instead of the synchronous `rewrite` / `access` / `before_proxy`.
     pub const AWAITS: PhaseSet = PhaseSet(64);
+    /// The log phase wants the request's latency: the clock is read when it starts.
+    pub const TIMED: PhaseSet = PhaseSet(128);
 
     pub const fn with(self, other: PhaseSet) -> PhaseSet {
         PhaseSet(self.0 | other.0)

@@ -36,6 +36,7 @@ pub mod limit_count;
 pub mod limit_req;
 mod limiting;
 pub mod mocking;
+pub mod prometheus;
 pub mod proxy_rewrite;
 pub mod real_ip;
 pub mod redirect;
@@ -165,6 +166,7 @@ plugins! {
     LimitCount(limit_count::LimitCount) = "limit-count",
     LimitReq(limit_req::LimitReq) = "limit-req",
     Mocking(mocking::Mocking) = "mocking",
+    Prometheus(prometheus::Prometheus) = "prometheus",
     ProxyRewrite(proxy_rewrite::ProxyRewrite) = "proxy-rewrite",
     RealIp(real_ip::RealIp) = "real-ip",
     Redirect(redirect::Redirect) = "redirect",

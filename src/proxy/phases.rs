@@ -21,12 +21,13 @@ impl Conn {
     /// Serves the request whose head is parsed: every phase, in order. Returns whether the
     /// connection stays open.
     pub(super) async fn handle(&mut self) -> bool {
-        // Clock reads cost about 1% of a small request each: only when the log wants the time.
-        let start = self.worker.log.enabled().then(Instant::now);
         self.linger = false;
         // The request runs on the snapshot current now, to its end, whatever reloads come.
         self.req.begin(self.worker.current());
         let local = self.req.local.clone();
+        // Clock reads cost about 1% of a small request each: only when the access log or a
+        // plugin (metrics, loggers) wants the time.
+        let start = (self.worker.log.enabled() || local.shared.timed).then(Instant::now);
 
         // 1. Host and path: the lower-case host without port; the path normalized as nginx's
         //    $uri (a path that cannot be is a 400).
@@ -81,9 +82,30 @@ impl Conn {
         // 6. The log phase of the plugins, then the access log.
         if self.req.plugins {
             let route_chain = request_chain(&self.req.merged, self.req.route, &local);
+            let path = if self.req.path_normalized {
+                &self.req.path_buf[..]
+            } else {
+                self.req.head.path(&self.buf)
+            };
+            let served = crate::metrics::Served {
+                route,
+                path,
+                host: &self.req.host_lc,
+                consumer: self.req.consumer.get().map(|c| &**c),
+                status: outcome.status,
+                node: outcome.upstream,
+                upstream_status: outcome.upstream_status,
+                latency: start.map_or(Duration::ZERO, |t| t.elapsed()),
+                upstream_latency: outcome.upstream_latency,
+                request_bytes: outcome.consumed.max(self.req.head.len) as u64,
+                bytes_sent: outcome.bytes,
+            };
             let mut ctx = LogCtx {
                 status: outcome.status,
                 slots: &mut self.req.edits.slots,
+                served: &served,
+                metrics: &self.worker.metrics,
+                metrics_recorded: false,
             };
             local
                 .plugin_states
@@ -96,6 +118,10 @@ impl Conn {
     /// Logs the request and drops its bytes from the buffer when the connection goes on.
     /// Returns whether it does.
     fn finish(&mut self, outcome: Outcome, route: Option<&str>, start: Option<Instant>) -> bool {
+        if outcome.retries > 0 {
+            let shard = self.worker.metrics.shard();
+            crate::metrics::bump(&shard.retries, u64::from(outcome.retries));
+        }
         if self.worker.log.enabled() {
             self.worker.log.log(&Entry {
                 remote: self.remote_ip(),

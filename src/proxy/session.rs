@@ -31,6 +31,8 @@ pub struct Entrance {
 /// Accepts a connection (completing its TLS handshake on a TLS listener) and serves
 /// requests on it until it closes.
 pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, entrance: Rc<Entrance>) {
+    let _open = Gauge::up(&worker, |s| &s.active);
+    crate::metrics::bump(&worker.metrics.shard().accepted, 1);
     let watch = worker.watchdog.watch();
     let stream = match entrance.tls {
         false => Stream::Plain(tcp),
@@ -246,12 +248,17 @@ impl Conn {
             (s.client_header_timeout, s.keepalive_timeout, s.limits)
         };
         let mut deadline: Option<Instant> = None;
+        // Counted as `reading` while a head is partly received.
+        let mut reading: Option<Gauge> = None;
         loop {
             if !self.buf.is_empty() {
                 if let Parsed::Complete = self.req.head.parse(&self.buf, &limits)? {
                     return Ok(true);
                 }
                 deadline.get_or_insert_with(|| later(Instant::now(), header_timeout));
+                if reading.is_none() {
+                    reading = Some(Gauge::up(&self.worker, |s| &s.reading));
+                }
             }
             let limit = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()),
@@ -277,6 +284,7 @@ impl Conn {
     /// Answers a request refused at the head stage, then the connection closes.
     pub(super) async fn refuse(&mut self, e: RequestError) {
         let start = Instant::now();
+        crate::metrics::bump(&self.worker.metrics.shard().requests, 1);
         self.out.clear();
         write_error(&mut self.out, e.status, e.reason, true, false);
         let bytes = self.out.len() as u64;
@@ -307,5 +315,31 @@ impl Conn {
         if sent {
             self.linger_close().await;
         }
+    }
+}
+
+/// One unit of a connection gauge of this core's metrics (`active`, `reading`), given back
+/// when dropped, however the connection ends.
+struct Gauge {
+    worker: Rc<Worker>,
+    gauge: fn(&crate::metrics::CoreShard) -> &std::sync::atomic::AtomicI64,
+}
+
+impl Gauge {
+    fn up(
+        worker: &Rc<Worker>,
+        gauge: fn(&crate::metrics::CoreShard) -> &std::sync::atomic::AtomicI64,
+    ) -> Gauge {
+        crate::metrics::shift(gauge(worker.metrics.shard()), 1);
+        Gauge {
+            worker: worker.clone(),
+            gauge,
+        }
+    }
+}
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        crate::metrics::shift((self.gauge)(self.worker.metrics.shard()), -1);
     }
 }

@@ -229,7 +229,9 @@ impl Conn {
         let mut last_failure: Option<ProxyError> = None;
         // Attempts are timed only for someone who reads the time (the access log, a
         // latency-aware balancer).
-        let timed = self.worker.log.enabled() || balancer.borrow().measures_latency();
+        let timed = self.worker.log.enabled()
+            || self.req.local.shared.timed
+            || balancer.borrow().measures_latency();
 
         loop {
             // Pick the node: the same one again for the invisible stale-connection retry.
@@ -285,9 +287,16 @@ impl Conn {
                 let now = self.worker.watchdog.now();
                 self.worker.pool.take(target.key, target.sni(), now)
             };
+            let shard = self.worker.metrics.shard();
             let result = match pooled {
-                Some(c) => Ok(c),
-                None => connect(&self.worker.pool, &target, timeouts.connect, &self.watch).await,
+                Some(c) => {
+                    crate::metrics::bump(&shard.pool_reused, 1);
+                    Ok(c)
+                }
+                None => {
+                    crate::metrics::bump(&shard.pool_opened, 1);
+                    connect(&self.worker.pool, &target, timeouts.connect, &self.watch).await
+                }
             };
             let mut upc = match result {
                 Ok(c) => c,

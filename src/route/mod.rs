@@ -111,10 +111,23 @@ impl IpNet {
     }
 }
 
+/// What a route is called where it is reported (metrics labels, logs): shared, so a report
+/// clones a pointer, not the strings.
+#[derive(Debug, Default)]
+pub struct RouteLabels {
+    pub name: Option<Arc<str>>,
+    /// Its service's name.
+    pub service_name: Option<Arc<str>>,
+    /// Its paths and host patterns as written (`matched_uri`, `matched_host`).
+    pub uris: Vec<Arc<str>>,
+    pub hosts: Vec<Arc<str>>,
+}
+
 /// A compiled route. `upstream` indexes the snapshot's upstream table.
 #[derive(Debug, Clone)]
 pub struct Route {
     pub id: Arc<str>,
+    pub labels: Arc<RouteLabels>,
     /// The service it belongs to (`service_id`, the variable of that name).
     pub service_id: Option<Arc<str>>,
     pub hosts: Vec<HostPattern>,
@@ -146,6 +159,27 @@ pub struct MatchInput<'a> {
 }
 
 impl Route {
+    /// The path pattern that matched `path` (APISIX's `matched_uri`).
+    pub fn matched_uri(&self, path: &[u8]) -> &str {
+        match self.labels.uris.as_slice() {
+            [one] => one,
+            many => many
+                .iter()
+                .find(|u| match u.strip_suffix('*') {
+                    Some(prefix) => path.starts_with(prefix.as_bytes()),
+                    None => path == u.as_bytes(),
+                })
+                .map_or("", |u| u),
+        }
+    }
+
+    /// The host pattern that matched `host` (lower-case, no port), or "" for a route
+    /// without hosts (APISIX's `matched_host`).
+    pub fn matched_host(&self, host: &[u8]) -> &str {
+        let i = self.hosts.iter().position(|h| h.matches(host));
+        i.and_then(|i| self.labels.hosts.get(i)).map_or("", |h| h)
+    }
+
     fn accepts(&self, input: &MatchInput<'_>) -> bool {
         (self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(input.host)))
             && (self.methods == 0 || self.methods & method_bit(input.method) != 0)
@@ -311,6 +345,7 @@ mod tests {
     fn route(id: &str, hosts: &[&str], methods: &[&str], priority: i64) -> Route {
         Route {
             service_id: None,
+            labels: Default::default(),
             id: id.into(),
             hosts: hosts.iter().map(|h| HostPattern::parse(h)).collect(),
             methods: methods

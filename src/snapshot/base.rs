@@ -132,6 +132,7 @@ impl Base {
                 upstream,
                 hosts: s.hosts.clone(),
                 plugins,
+                name: s.name.as_deref().map(Into::into),
             };
             if services.insert(id.to_string(), info).is_some() {
                 return Err(ConfigError::invalid(

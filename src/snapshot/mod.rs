@@ -64,6 +64,8 @@ pub struct Snapshot {
     pub version: u64,
     /// Every plugin instance (each core makes its per-core states from it).
     pub plugins: Registry,
+    /// Some plugin's log phase wants requests' latency: requests read the clock.
+    pub timed: bool,
     /// Global rules' plugins, in execution order.
     pub global: Chain,
     /// Consumers' own plugins, by username (merged into an authenticated request's chain).
@@ -214,8 +216,13 @@ impl Snapshot {
         let consumer_chains = base.consumer_chains.clone();
         let tls = base.tls.clone();
         cache.finish(key, base, compiled);
+        let timed = registry
+            .instances
+            .iter()
+            .any(|p| p.uses().has(crate::plugin::PhaseSet::TIMED));
         Ok(Snapshot {
             version,
+            timed,
             plugins: registry,
             global,
             consumer_chains,

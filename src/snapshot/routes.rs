@@ -30,6 +30,8 @@ pub(super) struct ServiceInfo {
     pub(super) upstream: Option<usize>,
     pub(super) hosts: Option<Vec<String>>,
     pub(super) plugins: Vec<(String, Instance)>,
+    /// Its `name` (metrics with `prefer_name`).
+    pub(super) name: Option<std::sync::Arc<str>>,
 }
 
 pub(super) type Services = HashMap<String, ServiceInfo>;
@@ -113,6 +115,7 @@ pub(super) fn compile_route(
         (None, None) => service.and_then(|s| s.hosts.clone()),
     };
     let mut hosts = Vec::new();
+    let mut host_names = Vec::new();
     for h in host_list.unwrap_or_default() {
         let plain = h.strip_prefix('*').unwrap_or(&h);
         if h.is_empty() || !valid_host_name(plain) || plain.contains(':') {
@@ -122,6 +125,7 @@ pub(super) fn compile_route(
             ));
         }
         hosts.push(HostPattern::parse(&h));
+        host_names.push(h.as_str().into());
     }
 
     let mut methods = 0u32;
@@ -250,6 +254,12 @@ pub(super) fn compile_route(
     };
     Ok((
         Route {
+            labels: std::sync::Arc::new(route::RouteLabels {
+                name: r.name.as_deref().map(Into::into),
+                service_name: service.and_then(|s| s.name.clone()),
+                uris: paths.iter().map(|p| p.as_str().into()).collect(),
+                hosts: host_names,
+            }),
             id: id.into(),
             service_id: r.service_id.as_deref().map(Into::into),
             hosts,

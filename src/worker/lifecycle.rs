@@ -7,6 +7,7 @@ use super::state::{Local, Worker};
 use super::{ControlMsg, Mailbox};
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,6 +99,8 @@ fn drain_mailbox(worker: &Rc<Worker>, mailbox: &Mailbox, stop: &Cell<Option<Dura
                 let next = Local::new(s, Some(&worker.current()));
                 *worker.current.borrow_mut() = Rc::new(next);
                 mailbox.set_applied(version);
+                let shard = worker.metrics.shard();
+                shard.config_version.store(version, Ordering::Relaxed);
             }
             ControlMsg::Shutdown { grace } => stop.set(Some(grace)),
         }

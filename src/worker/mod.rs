@@ -48,6 +48,8 @@ pub struct WorkerSpec {
     pub access_log: AccessLogConfig,
     /// Where passive health outcomes go (drained by the prober).
     pub passive: Arc<crate::health::PassiveQueue>,
+    /// Every worker's metrics shard (this worker's is at `index`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Starts a worker thread.
@@ -74,12 +76,17 @@ pub fn spawn(spec: WorkerSpec) -> std::io::Result<WorkerHandle> {
             };
             let epoll = matches!(rt, monoio::FusionRuntime::Legacy(_));
             rt.block_on(async move {
+                let recorder = crate::metrics::Recorder::new(
+                    spec.metrics.cores[spec.index].clone(),
+                    &spec.metrics.settings,
+                );
                 let worker = Rc::new(Worker::new(
                     spec.index,
                     epoll,
                     spec.snapshot,
                     log,
                     spec.passive,
+                    recorder,
                 ));
                 lifecycle::run(worker, spec.listeners, inbox, doorbell).await;
             });

@@ -99,6 +99,8 @@ pub struct Worker {
     /// Empty pipes for splicing long bodies.
     pub pipes: PipePool,
     pub log: AccessLog,
+    /// This core's metrics (`crate::metrics`).
+    pub metrics: crate::metrics::Recorder,
     /// Requests being served right now (from first head byte to last response byte).
     pub(super) busy: Cell<usize>,
     pub(super) stopping: Cell<bool>,
@@ -122,8 +124,14 @@ impl Worker {
         snapshot: Arc<Snapshot>,
         log: AccessLog,
         passive: Arc<PassiveQueue>,
+        metrics: crate::metrics::Recorder,
     ) -> Worker {
+        metrics
+            .shard()
+            .config_version
+            .store(snapshot.version, std::sync::atomic::Ordering::Relaxed);
         Worker {
+            metrics,
             index,
             epoll,
             current: RefCell::new(Rc::new(Local::new(snapshot, None))),
@@ -190,10 +198,14 @@ impl Worker {
 
     pub fn request_started(&self) {
         self.busy.set(self.busy.get() + 1);
+        crate::metrics::shift(&self.metrics.shard().writing, 1);
     }
 
     pub fn request_finished(&self) {
         self.busy.set(self.busy.get() - 1);
+        let shard = self.metrics.shard();
+        crate::metrics::shift(&shard.writing, -1);
+        crate::metrics::bump(&shard.requests, 1);
         if self.stopping.get() && self.busy.get() == 0 {
             self.wake_all();
         }

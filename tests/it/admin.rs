@@ -510,7 +510,7 @@ fn an_admin_listener_beyond_loopback_needs_a_key() {
     std::fs::write(
         &config,
         format!(
-            "[gateway]\nlisten = [\"127.0.0.1:{}\"]\ncontrol_listen = \"off\"\nworkers = 1\n[deployment]\ndata_dir = \"{}\"\n[admin]\nlisten = \"0.0.0.0:{}\"\n",
+            "[gateway]\nlisten = [\"127.0.0.1:{}\"]\ncontrol_listen = \"off\"\nworkers = 1\n[deployment]\ndata_dir = \"{}\"\n[admin]\nlisten = \"0.0.0.0:{}\"\n[plugin_attr.prometheus]\nenable_export_server = false\n",
             free_port(),
             dir.join("data").display(),
             free_port()

@@ -26,6 +26,7 @@ mod limits_redis;
 mod loadgen;
 mod malformed;
 mod memory;
+mod metrics;
 mod plugins;
 mod proxying;
 mod rewrite_plugins;

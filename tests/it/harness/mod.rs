@@ -102,8 +102,15 @@ impl Gateway {
         } else {
             "[deployment]\nconfig_provider = \"file\"\n"
         };
+        // No Prometheus exporter on the default port (tests run side by side), unless the
+        // test configures one.
+        let exporter = if body.contains("plugin_attr") {
+            ""
+        } else {
+            "[plugin_attr.prometheus]\nenable_export_server = false\n"
+        };
         let gateway_section = format!(
-            "[gateway]\nlisten = [\"127.0.0.1:{port}\"]\naccess_log = \"{}\"\n{watch}{gateway_extra}\n{provider}",
+            "[gateway]\nlisten = [\"127.0.0.1:{port}\"]\naccess_log = \"{}\"\n{watch}{gateway_extra}\n{provider}{exporter}",
             dir.join("access.log").display()
         );
         let config_path = dir.join("config.toml");
