@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
-# Measures what a typical set of plugins costs the request path: the same small keep-alive
-# load through a route without plugins and through the same route with request-id, cors,
-# ip-restriction, proxy-rewrite (one header set) and response-rewrite (one header set),
-# interleaved over rounds. Prints the median CPU µs per request of the gateway, req/s and
-# p50 / p99 / p99.9 for each.
+# Measures what plugins cost the request path: the same small keep-alive load through a
+# route without plugins and through the same route with a set of plugins, interleaved over
+# rounds. Prints the median CPU µs per request of the gateway, req/s and p50 / p99 / p99.9
+# for each. Sets (--set):
+#   typical     request-id, cors, ip-restriction, proxy-rewrite (one header set) and
+#               response-rewrite (one header set) on the route (the default)
+#   prometheus  the prometheus plugin as a global rule (every request recorded)
 #
-#   benches/plugin-cost.sh [--rounds 5] [--duration 4]
+#   benches/plugin-cost.sh [--set typical|prometheus] [--rounds 5] [--duration 4]
 #
 # Layout: gateway (1 worker) on CPU 0, backend and load generator on CPU 1. Loopback only;
 # every run is bounded by --duration. Needs `cargo build --release --bins` first.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${SG_BIN_DIR:-$ROOT/target/release}
-ROUNDS=5 DURATION=4
+ROUNDS=5 DURATION=4 SET=typical
 while [ $# -gt 0 ]; do
     case "$1" in
+        --set) SET=$2; shift 2 ;;
         --rounds) ROUNDS=$2; shift 2 ;;
         --duration) DURATION=$2; shift 2 ;;
-        -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,15p "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -30,7 +33,9 @@ taskset -c 1 "$BIN/sg-backend" --listen "127.0.0.1:$BE_PORT" --size 64 2>/dev/nu
 BACKEND_PID=$!
 PIDS+=("$BACKEND_PID")
 sleep 0.3
-PLUGINS='[routes.plugins.request-id]
+case $SET in
+    typical)
+        PLUGINS='[routes.plugins.request-id]
 [routes.plugins.cors]
 [routes.plugins.ip-restriction]
 whitelist = ["127.0.0.0/8"]
@@ -38,5 +43,14 @@ whitelist = ["127.0.0.0/8"]
 headers = { set = { X-Via = "shardgate" } }
 [routes.plugins.response-rewrite]
 headers = { set = { X-Served-By = "shardgate" } }'
-NAMES=("route without plugins" "request-id, cors, ip-restriction, proxy-rewrite, response-rewrite")
+        NAMES=("route without plugins" "request-id, cors, ip-restriction, proxy-rewrite, response-rewrite") ;;
+    prometheus)
+        PLUGINS="[[global_rules]]
+id = \"metrics\"
+plugins.prometheus = {}
+[plugin_attr.prometheus]
+export_addr = \"127.0.0.1:$((GW_PORT + 1))\""
+        NAMES=("no plugins" "prometheus as a global rule") ;;
+    *) echo "unknown set $SET (typical, prometheus)" >&2; exit 2 ;;
+esac
 run_with_and_without route "{ \"127.0.0.1:$BE_PORT\" = 1 }" "" "$PLUGINS"

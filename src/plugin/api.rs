@@ -440,6 +440,7 @@ pub type CoreState = Box<dyn Any>;
 pub struct PhaseSet(u8);
 
 impl PhaseSet {
+    pub const NONE: PhaseSet = PhaseSet(0);
     pub const REWRITE: PhaseSet = PhaseSet(1);
     pub const ACCESS: PhaseSet = PhaseSet(2);
     pub const BEFORE_PROXY: PhaseSet = PhaseSet(4);
@@ -451,6 +452,8 @@ impl PhaseSet {
     pub const AWAITS: PhaseSet = PhaseSet(64);
     /// The log phase wants the request's latency: the clock is read when it starts.
     pub const TIMED: PhaseSet = PhaseSet(128);
+    /// The phases that see or change the request or the response (all but `log`).
+    pub const REQUEST_AND_RESPONSE: PhaseSet = PhaseSet(1 | 2 | 4 | 8 | 16);
 
     pub const fn with(self, other: PhaseSet) -> PhaseSet {
         PhaseSet(self.0 | other.0)

@@ -208,6 +208,7 @@ pub struct Instance {
 /// No plugins: the route chain of a request no route matched (global rules still run).
 pub static EMPTY_CHAIN: Chain = Chain {
     plugins: Vec::new(),
+    uses: PhaseSet::NONE,
     awaits: false,
     reads_body: None,
 };
@@ -216,6 +217,10 @@ pub static EMPTY_CHAIN: Chain = Chain {
 #[derive(Clone, Default)]
 pub struct Chain {
     pub plugins: Vec<Instance>,
+    /// The phases some plugin of the chain implements (set by [`Chain::sort`]): a request
+    /// skips the others whole (a chain of log-only plugins leaves the request and response
+    /// paths as they are without plugins).
+    pub uses: PhaseSet,
     /// Some plugin of the chain waits in its request phases (set by [`Chain::sort`]).
     pub awaits: bool,
     /// Some plugin reads request bodies, up to this size (the largest asked for).
@@ -241,6 +246,10 @@ impl Chain {
         self.plugins
             .sort_by_key(|i| std::cmp::Reverse(i.plugin.priority()));
         self.awaits = self.plugins.iter().any(|i| i.uses.has(PhaseSet::AWAITS));
+        self.uses = self
+            .plugins
+            .iter()
+            .fold(PhaseSet::NONE, |all, i| all.with(i.uses));
         self.reads_body = self
             .plugins
             .iter()

@@ -6,7 +6,7 @@ use super::vars::{RequestVars, ResponseVars};
 use crate::http::path::{needs_normalizing, normalize, BadPath};
 use crate::log::access::Entry;
 use crate::plugin::{
-    Answer, BodyCtx, Chain, Flow, LogCtx, Phase, RequestCtx, RequestHeaders, ResponseCtx,
+    Answer, BodyCtx, Chain, Flow, LogCtx, Phase, PhaseSet, RequestCtx, RequestHeaders, ResponseCtx,
     ResponseHeaders, EMPTY_CHAIN,
 };
 use crate::route::{MatchInput, Route};
@@ -45,7 +45,12 @@ impl Conn {
         // 5. Proxying, or an answer of the gateway's own.
         self.req.route = route.map(|r| r.index);
         let route_chain = route.map_or(&EMPTY_CHAIN, |r| &r.plugins);
-        self.req.plugins = !local.shared.global.is_empty() || !route_chain.is_empty();
+        // Plugins that see the request or the response run their phases (and their edits
+        // are reset after); log-only ones (metrics, loggers) leave both paths as they are
+        // without plugins and run at the end.
+        let uses = local.shared.global.uses.with(route_chain.uses);
+        self.req.plugins = uses.has(PhaseSet::REQUEST_AND_RESPONSE);
+        let logs = uses.has(PhaseSet::LOG);
         let outcome = 'serve: {
             let reads_body = local.shared.global.reads_body.max(route_chain.reads_body);
             if let Some(limit) = reads_body {
@@ -79,8 +84,10 @@ impl Conn {
             }
         };
 
-        // 6. The log phase of the plugins, then the access log.
-        if self.req.plugins {
+        // 6. The log phase of the plugins, then the access log. (After plugins that saw the
+        //    request, their per-request values are dropped here: limit-conn's count is
+        //    released when its slot is.)
+        if self.req.plugins || logs {
             let route_chain = request_chain(&self.req.merged, self.req.route, &local);
             let path = if self.req.path_normalized {
                 &self.req.path_buf[..]
