@@ -23,6 +23,7 @@ pub mod health;
 pub mod http;
 pub mod limit;
 pub mod log;
+pub mod logger;
 pub mod metrics;
 pub mod net;
 pub mod plugin;

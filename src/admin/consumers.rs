@@ -207,6 +207,7 @@ const ENCRYPTED_FIELDS: &[(&str, &str)] = &[
     ("limit-count", "redis_password"),
     ("limit-req", "redis_password"),
     ("limit-conn", "redis_password"),
+    ("http-logger", "auth_header"),
 ];
 
 /// Encrypts the secrets among an object's `plugins` before it is stored.

@@ -322,6 +322,16 @@ fn own(out: &mut String, m: &Metrics, cx: &Context<'_>) {
         family(out, s, name, "counter", help);
         let _ = writeln!(out, "{s}{name} {v}");
     }
+    family(out, s, "logger_entries_total", "counter", "Log entries sent, or dropped (queue full, or refused past max_retry_count), per logger and target");
+    for ((logger, target), c) in crate::logger::counters() {
+        for (result, v) in [("sent", load(&c.sent)), ("dropped", load(&c.dropped))] {
+            let _ = writeln!(
+                out,
+                "{s}logger_entries_total{{logger=\"{logger}\",target=\"{}\",result=\"{result}\"}} {v}",
+                Escaped(&target)
+            );
+        }
+    }
     family(
         out,
         s,
@@ -380,7 +390,8 @@ impl std::fmt::Display for Node {
     }
 }
 
-fn hostname() -> String {
+/// This host's name (`apisix_node_info`, log entries).
+pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

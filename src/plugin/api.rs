@@ -424,6 +424,10 @@ pub struct LogCtx<'a> {
     pub slots: &'a mut Slots,
     /// What the request was and how it went.
     pub served: &'a crate::metrics::Served<'a>,
+    /// The request's variables, and `status`.
+    pub vars: &'a dyn VarSource,
+    /// The request's header fields as received.
+    pub headers: RequestHeaders<'a>,
     /// The core's metrics.
     pub metrics: &'a crate::metrics::Recorder,
     /// Set once the request's metrics are recorded (a global rule and a route may both

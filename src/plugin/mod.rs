@@ -35,6 +35,7 @@ pub mod limit_conn;
 pub mod limit_count;
 pub mod limit_req;
 mod limiting;
+pub mod loggers;
 pub mod mocking;
 pub mod prometheus;
 pub mod proxy_rewrite;
@@ -159,6 +160,8 @@ plugins! {
     ConsumerRestriction(consumer_restriction::ConsumerRestriction) = "consumer-restriction",
     Cors(cors::Cors) = "cors",
     FaultInjection(fault_injection::FaultInjection) = "fault-injection",
+    FileLogger(loggers::FileLogger) = "file-logger",
+    HttpLogger(loggers::HttpLogger) = "http-logger",
     IpRestriction(ip_restriction::IpRestriction) = "ip-restriction",
     JwtAuth(jwt_auth::JwtAuth) = "jwt-auth",
     KeyAuth(key_auth::KeyAuth) = "key-auth",
@@ -166,6 +169,8 @@ plugins! {
     LimitCount(limit_count::LimitCount) = "limit-count",
     LimitReq(limit_req::LimitReq) = "limit-req",
     Mocking(mocking::Mocking) = "mocking",
+    TcpLogger(loggers::TcpLogger) = "tcp-logger",
+    UdpLogger(loggers::UdpLogger) = "udp-logger",
     Prometheus(prometheus::Prometheus) = "prometheus",
     ProxyRewrite(proxy_rewrite::ProxyRewrite) = "proxy-rewrite",
     RealIp(real_ip::RealIp) = "real-ip",

@@ -88,36 +88,41 @@ impl Conn {
         //    request, their per-request values are dropped here: limit-conn's count is
         //    released when its slot is.)
         if self.req.plugins || logs {
-            let route_chain = request_chain(&self.req.merged, self.req.route, &local);
-            let path = if self.req.path_normalized {
-                &self.req.path_buf[..]
-            } else {
-                self.req.head.path(&self.buf)
-            };
+            let worker = self.worker.clone();
+            let merged = self.req.merged.clone();
+            let route_chain = request_chain(&merged, self.req.route, &local);
+            let (request, edits, _) = self.request_parts();
             let served = crate::metrics::Served {
                 route,
-                path,
-                host: &self.req.host_lc,
-                consumer: self.req.consumer.get().map(|c| &**c),
+                path: request.path,
+                host: request.host,
+                consumer: request.consumer.get().map(|c| &**c),
                 status: outcome.status,
                 node: outcome.upstream,
                 upstream_status: outcome.upstream_status,
                 latency: start.map_or(Duration::ZERO, |t| t.elapsed()),
                 upstream_latency: outcome.upstream_latency,
-                request_bytes: outcome.consumed.max(self.req.head.len) as u64,
+                request_bytes: outcome.consumed.max(request.head.len) as u64,
                 bytes_sent: outcome.bytes,
             };
+            let headers = RequestHeaders {
+                buf: request.buf,
+                fields: &request.head.headers,
+            };
+            let vars = ResponseVars::new(request, outcome.status, ResponseHeaders::Gateway(&[]));
             let mut ctx = LogCtx {
                 status: outcome.status,
-                slots: &mut self.req.edits.slots,
+                slots: &mut edits.slots,
                 served: &served,
-                metrics: &self.worker.metrics,
+                vars: &vars,
+                headers,
+                metrics: &worker.metrics,
                 metrics_recorded: false,
             };
             local
                 .plugin_states
                 .log([&local.shared.global, route_chain], &mut ctx);
-            self.req.edits.slots.clear();
+            edits.slots.clear();
         }
         self.finish(outcome, route.map(|r| &*r.id), start)
     }

@@ -24,6 +24,7 @@ mod lifecycle;
 mod limits;
 mod limits_redis;
 mod loadgen;
+mod loggers;
 mod malformed;
 mod memory;
 mod metrics;

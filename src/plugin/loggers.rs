@@ -1,0 +1,194 @@
+//! The loggers: `http-logger` (APISIX priority 410), `tcp-logger` (405), `udp-logger` (400)
+//! and `file-logger` (399), log phase. Each makes the request's entry (`crate::logger::entry`:
+//! APISIX's full entry, or `log_format`) on its core and hands it to the log shipper
+//! (`crate::logger`), which batches and sends it off the request path.
+
+use super::{BuildCtx, CoreState, LogCtx, PhaseSet, Phases};
+use crate::logger::entry::Format;
+use crate::logger::sink::{Concat, Sink};
+use crate::logger::{Batching, Channel};
+use serde::Deserialize;
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What every logger shares: how it writes entries, and where they go.
+pub struct Logger {
+    format: Format,
+    channel: Arc<Channel>,
+}
+
+/// The fields every logger takes besides its target's (APISIX's, with the batch
+/// processor's); the body fields are refused until they are built.
+#[derive(Deserialize)]
+struct Common {
+    log_format: Option<serde_json::Value>,
+    #[serde(default)]
+    include_req_body: bool,
+    #[serde(default)]
+    include_resp_body: bool,
+    #[serde(flatten)]
+    batching: Batching,
+}
+
+impl Logger {
+    fn build(name: &str, conf: &serde_json::Value, sink: Sink) -> Result<Logger, String> {
+        let c: Common = serde_json::from_value(conf.clone()).map_err(|e| e.to_string())?;
+        if c.include_req_body || c.include_resp_body {
+            return Err("include_req_body and include_resp_body are not supported yet".into());
+        }
+        if c.batching.batch_max_size == 0 {
+            return Err(
+                "property \"batch_max_size\" validation failed: expected 0 to be at least 1".into(),
+            );
+        }
+        let format = Format::parse(c.log_format.as_ref(), "log_format")?;
+        Ok(Logger {
+            format,
+            channel: crate::logger::channel(name, sink, c.batching),
+        })
+    }
+
+    fn log(&self, ctx: &LogCtx<'_>) {
+        self.channel.push(self.format.render(ctx));
+    }
+}
+
+fn field<'a>(conf: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    conf.get(name)
+}
+
+fn host_port(conf: &serde_json::Value) -> Result<(String, u16), String> {
+    let host = field(conf, "host")
+        .and_then(|h| h.as_str())
+        .ok_or("property \"host\" is required")?;
+    let port = field(conf, "port")
+        .and_then(|p| p.as_u64())
+        .filter(|p| (1..=65535).contains(p))
+        .ok_or("property \"port\" is required: an integer 1-65535")?;
+    Ok((host.to_string(), port as u16))
+}
+
+macro_rules! logger {
+    ($ty:ident, $name:literal, $priority:literal, $sink:expr) => {
+        pub struct $ty(Logger);
+
+        impl $ty {
+            pub fn build(
+                conf: &serde_json::Value,
+                _ctx: &mut BuildCtx<'_>,
+            ) -> Result<Self, String> {
+                let sink: Result<Sink, String> = $sink(conf);
+                Ok($ty(Logger::build($name, conf, sink?)?))
+            }
+        }
+
+        impl Phases for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn priority(&self) -> i32 {
+                $priority
+            }
+
+            fn uses(&self) -> PhaseSet {
+                PhaseSet::LOG.with(PhaseSet::TIMED)
+            }
+
+            fn log(&self, ctx: &mut LogCtx<'_>, _state: &RefCell<CoreState>) {
+                self.0.log(ctx);
+            }
+        }
+    };
+}
+
+logger!(
+    HttpLogger,
+    "http-logger",
+    410,
+    |conf: &serde_json::Value| {
+        let uri = field(conf, "uri")
+            .and_then(|u| u.as_str())
+            .ok_or("property \"uri\" is required")?;
+        let rest = uri
+            .strip_prefix("http://")
+            .ok_or("uri: only http:// is supported yet (https:// is not)")?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("uri: bad port in {uri}"))?,
+            ),
+            None => (authority, 80),
+        };
+        if host.is_empty() {
+            return Err(format!("uri: no host in {uri}"));
+        }
+        let concat = match field(conf, "concat_method").and_then(|c| c.as_str()) {
+            None | Some("json") => Concat::Json,
+            Some("new_line") => Concat::NewLine,
+            Some(other) => {
+                return Err(format!(
+                    "concat_method: \"{other}\" is not json or new_line"
+                ))
+            }
+        };
+        let timeout = field(conf, "timeout").and_then(|t| t.as_u64()).unwrap_or(3);
+        Ok(Sink::Http {
+            uri: uri.to_string(),
+            host: host.trim_matches(|c| c == '[' || c == ']').to_string(),
+            port,
+            path: path.to_string(),
+            auth_header: field(conf, "auth_header")
+                .and_then(|a| a.as_str())
+                .map(|a| crate::consumer::secret(a, "auth_header"))
+                .transpose()
+                .map_err(|e| e.to_string())?,
+            timeout: Duration::from_secs(timeout.max(1)),
+            concat,
+        })
+    }
+);
+
+logger!(TcpLogger, "tcp-logger", 405, |conf: &serde_json::Value| {
+    if field(conf, "tls").and_then(|t| t.as_bool()) == Some(true) {
+        return Err("tls: TLS to the log server is not supported yet".to_string());
+    }
+    let (host, port) = host_port(conf)?;
+    // APISIX's tcp-logger timeout is in milliseconds.
+    let timeout = field(conf, "timeout")
+        .and_then(|t| t.as_u64())
+        .unwrap_or(1000);
+    Ok(Sink::Tcp {
+        host,
+        port,
+        timeout: Duration::from_millis(timeout.max(1)),
+    })
+});
+
+logger!(UdpLogger, "udp-logger", 400, |conf: &serde_json::Value| {
+    let (host, port) = host_port(conf)?;
+    Ok(Sink::Udp { host, port })
+});
+
+logger!(
+    FileLogger,
+    "file-logger",
+    399,
+    |conf: &serde_json::Value| {
+        if field(conf, "match").is_some() {
+            return Err("match: not supported yet".to_string());
+        }
+        let path = field(conf, "path")
+            .and_then(|p| p.as_str())
+            .ok_or("property \"path\" is required")?;
+        Ok(Sink::File {
+            path: path.to_string(),
+        })
+    }
+);

@@ -1,0 +1,315 @@
+//! The loggers (issue #13): http-logger, tcp-logger, udp-logger and file-logger deliver every
+//! entry to real sinks on 127.0.0.1, in APISIX's shapes; a sink that is down costs the
+//! requests nothing, and what is lost is counted in the metrics.
+
+use crate::harness::*;
+use serde_json::Value;
+use std::io::Read;
+use std::net::{TcpListener, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Waits until `got()` holds at least `n` entries; returns them.
+fn wait_entries(n: usize, got: impl Fn() -> Vec<Value>) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = got();
+        if all.len() >= n {
+            return all;
+        }
+        assert!(Instant::now() < deadline, "{} of {n} entries", all.len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The entries in a batch body: one object, an array of them, or one per line.
+fn entries(body: &[u8]) -> Vec<Value> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(a)) => a,
+        Ok(one) => vec![one],
+        Err(_) => body
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect(),
+    }
+}
+
+#[test]
+fn http_logger_delivers_every_entry_in_batches_with_apisix_fields() {
+    let sink = Backend::named("sink");
+    let be = Backend::named("app");
+    let gw = Gateway::start_with(
+        &format!(
+            r#"[[routes]]
+id = "logged"
+uri = "/logged"
+service_id = "svc"
+plugins.key-auth = {{}}
+plugins.http-logger = {{ uri = "http://{}/collect?x=1", batch_max_size = 5, inactive_timeout = 1, auth_header = "Bearer t0ken" }}
+[[routes]]
+id = "formatted"
+uri = "/formatted"
+plugins.http-logger = {{ uri = "http://{0}/fmt", batch_max_size = 1, concat_method = "new_line", log_format = {{ host = "$host", client = "$remote_addr", agent = "$http_user_agent", status = "$status", took = "$request_time", up = "$upstream_addr", fixed = "yes", inner = {{ method = "$request_method" }} }} }}
+upstream = {{ nodes = {{ "{1}" = 1 }} }}
+[[services]]
+id = "svc"
+upstream = {{ nodes = {{ "{1}" = 1 }} }}
+[[consumers]]
+username = "jack"
+plugins.key-auth = {{ key = "jack-key" }}
+"#,
+            sink.addr(),
+            be.addr()
+        ),
+        "workers = 2",
+    );
+    for i in 0..12 {
+        let r = gw.client().request(
+            "GET",
+            &format!("/logged?n={i}"),
+            &[("apikey", "jack-key"), ("X-Trace", "t")],
+            b"",
+        );
+        assert_eq!(r.status, 200);
+    }
+    let got = || {
+        sink.seen()
+            .iter()
+            .filter(|s| s.target == "/collect?x=1")
+            .flat_map(|s| entries(&s.body))
+            .collect::<Vec<_>>()
+    };
+    let all = wait_entries(12, got);
+    assert_eq!(all.len(), 12);
+    let batch = sink
+        .seen()
+        .into_iter()
+        .find(|s| s.target == "/collect?x=1")
+        .unwrap();
+    assert_eq!(batch.method, "POST");
+    assert_eq!(batch.header("authorization"), Some("Bearer t0ken"));
+    assert_eq!(batch.header("content-type"), Some("application/json"));
+    // Batches of at most 5: the 12 entries came in at least 3 posts.
+    assert!(sink.requests_for("/collect?x=1") >= 3);
+    let e = &all[0];
+    assert_eq!(e["route_id"], "logged");
+    assert_eq!(e["service_id"], "svc");
+    assert_eq!(e["consumer"]["username"], "jack");
+    assert_eq!(e["request"]["method"], "GET");
+    assert_eq!(e["request"]["headers"]["x-trace"], "t");
+    assert!(e["request"]["uri"]
+        .as_str()
+        .unwrap()
+        .starts_with("/logged?n="));
+    assert!(e["request"]["querystring"]["n"].is_string());
+    assert_eq!(e["response"]["status"], 200);
+    assert!(e["response"]["size"].as_u64().unwrap() > 0);
+    assert!(e["request"]["size"].as_u64().unwrap() > 0);
+    assert_eq!(e["upstream"], be.addr());
+    assert_eq!(e["client_ip"], "127.0.0.1");
+    assert!(e["latency"].as_f64().unwrap() > 0.0);
+    assert!(e["upstream_latency"].as_f64().is_some());
+    assert!(e["start_time"].as_f64().unwrap() > 1.7e12);
+
+    // log_format: the variables asked for, plus route_id and service_id; one per post.
+    let r = gw
+        .client()
+        .request("GET", "/formatted", &[("User-Agent", "probe/1")], b"");
+    assert_eq!(r.status, 200);
+    let fmt = wait_entries(1, || {
+        sink.seen()
+            .iter()
+            .filter(|s| s.target == "/fmt")
+            .flat_map(|s| entries(&s.body))
+            .collect()
+    });
+    let f = &fmt[0];
+    assert_eq!(f["agent"], "probe/1");
+    assert_eq!(f["status"], "200");
+    assert_eq!(f["client"], "127.0.0.1");
+    assert_eq!(f["fixed"], "yes");
+    assert_eq!(f["inner"]["method"], "GET");
+    assert_eq!(f["up"], be.addr());
+    assert_eq!(f["route_id"], "formatted");
+    assert!(f["took"].as_f64().is_some());
+}
+
+#[test]
+fn tcp_udp_and_file_loggers_deliver_to_real_sinks() {
+    let be = Backend::named("app");
+    // A TCP sink: each connection is one batch.
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_port = tcp.local_addr().unwrap().port();
+    let tcp_got = Arc::new(Mutex::new(Vec::new()));
+    let into = tcp_got.clone();
+    std::thread::spawn(move || {
+        for s in tcp.incoming() {
+            let mut buf = Vec::new();
+            if s.and_then(|mut s| s.read_to_end(&mut buf)).is_ok() {
+                into.lock().unwrap().extend(entries(&buf));
+            }
+        }
+    });
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_port = udp.local_addr().unwrap().port();
+    let udp_got = Arc::new(Mutex::new(Vec::new()));
+    let into = udp_got.clone();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = udp.recv(&mut buf) {
+            into.lock().unwrap().extend(entries(&buf[..n]));
+        }
+    });
+    let dir = temp_dir("file-logger");
+    let file = dir.join("access.json");
+    let gw = Gateway::start(&format!(
+        r#"[[routes]]
+id = "t"
+uri = "/t"
+plugins.tcp-logger = {{ host = "127.0.0.1", port = {tcp_port}, batch_max_size = 3, inactive_timeout = 1 }}
+plugins.udp-logger = {{ host = "127.0.0.1", port = {udp_port}, batch_max_size = 1 }}
+plugins.file-logger = {{ path = "{}" }}
+upstream = {{ nodes = {{ "{}" = 1 }} }}
+"#,
+        file.display(),
+        be.addr()
+    ));
+    for _ in 0..7 {
+        assert_eq!(gw.get("/t").status, 200);
+    }
+    let tcp_entries = wait_entries(7, || tcp_got.lock().unwrap().clone());
+    let udp_entries = wait_entries(7, || udp_got.lock().unwrap().clone());
+    let file_entries = wait_entries(7, || {
+        std::fs::read(&file)
+            .map(|b| entries(&b))
+            .unwrap_or_default()
+    });
+    for e in [&tcp_entries[0], &udp_entries[0], &file_entries[0]] {
+        assert_eq!(e["route_id"], "t");
+        assert_eq!(e["response"]["status"], 200);
+    }
+    assert_eq!(
+        (tcp_entries.len(), udp_entries.len(), file_entries.len()),
+        (7, 7, 7)
+    );
+}
+
+#[test]
+fn a_sink_that_is_down_costs_requests_nothing_and_drops_are_counted_until_it_is_back() {
+    let be = Backend::named("app");
+    let sink_port = free_port();
+    let mport = free_port();
+    let gw = Gateway::start(&format!(
+        r#"[plugin_attr.prometheus]
+export_addr = "127.0.0.1:{mport}"
+[[routes]]
+uri = "/d"
+plugins.http-logger = {{ uri = "http://127.0.0.1:{sink_port}/in", batch_max_size = 2, inactive_timeout = 1, max_retry_count = 1, retry_delay = 1, timeout = 1 }}
+upstream = {{ nodes = {{ "{}" = 1 }} }}
+"#,
+        be.addr()
+    ));
+    let scrape = || {
+        Client::connect(([127, 0, 0, 1], mport).into())
+            .get("/apisix/prometheus/metrics")
+            .text()
+    };
+    let count = |text: &str, result: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("shardgate_logger_entries_total{logger=\"http-logger\"")
+                    && l.contains(&format!("result=\"{result}\""))
+                    && l.contains(&format!(":{sink_port}/in"))
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    // Down: requests are answered as usual; the 4 entries are tried twice, then dropped.
+    for _ in 0..4 {
+        let t = Instant::now();
+        assert_eq!(gw.get("/d").status, 200);
+        assert!(t.elapsed() < Duration::from_millis(500));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while count(&scrape(), "dropped") < 4.0 {
+        assert!(Instant::now() < deadline, "{}", scrape());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Back: later entries flow again, with no reload.
+    let sink = TcpListener::bind(("127.0.0.1", sink_port)).unwrap();
+    let got = Arc::new(Mutex::new(0usize));
+    let into = got.clone();
+    std::thread::spawn(move || {
+        for s in sink.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = vec![0u8; 65536];
+            let mut all = Vec::new();
+            // Read the head and the body (Content-Length), answer 200.
+            loop {
+                let n = s.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                all.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&all).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        *into.lock().unwrap() += entries(body.as_bytes()).len();
+                        use std::io::Write;
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    for _ in 0..3 {
+        assert_eq!(gw.get("/d").status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while *got.lock().unwrap() < 3 {
+        assert!(Instant::now() < deadline, "{}", scrape());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = scrape();
+    assert_eq!(count(&text, "sent"), 3.0, "{text}");
+    assert_eq!(count(&text, "dropped"), 4.0, "{text}");
+}
+
+#[test]
+fn logger_configs_are_checked_with_the_field_named() {
+    for (plugin, want) in [
+        ("http-logger = { uri = \"https://x/\" }", "https"),
+        (
+            "http-logger = { uri = \"http://x/\", include_req_body = true }",
+            "include_req_body",
+        ),
+        (
+            "http-logger = { uri = \"http://x/\", log_format = { a = \"$no_such_var\" } }",
+            "log_format.a",
+        ),
+        (
+            "http-logger = { uri = \"http://x/\", batch_max_size = 0 }",
+            "batch_max_size",
+        ),
+        ("tcp-logger = { host = \"127.0.0.1\" }", "port"),
+        (
+            "tcp-logger = { host = \"127.0.0.1\", port = 9, tls = true }",
+            "tls",
+        ),
+        ("file-logger = { }", "path"),
+        ("udp-logger = { host = \"h\", port = 1, nope = 1 }", "nope"),
+    ] {
+        let (ok, err) = check_config(&format!(
+            "[[routes]]\nuri = \"/\"\nplugins.{plugin}\nupstream = {{ nodes = {{ \"127.0.0.1:1\" = 1 }} }}\n"
+        ));
+        assert!(!ok, "{plugin}");
+        assert!(err.contains(want), "{plugin}: {err}");
+    }
+}
