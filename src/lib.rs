@@ -35,6 +35,7 @@ pub mod schema;
 pub mod snapshot;
 pub mod store;
 pub mod tls;
+pub mod tracing;
 pub mod upstream;
 pub mod vars;
 pub mod worker;

@@ -57,6 +57,8 @@ pub struct Config {
 pub struct PluginAttr {
     #[serde(default)]
     pub prometheus: PrometheusAttr,
+    #[serde(default)]
+    pub opentelemetry: crate::tracing::Settings,
 }
 
 /// `[plugin_attr.prometheus]` (APISIX's names and defaults).

@@ -46,6 +46,7 @@ fn check_file(file: &crate::resources::FileContents) -> Result<Snapshot, ConfigE
     )?;
     file.check_schemas()?;
     file.plugin_attr.prometheus.settings()?;
+    file.plugin_attr.opentelemetry.check()?;
     Ok(snapshot)
 }
 
@@ -98,6 +99,12 @@ pub fn run(path: PathBuf) -> i32 {
             return 1;
         }
     };
+    // Tracing's settings, before any plugin is built (they are read at start only).
+    if let Err(e) = file.plugin_attr.opentelemetry.check() {
+        crate::error!("{e}");
+        return 1;
+    }
+    crate::tracing::configure(file.plugin_attr.opentelemetry.clone());
     // Signal handlers first: a SIGHUP or SIGTERM that arrives while the gateway starts must be
     // queued, not take the default action (terminate).
     let (tx, rx) = mpsc::channel::<Event>();

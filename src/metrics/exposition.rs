@@ -322,6 +322,14 @@ fn own(out: &mut String, m: &Metrics, cx: &Context<'_>) {
         family(out, s, name, "counter", help);
         let _ = writeln!(out, "{s}{name} {v}");
     }
+    family(out, s, "tracing_spans_total", "counter", "Spans exported to the collector, or dropped (queue full, or the collector refused them after retries)");
+    let t = crate::tracing::counters();
+    for (result, v) in [
+        ("exported", load(&t.exported)),
+        ("dropped", load(&t.dropped)),
+    ] {
+        let _ = writeln!(out, "{s}tracing_spans_total{{result=\"{result}\"}} {v}");
+    }
     family(out, s, "logger_entries_total", "counter", "Log entries sent, or dropped (queue full, or refused past max_retry_count), per logger and target");
     for ((logger, target), c) in crate::logger::counters() {
         for (result, v) in [("sent", load(&c.sent)), ("dropped", load(&c.dropped))] {

@@ -37,6 +37,7 @@ pub mod limit_req;
 mod limiting;
 pub mod loggers;
 pub mod mocking;
+pub mod opentelemetry;
 pub mod prometheus;
 pub mod proxy_rewrite;
 pub mod real_ip;
@@ -169,6 +170,7 @@ plugins! {
     LimitCount(limit_count::LimitCount) = "limit-count",
     LimitReq(limit_req::LimitReq) = "limit-req",
     Mocking(mocking::Mocking) = "mocking",
+    OpenTelemetry(opentelemetry::OpenTelemetry) = "opentelemetry",
     TcpLogger(loggers::TcpLogger) = "tcp-logger",
     UdpLogger(loggers::UdpLogger) = "udp-logger",
     Prometheus(prometheus::Prometheus) = "prometheus",

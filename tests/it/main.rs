@@ -34,5 +34,6 @@ mod rewrite_plugins;
 mod routing;
 mod slow_clients;
 mod tls;
+mod tracing;
 mod tuning;
 mod validation;

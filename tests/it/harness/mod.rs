@@ -104,7 +104,7 @@ impl Gateway {
         };
         // No Prometheus exporter on the default port (tests run side by side), unless the
         // test configures one.
-        let exporter = if body.contains("plugin_attr") {
+        let exporter = if body.contains("plugin_attr.prometheus") {
             ""
         } else {
             "[plugin_attr.prometheus]\nenable_export_server = false\n"
