@@ -6,8 +6,12 @@
 #   typical     request-id, cors, ip-restriction, proxy-rewrite (one header set) and
 #               response-rewrite (one header set) on the route (the default)
 #   prometheus  the prometheus plugin as a global rule (every request recorded)
+#   otel-1      opentelemetry as a global rule, always_on (every request a span)
+#   otel-0.01   opentelemetry as a global rule, trace_id_ratio 0.01
+#   http-logger http-logger as a global rule, every request an entry (batches of 1000)
+# The collector and the log sink are a second sg-backend (on CPU 1), answering 200.
 #
-#   benches/plugin-cost.sh [--set typical|prometheus] [--rounds 5] [--duration 4]
+#   benches/plugin-cost.sh [--set NAME] [--rounds 5] [--duration 4]
 #
 # Layout: gateway (1 worker) on CPU 0, backend and load generator on CPU 1. Loopback only;
 # every run is bounded by --duration. Needs `cargo build --release --bins` first.
@@ -51,6 +55,27 @@ plugins.prometheus = {}
 [plugin_attr.prometheus]
 export_addr = \"127.0.0.1:$((GW_PORT + 1))\""
         NAMES=("no plugins" "prometheus as a global rule") ;;
-    *) echo "unknown set $SET (typical, prometheus)" >&2; exit 2 ;;
+    otel-1 | otel-0.01)
+        if [ "$SET" = otel-1 ]; then
+            SAMPLER='{ name = "always_on" }'
+        else
+            SAMPLER='{ name = "trace_id_ratio", options = { fraction = 0.01 } }'
+        fi
+        PLUGINS="[[global_rules]]
+id = \"tracing\"
+plugins.opentelemetry = { sampler = $SAMPLER }
+[plugin_attr.opentelemetry]
+collector = { address = \"127.0.0.1:$((BE_PORT + 1))\" }"
+        NAMES=("no plugins" "opentelemetry ($SET) as a global rule") ;;
+    http-logger)
+        PLUGINS="[[global_rules]]
+id = \"logs\"
+plugins.http-logger = { uri = \"http://127.0.0.1:$((BE_PORT + 1))/logs\", batch_max_size = 1000, inactive_timeout = 1 }"
+        NAMES=("no plugins" "http-logger as a global rule") ;;
+    *) echo "unknown set $SET (typical, prometheus, otel-1, otel-0.01, http-logger)" >&2; exit 2 ;;
 esac
+if [ "$SET" != typical ] && [ "$SET" != prometheus ]; then
+    taskset -c 1 "$BIN/sg-backend" --listen "127.0.0.1:$((BE_PORT + 1))" --size 0 2>/dev/null &
+    PIDS+=("$!")
+fi
 run_with_and_without route "{ \"127.0.0.1:$BE_PORT\" = 1 }" "" "$PLUGINS"

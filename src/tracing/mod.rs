@@ -224,7 +224,10 @@ fn export_loop(s: Settings) {
     let mut first: Option<Instant> = None;
     let mut last = Instant::now();
     loop {
-        std::thread::sleep(Duration::from_millis(50));
+        // Wait for more only when there is not a full batch waiting already.
+        if batch.len() + q.len() < b.max_export_batch_size {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         while batch.len() < b.max_export_batch_size {
             let Some(span) = q.pop() else { break };
             if batch.is_empty() {
