@@ -75,6 +75,15 @@ fn shipped_config_answers_with_its_demo_backends() {
     assert_eq!(demo1, 6, "3:1 weights over 8 requests on one connection");
     let r = c.request("GET", "/api/x", &[("X-Env", "canary")], b"");
     assert_eq!(r.json()["backend"], "demo-2");
+    // The shipped global rule records every request; its exporter answers on 9091.
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], 9091));
+    let text = Client::connect(metrics)
+        .get("/apisix/prometheus/metrics")
+        .text();
+    assert!(
+        text.contains("apisix_http_status{code=\"200\",route=\"api\""),
+        "{text}"
+    );
 
     // APISIX's quickstart against the Admin API, with the key generated on first start.
     let key = std::fs::read_to_string(cwd.join("data/admin_key")).expect("a generated key");
