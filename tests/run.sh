@@ -12,7 +12,8 @@
 # - the openssl command, which makes the TLS tests' certificates and is one of their
 #   clients (s_client), and curl, another;
 # - Prometheus (Debian's prometheus, with promtool): the metrics tests check the exposition
-#   with promtool and start one real Prometheus that scrapes a gateway.
+#   with promtool and start one real Prometheus that scrapes a gateway;
+# - Chromium (Debian's chromium), headless: the status dashboard's test loads the page in it.
 # Backends are started by the tests themselves, and the comparison script's self-test skips
 # its nginx/HAProxy checks when they are absent.
 set -euo pipefail
@@ -21,7 +22,7 @@ cd "$(dirname "$0")/.."
 # What the tests run besides the gateway: command -> Debian package.
 missing=()
 for need in etcd:etcd-server etcdctl:etcd-client redis-server:redis-server redis-cli:redis-tools \
-    openssl:openssl curl:curl prometheus:prometheus promtool:prometheus; do
+    openssl:openssl curl:curl prometheus:prometheus promtool:prometheus chromium:chromium; do
     command -v "${need%%:*}" >/dev/null || missing+=("${need#*:}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

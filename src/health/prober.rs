@@ -339,7 +339,8 @@ fn classify(status_line: &[u8], a: &super::ActiveCheck) -> Option<Report> {
 
 /// Serves one of the prober's listeners: the control API (APISIX's shape:
 /// `GET /v1/healthcheck`, `GET /v1/healthcheck/{upstreams|routes|services}/{id}`,
-/// `GET /v1/config`) or the Prometheus exporter (`GET {export_uri}`).
+/// `GET /v1/config`, the status dashboard `GET /dashboard` and its `GET /v1/dashboard.json`)
+/// or the Prometheus exporter (`GET {export_uri}`).
 async fn serve(listener: TcpListener, state: Rc<State>, api: Api) {
     loop {
         match listener.accept().await {
@@ -418,6 +419,19 @@ async fn status_conn(mut stream: TcpStream, state: Rc<State>, api: Api) {
                 serde_json::json!({"error_msg": "not found"}).to_string(),
             ),
         },
+        Api::Control if path == "/dashboard" => (
+            200,
+            "text/html; charset=utf-8",
+            crate::metrics::dashboard::PAGE.to_string(),
+        ),
+        Api::Control if path == "/v1/dashboard.json" => {
+            let cx = crate::metrics::exposition::Context {
+                snapshot: &state.snapshot.borrow(),
+                config: &state.config.get(),
+            };
+            let v = crate::metrics::dashboard::json(&state.metrics, &cx);
+            (200, json, v.to_string())
+        }
         Api::Control if path.trim_end_matches('/') == "/v1/config" => {
             (200, json, serde_json::json!(state.config.get()).to_string())
         }

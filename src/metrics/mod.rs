@@ -13,6 +13,7 @@
 //! past that bound is counted in `shardgate_metrics_series_dropped_total` and recorded
 //! nowhere else, so a flood of consumers or nodes cannot grow memory without bound.
 
+pub mod dashboard;
 pub mod exposition;
 pub mod series;
 

@@ -13,6 +13,7 @@ mod body_filters;
 mod config_fuzz;
 mod config_limits;
 mod consumer_groups;
+mod dashboard;
 mod eligibility;
 mod etcd;
 mod failures;
