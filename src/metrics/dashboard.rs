@@ -1,7 +1,8 @@
 //! The status dashboard on the control listener: `GET /dashboard` (one self-contained
 //! page) and `GET /v1/dashboard.json` (what the page polls each second): the cores' counters
 //! added up, latency buckets, per-route traffic (routes recorded by the `prometheus`
-//! plugin), node health, per-worker load and config version.
+//! plugin), node health, per-worker load and config version, TLS certificates and their
+//! expiry.
 
 use super::exposition::Context;
 use super::series::LATENCY_TYPES;
@@ -108,6 +109,21 @@ pub fn json(m: &Metrics, cx: &Context<'_>) -> Value {
         upstreams.push(json!({ "name": crate::health::checker_name(&u.key), "nodes": nodes }));
     }
     let requests: u64 = m.cores.iter().map(|c| load(&c.requests)).sum();
+    let now = crate::log::now_secs();
+    let certificates: Vec<Value> = cx
+        .snapshot
+        .tls
+        .iter()
+        .flat_map(|t| t.certs.served.iter())
+        .map(|c| {
+            json!({
+                "id": c.id,
+                "snis": c.snis,
+                "expires": c.not_after_text,
+                "days_left": (c.not_after - now).div_euclid(86_400),
+            })
+        })
+        .collect();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "config_version": cx.config.config_version,
@@ -117,6 +133,7 @@ pub fn json(m: &Metrics, cx: &Context<'_>) -> Value {
         "routes": routes,
         "upstreams": upstreams,
         "workers": workers,
+        "certificates": certificates,
     })
 }
 

@@ -27,9 +27,22 @@ struct Entry {
     profile: usize,
 }
 
+/// A served certificate, as the status dashboard lists it.
+#[derive(Debug, Clone)]
+pub struct CertInfo {
+    /// The `ssls` object's id.
+    pub id: String,
+    pub snis: Vec<String>,
+    /// When it expires: Unix seconds, and as written.
+    pub not_after: i64,
+    pub not_after_text: String,
+}
+
 /// The SNI table.
 #[derive(Debug, Default)]
 pub struct CertStore {
+    /// Every certificate served (first of each object), for the dashboard.
+    pub served: Vec<CertInfo>,
     exact: HashMap<String, Entry, FoldHash>,
     /// `.example.com` for `*.example.com`, longest first.
     wildcard: Vec<(String, Entry)>,
@@ -83,6 +96,20 @@ impl CertStore {
                 );
             }
             let profile = profile_of(i, ssl)?;
+            if let Some(v) = validity(&ssl.cert) {
+                store.served.push(CertInfo {
+                    id: ssl.id.clone().unwrap_or_default(),
+                    snis: ssl
+                        .snis
+                        .iter()
+                        .flatten()
+                        .chain(ssl.sni.iter())
+                        .cloned()
+                        .collect(),
+                    not_after: v.not_after,
+                    not_after_text: v.not_after_text,
+                });
+            }
             let snis = ssl.snis.iter().flatten().chain(ssl.sni.iter());
             for sni in snis {
                 let sni = sni.to_ascii_lowercase();
@@ -144,6 +171,14 @@ impl ResolvesServerCert for CertStore {
             .find(|k| k.key.choose_scheme(schemes).is_some())
             .cloned()
     }
+}
+
+/// The validity period of the first certificate of `pem`.
+fn validity(pem: &str) -> Option<super::validity::Validity> {
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()?
+        .ok()?;
+    super::validity::Validity::of(&der).ok()
 }
 
 /// Whether the first certificate of `pem` is valid now.

@@ -60,9 +60,17 @@ fn the_dashboard_renders_live_traffic_and_node_health_in_chromium() {
         .1
         .parse::<u16>()
         .unwrap();
+    let dir = temp_dir("dashboard-certs");
+    certificates(&dir);
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
     let gw = Gateway::start_with(
         &format!(
-            r#"[[upstreams]]
+            r#"[[ssls]]
+id = "edge-cert"
+snis = ["localhost"]
+cert = '''{}'''
+key = '''{}'''
+[[upstreams]]
 id = "u"
 nodes = {{ "{}" = 1, "127.0.0.1:{dead}" = 1 }}
 checks.active = {{ type = "tcp", healthy = {{ interval = 1, successes = 1 }}, unhealthy = {{ interval = 1, tcp_failures = 1 }} }}
@@ -74,6 +82,8 @@ upstream_id = "u"
 id = "m"
 plugins.prometheus = {{}}
 "#,
+            read("server.pem"),
+            read("server.key"),
             be.addr()
         ),
         &format!("workers = 2\ncontrol_listen = \"127.0.0.1:{control}\""),
@@ -126,6 +136,14 @@ plugins.prometheus = {{}}
         )),
         "{nodes}"
     );
+
+    // The certificate served, with its expiry.
+    let certs = table(&dom, "certs");
+    assert!(
+        certs.contains("<td>edge-cert</td><td>localhost</td>"),
+        "{certs}"
+    );
+    assert!(certs.contains(" UTC</td>"), "{certs}");
 
     // A screenshot, as the README shows it.
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
