@@ -10,12 +10,14 @@ mod deployment;
 mod duration;
 mod error;
 mod model;
+mod plugin_attr;
 
 pub use checks::*;
 pub use deployment::*;
 pub use duration::{seconds, MAX_SECONDS};
 pub use error::{ConfigError, ObjectName, Unresolved};
 pub use model::*;
+pub use plugin_attr::*;
 
 use std::path::Path;
 

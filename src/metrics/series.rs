@@ -43,6 +43,15 @@ pub enum Source {
 }
 
 impl Source {
+    /// Who made the response of the request `s` describes.
+    pub fn of(s: &Served<'_>) -> Source {
+        match (s.upstream_status, s.node) {
+            (Some(_), _) => Source::Upstream,
+            (None, Some(_)) => Source::Nginx,
+            (None, None) => Source::Apisix,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Upstream => "upstream",
@@ -201,11 +210,7 @@ impl Recorder {
             }
             None => ("", "", "", ""),
         };
-        let source = match (s.upstream_status, s.node) {
-            (Some(_), _) => Source::Upstream,
-            (None, Some(_)) => Source::Nginx,
-            (None, None) => Source::Apisix,
-        };
+        let source = Source::of(s);
         let view = View {
             code: s.status,
             route,

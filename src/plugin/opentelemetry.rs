@@ -158,10 +158,6 @@ fn hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     out.iter().any(|&b| b != 0).then_some(out)
 }
 
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The client's `traceparent` (version 00): trace id, parent span id, sampled flag.
 fn parent_of(value: &[u8]) -> Option<([u8; 16], [u8; 8], bool)> {
     let mut parts = value.split(|&b| b == b'-');
@@ -216,11 +212,17 @@ impl Phases for OpenTelemetry {
         let sampled = self.sampler.sampled(&trace_id, parent.map(|p| p.2));
         let span_id = crate::tracing::random_u64().to_be_bytes();
         let flags = if sampled { "01" } else { "00" };
+        // Written in place: no string per id on a path every request takes.
         ctx.request.headers.set_with("traceparent", |v| {
+            use std::fmt::Write;
             v.push_str("00-");
-            v.push_str(&to_hex(&trace_id));
+            for b in trace_id {
+                let _ = write!(v, "{b:02x}");
+            }
             v.push('-');
-            v.push_str(&to_hex(&span_id));
+            for b in span_id {
+                let _ = write!(v, "{b:02x}");
+            }
             v.push('-');
             v.push_str(flags);
         });
@@ -279,11 +281,7 @@ impl Phases for OpenTelemetry {
                 attrs.push(("apisix.service_name".into(), Attr::Str(sname.into())));
             }
         }
-        let source = match (s.upstream_status, s.node) {
-            (Some(_), _) => "upstream",
-            (None, Some(_)) => "nginx",
-            (None, None) => "apisix",
-        };
+        let source = crate::metrics::series::Source::of(s).as_str();
         attrs.push(("apisix.response_source".into(), Attr::Str(source.into())));
         attrs.push(("http.status_code".into(), Attr::Int(s.status.into())));
         attrs.push((
