@@ -50,7 +50,6 @@ pub struct Config {
     pub plugin_attr: PluginAttr,
 }
 
-
 /// Process-wide settings: listeners, workers, client-side limits and timeouts.
 /// Defaults follow nginx as APISIX configures it.
 #[derive(Debug, Clone, Deserialize)]
