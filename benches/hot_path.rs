@@ -45,6 +45,7 @@ fn router(n: usize) -> Router {
             priority: 0,
             upstream: Some(0),
             timeout: None,
+            websocket: false,
             plugins: Default::default(),
             index: 0,
         });

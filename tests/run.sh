@@ -13,7 +13,9 @@
 #   clients (s_client), and curl, another;
 # - Prometheus (Debian's prometheus, with promtool): the metrics tests check the exposition
 #   with promtool and start one real Prometheus that scrapes a gateway;
-# - Chromium (Debian's chromium), headless: the status dashboard's test loads the page in it.
+# - Chromium (Debian's chromium), headless: the status dashboard's test loads the page in it;
+# - Python peers (tests/py/) on Debian's python3: python3-websockets (WebSocket client and
+#   server).
 # Backends are started by the tests themselves, and the comparison script's self-test skips
 # its nginx/HAProxy checks when they are absent.
 set -euo pipefail
@@ -24,6 +26,10 @@ missing=()
 for need in etcd:etcd-server etcdctl:etcd-client redis-server:redis-server redis-cli:redis-tools \
     openssl:openssl curl:curl prometheus:prometheus promtool:prometheus chromium:chromium; do
     command -v "${need%%:*}" >/dev/null || missing+=("${need#*:}")
+done
+# Python peers (tests/py/): Debian's python3 with its packages, module -> package.
+for need in websockets:python3-websockets; do
+    /usr/bin/python3 -c "import ${need%%:*}" 2>/dev/null || missing+=("${need#*:}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "tests/run.sh: installing ${missing[*]}"

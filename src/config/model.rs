@@ -300,6 +300,9 @@ pub struct ServiceConfig {
     pub hosts: Option<Vec<String>>,
     #[serde(default)]
     pub plugins: Option<Plugins>,
+    /// Upgrade requests (WebSocket) are forwarded for its routes that do not say otherwise.
+    #[serde(default)]
+    pub enable_websocket: Option<bool>,
 }
 
 /// Plugin configurations by plugin name (`plugins.traffic-split = { ... }`).
@@ -462,6 +465,10 @@ pub struct RouteConfig {
     pub status: i64,
     #[serde(default)]
     pub timeout: Option<TimeoutConfig>,
+    /// Forward `Upgrade` requests (WebSocket) and relay both ways after a 101 (APISIX's
+    /// field; unset: the service's, else off, and the Upgrade header is not forwarded).
+    #[serde(default)]
+    pub enable_websocket: Option<bool>,
     #[serde(default, deserialize_with = "opt_id")]
     pub service_id: Option<String>,
     /// A plugin config whose plugins this route takes (its own win on a conflict).

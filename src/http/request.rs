@@ -361,6 +361,22 @@ impl RequestHead {
         }
     }
 
+    /// The protocol an HTTP/1.1 client asks to switch to (`Upgrade`, with `upgrade` in
+    /// `Connection`), for a request without a body.
+    pub fn upgrade<'a>(&self, buf: &'a [u8]) -> Option<&'a [u8]> {
+        if self.minor_version != 1
+            || self.body != BodyFraming::None
+            || !self.listed_in_connection(buf, b"upgrade")
+        {
+            return None;
+        }
+        self.headers
+            .iter()
+            .find(|h| crate::http::eq_ignore_case(&buf[h.name.clone()], b"upgrade"))
+            .map(|h| crate::http::trim(&buf[h.value.clone()]))
+            .filter(|v| !v.is_empty())
+    }
+
     /// Whether header `idx` is named in a Connection header (and so is hop-by-hop).
     pub fn listed_in_connection(&self, buf: &[u8], name: &[u8]) -> bool {
         self.connection

@@ -4,6 +4,7 @@
 
 pub mod io;
 pub mod listen;
+pub mod nonblock;
 pub mod sockopt;
 pub mod splice;
 pub mod stream;

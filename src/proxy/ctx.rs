@@ -44,6 +44,9 @@ pub(super) struct Ctx {
     /// The upstream answered before it had taken the whole request body (and stopped taking
     /// it): the answer is relayed, then the connection closes (lingering).
     pub(super) early_answer: bool,
+    /// The request asks to switch protocols (WebSocket) on a route that allows it: its
+    /// Upgrade goes upstream, and a 101 turns the connection into a tunnel.
+    pub(super) upgrade: bool,
     /// What plugins changed in the request and in the response.
     pub(super) edits: Edits,
     /// The client address a plugin established (real-ip): `remote_addr` for the plugins
@@ -76,6 +79,7 @@ impl Ctx {
         self.local = local;
         self.route = None;
         self.early_answer = false;
+        self.upgrade = false;
         self.up_statuses.clear();
         // Only plugins write the edits and the values a plugin establishes: after a request
         // without plugins there is nothing to reset.

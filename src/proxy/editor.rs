@@ -125,6 +125,13 @@ impl Conn {
                 out.extend_from_slice(b"Transfer-Encoding: chunked\r\n")
             }
         }
+        if self.req.upgrade {
+            if let Some(protocol) = head.upgrade(buf) {
+                out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
+                out.extend_from_slice(protocol);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
         if edited {
             for (name, value) in edits.headers.written() {
                 if !gateway_owned(name.as_bytes()) {

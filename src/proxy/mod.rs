@@ -13,6 +13,7 @@
 //!    each failure means).
 //! 5. `response.rs`: relay the response head (`editor.rs` rewrites both heads) and body;
 //!    `body_filter.rs` when a plugin changes the body (decoded, filtered, re-chunked).
+//!    `tunnel.rs` instead when the upstream switched protocols (WebSocket): bytes both ways.
 //! 6. `answers.rs`: what the gateway answers itself (404, 502, 503, 504, refusals).
 //!
 //! Bodies are streamed in both directions through the two connections' buffers (bounded:
@@ -34,6 +35,7 @@ mod request_body;
 mod response;
 pub(crate) mod scratch;
 mod session;
+mod tunnel;
 mod upstream;
 mod vars;
 

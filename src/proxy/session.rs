@@ -74,6 +74,7 @@ pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, entranc
             key_buf: s.key_buf,
             up_statuses: s.up_statuses,
             early_answer: false,
+            upgrade: false,
             edits: Default::default(),
             real_ip: Default::default(),
             consumer: Default::default(),

@@ -163,6 +163,15 @@ impl Conn {
             return self.local_error(503, "no valid upstream node", end).await;
         }
         let timeouts: Timeouts = route.timeout.unwrap_or(up.timeouts);
+        // WebSocket (any Upgrade but h2c, which is served by prior knowledge only), where
+        // the route enables it; elsewhere the Upgrade header is dropped as hop-by-hop and
+        // the request goes up as a plain one (APISIX's `enable_websocket`).
+        self.req.upgrade = route.websocket
+            && self
+                .req
+                .head
+                .upgrade(&self.buf)
+                .is_some_and(|p| !crate::http::eq_ignore_case(p, b"h2c"));
         let mut body = match self.body_state() {
             Ok(b) => b,
             Err(e) => {
@@ -368,9 +377,13 @@ impl Conn {
                     outcome.upstream_latency = rtt;
                     outcome.retries = retries_done;
                     outcome.consumed = body.end;
-                    let outcome = self
-                        .relay_response(upc, up, node.addr, &timeouts, outcome)
-                        .await;
+                    let outcome = match self.req.resp.status {
+                        101 => self.tunnel(upc, &timeouts, outcome).await,
+                        _ => {
+                            self.relay_response(upc, up, node.addr, &timeouts, outcome)
+                                .await
+                        }
+                    };
                     // An early answer's time includes the upload (or the send timeout): no
                     // latency sample for the balancer.
                     let sample = rtt.filter(|_| !self.req.early_answer);
@@ -497,10 +510,11 @@ impl Conn {
             if !upc.buf.is_empty() {
                 match self.req.resp.parse(&upc.buf, self.req.head.is_head, max) {
                     Ok(response::Parsed::Complete) => {
-                        if self.req.resp.status == 101 {
+                        if self.req.resp.status == 101 && !self.req.upgrade {
                             return Err(ProxyError::Invalid("unexpected 101 Switching Protocols"));
                         }
-                        if (100..200).contains(&self.req.resp.status) {
+                        if (100..200).contains(&self.req.resp.status) && self.req.resp.status != 101
+                        {
                             let n = self.req.resp.len;
                             upc.buf.drain(..n);
                             continue;

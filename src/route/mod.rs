@@ -141,6 +141,8 @@ pub struct Route {
     pub upstream: Option<usize>,
     /// Route-level timeout override (APISIX: route `timeout` beats the upstream's).
     pub timeout: Option<crate::upstream::Timeouts>,
+    /// `enable_websocket` (the route's, else its service's): Upgrade requests are forwarded.
+    pub websocket: bool,
     /// The route's plugins merged with its service's, in execution order.
     pub plugins: crate::plugin::Chain,
     /// Position in the router (set by [`Router::new`]).
@@ -357,6 +359,7 @@ mod tests {
             priority,
             upstream: None,
             timeout: None,
+            websocket: false,
             plugins: Default::default(),
             index: 0,
         }

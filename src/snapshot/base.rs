@@ -133,6 +133,7 @@ impl Base {
                 hosts: s.hosts.clone(),
                 plugins,
                 name: s.name.as_deref().map(Into::into),
+                enable_websocket: s.enable_websocket,
             };
             if services.insert(id.to_string(), info).is_some() {
                 return Err(ConfigError::invalid(

@@ -32,6 +32,7 @@ pub(super) struct ServiceInfo {
     pub(super) plugins: Vec<(String, Instance)>,
     /// Its `name` (metrics with `prefer_name`).
     pub(super) name: Option<std::sync::Arc<str>>,
+    pub(super) enable_websocket: Option<bool>,
 }
 
 pub(super) type Services = HashMap<String, ServiceInfo>;
@@ -269,6 +270,10 @@ pub(super) fn compile_route(
             priority: r.priority,
             upstream,
             timeout,
+            websocket: r
+                .enable_websocket
+                .or(service.and_then(|s| s.enable_websocket))
+                .unwrap_or(false),
             plugins,
             index: 0,
         },

@@ -270,21 +270,13 @@ impl TlsConn {
 
     /// Sends everything rustls has queued, by `deadline`, straight from its queue.
     async fn flush_direct(&mut self, deadline: Instant, watch: &Watch) -> Result<(), IoFail> {
-        let fd = self.tcp.as_raw_fd();
-        while self.conn.wants_write() {
-            match self.conn.write_tls(&mut FdWriter(fd)) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    watch.arm_until(fd, Dir::Write, deadline);
-                    let ready = self.tcp.writable(false).await;
-                    if watch.disarm() {
-                        return Err(IoFail::Timeout);
-                    }
-                    ready.map_err(IoFail::Io)?;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(IoFail::Io(e)),
+        while !self.try_flush().map_err(IoFail::Io)? {
+            watch.arm_until(self.tcp.as_raw_fd(), Dir::Write, deadline);
+            let ready = self.tcp.writable(false).await;
+            if watch.disarm() {
+                return Err(IoFail::Timeout);
             }
+            ready.map_err(IoFail::Io)?;
         }
         Ok(())
     }
@@ -302,27 +294,14 @@ impl TlsConn {
         if buf.capacity() - buf.len() < min_spare {
             buf.reserve(min_spare);
         }
+        // Plaintext goes only into room the buffer has: it never reallocates here.
+        let max = buf.capacity() - buf.len();
         let mut got = 0;
         loop {
             // Plaintext rustls already holds.
-            let mut reader = self.conn.reader();
-            loop {
-                let room = buf.capacity() - buf.len();
-                if room == 0 {
-                    return Ok(got);
-                }
-                match reader.fill_buf() {
-                    Ok([]) => return Ok(got),
-                    Ok(chunk) => {
-                        let n = chunk.len().min(room);
-                        buf.extend_from_slice(&chunk[..n]);
-                        reader.consume(n);
-                        got += n;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(got),
-                    Err(e) => return Err(IoFail::Io(e)),
-                }
+            match self.drain(buf, max, &mut got).map_err(IoFail::Io)? {
+                Drained::Full | Drained::Ended => return Ok(got),
+                Drained::Empty => {}
             }
             // Ciphertext already received.
             if self.rpos < self.rbuf.len() {
@@ -381,6 +360,105 @@ impl TlsConn {
         Ok(())
     }
 
+    /// Moves the plaintext rustls holds into `buf` while `got < max`, counting in `got`.
+    fn drain(&mut self, buf: &mut Vec<u8>, max: usize, got: &mut usize) -> io::Result<Drained> {
+        let mut reader = self.conn.reader();
+        loop {
+            if *got >= max {
+                return Ok(Drained::Full);
+            }
+            match reader.fill_buf() {
+                Ok([]) => return Ok(Drained::Ended),
+                Ok(chunk) => {
+                    let n = chunk.len().min(max - *got);
+                    buf.extend_from_slice(&chunk[..n]);
+                    reader.consume(n);
+                    *got += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Drained::Empty),
+                // The peer's TCP end without a close_notify: HTTP framing tells a truncated
+                // message from a complete one.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Drained::Ended),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Non-blocking read for the tunnel: plaintext rustls holds, else ciphertext read from
+    /// the (non-blocking) socket now and decrypted. At most `max` bytes appended to `buf`.
+    pub fn try_read(
+        &mut self,
+        buf: &mut Vec<u8>,
+        max: usize,
+    ) -> io::Result<crate::net::nonblock::Got> {
+        use crate::net::nonblock::{read_fd, Got};
+        let mut got = 0;
+        loop {
+            match self.drain(buf, max, &mut got)? {
+                Drained::Full => return Ok(Got::Data(got)),
+                // Closed with or without a close_notify: an end all the same for a tunnel.
+                Drained::Ended if got == 0 => return Ok(Got::End),
+                Drained::Ended => return Ok(Got::Data(got)),
+                Drained::Empty => {}
+            }
+            if got > 0 {
+                return Ok(Got::Data(got));
+            }
+            if self.rpos < self.rbuf.len() {
+                self.feed()?;
+                let processed = self.conn.process_new_packets();
+                // Alerts and key updates rustls wants to answer.
+                self.try_flush()?;
+                processed.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                continue;
+            }
+            self.rbuf.clear();
+            self.rpos = 0;
+            match read_fd(self.tcp.as_raw_fd(), &mut self.rbuf, READ_SIZE)? {
+                Got::Nothing => return Ok(Got::Nothing),
+                Got::Data(_) => {}
+                Got::End => {
+                    // rustls hears of the end; its reader then tells how it ended.
+                    let _ = self.conn.read_tls(&mut &[][..]);
+                    let _ = self.conn.process_new_packets();
+                }
+            }
+        }
+    }
+
+    /// Non-blocking write for the tunnel: encrypts up to one record's worth of `data` once
+    /// earlier records are out, and sends what the socket takes. `Ok(0)`: wait until writable.
+    pub fn try_write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if !self.try_flush()? {
+            return Ok(0);
+        }
+        let n = self
+            .conn
+            .writer()
+            .write(&data[..data.len().min(DIRECT_WRITE)])?;
+        self.try_flush()?;
+        Ok(n)
+    }
+
+    /// Sends queued records without waiting; true when none is left.
+    pub fn try_flush(&mut self) -> io::Result<bool> {
+        let fd = self.tcp.as_raw_fd();
+        while self.conn.wants_write() {
+            match self.conn.write_tls(&mut FdWriter(fd)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Queues a close_notify (the tunnel's half-close; [`TlsConn::try_flush`] sends it).
+    pub fn queue_close(&mut self) {
+        self.conn.send_close_notify();
+    }
+
     /// Says goodbye (close_notify) and half-closes the socket.
     pub async fn shutdown(&mut self, watch: &Watch) {
         self.conn.send_close_notify();
@@ -404,6 +482,16 @@ async fn send(
     }
     res.map_err(IoFail::Io)?;
     Ok(out)
+}
+
+/// Where moving rustls's plaintext out stopped.
+enum Drained {
+    /// The caller's limit was reached.
+    Full,
+    /// The peer ended the stream.
+    Ended,
+    /// Nothing more until more ciphertext arrives.
+    Empty,
 }
 
 /// `writev(2)` on a socket, for rustls to write its queued records to directly.

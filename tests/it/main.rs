@@ -38,3 +38,4 @@ mod tls;
 mod tracing;
 mod tuning;
 mod validation;
+mod websocket;

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod client;
 pub mod etcd;
+pub mod py;
 pub mod redis;
 pub mod tls;
 
