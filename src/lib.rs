@@ -21,6 +21,7 @@ pub mod etcd;
 pub mod fold_hash;
 pub mod health;
 pub mod http;
+pub mod http2;
 pub mod limit;
 pub mod log;
 pub mod logger;

@@ -14,8 +14,9 @@
 # - Prometheus (Debian's prometheus, with promtool): the metrics tests check the exposition
 #   with promtool and start one real Prometheus that scrapes a gateway;
 # - Chromium (Debian's chromium), headless: the status dashboard's test loads the page in it;
+# - nghttp and h2load (Debian's nghttp2-client): HTTP/2 clients;
 # - Python peers (tests/py/) on Debian's python3: python3-websockets (WebSocket client and
-#   server).
+#   server), python3-h2 (a low-level HTTP/2 client for trailers and abuse cases).
 # Backends are started by the tests themselves, and the comparison script's self-test skips
 # its nginx/HAProxy checks when they are absent.
 set -euo pipefail
@@ -24,11 +25,12 @@ cd "$(dirname "$0")/.."
 # What the tests run besides the gateway: command -> Debian package.
 missing=()
 for need in etcd:etcd-server etcdctl:etcd-client redis-server:redis-server redis-cli:redis-tools \
-    openssl:openssl curl:curl prometheus:prometheus promtool:prometheus chromium:chromium; do
+    openssl:openssl curl:curl prometheus:prometheus promtool:prometheus chromium:chromium \
+    nghttp:nghttp2-client h2load:nghttp2-client; do
     command -v "${need%%:*}" >/dev/null || missing+=("${need#*:}")
 done
 # Python peers (tests/py/): Debian's python3 with its packages, module -> package.
-for need in websockets:python3-websockets; do
+for need in websockets:python3-websockets h2:python3-h2; do
     /usr/bin/python3 -c "import ${need%%:*}" 2>/dev/null || missing+=("${need#*:}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

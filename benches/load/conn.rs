@@ -266,6 +266,8 @@ async fn exchange(
             .write(target.request, forever, watch)
             .await
             .map_err(|_| Fail::Write)?,
+        // Never made here: the load generator speaks HTTP/1.1 (h2load measures HTTP/2).
+        Stream::H2(_) => return Err(Fail::Write),
     }
 
     loop {

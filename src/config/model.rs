@@ -116,6 +116,60 @@ pub struct GatewayConfig {
     /// such headers are dropped, since CGI/WSGI-style servers read `X_Real_IP` as
     /// `X-Real-IP`.
     pub underscores_in_headers: bool,
+    /// HTTP/2 from clients (`[gateway.http2]`).
+    pub http2: Http2Config,
+}
+
+/// HTTP/2 from clients: which listeners speak it and its limits. The defaults follow
+/// nginx's `http2_*` directives where it has one, else the `h2` crate's.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2Config {
+    /// TLS listeners offer `h2` by ALPN (APISIX `ssl.listen[].enable_http2`, on by default).
+    pub enable: bool,
+    /// Plain listeners also take HTTP/2 with prior knowledge (h2c; APISIX
+    /// `node_listen[].enable_http2`).
+    pub h2c: bool,
+    /// Streams a client may have open at once (nginx `http2_max_concurrent_streams`).
+    pub max_concurrent_streams: u32,
+    /// Largest decoded header list (HPACK-decoded names and values, 32 bytes each more);
+    /// larger is refused.
+    pub max_header_list_size: u32,
+    /// The HPACK dynamic table a client may make us keep.
+    pub header_table_size: u32,
+    /// Each stream's receive window: how much request body a client may send ahead.
+    pub initial_window_size: u32,
+    /// The connection's receive window (all streams together).
+    pub connection_window_size: u32,
+    /// Largest frame payload we accept.
+    pub max_frame_size: u32,
+    /// Streams a client may reset before we accept them, pending at once (rapid reset,
+    /// CVE-2023-44487): more is a GOAWAY (ENHANCE_YOUR_CALM).
+    pub max_pending_accept_reset_streams: u32,
+    /// Streams we may reset for a client's protocol errors before the connection is closed
+    /// with a GOAWAY.
+    pub max_local_error_reset_streams: u32,
+    /// Requests served on one connection before it is closed gracefully (nginx
+    /// `keepalive_requests`).
+    pub max_requests: u32,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Http2Config {
+            enable: true,
+            h2c: false,
+            max_concurrent_streams: 128,
+            max_header_list_size: 32 * 1024,
+            header_table_size: 4096,
+            initial_window_size: 65_535,
+            connection_window_size: 1 << 20,
+            max_frame_size: 16_384,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 1024,
+            max_requests: 1000,
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -150,6 +204,7 @@ impl Default for GatewayConfig {
             splice_lowat: 16384,
             steal_accepts: true,
             underscores_in_headers: false,
+            http2: Http2Config::default(),
         }
     }
 }

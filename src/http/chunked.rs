@@ -64,6 +64,9 @@ pub struct ChunkedScanner {
     remaining: u64,
     /// Total bytes of trailer section seen, bounded.
     trailer_bytes: usize,
+    /// The trailer section's bytes, when the reader wants them (HTTP/2 sends trailers as
+    /// a frame of their own).
+    trailers: Option<Vec<u8>>,
 }
 
 impl Default for ChunkedScanner {
@@ -79,7 +82,22 @@ impl ChunkedScanner {
             size: 0,
             remaining: 0,
             trailer_bytes: 0,
+            trailers: None,
         }
+    }
+
+    /// A scanner that keeps the trailer section ([`ChunkedScanner::take_trailers`]).
+    pub fn keeping_trailers() -> Self {
+        ChunkedScanner {
+            trailers: Some(Vec::new()),
+            ..ChunkedScanner::new()
+        }
+    }
+
+    /// The trailer section seen (`name: value` lines, CRLF-ended), for a scanner
+    /// made by [`ChunkedScanner::keeping_trailers`].
+    pub fn take_trailers(&mut self) -> Vec<u8> {
+        self.trailers.take().unwrap_or_default()
     }
 
     pub fn is_done(&self) -> bool {
@@ -180,6 +198,7 @@ impl ChunkedScanner {
                     if b == b'\r' {
                         self.state = State::EndLf;
                     } else if is_tchar(b) {
+                        self.keep(b);
                         self.state = State::TrailerName;
                     } else {
                         return Err(ChunkError("trailer line is not a header field"));
@@ -188,6 +207,7 @@ impl ChunkedScanner {
                     i += 1;
                 }
                 State::TrailerName => {
+                    self.keep(b);
                     if b == b':' {
                         self.state = State::Trailer;
                     } else if !is_tchar(b) {
@@ -197,6 +217,7 @@ impl ChunkedScanner {
                     i += 1;
                 }
                 State::Trailer => {
+                    self.keep(b);
                     if b == b'\r' {
                         self.state = State::TrailerLf;
                     } else if b == b'\n' || (b < 0x20 && b != b'\t') || b == 0x7f {
@@ -209,6 +230,7 @@ impl ChunkedScanner {
                     if b != b'\n' {
                         return Err(ChunkError("trailer line not ended by CRLF"));
                     }
+                    self.keep(b);
                     self.state = State::TrailerStart;
                     i += 1;
                 }
@@ -229,6 +251,16 @@ impl ChunkedScanner {
             }
         }
         Ok(i)
+    }
+}
+
+impl ChunkedScanner {
+    /// Keeps a trailer-section byte when asked to (bounded by `MAX_TRAILERS` like the rest).
+    #[inline]
+    fn keep(&mut self, b: u8) {
+        if let Some(t) = self.trailers.as_mut() {
+            t.push(b);
+        }
     }
 }
 

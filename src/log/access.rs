@@ -27,7 +27,8 @@ pub struct Entry<'a> {
     pub remote: &'a str,
     pub method: &'a [u8],
     pub uri: &'a [u8],
-    pub minor_version: u8,
+    /// `HTTP/1.0`, `HTTP/1.1` or `HTTP/2.0` (nginx's `$server_protocol`).
+    pub protocol: &'static str,
     pub host: &'a [u8],
     pub status: u16,
     /// Response bytes sent to the client (head and body).
@@ -140,12 +141,12 @@ fn lossy(b: &[u8]) -> std::borrow::Cow<'_, str> {
 fn write_text(buf: &mut Vec<u8>, ts: &str, e: &Entry<'_>) {
     let _ = write!(
         buf,
-        "{} - [{}] \"{} {} HTTP/1.{}\" {} {} {:.3} host=\"{}\" route=\"{}\" upstream=",
+        "{} - [{}] \"{} {} {}\" {} {} {:.3} host=\"{}\" route=\"{}\" upstream=",
         e.remote,
         ts,
         lossy(e.method),
         lossy(e.uri).escape_debug(),
-        e.minor_version,
+        e.protocol,
         e.status,
         e.bytes,
         e.latency.as_secs_f64(),
@@ -173,7 +174,7 @@ fn write_json(buf: &mut Vec<u8>, ts: &str, e: &Entry<'_>) {
         "remote_addr": e.remote,
         "method": lossy(e.method),
         "uri": lossy(e.uri),
-        "protocol": format!("HTTP/1.{}", e.minor_version),
+        "protocol": e.protocol,
         "host": lossy(e.host),
         "status": e.status,
         "bytes": e.bytes,

@@ -36,6 +36,7 @@ pub async fn read_more_timeout(
         // in every future that awaits one), 624 bytes instead of 224; one small allocation
         // per TLS read is nothing beside its crypto.
         Stream::Tls(t) => Box::pin(t.read_more(buf, min_spare, limit, watch)).await,
+        Stream::H2(h) => Box::pin(h.read_more(buf, limit)).await,
     }
 }
 
@@ -89,6 +90,11 @@ async fn write_range_counted(
         Stream::Plain(s) => s,
         // Boxed for the same reason as reads.
         Stream::Tls(t) => return Box::pin(t.write(&buf[start..end], limit, watch)).await,
+        Stream::H2(h) => {
+            return Box::pin(h.write(&buf[start..end], limit))
+                .await
+                .map_err(|e| (e, 0))
+        }
     };
     let mut pos = start;
     while pos < end {

@@ -68,6 +68,7 @@ impl Stream {
         match self {
             Stream::Plain(s) => read_fd(s.as_raw_fd(), buf, max),
             Stream::Tls(t) => t.try_read(buf, max),
+            Stream::H2(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 
@@ -77,14 +78,15 @@ impl Stream {
         match self {
             Stream::Plain(s) => write_fd(s.as_raw_fd(), data),
             Stream::Tls(t) => t.try_write(data),
+            Stream::H2(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 
     /// Sends queued TLS records; true when none is left.
     pub fn try_flush(&mut self) -> io::Result<bool> {
         match self {
-            Stream::Plain(_) => Ok(true),
             Stream::Tls(t) => t.try_flush(),
+            _ => Ok(true),
         }
     }
 
@@ -103,11 +105,17 @@ impl Stream {
 
     /// Waits until the socket is readable (or has an error or end).
     pub async fn readable(&self) -> io::Result<()> {
-        self.tcp().readable(false).await
+        match self.tcp() {
+            Some(t) => t.readable(false).await,
+            None => Err(io::ErrorKind::Unsupported.into()),
+        }
     }
 
     /// Waits until the socket has room to write.
     pub async fn writable(&self) -> io::Result<()> {
-        self.tcp().writable(false).await
+        match self.tcp() {
+            Some(t) => t.writable(false).await,
+            None => Err(io::ErrorKind::Unsupported.into()),
+        }
     }
 }

@@ -7,17 +7,24 @@ use socket2::SockRef;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-/// Runs `f` on socket2's view of a monoio stream.
-fn with_sock<R>(stream: &impl AsRawFd, f: impl FnOnce(SockRef<'_>) -> R) -> R {
-    // SAFETY: the descriptor stays open while `stream` is borrowed, which outlives `f`.
-    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
-    f(SockRef::from(&fd))
+/// Runs `f` on socket2's view of a monoio stream; None for a stream without a socket of
+/// its own (an HTTP/2 stream).
+fn with_sock<R>(stream: &impl AsRawFd, f: impl FnOnce(SockRef<'_>) -> R) -> Option<R> {
+    let raw = stream.as_raw_fd();
+    if raw < 0 {
+        return None;
+    }
+    // SAFETY: the descriptor is open (not -1) and stays so while `stream` is borrowed,
+    // which outlives `f`.
+    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+    Some(f(SockRef::from(&fd)))
 }
 
 /// Makes a socket non-blocking so that a splice into or out of it never blocks the worker.
 /// monoio's io_uring operations keep working on it (the kernel polls non-blocking sockets).
 pub fn set_nonblocking(stream: &impl AsRawFd) -> io::Result<()> {
     with_sock(stream, |s| s.set_nonblocking(true))
+        .unwrap_or_else(|| Err(io::ErrorKind::Unsupported.into()))
 }
 
 /// `TCP_CORK`: hold partial segments until uncorked or shut down. Failure only keeps the

@@ -152,7 +152,7 @@ impl Conn {
         out.extend_from_slice(remote.as_bytes());
         out.extend_from_slice(b"\r\nX-Real-IP: ");
         out.extend_from_slice(remote.as_bytes());
-        out.extend_from_slice(match self.stream.tls() {
+        out.extend_from_slice(match self.stream.tls_facts() {
             Some(_) => b"\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: ",
             None => b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ",
         });
@@ -175,7 +175,7 @@ impl Conn {
             } else {
                 let _ = write!(out, "for={remote}");
             }
-            out.extend_from_slice(match self.stream.tls() {
+            out.extend_from_slice(match self.stream.tls_facts() {
                 Some(_) => b";proto=https\r\n",
                 None => b";proto=http\r\n",
             });

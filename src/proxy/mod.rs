@@ -39,7 +39,7 @@ mod tunnel;
 mod upstream;
 mod vars;
 
-pub use session::{serve, Entrance};
+pub use session::{serve, serve_stream, Entrance};
 
 use std::time::Duration;
 

@@ -139,7 +139,7 @@ impl Conn {
                 remote: self.remote_ip(),
                 method: &self.buf[self.req.head.method.clone()],
                 uri: self.req.head.target(&self.buf),
-                minor_version: self.req.head.minor_version,
+                protocol: self.protocol(),
                 host: &self.req.host_lc,
                 status: outcome.status,
                 bytes: outcome.bytes,
@@ -357,7 +357,7 @@ impl Conn {
             real_ip,
             consumer,
             server_port: &self.local_port,
-            tls: self.stream.tls().map(|t| &t.facts),
+            tls: self.stream.tls_facts(),
             route,
         };
         (vars, edits, resp)
@@ -374,11 +374,20 @@ impl Conn {
             real_ip: &self.req.real_ip,
             consumer: &self.req.consumer,
             server_port: &self.local_port,
-            tls: self.stream.tls().map(|t| &t.facts),
+            tls: self.stream.tls_facts(),
             route: self
                 .req
                 .route
                 .map(|i| self.req.local.shared.router.route(i)),
+        }
+    }
+
+    /// The request's protocol as nginx's `$server_protocol` names it.
+    pub(super) fn protocol(&self) -> &'static str {
+        match (&self.stream, self.req.head.minor_version) {
+            (crate::net::stream::Stream::H2(_), _) => "HTTP/2.0",
+            (_, 0) => "HTTP/1.0",
+            _ => "HTTP/1.1",
         }
     }
 

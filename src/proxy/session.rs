@@ -29,7 +29,8 @@ pub struct Entrance {
 }
 
 /// Accepts a connection (completing its TLS handshake on a TLS listener) and serves
-/// requests on it until it closes.
+/// requests on it until it closes: HTTP/1.1 here, HTTP/2 (`http2`) when ALPN chose `h2` or a
+/// plain connection starts with the h2c preface.
 pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, entrance: Rc<Entrance>) {
     let _open = Gauge::up(&worker, |s| &s.active);
     crate::metrics::bump(&worker.metrics.shard().accepted, 1);
@@ -38,10 +39,46 @@ pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, entranc
         false => Stream::Plain(tcp),
         // Boxed: the handshake's state stays out of every plain connection's task.
         true => match Box::pin(handshake(&worker, tcp, peer, &watch)).await {
+            Some(tls) if tls.facts.alpn.as_deref() == Some(b"h2") => {
+                let facts = Rc::new(tls.facts.clone());
+                let (tcp, conn, rbuf, rpos) = tls.into_parts();
+                if let Ok(io) = crate::http2::H2Io::tls(tcp, conn, rbuf, rpos) {
+                    Box::pin(crate::http2::serve(worker, io, Some(facts), peer, entrance)).await;
+                }
+                return;
+            }
             Some(tls) => Stream::Tls(Box::new(tls)),
             None => return,
         },
     };
+    let h2c = exchanges(worker.clone(), stream, watch, peer, entrance.clone()).await;
+    if let Some((Stream::Plain(tcp), prefix)) = h2c {
+        if let Ok(io) = crate::http2::H2Io::plain(tcp, prefix) {
+            Box::pin(crate::http2::serve(worker, io, None, peer, entrance)).await;
+        }
+    }
+}
+
+/// Serves one HTTP/2 stream as a connection carrying one exchange.
+pub async fn serve_stream(
+    worker: Rc<Worker>,
+    stream: crate::http2::stream::H2Stream,
+    peer: SocketAddr,
+    entrance: Rc<Entrance>,
+) {
+    let watch = worker.watchdog.watch();
+    exchanges(worker, Stream::H2(Box::new(stream)), watch, peer, entrance).await;
+}
+
+/// Runs the keep-alive loop on `stream` with a connection's recycled memory. Returns the
+/// stream and the bytes read when the client turned out to speak h2c.
+async fn exchanges(
+    worker: Rc<Worker>,
+    stream: Stream,
+    watch: Rc<Watch>,
+    peer: SocketAddr,
+    entrance: Rc<Entrance>,
+) -> Option<(Stream, Vec<u8>)> {
     let local_port = entrance.port.clone();
     let s = worker.take_scratch();
     let mut peer_ip = s.peer_ip;
@@ -60,6 +97,7 @@ pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, entranc
         linger: false,
         nonblocking: false,
         corked: false,
+        h2c: false,
         req: Ctx {
             settings: local.shared.settings,
             local,
@@ -84,12 +122,15 @@ pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, entranc
     conn.run().await;
     let Conn {
         worker,
+        stream,
         mut buf,
         mut out,
         peer_ip,
         req,
+        h2c,
         ..
     } = conn;
+    let handoff = h2c.then(|| (stream, buf.clone()));
     buf.clear();
     out.clear();
     worker.give_scratch(Scratch {
@@ -104,6 +145,7 @@ pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, entranc
         key_buf: req.key_buf,
         up_statuses: req.up_statuses,
     });
+    handoff
 }
 
 /// Completes a client's TLS handshake with the current snapshot's certificates, within
@@ -149,6 +191,9 @@ pub(super) struct Conn {
     /// The last answer was written corked: its tail and the FIN leave together at the
     /// half-close that ends the connection.
     pub(super) corked: bool,
+    /// The client sent the HTTP/2 connection preface (h2c with prior knowledge, where
+    /// `gateway.http2.h2c` allows it): the connection goes on as HTTP/2.
+    pub(super) h2c: bool,
     /// The request being served.
     pub(super) req: Ctx,
 }
@@ -167,8 +212,8 @@ impl Conn {
     /// The certificate served demands a client certificate and the client sent none.
     fn client_cert_missing(&self) -> bool {
         self.stream
-            .tls()
-            .is_some_and(|t| t.facts.missing_client_cert)
+            .tls_facts()
+            .is_some_and(|f| f.missing_client_cert)
     }
 
     pub(super) async fn run(&mut self) {
@@ -252,6 +297,10 @@ impl Conn {
         // Counted as `reading` while a head is partly received.
         let mut reading: Option<Gauge> = None;
         loop {
+            if first && self.buf.starts_with(crate::http2::PREFACE_START) && self.h2c_allowed() {
+                self.h2c = true;
+                return Ok(false);
+            }
             if !self.buf.is_empty() {
                 if let Parsed::Complete = self.req.head.parse(&self.buf, &limits)? {
                     return Ok(true);
@@ -282,6 +331,11 @@ impl Conn {
         }
     }
 
+    /// A plain connection on a gateway that takes h2c.
+    fn h2c_allowed(&self) -> bool {
+        self.settings().http2.h2c && self.stream.plain().is_some()
+    }
+
     /// Answers a request refused at the head stage, then the connection closes.
     pub(super) async fn refuse(&mut self, e: RequestError) {
         let start = Instant::now();
@@ -301,7 +355,7 @@ impl Conn {
                 remote: &self.peer_ip,
                 method: b"-",
                 uri: line,
-                minor_version: 1,
+                protocol: "HTTP/1.1",
                 host: b"",
                 status: e.status,
                 bytes,

@@ -178,7 +178,7 @@ impl Base {
             &mut registry,
         )?;
 
-        let tls = crate::tls::ServerTls::build(&config.ssls, tls.fallback_sni.as_deref())?
+        let tls = crate::tls::ServerTls::build(&config.ssls, tls.fallback_sni.as_deref(), tls.h2)?
             .map(std::sync::Arc::new);
         Ok(Base {
             tls,

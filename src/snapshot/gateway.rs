@@ -177,6 +177,7 @@ pub(super) fn compile_gateway(g: &GatewayConfig) -> Result<(Settings, ProcessSet
         splice_lowat: g.splice_lowat,
         steal_accepts: g.steal_accepts,
         graceful_shutdown_timeout,
+        http2: check_http2(&g.http2)?,
     };
     let control_listen = match g.control_listen.as_str() {
         "off" => None,
@@ -203,4 +204,31 @@ pub(super) fn compile_gateway(g: &GatewayConfig) -> Result<(Settings, ProcessSet
         watch_config: g.watch_config,
     };
     Ok((settings, process))
+}
+
+/// Checks `[gateway.http2]` against what HTTP/2 allows (RFC 9113 §6.5.2).
+fn check_http2(h: &crate::config::Http2Config) -> Result<crate::config::Http2Config> {
+    let bad =
+        |field: &str, why: &str| Err(ConfigError::invalid(format!("gateway.http2.{field}"), why));
+    if h.max_concurrent_streams == 0 {
+        return bad("max_concurrent_streams", "must be at least 1");
+    }
+    if h.max_header_list_size < 1024 {
+        return bad("max_header_list_size", "must be at least 1024 bytes");
+    }
+    for (field, v) in [
+        ("initial_window_size", h.initial_window_size),
+        ("connection_window_size", h.connection_window_size),
+    ] {
+        if v == 0 || v > (1 << 31) - 1 {
+            return bad(field, "must be between 1 and 2147483647 bytes");
+        }
+    }
+    if !(16_384..=16_777_215).contains(&h.max_frame_size) {
+        return bad("max_frame_size", "must be between 16384 and 16777215 bytes");
+    }
+    if h.max_requests == 0 {
+        return bad("max_requests", "must be at least 1");
+    }
+    Ok(*h)
 }

@@ -55,6 +55,8 @@ pub struct Settings {
     pub steal_accepts: bool,
     /// How long in-flight requests may run after SIGTERM/SIGINT.
     pub graceful_shutdown_timeout: Duration,
+    /// HTTP/2 from clients: where, and its limits.
+    pub http2: crate::config::Http2Config,
 }
 
 /// One immutable, validated configuration.
@@ -89,6 +91,8 @@ pub(super) struct TlsSettings {
     pub(super) fallback_sni: Option<String>,
     /// `gateway.ssl_trusted_certificate`.
     pub(super) trusted: Option<String>,
+    /// `gateway.http2.enable`: `h2` is offered by ALPN.
+    pub(super) h2: bool,
 }
 
 /// An object's name in messages, as a string (`upstreams[0] (id "demo")`).
@@ -121,6 +125,7 @@ impl Snapshot {
         let tls = TlsSettings {
             fallback_sni: gateway.fallback_sni.clone(),
             trusted: gateway.ssl_trusted_certificate.clone(),
+            h2: gateway.http2.enable,
         };
         let key = cache::BaseKey::of(config, &tls);
         let (base, reuse_routes) = match cache.begin(&key) {

@@ -62,6 +62,7 @@ impl ServerTls {
     pub fn build(
         ssls: &[Arc<SslConfig>],
         fallback_sni: Option<&str>,
+        h2: bool,
     ) -> Result<Option<ServerTls>, ConfigError> {
         let provider = Arc::new(crate::tls::provider());
         // Profiles other than the default, made while the table is built.
@@ -99,7 +100,10 @@ impl ServerTls {
                 None => builder.with_no_client_auth(),
             };
             let mut config = builder.with_cert_resolver(certs.clone());
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            config.alpn_protocols = match h2 {
+                true => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+                false => vec![b"http/1.1".to_vec()],
+            };
             if let Some(t) = ticketer() {
                 config.ticketer = t;
                 config.send_tls13_tickets = 2;
@@ -272,7 +276,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let a = make(&dir, "a", "DNS:a.test", false);
         let config = |list: &[Arc<crate::config::SslConfig>]| {
-            ServerTls::build(list, None)
+            ServerTls::build(list, None, true)
                 .unwrap()
                 .unwrap()
                 .default_config()

@@ -125,6 +125,12 @@ impl TlsConn {
     }
 
     /// The TCP socket underneath (socket options, the watchdog).
+    /// The socket, rustls's state and the ciphertext read but not yet handed to rustls
+    /// (`rbuf[rpos..]`): what an HTTP/2 connection goes on with after ALPN chose `h2`.
+    pub fn into_parts(self) -> (TcpStream, Connection, Vec<u8>, usize) {
+        (self.tcp, self.conn, self.rbuf, self.rpos)
+    }
+
     pub fn tcp(&self) -> &TcpStream {
         &self.tcp
     }

@@ -20,6 +20,7 @@ mod failures;
 mod headers;
 mod health;
 mod health_apisix;
+mod http2;
 mod jwt;
 mod lifecycle;
 mod limits;
