@@ -16,7 +16,8 @@
 # - Chromium (Debian's chromium), headless: the status dashboard's test loads the page in it;
 # - nghttp and h2load (Debian's nghttp2-client): HTTP/2 clients;
 # - Python peers (tests/py/) on Debian's python3: python3-websockets (WebSocket client and
-#   server), python3-h2 (a low-level HTTP/2 client for trailers and abuse cases).
+#   server), python3-h2 (a low-level HTTP/2 client for trailers and abuse cases),
+#   python3-grpcio (gRPC client and server).
 # Backends are started by the tests themselves, and the comparison script's self-test skips
 # its nginx/HAProxy checks when they are absent.
 set -euo pipefail
@@ -30,7 +31,7 @@ for need in etcd:etcd-server etcdctl:etcd-client redis-server:redis-server redis
     command -v "${need%%:*}" >/dev/null || missing+=("${need#*:}")
 done
 # Python peers (tests/py/): Debian's python3 with its packages, module -> package.
-for need in websockets:python3-websockets h2:python3-h2; do
+for need in websockets:python3-websockets h2:python3-h2 grpc:python3-grpcio; do
     /usr/bin/python3 -c "import ${need%%:*}" 2>/dev/null || missing+=("${need#*:}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

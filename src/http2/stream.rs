@@ -42,6 +42,9 @@ pub struct H2Stream {
     out: Out,
     /// Scratch: payload ranges of a chunked response piece.
     ranges: Vec<Range<usize>>,
+    /// The request is a gRPC call (`content-type: application/grpc...`): an answer that is
+    /// not a gRPC response (the gateway's own errors) goes out as a gRPC status.
+    grpc: bool,
     /// The TLS session's facts (SNI, client certificate), shared by the connection's streams.
     pub facts: Option<Rc<Facts>>,
 }
@@ -53,6 +56,13 @@ enum Out {
     /// Body bytes still to come.
     Length(u64),
     Chunked(Box<ChunkedScanner>),
+    /// A non-gRPC answer to a gRPC call: its body is collected (`left` bytes to come), then
+    /// it goes out as a trailers-only gRPC response.
+    GrpcError {
+        status: u16,
+        body: Vec<u8>,
+        left: u64,
+    },
     /// The response is complete.
     Done,
 }
@@ -124,6 +134,10 @@ impl H2Stream {
             }
             head.extend_from_slice(b"\r\n");
         }
+        let grpc = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let ended = body.is_end_stream();
         let chunked = !ended && !length;
         if chunked {
@@ -140,8 +154,23 @@ impl H2Stream {
             send: None,
             out: Out::Head(Vec::new()),
             ranges: Vec::new(),
+            grpc,
             facts,
         }
+    }
+
+    /// Whether the request is a gRPC call.
+    pub fn is_grpc(&self) -> bool {
+        self.grpc
+    }
+
+    /// Hands the client's side of the stream (its request body, and the response handle)
+    /// to a relay that speaks HTTP/2 to the upstream itself (gRPC). None once a response
+    /// has been started here.
+    pub fn take_client(&mut self) -> Option<(Option<RecvStream>, SendResponse<Bytes>)> {
+        let respond = self.respond.take()?;
+        self.out = Out::Done;
+        Some((self.body.take(), respond))
     }
 
     /// Appends more of the request to `buf`; 0 once it has all been read.
@@ -257,6 +286,21 @@ impl H2Stream {
                 resp.headers_mut().append(n, v);
             }
             let rest = collected.split_off(len);
+            let grpc_answer = resp
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+            if self.grpc && !grpc_answer {
+                self.out = Out::GrpcError {
+                    status,
+                    body: Vec::new(),
+                    left: length.unwrap_or(0),
+                };
+                if length.unwrap_or(0) == 0 {
+                    self.grpc_error()?;
+                }
+                return Ok(Some(rest));
+            }
             let bodiless = self.is_head || status == 204 || status == 304;
             self.out = match (bodiless, chunked, length) {
                 (true, _, _) | (false, false, Some(0)) => Out::Done,
@@ -278,6 +322,15 @@ impl H2Stream {
         while !data.is_empty() {
             match &mut self.out {
                 Out::Head(_) | Out::Done => return Ok(()),
+                Out::GrpcError { body, left, .. } => {
+                    let n = (*left).min(data.len() as u64) as usize;
+                    body.extend_from_slice(&data[..n.min(1024)]);
+                    *left -= n as u64;
+                    data = &data[n..];
+                    if *left == 0 {
+                        self.grpc_error()?;
+                    }
+                }
                 Out::Length(left) => {
                     let n = (*left).min(data.len() as u64) as usize;
                     *left -= n as u64;
@@ -314,31 +367,7 @@ impl H2Stream {
     /// Sends `data` as DATA frames as the window allows; `last` ends the stream with it.
     async fn send_data(&mut self, data: &[u8], last: bool, limit: Duration) -> Result<(), IoFail> {
         let send = self.send.as_mut().ok_or(broken("no response started"))?;
-        let mut pos = 0;
-        while pos < data.len() {
-            send.reserve_capacity(data.len() - pos);
-            let room =
-                monoio::time::timeout(limit, std::future::poll_fn(|cx| send.poll_capacity(cx)))
-                    .await
-                    .map_err(|_| IoFail::Timeout)?;
-            let room = match room {
-                Some(Ok(n)) => n,
-                Some(Err(e)) => return Err(h2_fail(e)),
-                None => return Err(broken("the client reset the stream")),
-            };
-            let n = room.min(data.len() - pos);
-            if n == 0 {
-                continue;
-            }
-            let end = last && pos + n == data.len();
-            send.send_data(Bytes::copy_from_slice(&data[pos..pos + n]), end)
-                .map_err(h2_fail)?;
-            pos += n;
-        }
-        if last && data.is_empty() {
-            send.send_data(Bytes::new(), true).map_err(h2_fail)?;
-        }
-        Ok(())
+        send_flowing(send, Bytes::copy_from_slice(data), last, limit).await
     }
 
     /// Ends the stream after a chunked body: its trailer section (`name: value` lines) as
@@ -366,6 +395,104 @@ impl H2Stream {
         }
         .map_err(h2_fail)
     }
+}
+
+impl H2Stream {
+    /// Sends the collected non-gRPC answer as a trailers-only gRPC response: HTTP 200,
+    /// `grpc-status` mapped from the HTTP status (gRPC's HTTP-to-gRPC mapping) and
+    /// `grpc-message` from the answer's message.
+    fn grpc_error(&mut self) -> Result<(), IoFail> {
+        let Out::GrpcError { status, body, .. } = std::mem::replace(&mut self.out, Out::Done)
+        else {
+            return Ok(());
+        };
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                ["error_msg", "message"]
+                    .iter()
+                    .find_map(|k| v.get(*k).and_then(|m| m.as_str()).map(str::to_string))
+            })
+            .unwrap_or_else(|| String::from_utf8_lossy(crate::http::trim(&body)).into_owned());
+        let respond = self.respond.as_mut().ok_or(broken("response sent twice"))?;
+        respond
+            .send_response(grpc_status_response(grpc_code(status), &message), true)
+            .map_err(h2_fail)?;
+        self.respond = None;
+        Ok(())
+    }
+}
+
+/// The gRPC status for a gateway answer's HTTP status (gRPC's "HTTP to gRPC status code
+/// mapping"; a 504, the gateway's upstream timeout, as DEADLINE_EXCEEDED).
+pub fn grpc_code(http: u16) -> u32 {
+    match http {
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 => 12,             // UNIMPLEMENTED
+        504 => 4,              // DEADLINE_EXCEEDED
+        429 | 502 | 503 => 14, // UNAVAILABLE
+        _ => 2,                // UNKNOWN
+    }
+}
+
+/// A trailers-only gRPC response (RFC-style "Trailers-Only": one HEADERS frame ending the
+/// stream) with `code` and `message` (percent-encoded as gRPC asks).
+pub fn grpc_status_response(code: u32, message: &str) -> Response<()> {
+    let mut resp = Response::new(());
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(code));
+    let mut encoded = String::with_capacity(message.len());
+    for b in message.bytes().take(512) {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&encoded) {
+        h.insert("grpc-message", v);
+    }
+    resp
+}
+
+/// Sends `data` on `send` as its peer's flow-control window allows (waiting at most `limit`
+/// for each opening: a peer that never opens it is a send timeout); `last` ends the stream.
+pub async fn send_flowing(
+    send: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    last: bool,
+    limit: Duration,
+) -> Result<(), IoFail> {
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let room = monoio::time::timeout(limit, std::future::poll_fn(|cx| send.poll_capacity(cx)))
+            .await
+            .map_err(|_| IoFail::Timeout)?;
+        let room = match room {
+            Some(Ok(n)) => n,
+            Some(Err(e)) => return Err(h2_fail(e)),
+            None => return Err(broken("the peer reset the stream")),
+        };
+        if room == 0 {
+            continue;
+        }
+        let piece = data.split_to(room.min(data.len()));
+        send.send_data(piece, last && data.is_empty())
+            .map_err(h2_fail)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+    }
+    if last {
+        send.send_data(Bytes::new(), true).map_err(h2_fail)?;
+    }
+    Ok(())
 }
 
 impl Drop for H2Stream {

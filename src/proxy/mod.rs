@@ -13,6 +13,8 @@
 //!    each failure means).
 //! 5. `response.rs`: relay the response head (`editor.rs` rewrites both heads) and body;
 //!    `body_filter.rs` when a plugin changes the body (decoded, filtered, re-chunked).
+//!    `grpc.rs` instead for gRPC upstreams: the client's HTTP/2 stream relayed to a stream
+//!    on a pooled HTTP/2 connection.
 //!    `tunnel.rs` instead when the upstream switched protocols (WebSocket): bytes both ways.
 //! 6. `answers.rs`: what the gateway answers itself (404, 502, 503, 504, refusals).
 //!
@@ -30,6 +32,7 @@ mod body_filter;
 mod ctx;
 mod editor;
 mod error;
+mod grpc;
 mod phases;
 mod request_body;
 mod response;

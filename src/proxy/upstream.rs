@@ -105,6 +105,20 @@ impl<'a> Target<'a> {
     }
 }
 
+/// Connects to `addr` within `limit`, with Nagle off (small frames and heads go out now).
+pub(super) async fn connect_tcp(
+    addr: SocketAddr,
+    limit: Duration,
+) -> Result<TcpStream, ProxyError> {
+    let tcp = match monoio::time::timeout(limit, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(ProxyError::Connect(e)),
+        Err(_) => return Err(ProxyError::ConnectTimeout),
+    };
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
 /// Opens a connection to `target` (TCP connect, then the TLS handshake for TLS), the whole
 /// within `limit` (the upstream connect timeout).
 pub(super) async fn connect(
@@ -114,12 +128,7 @@ pub(super) async fn connect(
     watch: &crate::net::watchdog::Watch,
 ) -> Result<UpstreamConn, ProxyError> {
     let start = Instant::now();
-    let tcp = match monoio::time::timeout(limit, TcpStream::connect_addr(target.addr)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Err(ProxyError::Connect(e)),
-        Err(_) => return Err(ProxyError::ConnectTimeout),
-    };
-    let _ = tcp.set_nodelay(true);
+    let tcp = connect_tcp(target.addr, limit).await?;
     let Some((tls, sni)) = target.tls else {
         return Ok(pool.attach(Stream::Plain(tcp), None));
     };
@@ -158,6 +167,9 @@ impl Conn {
     /// Forwards the request to the route's upstream (with retries) and relays the response.
     pub(super) async fn proxy(&mut self, local: &Rc<Local>, route: &Route, ui: usize) -> Outcome {
         let up: &UpstreamSpec = &local.shared.upstreams[ui];
+        if up.grpc {
+            return self.grpc(local, route, ui).await;
+        }
         if up.drained {
             let end = self.buffered_body_end();
             return self.local_error(503, "no valid upstream node", end).await;

@@ -129,18 +129,26 @@ pub(super) fn compile_upstream(
         BalancerKind::ConsistentHash => Some(compile_hash_on(name, u)?),
         _ => None,
     };
-    let tls = match u.scheme.as_str() {
-        "http" => None,
-        "https" => Some(Arc::new(crate::upstream::tls::UpstreamTls::build(
+    let tls_for = |alpn: &[u8]| -> Result<Option<Arc<crate::upstream::tls::UpstreamTls>>> {
+        Ok(Some(Arc::new(crate::upstream::tls::UpstreamTls::build(
             name,
             u.tls.as_ref(),
             env.ssls,
             env.roots,
-        )?)),
+            alpn,
+        )?)))
+    };
+    let (tls, grpc) = match u.scheme.as_str() {
+        "http" => (None, false),
+        "https" => (tls_for(b"http/1.1")?, false),
+        "grpc" => (None, true),
+        "grpcs" => (tls_for(b"h2")?, true),
         other => {
             return Err(ConfigError::invalid(
                 format!("{name}.scheme"),
-                format!("\"{other}\" is not supported yet; use \"http\" or \"https\""),
+                format!(
+                "\"{other}\" is not supported yet; use \"http\", \"https\", \"grpc\" or \"grpcs\""
+            ),
             ))
         }
     };
@@ -275,6 +283,7 @@ pub(super) fn compile_upstream(
         keepalive,
         pass_host,
         tls,
+        grpc,
     })
 }
 

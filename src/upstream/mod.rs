@@ -2,6 +2,7 @@
 //! keepalive policy and Host handling. Built by the control plane, read by every core.
 
 pub mod balancer;
+pub mod h2pool;
 pub mod pool;
 pub mod tls;
 
@@ -134,6 +135,8 @@ pub struct UpstreamSpec {
     pub timeouts: Timeouts,
     pub keepalive: KeepalivePolicy,
     pub pass_host: PassHost,
-    /// TLS towards the nodes (`scheme = "https"`).
+    /// TLS towards the nodes (`scheme = "https"` or `"grpcs"`).
     pub tls: Option<Arc<tls::UpstreamTls>>,
+    /// `scheme = "grpc"` / `"grpcs"`: HTTP/2 to the nodes (`proxy::grpc`).
+    pub grpc: bool,
 }

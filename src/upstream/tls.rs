@@ -40,6 +40,7 @@ impl UpstreamTls {
         tls: Option<&UpstreamTlsConfig>,
         ssls: &[Arc<SslConfig>],
         roots: &Arc<RootCertStore>,
+        alpn: &[u8],
     ) -> Result<UpstreamTls, ConfigError> {
         let default = UpstreamTlsConfig::default();
         let tls = tls.unwrap_or(&default);
@@ -102,7 +103,8 @@ impl UpstreamTls {
             }
             None => builder.with_no_client_auth(),
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
+        alpn.hash(&mut identity);
         let sni = match &tls.sni {
             Some(s) => {
                 ServerName::try_from(s.as_str())

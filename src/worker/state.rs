@@ -96,6 +96,8 @@ pub struct Worker {
     pub epoll: bool,
     pub(super) current: RefCell<Rc<Local>>,
     pub pool: Pool,
+    /// HTTP/2 connections to gRPC nodes.
+    pub h2: crate::upstream::h2pool::H2Pool,
     /// Empty pipes for splicing long bodies.
     pub pipes: PipePool,
     pub log: AccessLog,
@@ -136,6 +138,7 @@ impl Worker {
             epoll,
             current: RefCell::new(Rc::new(Local::new(snapshot, None))),
             pool: Pool::default(),
+            h2: Default::default(),
             pipes: PipePool::default(),
             log,
             busy: Cell::new(0),

@@ -30,14 +30,7 @@ fn curl(args: &[&str]) -> (String, String, bool) {
 
 /// The h2peer.py case's report.
 fn peer(args: &[&str]) -> serde_json::Value {
-    let out = py::run("h2peer.py", args);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "h2peer.py {args:?}: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(text.trim()).unwrap_or_else(|_| panic!("{text}"))
+    py::report("h2peer.py", args)
 }
 
 fn echo_backend() -> Backend {

@@ -17,6 +17,7 @@ mod dashboard;
 mod eligibility;
 mod etcd;
 mod failures;
+mod grpc;
 mod headers;
 mod health;
 mod health_apisix;

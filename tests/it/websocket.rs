@@ -18,14 +18,7 @@ fn ws_server(name: &str) -> PyServer {
 fn check(url: &str, cafile: Option<&str>) -> serde_json::Value {
     let mut args = vec!["check", url];
     args.extend(cafile);
-    let out = py::run("ws.py", &args);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "ws.py check {url} failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(text.trim()).unwrap()
+    py::report("ws.py", &args)
 }
 
 fn assert_exchange(seen: &serde_json::Value, proto: &str) {

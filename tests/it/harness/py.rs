@@ -78,3 +78,16 @@ pub fn spawn(name: &str, args: &[&str]) -> Child {
         .spawn()
         .expect("start a python test client")
 }
+
+/// Runs a Python client that prints one JSON object; the object (panics with its output if
+/// the script fails).
+pub fn report(name: &str, args: &[&str]) -> serde_json::Value {
+    let out = run(name, args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{name} {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(text.trim()).unwrap_or_else(|_| panic!("{name} {args:?}: {text}"))
+}
