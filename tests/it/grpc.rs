@@ -112,3 +112,29 @@ fn gateway_errors_on_grpc_routes_are_grpc_statuses() {
     );
     assert_eq!(resp.status, 400);
 }
+
+#[test]
+fn the_gateway_enforces_grpc_timeout_itself() {
+    // A server that takes calls and never answers, behind a route whose read timeout is
+    // long: the call's own grpc-timeout (1 s) is what ends it, from the gateway.
+    let silent = PyServer::start("h2peer.py", &["serve_silent", "0"]);
+    let gw = Gateway::start_with(
+        &format!(
+            "[[routes]]\nuri = \"/test.Echo/*\"\ntimeout = {{ connect = 2, send = 30, read = 60 }}\n\
+             upstream = {{ scheme = \"grpc\", nodes = {{ \"{}\" = 1 }} }}\n",
+            silent.addr()
+        ),
+        "[gateway.http2]\nh2c = true",
+    );
+    let r = py::report(
+        "h2peer.py",
+        &["grpc_call", &gw.port.to_string(), "/test.Echo/Unary", "1S"],
+    );
+    // Trailers-only: the status is in the one HEADERS frame.
+    assert_eq!(r["headers"][":status"], "200", "{r}");
+    assert_eq!(r["headers"]["grpc-status"], "4", "DEADLINE_EXCEEDED: {r}");
+    assert!(
+        r["seconds"].as_f64().unwrap() < 10.0,
+        "ended by the 1 s deadline: {r}"
+    );
+}

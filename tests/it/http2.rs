@@ -338,3 +338,12 @@ fn stalled_and_silent_streams_time_out_and_others_are_served() {
     ]);
     assert!(ok && out.starts_with("GET"), "{out}");
 }
+
+#[test]
+fn an_idle_connection_gets_a_graceful_goaway_after_keepalive_timeout() {
+    let be = echo_backend();
+    let (gw, _, _) = h2_gateway(&be, "keepalive_timeout = 1");
+    let r = peer(&["idle", &gw.port.to_string(), "8"]);
+    assert_eq!(r["goaway"], 0, "NO_ERROR: {r}");
+    assert_eq!(r["closed"], true, "{r}");
+}

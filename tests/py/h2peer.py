@@ -286,7 +286,73 @@ def case_no_body(port, path, seconds):
     print(json.dumps(w.seen))
 
 
+def case_idle(port, seconds):
+    """A connection that opens no stream: what the server does within `seconds`."""
+    s = raw_start(port)
+    w = Watcher(s)
+    w.read_frames(float(seconds))
+    print(json.dumps(w.seen))
+
+
+def case_serve_silent(_port):
+    """An h2c server that takes calls and never answers them; prints its port."""
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    print(srv.getsockname()[1], flush=True)
+
+    def handle(sock):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        sock.sendall(conn.data_to_send())
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return
+            conn.receive_data(data)
+            sock.sendall(conn.data_to_send())
+
+    while True:
+        c, _ = srv.accept()
+        threading.Thread(target=handle, args=(c,), daemon=True).start()
+
+
+def case_grpc_call(port, path, grpc_timeout):
+    """One gRPC call with `grpc-timeout` and no deadline of the client's own; reports the
+    status, trailers and how long the answer took."""
+    s = connect(port)
+    s.settimeout(15)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    extra = [("content-type", "application/grpc"), ("te", "trailers"),
+             ("grpc-timeout", grpc_timeout)]
+    conn.send_headers(1, request_headers(path, "POST", extra))
+    conn.send_data(1, b"\x00\x00\x00\x00\x02hi", end_stream=True)
+    s.sendall(conn.data_to_send())
+    start = time.time()
+    out = {"headers": {}, "trailers": {}}
+    done = False
+    while not done:
+        data = s.recv(65536)
+        if not data:
+            break
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived):
+                out["headers"] = {k.decode(): v.decode() for k, v in ev.headers}
+            elif isinstance(ev, h2.events.TrailersReceived):
+                out["trailers"] = {k.decode(): v.decode() for k, v in ev.headers}
+            elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
+                done = True
+        s.sendall(conn.data_to_send())
+    out["seconds"] = time.time() - start
+    print(json.dumps(out))
+
+
 CASES = {
+    "serve_silent": case_serve_silent,
+    "grpc_call": case_grpc_call,
+    "idle": case_idle,
     "exchange": case_exchange,
     "rapid_reset": case_rapid_reset,
     "continuation": case_continuation,
