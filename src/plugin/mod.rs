@@ -28,6 +28,7 @@ mod conf;
 pub mod consumer_restriction;
 pub mod cors;
 pub mod fault_injection;
+pub mod gzip;
 pub mod ip_restriction;
 pub mod jwt_auth;
 pub mod key_auth;
@@ -162,6 +163,7 @@ plugins! {
     Cors(cors::Cors) = "cors",
     FaultInjection(fault_injection::FaultInjection) = "fault-injection",
     FileLogger(loggers::FileLogger) = "file-logger",
+    Gzip(gzip::Gzip) = "gzip",
     HttpLogger(loggers::HttpLogger) = "http-logger",
     IpRestriction(ip_restriction::IpRestriction) = "ip-restriction",
     JwtAuth(jwt_auth::JwtAuth) = "jwt-auth",

@@ -10,6 +10,7 @@ mod auth;
 mod balancing;
 mod bodies;
 mod body_filters;
+mod compression;
 mod config_fuzz;
 mod config_limits;
 mod consumer_groups;

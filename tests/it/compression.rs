@@ -1,0 +1,154 @@
+//! Response compression (issue #15): the `gzip` plugin with curl as the client, bodies
+//! byte-identical after decoding, the Accept-Encoding negotiation and the cases that are
+//! never compressed.
+
+use crate::harness::*;
+use std::process::Command;
+
+/// A 16 KiB JSON document.
+fn json_body() -> String {
+    let mut s = String::from("[");
+    let mut i = 0;
+    while s.len() < 16 * 1024 {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&format!(
+            "{{\"id\":{i},\"name\":\"item-{i}\",\"tags\":[\"a\",\"b\"]}}"
+        ));
+        i += 1;
+    }
+    s.push(']');
+    s
+}
+
+/// curl with `args`: (response head, body).
+fn curl(args: &[&str]) -> (String, Vec<u8>) {
+    let dir = temp_dir("gz");
+    let head = dir.join("head");
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-D"])
+        .arg(&head)
+        .args(args)
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        std::fs::read_to_string(head).unwrap().to_lowercase(),
+        out.stdout,
+    )
+}
+
+#[test]
+fn gzip_compresses_what_it_should_and_nothing_else() {
+    let json = json_body();
+    let body = json.clone();
+    let be = Backend::start(move |s| {
+        let ct = |t: &str| ("Content-Type".to_string(), t.to_string());
+        match s.target.as_str() {
+            "/json" | "/head" => Reply::Full(
+                200,
+                vec![ct("application/json"), ("ETag".into(), "\"v1\"".into())],
+                body.clone().into_bytes(),
+            ),
+            "/chunked" => {
+                let mut r = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                for piece in body.as_bytes().chunks(5000) {
+                    r.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                    r.extend_from_slice(piece);
+                    r.extend_from_slice(b"\r\n");
+                }
+                r.extend_from_slice(b"0\r\n\r\n");
+                Reply::Raw(r)
+            }
+            "/encoded" => Reply::Full(
+                200,
+                vec![
+                    ct("application/json"),
+                    ("Content-Encoding".into(), "br".into()),
+                ],
+                b"not really brotli".to_vec(),
+            ),
+            "/small" => Reply::Full(200, vec![ct("application/json")], b"[1,2]".to_vec()),
+            "/png" => Reply::Full(200, vec![ct("image/png")], vec![7u8; 4096]),
+            _ => Reply::Full(204, vec![], vec![]),
+        }
+    });
+    let gw = Gateway::start(&format!(
+        "[[routes]]\nuri = \"/*\"\nplugins.gzip = {{ types = [\"application/json\"], vary = true }}\n\
+         upstream = {{ nodes = {{ \"{}\" = 1 }} }}\n",
+        be.addr()
+    ));
+    let url = |p: &str| format!("http://127.0.0.1:{}{p}", gw.port);
+
+    // Content-Length and chunked upstreams: gzip, byte-identical after decoding.
+    for path in ["/json", "/chunked"] {
+        let (head, got) = curl(&["--compressed", &url(path)]);
+        assert!(head.contains("content-encoding: gzip"), "{path}: {head}");
+        assert!(head.contains("vary: accept-encoding"), "{path}: {head}");
+        assert!(!head.contains("content-length"), "{path}: {head}");
+        assert_eq!(got, json.as_bytes(), "{path}: decoded body");
+    }
+    // The compressed size is what went on the wire, and a strong ETag is weakened.
+    let (head, raw) = curl(&["-H", "Accept-Encoding: gzip", &url("/json")]);
+    assert!(
+        raw.len() < json.len() / 3,
+        "{} of {}",
+        raw.len(),
+        json.len()
+    );
+    assert!(head.contains("etag: w/\"v1\""), "{head}");
+
+    // Negotiation: refused by q=0, not offered, or accepted through `*`.
+    let encoding = |ae: &str| {
+        let (head, _) = curl(&["-H", &format!("Accept-Encoding: {ae}"), &url("/json")]);
+        head.contains("content-encoding: gzip")
+    };
+    assert!(encoding("gzip"));
+    assert!(encoding("br;q=1.0, gzip;q=0.5"));
+    assert!(encoding("*"));
+    assert!(!encoding("gzip;q=0"));
+    assert!(!encoding("br, deflate"));
+    assert!(!encoding("*, gzip;q=0"));
+    assert!(!encoding("identity"));
+
+    // Never compressed: already encoded, too small, a type not listed, HEAD, 204.
+    let (head, got) = curl(&["-H", "Accept-Encoding: gzip", &url("/encoded")]);
+    assert!(
+        head.contains("content-encoding: br") && got == b"not really brotli",
+        "{head}"
+    );
+    let (head, got) = curl(&["-H", "Accept-Encoding: gzip", &url("/small")]);
+    assert!(
+        !head.contains("content-encoding") && got == b"[1,2]",
+        "{head}"
+    );
+    let (head, _) = curl(&["-H", "Accept-Encoding: gzip", &url("/png")]);
+    assert!(
+        !head.contains("content-encoding") && head.contains("content-length: 4096"),
+        "{head}"
+    );
+    let (head, _) = curl(&["-I", "-H", "Accept-Encoding: gzip", &url("/head")]);
+    assert!(!head.contains("content-encoding"), "{head}");
+    assert!(
+        head.contains("content-length: 16387"),
+        "HEAD keeps its length: {head}"
+    );
+    let (head, _) = curl(&["-H", "Accept-Encoding: gzip", &url("/none")]);
+    assert!(
+        head.starts_with("http/1.1 204") && !head.contains("content-encoding"),
+        "{head}"
+    );
+}
+
+#[test]
+fn gzip_config_errors_name_the_field() {
+    let (ok, msg) = check_config(
+        "[[routes]]\nuri = \"/\"\nplugins.gzip = { comp_level = 12 }\nupstream = { nodes = { \"127.0.0.1:1\" = 1 } }\n",
+    );
+    assert!(!ok && msg.contains("comp_level"), "{msg}");
+}
