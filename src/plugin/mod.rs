@@ -24,6 +24,8 @@
 mod api;
 mod auth;
 pub mod basic_auth;
+pub mod brotli;
+mod compress;
 mod conf;
 pub mod consumer_restriction;
 pub mod cors;
@@ -159,6 +161,7 @@ macro_rules! plugins {
 
 plugins! {
     BasicAuth(basic_auth::BasicAuth) = "basic-auth",
+    Brotli(brotli::Brotli) = "brotli",
     ConsumerRestriction(consumer_restriction::ConsumerRestriction) = "consumer-restriction",
     Cors(cors::Cors) = "cors",
     FaultInjection(fault_injection::FaultInjection) = "fault-injection",

@@ -1,4 +1,4 @@
-//! Response compression (issue #15): the `gzip` plugin with curl as the client, bodies
+//! Response compression (issue #15): the `gzip` and `brotli` plugins with curl as the client, bodies
 //! byte-identical after decoding, the Accept-Encoding negotiation and the cases that are
 //! never compressed.
 
@@ -44,7 +44,7 @@ fn curl(args: &[&str]) -> (String, Vec<u8>) {
 }
 
 #[test]
-fn gzip_compresses_what_it_should_and_nothing_else() {
+fn gzip_and_brotli_compress_what_they_should_and_nothing_else() {
     let json = json_body();
     let body = json.clone();
     let be = Backend::start(move |s| {
@@ -79,8 +79,12 @@ fn gzip_compresses_what_it_should_and_nothing_else() {
         }
     });
     let gw = Gateway::start(&format!(
-        "[[routes]]\nuri = \"/*\"\nplugins.gzip = {{ types = [\"application/json\"], vary = true }}\n\
-         upstream = {{ nodes = {{ \"{}\" = 1 }} }}\n",
+        "[[routes]]\nuri = \"/both/*\"\nplugins.gzip = {{ types = \"*\" }}\n\
+         plugins.brotli = {{ types = [\"application/json\"], comp_level = 5, mode = 1 }}\n\
+         plugins.proxy-rewrite = {{ regex_uri = [\"^/both(/.*)\", \"$1\"] }}\n\
+         upstream = {{ nodes = {{ \"{0}\" = 1 }} }}\n\
+         [[routes]]\nuri = \"/*\"\nplugins.gzip = {{ types = [\"application/json\"], vary = true }}\n\
+         upstream = {{ nodes = {{ \"{0}\" = 1 }} }}\n",
         be.addr()
     ));
     let url = |p: &str| format!("http://127.0.0.1:{}{p}", gw.port);
@@ -143,12 +147,40 @@ fn gzip_compresses_what_it_should_and_nothing_else() {
         head.starts_with("http/1.1 204") && !head.contains("content-encoding"),
         "{head}"
     );
+
+    // brotli beside gzip: br where the client takes it (brotli runs first), gzip otherwise.
+    for path in ["/both/json", "/both/chunked"] {
+        let (head, got) = curl(&["--compressed", &url(path)]);
+        assert!(head.contains("content-encoding: br"), "{path}: {head}");
+        assert_eq!(got, json.as_bytes(), "{path}: decoded brotli body");
+    }
+    let (head, _) = curl(&["-H", "Accept-Encoding: gzip", &url("/both/json")]);
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    let (head, raw) = curl(&[
+        "-H",
+        "Accept-Encoding: br;q=1, gzip;q=0.1",
+        &url("/both/json"),
+    ]);
+    assert!(head.contains("content-encoding: br"), "{head}");
+    assert!(
+        raw.len() < json.len() / 3,
+        "{} of {}",
+        raw.len(),
+        json.len()
+    );
+    // brotli's types exclude image/png, and gzip's "*" takes it.
+    let (head, _) = curl(&["-H", "Accept-Encoding: br, gzip", &url("/both/png")]);
+    assert!(head.contains("content-encoding: gzip"), "{head}");
 }
 
 #[test]
-fn gzip_config_errors_name_the_field() {
+fn compression_config_errors_name_the_field() {
     let (ok, msg) = check_config(
         "[[routes]]\nuri = \"/\"\nplugins.gzip = { comp_level = 12 }\nupstream = { nodes = { \"127.0.0.1:1\" = 1 } }\n",
     );
     assert!(!ok && msg.contains("comp_level"), "{msg}");
+    let (ok, msg) = check_config(
+        "[[routes]]\nuri = \"/\"\nplugins.brotli = { lgwin = 30 }\nupstream = { nodes = { \"127.0.0.1:1\" = 1 } }\n",
+    );
+    assert!(!ok && msg.contains("lgwin"), "{msg}");
 }
