@@ -10,6 +10,10 @@
 # (`alpn h2,http/1.1`, http-reuse always). grpc-unary: h2load over h2c posting one gRPC
 # message (application/grpc, te: trailers) to a Python grpcio echo server, directly, through
 # Shardgate (scheme = "grpc") and through nginx (grpc_pass); HAProxy is left out of it.
+# gzip-16k (not in the default list): HTTP/1.1 over plain TCP (h2load --h1, one request at
+# a time per connection) with `Accept-Encoding: gzip`, a 16 KiB JSON response
+# (`sg-backend --json`) compressed at level 1 by each proxy: Shardgate's gzip plugin,
+# nginx's `gzip on` (gzip_comp_level 1, gzip_proxied any), HAProxy's `compression algo gzip`.
 #
 # Requests per connection are unbounded for both (Shardgate's max_requests, nginx's
 # keepalive_requests: 1000 by default, after which h2load, which does not reconnect, stops).
@@ -112,6 +116,7 @@ key = '''$(cat "$WORK/key.pem")'''
 [[routes]]
 uri = "/*"
 upstream = { $up }
+$([[ $1 == gzip-16k ]] && echo 'plugins.gzip = { types = ["application/json"], comp_level = 1 }')
 EOF
 }
 
@@ -136,6 +141,15 @@ http {
         location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
         location /test.Echo/ { grpc_pass grpc://g; }
     }
+    server {
+        listen 127.0.0.1:$((NGP + 200));
+        gzip on;
+        gzip_comp_level 1;
+        gzip_types application/json;
+        gzip_proxied any;
+        gzip_min_length 20;
+        location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
 }
 EOF
 }
@@ -152,6 +166,11 @@ defaults
     http-reuse always
 frontend f
     bind 127.0.0.1:$((HAP + 100)) ssl crt $WORK/both.pem alpn h2,http/1.1
+    default_backend b
+frontend plain
+    bind 127.0.0.1:$((HAP + 200))
+    compression algo gzip
+    compression type application/json
     default_backend b
 backend b
     server s1 127.0.0.1:$BPORT
@@ -181,6 +200,9 @@ url_for() { # target scenario
     [[ $2 == grpc-unary ]] && path=/test.Echo/Unary
     case $1,$2 in
         direct,grpc-unary) echo "http://127.0.0.1:$GPORT$path" ;;
+        shardgate,gzip-16k) echo "http://127.0.0.1:$SGP$path" ;;
+        nginx,gzip-16k) echo "http://127.0.0.1:$((NGP + 200))$path" ;;
+        haproxy,gzip-16k) echo "http://127.0.0.1:$((HAP + 200))$path" ;;
         shardgate,grpc-unary) echo "http://127.0.0.1:$SGP$path" ;;
         nginx,grpc-unary) echo "http://127.0.0.1:$NGP$path" ;;
         shardgate,*) echo "https://localhost:$((SGP + 100))$path" ;;
@@ -202,7 +224,8 @@ for scen in $SCENARIOS; do
         GPORT=$(for _ in $(seq 1 100); do p=$(head -1 "$OUT/logs/grpc.log" 2>/dev/null); [ -n "$p" ] && { echo "$p"; break; }; sleep 0.05; done)
         targets="direct shardgate nginx"
     else
-        start "$OUT/logs/backend.log" taskset -c 1 "$BIN_DIR/sg-backend" --listen "127.0.0.1:$BPORT" --size "$size"
+        json=(); [[ $scen == gzip-16k ]] && { size=16384; json=(--json); }
+        start "$OUT/logs/backend.log" taskset -c 1 "$BIN_DIR/sg-backend" --listen "127.0.0.1:$BPORT" --size "$size" "${json[@]}"
         BACKEND_PID=$STARTED
         wait_port "$BPORT"
         targets=$TARGETS
@@ -215,11 +238,13 @@ for scen in $SCENARIOS; do
             url=$(url_for "$t" "$scen")
             extra=()
             [[ $scen == grpc-unary ]] && extra=(-d "$WORK/msg.bin" -H "content-type: application/grpc" -H "te: trailers")
+            m=$STREAMS
+            [[ $scen == gzip-16k ]] && { extra=(--h1 -H "accept-encoding: gzip"); m=1; }
             # Warm-up, then the measured run.
-            timeout 30 taskset -c 1 h2load -c "$CONNS" -m "$STREAMS" -D 1 "${extra[@]}" "$url" >/dev/null 2>&1 || true
+            timeout 30 taskset -c 1 h2load -c "$CONNS" -m "$m" -D 1 "${extra[@]}" "$url" >/dev/null 2>&1 || true
             before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
             log="$OUT/logs/$scen-$t-$round.tsv"
-            timeout $((DURATION + 30)) taskset -c 1 h2load -c "$CONNS" -m "$STREAMS" -D "$DURATION" \
+            timeout $((DURATION + 30)) taskset -c 1 h2load -c "$CONNS" -m "$m" -D "$DURATION" \
                 --log-file="$log" "${extra[@]}" "$url" >"$OUT/logs/$scen-$t-$round.txt" 2>&1 || true
             after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
             python3 - "$log" "$((after - before))" "$CLK_TCK" "$DURATION" "$scen" "$t" >>"$OUT/rows.md" <<'PY'

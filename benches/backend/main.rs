@@ -26,19 +26,57 @@ struct Args {
     /// Worker threads, each with its own listener.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Answer a JSON document (`application/json`, records of ids and names, about as
+    /// compressible as real API responses) instead of repeated letters.
+    #[arg(long)]
+    json: bool,
     /// CPUs to pin the threads to (thread i on cpus[i % len]); empty = no pinning.
     #[arg(long, value_delimiter = ',')]
     cpus: Vec<usize>,
 }
 
+/// A JSON array of records, `size` bytes long (padded with spaces before the `]`).
+fn json_body(size: usize) -> Vec<u8> {
+    let mut s = String::from("[");
+    let mut i = 0u64;
+    loop {
+        let rec = format!(
+            "{}{{\"id\":{i},\"name\":\"user-{}\",\"active\":{},\"score\":{}}}",
+            if i > 0 { "," } else { "" },
+            i.wrapping_mul(2654435761) % 100_000,
+            i.is_multiple_of(3),
+            (i * 7919) % 1000
+        );
+        if s.len() + rec.len() + 1 > size {
+            break;
+        }
+        s.push_str(&rec);
+        i += 1;
+    }
+    while s.len() + 1 < size {
+        s.push(' ');
+    }
+    s.push(']');
+    s.into_bytes()
+}
+
 fn main() {
     let args = Args::parse();
+    let body: Vec<u8> = match args.json {
+        false => (0..args.size).map(|i| b'a' + (i % 26) as u8).collect(),
+        true => json_body(args.size),
+    };
+    let kind = if args.json {
+        "application/json"
+    } else {
+        "application/octet-stream"
+    };
     let mut response = format!(
-        "HTTP/1.1 200 OK\r\nServer: sg-backend\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
-        args.size
+        "HTTP/1.1 200 OK\r\nServer: sg-backend\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
     )
     .into_bytes();
-    response.extend((0..args.size).map(|i| b'a' + (i % 26) as u8));
+    response.extend_from_slice(&body);
     let response: &'static [u8] = Box::leak(response.into_boxed_slice());
 
     let mut threads = Vec::new();
