@@ -184,3 +184,84 @@ fn compression_config_errors_name_the_field() {
     );
     assert!(!ok && msg.contains("lgwin"), "{msg}");
 }
+
+#[test]
+fn compressed_bytes_flow_before_the_upstream_finishes() {
+    // The upstream sends half its body, pauses 3 s, then the rest: the client must see
+    // compressed body bytes during the pause, and the whole body decodes at the end.
+    let json = json_body();
+    let (a, b) = json.as_bytes().split_at(json.len() / 2);
+    let chunk = |p: &[u8]| [format!("{:x}\r\n", p.len()).as_bytes(), p, b"\r\n"].concat();
+    let first = [
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .as_slice(),
+        &chunk(a),
+    ]
+    .concat();
+    let rest = [chunk(b).as_slice(), b"0\r\n\r\n"].concat();
+    let be = Backend::start(move |_| {
+        Reply::RawThen(
+            first.clone(),
+            std::time::Duration::from_secs(3),
+            rest.clone(),
+        )
+    });
+    let gw = Gateway::start(&format!(
+        "[[routes]]\nuri = \"/*\"\nplugins.gzip = {{ types = [\"application/json\"] }}\n\
+         upstream = {{ nodes = {{ \"{}\" = 1 }} }}\n",
+        be.addr()
+    ));
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(gw.addr()).unwrap();
+    s.write_all(
+        b"GET /s HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_millis(1500)))
+        .unwrap();
+    let mut early = Vec::new();
+    let mut buf = [0u8; 65536];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        early.extend_from_slice(&buf[..n]);
+    }
+    let head_end = early
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("the head came before the pause")
+        + 4;
+    assert!(
+        String::from_utf8_lossy(&early[..head_end])
+            .to_lowercase()
+            .contains("content-encoding: gzip"),
+        "{}",
+        String::from_utf8_lossy(&early[..head_end])
+    );
+    assert!(
+        early.len() > head_end + 100,
+        "compressed bytes of the first half arrived during the pause"
+    );
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.read_to_end(&mut early).unwrap();
+    // De-chunk, then gunzip, and compare.
+    let mut body = Vec::new();
+    let mut rest = &early[head_end..];
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        body.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
+        rest = &rest[line_end + 2 + size + 2..];
+    }
+    let mut decoded = Vec::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_end(&mut decoded)
+        .unwrap();
+    assert_eq!(decoded, json.as_bytes());
+}
