@@ -33,6 +33,8 @@ pub(super) struct Rules {
     types: Vec<String>,
     min_length: u64,
     vary: bool,
+    /// `http_accept_encoding`, made once here rather than per response.
+    accept_encoding: Var,
 }
 
 impl Rules {
@@ -55,6 +57,7 @@ impl Rules {
             types,
             min_length: min_length.unwrap_or(20),
             vary: vary.unwrap_or(false),
+            accept_encoding: Var::Http("accept_encoding".into()),
         })
     }
 
@@ -81,7 +84,7 @@ impl Rules {
         if ctx.vars.var(&Var::RequestMethod) == Some(b"HEAD") {
             return false;
         }
-        let accept = ctx.vars.var(&Var::Http("accept_encoding".into()));
+        let accept = ctx.vars.var(&self.accept_encoding);
         if !accept.is_some_and(|a| accepts(a, coding)) {
             return false;
         }

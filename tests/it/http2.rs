@@ -28,6 +28,15 @@ fn curl(args: &[&str]) -> (String, String, bool) {
     )
 }
 
+/// curl over TLS asking for h2 (trusting `ca`), with the version it spoke appended as
+/// ` v=N`; `extra` goes before the URL.
+fn curl_h2(ca: &str, extra: &[&str], url: &str) -> (String, String, bool) {
+    let mut args = vec!["--http2", "--cacert", ca, "-w", " v=%{http_version}"];
+    args.extend_from_slice(extra);
+    args.push(url);
+    curl(&args)
+}
+
 /// The h2peer.py case's report.
 fn peer(args: &[&str]) -> serde_json::Value {
     py::report("h2peer.py", args)
@@ -87,18 +96,11 @@ fn h2_over_tls_and_h2c_reach_http1_backends_with_big_bodies_both_ways() {
     let https = format!("https://localhost:{tls_port}");
     let h2c = format!("http://127.0.0.1:{}", gw.port);
 
-    let (out, err, ok) = curl(&[
-        "--http2",
-        "--cacert",
+    let (out, err, ok) = curl_h2(
         &ca,
-        "-w",
-        " v=%{http_version}",
-        "-H",
-        "Cookie: a=1",
-        "-H",
-        "Cookie: b=2",
+        &["-H", "Cookie: a=1", "-H", "Cookie: b=2"],
         &format!("{https}/echo"),
-    ]);
+    );
     assert!(ok, "{err}");
     assert_eq!(
         out,
@@ -181,14 +183,7 @@ fn h2_is_offered_and_h2c_taken_only_where_configured() {
     let be = echo_backend();
     let (gw, tls_port, ca) = gateway_with(&be, "", "enable = false");
     // No h2 in ALPN: curl falls back to HTTP/1.1.
-    let (out, err, ok) = curl(&[
-        "--http2",
-        "--cacert",
-        &ca,
-        "-w",
-        " v=%{http_version}",
-        &format!("https://localhost:{tls_port}/echo"),
-    ]);
+    let (out, err, ok) = curl_h2(&ca, &[], &format!("https://localhost:{tls_port}/echo"));
     assert!(ok, "{err}");
     assert!(out.ends_with(" v=1.1"), "{out}");
     // h2c is off by default: the preface is not a request.

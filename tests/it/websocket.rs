@@ -143,6 +143,16 @@ fn without_enable_websocket_the_upgrade_is_not_forwarded_and_a_refusal_keeps_fra
     assert_eq!(r.text(), "no upgrade here (websocket)");
     let r = c.get("/off/y");
     assert_eq!((r.status, r.text()), (200, "A".to_string()));
+    // Other protocols pass as nginx passes them; h2c never does.
+    let other = [("Upgrade", "custom/1"), ("Connection", "Upgrade")];
+    let r = c.request("GET", "/refused/x", &other, b"");
+    assert_eq!(r.text(), "no upgrade here (custom/1)");
+    let h2c = [
+        ("Upgrade", "h2c"),
+        ("Connection", "Upgrade, HTTP2-Settings"),
+    ];
+    let r = c.request("GET", "/refused/x", &h2c, b"");
+    assert_eq!(r.text(), "no upgrade here (none)");
     // A websockets client on the route without it is refused by the backend's answer.
     let out = py::run(
         "ws.py",
