@@ -11,6 +11,7 @@
 //! - [`log`]: access and event logs; [`demo`]: built-in demo backends.
 
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod consumer;
 pub mod control;

@@ -11,6 +11,7 @@ mod duration;
 mod error;
 mod model;
 mod plugin_attr;
+pub mod proxy_cache;
 
 pub use checks::*;
 pub use deployment::*;

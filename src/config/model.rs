@@ -118,6 +118,8 @@ pub struct GatewayConfig {
     pub underscores_in_headers: bool,
     /// HTTP/2 from clients (`[gateway.http2]`).
     pub http2: Http2Config,
+    /// The `proxy-cache` plugin's zones (`[gateway.proxy_cache]`).
+    pub proxy_cache: super::proxy_cache::ProxyCacheConfig,
 }
 
 /// HTTP/2 from clients: which listeners speak it and its limits. The defaults follow
@@ -205,6 +207,7 @@ impl Default for GatewayConfig {
             steal_accepts: true,
             underscores_in_headers: false,
             http2: Http2Config::default(),
+            proxy_cache: Default::default(),
         }
     }
 }

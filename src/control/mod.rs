@@ -36,6 +36,7 @@ pub fn check(path: &Path) -> Result<Snapshot, ConfigError> {
 /// Compiles a file's settings and resources, then checks its resources against the schemas
 /// the Admin API uses (after the compiler, whose messages speak the file's terms).
 fn check_file(file: &crate::resources::FileContents) -> Result<Snapshot, ConfigError> {
+    crate::cache::check(&file.gateway.proxy_cache)?;
     let snapshot = compile(
         &file.gateway,
         &file.resources,
@@ -105,6 +106,15 @@ pub fn run(path: PathBuf) -> i32 {
         return 1;
     }
     crate::tracing::configure(file.plugin_attr.opentelemetry.clone());
+    // Cache zones, before any plugin is built (proxy-cache checks its zone exists).
+    let cache_workers = match file.gateway.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    if let Err(e) = crate::cache::configure(&file.gateway.proxy_cache, cache_workers) {
+        crate::error!("{e}");
+        return 1;
+    }
     // Signal handlers first: a SIGHUP or SIGTERM that arrives while the gateway starts must be
     // queued, not take the default action (terminate).
     let (tx, rx) = mpsc::channel::<Event>();

@@ -194,6 +194,8 @@ pub struct ResponseEdits {
     pub body: Option<Vec<u8>>,
     /// Some body filter will change the body (see [`ResponseEdits::change_body`]).
     body_changes: bool,
+    /// Some body filter reads the body as it passes (see [`ResponseEdits::observe_body`]).
+    body_observed: bool,
 }
 
 impl ResponseEdits {
@@ -202,6 +204,7 @@ impl ResponseEdits {
             && self.headers.is_empty()
             && self.body.is_none()
             && !self.body_changes
+            && !self.body_observed
     }
 
     pub fn clear(&mut self) {
@@ -209,6 +212,20 @@ impl ResponseEdits {
         self.headers.clear();
         self.body = None;
         self.body_changes = false;
+        self.body_observed = false;
+    }
+
+    /// Called in header_filter by a plugin whose body_filter reads the body without changing
+    /// it (proxy-cache storing it): the body filters then see every piece, while the body
+    /// keeps its length and validators (a Content-Length body goes out with it; a chunked
+    /// or close-delimited one is re-chunked). No splice for such a body.
+    pub fn observe_body(&mut self) {
+        self.body_observed = true;
+    }
+
+    /// Whether the body filters see the body (to change or to read it).
+    pub fn body_filtered(&self) -> bool {
+        self.body_changes || self.body_observed
     }
 
     /// Called in header_filter by a plugin whose body_filter will change the body: the body

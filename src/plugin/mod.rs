@@ -42,6 +42,7 @@ pub mod loggers;
 pub mod mocking;
 pub mod opentelemetry;
 pub mod prometheus;
+pub mod proxy_cache;
 pub mod proxy_rewrite;
 pub mod real_ip;
 pub mod redirect;
@@ -179,6 +180,7 @@ plugins! {
     TcpLogger(loggers::TcpLogger) = "tcp-logger",
     UdpLogger(loggers::UdpLogger) = "udp-logger",
     Prometheus(prometheus::Prometheus) = "prometheus",
+    ProxyCache(proxy_cache::ProxyCache) = "proxy-cache",
     ProxyRewrite(proxy_rewrite::ProxyRewrite) = "proxy-rewrite",
     RealIp(real_ip::RealIp) = "real-ip",
     Redirect(redirect::Redirect) = "redirect",

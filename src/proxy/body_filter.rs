@@ -3,6 +3,9 @@
 //! passes through the body filters, and what they hand on goes to the client re-framed:
 //! chunked to an HTTP/1.1 client, until close to an HTTP/1.0 one. The length is not known
 //! before the last piece, so no Content-Length, and nothing is spliced.
+//!
+//! A body the filters only read (`ResponseEdits::observe_body`: proxy-cache storing it)
+//! takes the same loop, but a Content-Length body goes out with its length, unframed.
 
 use crate::http::chunked::ChunkedScanner;
 use crate::http::response::ResponseFraming;
@@ -28,13 +31,20 @@ impl Conn {
         outcome: Outcome,
     ) -> Outcome {
         let http10 = self.req.head.minor_version == 0;
-        // An HTTP/1.0 client learns where the body ends from the close.
-        let client_keep =
-            !http10 && !self.req.head.close && !self.req.early_answer && !self.worker.stopping();
+        let framing = self.req.resp.framing();
+        // A body only read by the filters (not changed) keeps its length.
+        let keeps_length = !self.req.edits.response.body_changes()
+            && matches!(framing, ResponseFraming::Length(_));
+        // Otherwise an HTTP/1.0 client learns where the body ends from the close.
+        let client_keep = (keeps_length || !http10)
+            && !self.req.head.close
+            && !self.req.early_answer
+            && !self.worker.stopping();
         let mut reusable = !self.req.resp.close && !self.req.early_answer;
         self.linger |= self.req.early_answer;
-        let framing = self.req.resp.framing();
-        let sent_as = if http10 {
+        let sent_as = if keeps_length {
+            framing
+        } else if http10 {
             ResponseFraming::UntilClose
         } else {
             ResponseFraming::Chunked
@@ -43,7 +53,7 @@ impl Conn {
         upc.buf.drain(..self.req.resp.len);
         let mut relay = Relay {
             framing,
-            chunked_out: !http10,
+            chunked_out: !keeps_length && !http10,
             read: t.read,
             send: self.settings().send_timeout,
             outcome,

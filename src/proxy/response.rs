@@ -53,7 +53,7 @@ impl Conn {
             return self.send_replaced_body(upc, body, outcome).await;
         }
         let framing = self.req.resp.framing();
-        if self.req.edits.response.body_changes() && framing != ResponseFraming::None {
+        if self.req.edits.response.body_filtered() && framing != ResponseFraming::None {
             return self.relay_changed(upc, up, addr, t, outcome).await;
         }
         let http10 = self.req.head.minor_version == 0;

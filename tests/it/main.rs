@@ -10,6 +10,7 @@ mod auth;
 mod balancing;
 mod bodies;
 mod body_filters;
+mod caching;
 mod compression;
 mod config_fuzz;
 mod config_limits;
