@@ -14,6 +14,10 @@
 # a time per connection) with `Accept-Encoding: gzip`, a 16 KiB JSON response
 # (`sg-backend --json`) compressed at level 1 by each proxy: Shardgate's gzip plugin,
 # nginx's `gzip on` (gzip_comp_level 1, gzip_proxied any), HAProxy's `compression algo gzip`.
+# cache-mem-64 / cache-mem-16k / cache-disk-64 / cache-disk-16k (not in the default list): the
+# same HTTP/1.1 load against a cached response (every measured request a HIT): Shardgate's
+# proxy-cache on its memory zone or its disk zone, nginx's proxy_cache (files, keys_zone,
+# `$upstream_cache_status` added as a header as APISIX does), HAProxy's `cache` (memory).
 #
 # Requests per connection are unbounded for both (Shardgate's max_requests, nginx's
 # keepalive_requests: 1000 by default, after which h2load, which does not reconnect, stops).
@@ -51,6 +55,8 @@ done
 OUT=${OUT:-$ROOT/benches/results/h2-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT/logs"
 WORK=$(mktemp -d)
+# nginx's workers (user nobody when started as root) write its proxy_cache files.
+chmod 755 "$WORK" && mkdir -m 777 "$WORK/ngx-cache"
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do
@@ -104,6 +110,7 @@ watch_config = false
 [gateway.http2]
 h2c = true
 max_requests = 1000000000
+$(sg_cache_zones "$1")
 [deployment]
 config_provider = "file"
 [plugin_attr.prometheus]
@@ -117,6 +124,25 @@ key = '''$(cat "$WORK/key.pem")'''
 uri = "/*"
 upstream = { $up }
 $([[ $1 == gzip-16k ]] && echo 'plugins.gzip = { types = ["application/json"], comp_level = 1 }')
+$([[ $1 == cache-mem-* ]] && echo 'plugins.proxy-cache = { cache_strategy = "memory", cache_zone = "memory_cache", cache_ttl = 3600 }')
+$([[ $1 == cache-disk-* ]] && echo 'plugins.proxy-cache = {}')
+EOF
+}
+
+sg_cache_zones() { # scenario
+    [[ $1 == cache-* ]] || return 0
+    cat <<EOF
+[gateway.proxy_cache]
+cache_ttl = "1h"
+[[gateway.proxy_cache.zones]]
+name = "disk_cache_one"
+memory_size = "16m"
+disk_size = "256m"
+disk_path = "$WORK/sg-cache"
+cache_levels = "1:2"
+[[gateway.proxy_cache.zones]]
+name = "memory_cache"
+memory_size = "64m"
 EOF
 }
 
@@ -132,6 +158,7 @@ http {
     keepalive_requests 1000000000;
     upstream b { server 127.0.0.1:$BPORT; keepalive 64; }
     upstream g { server 127.0.0.1:$GPORT; keepalive 64; }
+    proxy_cache_path $WORK/ngx-cache levels=1:2 keys_zone=one:16m max_size=256m inactive=1d use_temp_path=off;
     server {
         listen 127.0.0.1:$((NGP + 100)) ssl http2;
         listen 127.0.0.1:$NGP http2;
@@ -148,6 +175,14 @@ http {
         gzip_types application/json;
         gzip_proxied any;
         gzip_min_length 20;
+        location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+    server {
+        listen 127.0.0.1:$((NGP + 300));
+        proxy_cache one;
+        proxy_cache_key \$host\$request_uri;
+        proxy_cache_valid 200 1h;
+        add_header Apisix-Cache-Status \$upstream_cache_status;
         location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
     }
 }
@@ -172,6 +207,15 @@ frontend plain
     compression algo gzip
     compression type application/json
     default_backend b
+frontend cached
+    bind 127.0.0.1:$((HAP + 300))
+    http-request cache-use c
+    http-response cache-store c
+    default_backend b
+cache c
+    total-max-size 64
+    max-object-size 1048576
+    max-age 3600
 backend b
     server s1 127.0.0.1:$BPORT
 EOF
@@ -203,6 +247,9 @@ url_for() { # target scenario
         shardgate,gzip-16k) echo "http://127.0.0.1:$SGP$path" ;;
         nginx,gzip-16k) echo "http://127.0.0.1:$((NGP + 200))$path" ;;
         haproxy,gzip-16k) echo "http://127.0.0.1:$((HAP + 200))$path" ;;
+        shardgate,cache-*) echo "http://127.0.0.1:$SGP$path" ;;
+        nginx,cache-*) echo "http://127.0.0.1:$((NGP + 300))$path" ;;
+        haproxy,cache-*) echo "http://127.0.0.1:$((HAP + 300))$path" ;;
         shardgate,grpc-unary) echo "http://127.0.0.1:$SGP$path" ;;
         nginx,grpc-unary) echo "http://127.0.0.1:$NGP$path" ;;
         shardgate,*) echo "https://localhost:$((SGP + 100))$path" ;;
@@ -217,7 +264,7 @@ printf '\x00\x00\x00\x00\x10abcdefghijklmnop' >"$WORK/msg.bin"
 echo "| scenario | target | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU µs/req |" >"$OUT/rows.md"
 echo "|---|---|---|---|---|---|---|" >>"$OUT/rows.md"
 for scen in $SCENARIOS; do
-    size=64; [[ $scen == h2-16k ]] && size=16384
+    size=64; [[ $scen == h2-16k || $scen == cache-*-16k ]] && size=16384
     if [[ $scen == grpc-unary ]]; then
         start "$OUT/logs/grpc.log" taskset -c 1 /usr/bin/python3 "$ROOT/tests/py/grpcpeer.py" serve bench
         BACKEND_PID=$STARTED
@@ -240,6 +287,7 @@ for scen in $SCENARIOS; do
             [[ $scen == grpc-unary ]] && extra=(-d "$WORK/msg.bin" -H "content-type: application/grpc" -H "te: trailers")
             m=$STREAMS
             [[ $scen == gzip-16k ]] && { extra=(--h1 -H "accept-encoding: gzip"); m=1; }
+            [[ $scen == cache-* ]] && { extra=(--h1); m=1; }
             # Warm-up, then the measured run.
             timeout 30 taskset -c 1 h2load -c "$CONNS" -m "$m" -D 1 "${extra[@]}" "$url" >/dev/null 2>&1 || true
             before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)

@@ -6,12 +6,16 @@
 //! the index learn of it. A crash, an upstream reset or a client abort therefore leaves at
 //! most a `.tmp` file, which no lookup can reach and the next start deletes.
 //!
+//! A body of at most 64 KiB is also kept in memory while the zone's `memory_size` allows
+//! (what the index does not need of it): hits on it read no file, as nginx's hits on a
+//! file in the page cache read no disk.
+//!
 //! File: `SGCACHE1`, the metadata's length (u32 LE), the body's length (u64 LE), the
 //! metadata (JSON: key, status, headers, times), the body. At start the thread walks the
 //! zone's directory and indexes every complete file (the disk cache survives a restart);
 //! files that are truncated, unreadable or past their stale window are deleted.
 
-use super::entry::{now, Body, Entry, Meta};
+use super::entry::{now, Body, Entry, Meta, HOT_MAX};
 use super::zone::{Digest, Fill, Zone};
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -20,6 +24,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
 
 const MAGIC: &[u8; 8] = b"SGCACHE1";
 const PREFIX: usize = 8 + 4 + 8;
@@ -141,6 +146,8 @@ struct Open {
     meta: Box<Meta>,
     body: u64,
     failed: bool,
+    /// The body so far, while it is small enough to be kept in memory too.
+    hot: Option<Vec<u8>>,
 }
 
 /// The zone's thread: indexes what is on disk, then serves the workers' jobs.
@@ -168,6 +175,7 @@ pub fn run(zone: &'static Zone, jobs: Receiver<Job>) {
                             meta,
                             body: 0,
                             failed: false,
+                            hot: Some(Vec::new()),
                         },
                     );
                 }
@@ -185,6 +193,10 @@ pub fn run(zone: &'static Zone, jobs: Receiver<Job>) {
                             o.failed = true;
                         }
                         o.body += data.len() as u64;
+                        o.hot = o.hot.take().filter(|h| h.len() + data.len() <= HOT_MAX);
+                        if let Some(h) = &mut o.hot {
+                            h.extend_from_slice(&data);
+                        }
                     }
                 }
             }
@@ -237,7 +249,12 @@ fn finish(zone: &Zone, o: Open) {
         let _ = fs::remove_file(&o.tmp);
         return;
     }
-    zone.insert(o.base, o.digest, Entry::new(*o.meta, Body::Disk(o.body)));
+    let hot = o
+        .hot
+        .filter(|h| zone.reserve_hot(h.len()))
+        .map(Arc::<[u8]>::from);
+    let body = Body::Disk { len: o.body, hot };
+    zone.insert(o.base, o.digest, Entry::new(*o.meta, body));
 }
 
 /// Parses a file's prefix and metadata; the body's offset and length.
@@ -269,7 +286,11 @@ fn load(zone: &Zone, disk: &Disk) {
         match read_meta(&path) {
             Some((meta, body)) if meta.usable_stale(t) => {
                 let base = super::zone::digest(&[meta.key.as_bytes()]);
-                zone.insert(base, digest, Entry::new(meta, Body::Disk(body)));
+                let body = Body::Disk {
+                    len: body,
+                    hot: None,
+                };
+                zone.insert(base, digest, Entry::new(meta, body));
                 loaded += 1;
             }
             _ => {

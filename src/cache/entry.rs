@@ -49,9 +49,16 @@ impl Meta {
 /// Where an entry's body is.
 pub enum Body {
     Memory(Arc<[u8]>),
-    /// In the zone's file for the entry's digest; this many bytes.
-    Disk(u64),
+    /// In the zone's file for the entry's digest (`len` bytes), and, for a small body while
+    /// the zone's memory allows, in memory too (`hot`): hits on it read no file.
+    Disk {
+        len: u64,
+        hot: Option<Arc<[u8]>>,
+    },
 }
+
+/// The largest body a disk zone also keeps in memory.
+pub const HOT_MAX: usize = 64 * 1024;
 
 /// One cached response.
 pub struct Entry {
@@ -72,7 +79,7 @@ impl Entry {
         let headers: usize = meta.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
         let size = match &body {
             Body::Memory(b) => (b.len() + headers + meta.key.len() + 128) as u64,
-            Body::Disk(n) => *n + headers as u64 + meta.key.len() as u64 + 64,
+            Body::Disk { len, .. } => *len + headers as u64 + meta.key.len() as u64 + 64,
         };
         Entry {
             meta,

@@ -38,6 +38,19 @@ struct Registry {
 
 static REGISTRY: OnceLock<Registry> = OnceLock::new();
 
+/// Every zone made (per-worker zones included), for the metrics.
+static ALL: std::sync::Mutex<Vec<&'static Zone>> = std::sync::Mutex::new(Vec::new());
+
+fn made(zone: &'static Zone) -> &'static Zone {
+    ALL.lock().unwrap_or_else(|e| e.into_inner()).push(zone);
+    zone
+}
+
+/// Every zone made so far (a per-worker zone once per worker that used it).
+pub fn all() -> Vec<&'static Zone> {
+    ALL.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 thread_local! {
     static WORKER_ZONES: RefCell<HashMap<String, &'static Zone>> = RefCell::new(HashMap::new());
 }
@@ -78,7 +91,11 @@ fn declare(cfg: &ProxyCacheConfig, workers: usize, start: bool) -> Result<Regist
                         disk_size,
                         max_entries,
                         Some(disk),
+                        // What the index (128 bytes a key) leaves of memory_size: small
+                        // bodies kept in memory too.
+                        memory.saturating_sub(max_entries as u64 / 2 * 128),
                     )));
+                    made(zone);
                     std::thread::Builder::new()
                         .name(format!("sg-cache-{}", z.name))
                         .spawn(move || disk::run(zone, jobs))
@@ -115,12 +132,13 @@ fn declare(cfg: &ProxyCacheConfig, workers: usize, start: bool) -> Result<Regist
 fn memory_zone(name: &str, size: u64) -> &'static Zone {
     // An entry takes a few hundred bytes besides its body: bound the count as well.
     let max_entries = (size / 256).max(16) as usize;
-    Box::leak(Box::new(Zone::new(
+    made(Box::leak(Box::new(Zone::new(
         name.to_string(),
         size,
         max_entries,
         None,
-    )))
+        0,
+    ))))
 }
 
 /// Sets up the zones (at start, before any plugin is built): disk zones get their thread,

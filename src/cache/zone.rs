@@ -94,11 +94,21 @@ pub struct Zone {
     evicting: AtomicBool,
     /// Stores so far (orders entries stored within the same second).
     seq: AtomicU64,
+    /// Disk zones: bytes of bodies kept in memory too, and the most allowed.
+    hot_bytes: AtomicU64,
+    hot_capacity: u64,
     pub stats: Stats,
 }
 
 impl Zone {
-    pub fn new(name: String, capacity: u64, max_entries: usize, disk: Option<Disk>) -> Zone {
+    /// `hot_capacity`: for a disk zone, the memory its small bodies may take.
+    pub fn new(
+        name: String,
+        capacity: u64,
+        max_entries: usize,
+        disk: Option<Disk>,
+        hot_capacity: u64,
+    ) -> Zone {
         Zone {
             name,
             disk,
@@ -109,6 +119,8 @@ impl Zone {
             max_entries,
             evicting: AtomicBool::new(false),
             seq: AtomicU64::new(0),
+            hot_bytes: AtomicU64::new(0),
+            hot_capacity,
             stats: Stats::default(),
         }
     }
@@ -209,8 +221,40 @@ impl Zone {
     /// An entry left the index: its bytes are freed, and its file removed.
     fn forget(&self, digest: Digest, entry: &Arc<Entry>) {
         self.bytes.fetch_sub(entry.size, Ordering::Relaxed);
-        if let (Some(disk), Body::Disk(_)) = (&self.disk, &entry.body) {
+        if let (Some(disk), Body::Disk { hot, .. }) = (&self.disk, &entry.body) {
+            if let Some(h) = hot {
+                self.hot_bytes.fetch_sub(h.len() as u64, Ordering::Relaxed);
+            }
             disk.remove(digest);
+        }
+    }
+
+    /// Takes `n` bytes of the disk zone's memory for a body kept in memory too; false when
+    /// the memory is spent (the body is then read from its file on each hit).
+    pub fn reserve_hot(&self, n: usize) -> bool {
+        let n = n as u64;
+        if self.hot_bytes.fetch_add(n, Ordering::Relaxed) + n > self.hot_capacity {
+            self.hot_bytes.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Replaces `digest`'s entry by `new` if it is still `old` (a body now kept in memory
+    /// too); otherwise gives back the memory `new` reserved.
+    pub fn replace(&self, digest: Digest, old: &Entry, new: Entry) {
+        let new = Arc::new(new);
+        let map = self.map.pin();
+        let swapped = map.compute(digest, |slot| match slot {
+            Some((_, Slot::Entry(e))) if std::ptr::eq(Arc::as_ptr(e), old) => {
+                papaya::Operation::Insert(Slot::Entry(new.clone()))
+            }
+            _ => papaya::Operation::Abort(()),
+        });
+        if matches!(swapped, papaya::Compute::Aborted(())) {
+            if let Body::Disk { hot: Some(h), .. } = &new.body {
+                self.hot_bytes.fetch_sub(h.len() as u64, Ordering::Relaxed);
+            }
         }
     }
 

@@ -340,6 +340,7 @@ fn own(out: &mut String, m: &Metrics, cx: &Context<'_>) {
             );
         }
     }
+    cache(out, s);
     family(
         out,
         s,
@@ -360,6 +361,69 @@ fn own(out: &mut String, m: &Metrics, cx: &Context<'_>) {
         "{s}config_apply_seconds {}",
         load(&m.last_apply_us) as f64 / 1e6
     );
+}
+
+/// The proxy-cache zones: lookups by result, stores, evictions, entries and bytes held (a
+/// `per_worker` zone summed over its workers).
+fn cache(out: &mut String, s: &str) {
+    let mut zones: BTreeMap<&str, [u64; 7]> = BTreeMap::new();
+    for z in crate::cache::all() {
+        let (entries, bytes) = z.usage();
+        let t = zones.entry(&z.name).or_default();
+        for (i, v) in [
+            load(&z.stats.hits),
+            load(&z.stats.misses),
+            load(&z.stats.stored),
+            load(&z.stats.evicted),
+            entries as u64,
+            bytes,
+            z.capacity(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            t[i] += v;
+        }
+    }
+    if zones.is_empty() {
+        return;
+    }
+    family(out, s, "cache_lookups_total", "counter", "proxy-cache lookups answered from the zone (hit: HIT, UPDATING) or sent upstream (miss: MISS, EXPIRED)");
+    for (name, t) in &zones {
+        for (result, v) in [("hit", t[0]), ("miss", t[1])] {
+            let _ = writeln!(
+                out,
+                "{s}cache_lookups_total{{zone=\"{name}\",result=\"{result}\"}} {v}"
+            );
+        }
+    }
+    for (i, name, kind, help) in [
+        (
+            2,
+            "cache_stored_total",
+            "counter",
+            "Responses stored in the zone",
+        ),
+        (
+            3,
+            "cache_evicted_total",
+            "counter",
+            "Entries evicted to keep the zone within its size",
+        ),
+        (4, "cache_entries", "gauge", "Entries the zone holds"),
+        (
+            5,
+            "cache_bytes",
+            "gauge",
+            "Bytes the zone's entries take (memory zones) or their files (disk zones)",
+        ),
+        (6, "cache_capacity_bytes", "gauge", "The zone's size"),
+    ] {
+        family(out, s, name, kind, help);
+        for (zone, t) in &zones {
+            let _ = writeln!(out, "{s}{name}{{zone=\"{zone}\"}} {}", t[i]);
+        }
+    }
 }
 
 fn family(out: &mut String, prefix: &str, name: &str, kind: &str, help: &str) {

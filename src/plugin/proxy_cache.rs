@@ -212,7 +212,8 @@ impl ProxyCache {
     async fn body(zone: &Zone, digest: Digest, entry: &Entry) -> Option<Vec<u8>> {
         match &entry.body {
             Body::Memory(b) => Some(b.to_vec()),
-            Body::Disk(len) => {
+            Body::Disk { hot: Some(b), .. } => Some(b.to_vec()),
+            Body::Disk { len, hot: None } => {
                 let disk = zone.disk.as_ref()?;
                 let mut bytes = monoio::fs::read(disk.path(digest)).await.ok()?;
                 let (meta, offset, body) = crate::cache::disk::parse(&bytes)?;
@@ -223,6 +224,15 @@ impl ProxyCache {
                     return None;
                 }
                 bytes.drain(..offset);
+                // Read from its file (an entry found on disk at start): kept in memory from
+                // now on if it is small and the zone's memory allows.
+                if bytes.len() <= crate::cache::entry::HOT_MAX && zone.reserve_hot(bytes.len()) {
+                    let hot = Body::Disk {
+                        len: *len,
+                        hot: Some(bytes.as_slice().into()),
+                    };
+                    zone.replace(digest, entry, Entry::new(entry.meta.clone(), hot));
+                }
                 Some(bytes)
             }
         }

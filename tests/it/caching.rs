@@ -402,9 +402,10 @@ fn concurrent_misses_go_upstream_once_and_stale_entries_outlive_the_backend() {
     });
     let dir = temp_dir("cache-lock");
     let up = format!("upstream = {{ nodes = {{ \"{}\" = 1 }} }}", be.addr());
+    let metrics_port = free_port();
     let gw = Gateway::start_with(
         &format!(
-            "{zones}\n\
+            "{zones}\n[plugin_attr.prometheus]\nexport_addr = \"127.0.0.1:{metrics_port}\"\n\
              [[routes]]\nuri = \"/*\"\n\
              plugins.proxy-cache = {{ cache_strategy = \"memory\", cache_zone = \"memory_cache\", cache_ttl = 1, stale_if_error = 60 }}\n\
              plugins.proxy-rewrite = {{ uri = \"/slow\" }}\n{up}\n",
