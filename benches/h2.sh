@@ -14,6 +14,10 @@
 # a time per connection) with `Accept-Encoding: gzip`, a 16 KiB JSON response
 # (`sg-backend --json`) compressed at level 1 by each proxy: Shardgate's gzip plugin,
 # nginx's `gzip on` (gzip_comp_level 1, gzip_proxied any), HAProxy's `compression algo gzip`.
+# gzip2-16k: the same with Shardgate at comp_level 2, whose output (3,023 B) is smaller than
+# nginx's at level 1 (3,374 B; Shardgate's level 1, zlib-rs's fastest strategy, gives 4,523 B).
+# br-16k / zstd-16k: Shardgate alone (stock nginx and HAProxy have neither) with brotli and
+# zstd at level 1 (2,816 B and 2,375 B).
 # cache-mem-64 / cache-mem-16k / cache-disk-64 / cache-disk-16k (not in the default list): the
 # same HTTP/1.1 load against a cached response (every measured request a HIT): Shardgate's
 # proxy-cache on its memory zone or its disk zone, nginx's proxy_cache (files, keys_zone,
@@ -124,6 +128,9 @@ key = '''$(cat "$WORK/key.pem")'''
 uri = "/*"
 upstream = { $up }
 $([[ $1 == gzip-16k ]] && echo 'plugins.gzip = { types = ["application/json"], comp_level = 1 }')
+$([[ $1 == gzip2-16k ]] && echo 'plugins.gzip = { types = ["application/json"], comp_level = 2 }')
+$([[ $1 == br-16k ]] && echo 'plugins.brotli = { types = ["application/json"], comp_level = 1 }')
+$([[ $1 == zstd-16k ]] && echo 'plugins.zstd = { types = ["application/json"], comp_level = 1 }')
 $([[ $1 == cache-mem-* ]] && echo 'plugins.proxy-cache = { cache_strategy = "memory", cache_zone = "memory_cache", cache_ttl = 3600 }')
 $([[ $1 == cache-disk-* ]] && echo 'plugins.proxy-cache = {}')
 EOF
@@ -244,9 +251,9 @@ url_for() { # target scenario
     [[ $2 == grpc-unary ]] && path=/test.Echo/Unary
     case $1,$2 in
         direct,grpc-unary) echo "http://127.0.0.1:$GPORT$path" ;;
-        shardgate,gzip-16k) echo "http://127.0.0.1:$SGP$path" ;;
-        nginx,gzip-16k) echo "http://127.0.0.1:$((NGP + 200))$path" ;;
-        haproxy,gzip-16k) echo "http://127.0.0.1:$((HAP + 200))$path" ;;
+        shardgate,*-16k) [[ $2 == h2-16k ]] && echo "https://localhost:$((SGP + 100))$path" || echo "http://127.0.0.1:$SGP$path" ;;
+        nginx,gzip*-16k) echo "http://127.0.0.1:$((NGP + 200))$path" ;;
+        haproxy,gzip*-16k) echo "http://127.0.0.1:$((HAP + 200))$path" ;;
         shardgate,cache-*) echo "http://127.0.0.1:$SGP$path" ;;
         nginx,cache-*) echo "http://127.0.0.1:$((NGP + 300))$path" ;;
         haproxy,cache-*) echo "http://127.0.0.1:$((HAP + 300))$path" ;;
@@ -271,7 +278,7 @@ for scen in $SCENARIOS; do
         GPORT=$(for _ in $(seq 1 100); do p=$(head -1 "$OUT/logs/grpc.log" 2>/dev/null); [ -n "$p" ] && { echo "$p"; break; }; sleep 0.05; done)
         targets="direct shardgate nginx"
     else
-        json=(); [[ $scen == gzip-16k ]] && { size=16384; json=(--json); }
+        json=(); [[ $scen == gzip*-16k || $scen == br-16k || $scen == zstd-16k ]] && { size=16384; json=(--json); }
         start "$OUT/logs/backend.log" taskset -c 1 "$BIN_DIR/sg-backend" --listen "127.0.0.1:$BPORT" --size "$size" "${json[@]}"
         BACKEND_PID=$STARTED
         wait_port "$BPORT"
@@ -280,13 +287,16 @@ for scen in $SCENARIOS; do
     for round in $(seq 1 "$ROUNDS"); do
         for t in $targets; do
             [[ $scen == grpc-unary && $t == haproxy ]] && continue
+            [[ ($scen == br-16k || $scen == zstd-16k) && $t != shardgate ]] && continue
             start_target "$t" "$scen"
             pid=$STARTED
             url=$(url_for "$t" "$scen")
             extra=()
             [[ $scen == grpc-unary ]] && extra=(-d "$WORK/msg.bin" -H "content-type: application/grpc" -H "te: trailers")
             m=$STREAMS
-            [[ $scen == gzip-16k ]] && { extra=(--h1 -H "accept-encoding: gzip"); m=1; }
+            [[ $scen == gzip*-16k ]] && { extra=(--h1 -H "accept-encoding: gzip"); m=1; }
+            [[ $scen == br-16k ]] && { extra=(--h1 -H "accept-encoding: br"); m=1; }
+            [[ $scen == zstd-16k ]] && { extra=(--h1 -H "accept-encoding: zstd"); m=1; }
             [[ $scen == cache-* ]] && { extra=(--h1); m=1; }
             # Warm-up, then the measured run.
             timeout 30 taskset -c 1 h2load -c "$CONNS" -m "$m" -D 1 "${extra[@]}" "$url" >/dev/null 2>&1 || true

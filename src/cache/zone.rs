@@ -66,20 +66,61 @@ pub struct VaryIndex {
     variants: Mutex<Vec<Digest>>,
 }
 
-/// What looking a key up found.
-pub struct Found {
-    /// The digest the response is (or would be) stored under.
-    pub digest: Digest,
-    pub entry: Option<Arc<Entry>>,
-}
-
-/// Counters of a zone, for the metrics and the README's measurements.
+/// Counters of a zone, for the metrics and the README's measurements. Hits and misses are
+/// counted on every request: each thread adds to its own cache line (a shared zone must not
+/// make its workers write one line), the scrape sums them.
 #[derive(Default)]
 pub struct Stats {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
+    hits: PerThread,
+    misses: PerThread,
     pub stored: AtomicU64,
     pub evicted: AtomicU64,
+}
+
+impl Stats {
+    pub fn hit(&self) {
+        self.hits.add();
+    }
+
+    pub fn miss(&self) {
+        self.misses.add();
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.sum()
+    }
+
+    pub fn misses(&self) -> u64 {
+        self.misses.sum()
+    }
+}
+
+/// A counter with one cache line per thread (threads past [`SLOTS`] share).
+#[derive(Default)]
+struct PerThread([Line; SLOTS]);
+
+const SLOTS: usize = 16;
+
+#[derive(Default)]
+#[repr(align(128))]
+struct Line(AtomicU64);
+
+thread_local! {
+    static SLOT: usize = {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) as usize % SLOTS
+    };
+}
+
+impl PerThread {
+    fn add(&self) {
+        let line = &self.0[SLOT.with(|s| *s)].0;
+        line.store(line.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    fn sum(&self) -> u64 {
+        self.0.iter().map(|l| l.0.load(Ordering::Relaxed)).sum()
+    }
 }
 
 pub struct Zone {
@@ -126,8 +167,15 @@ impl Zone {
     }
 
     /// Finds `key`'s entry (the variant matching the request when the key varies;
-    /// `header` reads a request header by lower-case name).
-    pub fn lookup<'h>(&self, key: &[u8], header: impl Fn(&str) -> Option<&'h [u8]>) -> Found {
+    /// `header` reads a request header by lower-case name) and hands it to `f` with the
+    /// digest it is (or would be) stored under, without taking a reference to it: a hit on a
+    /// body in memory writes nothing shared.
+    pub fn lookup<'h, R>(
+        &self,
+        key: &[u8],
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+        f: impl FnOnce(Digest, Option<&Arc<Entry>>) -> R,
+    ) -> R {
         let base = digest(&[key]);
         let map = self.map.pin();
         let (digest, slot) = match map.get(&base) {
@@ -143,11 +191,11 @@ impl Zone {
         let entry = match slot {
             Some(Slot::Entry(e)) if e.meta.key.as_bytes() == key => {
                 e.touch(now());
-                Some(e.clone())
+                Some(e)
             }
             _ => None,
         };
-        Found { digest, entry }
+        f(digest, entry)
     }
 
     /// The entry stored under `digest`, if any.

@@ -371,8 +371,8 @@ fn cache(out: &mut String, s: &str) {
         let (entries, bytes) = z.usage();
         let t = zones.entry(&z.name).or_default();
         for (i, v) in [
-            load(&z.stats.hits),
-            load(&z.stats.misses),
+            z.stats.hits(),
+            z.stats.misses(),
             load(&z.stats.stored),
             load(&z.stats.evicted),
             entries as u64,

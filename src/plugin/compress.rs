@@ -158,6 +158,7 @@ pub fn accepts(accept_encoding: &[u8], coding: &str) -> bool {
 pub(super) enum Encoder {
     Gzip(Box<GzEncoder<Vec<u8>>>),
     Brotli(Option<Box<brotli::CompressorWriter<Vec<u8>>>>),
+    Zstd(Option<Box<zstd::stream::write::Encoder<'static, Vec<u8>>>>),
 }
 
 impl Encoder {
@@ -189,6 +190,21 @@ impl Encoder {
                     done.is_ok()
                 }
             },
+            Encoder::Zstd(slot) => match slot.as_mut() {
+                None => true,
+                Some(z) => {
+                    let mut done = z.write_all(&data).and_then(|()| z.flush());
+                    std::mem::swap(z.get_mut(), ctx.data);
+                    if ctx.last {
+                        match slot.take().map(|z| z.finish()) {
+                            Some(Ok(rest)) => ctx.data.extend_from_slice(&rest),
+                            Some(Err(e)) => done = Err(e),
+                            None => {}
+                        }
+                    }
+                    done.is_ok()
+                }
+            },
         };
         if !ok {
             crate::warn!("{name}: compressing a response body failed");
@@ -199,7 +215,8 @@ impl Encoder {
         match enc {
             Encoder::Gzip(g) => *g.get_mut() = data,
             Encoder::Brotli(Some(b)) => *b.get_mut() = data,
-            Encoder::Brotli(None) => {}
+            Encoder::Zstd(Some(z)) => *z.get_mut() = data,
+            Encoder::Brotli(None) | Encoder::Zstd(None) => {}
         }
     }
 }

@@ -50,6 +50,7 @@ pub mod request_id;
 pub mod request_validation;
 pub mod response_rewrite;
 pub mod traffic_split;
+pub mod zstd;
 
 pub use api::*;
 
@@ -188,6 +189,7 @@ plugins! {
     RequestValidation(request_validation::RequestValidation) = "request-validation",
     ResponseRewrite(response_rewrite::ResponseRewrite) = "response-rewrite",
     TrafficSplit(traffic_split::TrafficSplit) = "traffic-split",
+    Zstd(zstd::Zstd) = "zstd",
 }
 
 /// The compiled schema of plugin `name` (compiled once per process, on first use).

@@ -249,9 +249,7 @@ impl ProxyCache {
     ) -> Option<Flow> {
         match Self::body(zone, digest, entry).await {
             Some(body) => {
-                zone.stats
-                    .hits
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                zone.stats.hit();
                 Some(Flow::Respond(self.answer(entry, body, status, t)))
             }
             None => {
@@ -304,18 +302,34 @@ impl ProxyCache {
         let mut waited = false;
         loop {
             let t = now();
-            let found = zone.lookup(&key, header);
+            // A fresh entry with its body in memory is answered inside the lookup.
+            let found = zone.lookup(&key, header, |digest, entry| match entry {
+                Some(e) if self.fresh_for(e, &cc, t) => match in_memory(&e.body) {
+                    Some(body) => Err(self.answer(e, body.to_vec(), "HIT", t)),
+                    None => Ok((digest, Some((e.clone(), true)))),
+                },
+                Some(e) => Ok((digest, Some((e.clone(), false)))),
+                None => Ok((digest, None)),
+            });
+            let (digest, entry) = match found {
+                Err(answer) => {
+                    zone.stats.hit();
+                    ctx.slots.put(Cached::Answered);
+                    return Flow::Respond(answer);
+                }
+                Ok(found) => found,
+            };
             let mut stale = None;
-            let status = match &found.entry {
-                Some(e) if self.fresh_for(e, &cc, t) => {
-                    if let Some(flow) = Box::pin(self.hit(zone, found.digest, e, "HIT", t)).await {
+            let status = match entry {
+                Some((e, true)) => {
+                    if let Some(flow) = Box::pin(self.hit(zone, digest, &e, "HIT", t)).await {
                         ctx.slots.put(Cached::Answered);
                         return flow;
                     }
                     "MISS"
                 }
-                Some(e) => {
-                    stale = Some(e.clone());
+                Some((e, false)) => {
+                    stale = Some(e);
                     "EXPIRED"
                 }
                 None if cc.only_if_cached => {
@@ -332,7 +346,7 @@ impl ProxyCache {
                         // entry meanwhile, or wait for the fetch.
                         if let Some(e) = &stale {
                             if let Some(flow) =
-                                Box::pin(self.hit(zone, found.digest, e, "UPDATING", t)).await
+                                Box::pin(self.hit(zone, digest, e, "UPDATING", t)).await
                             {
                                 ctx.slots.put(Cached::Answered);
                                 return flow;
@@ -350,16 +364,12 @@ impl ProxyCache {
             } else {
                 None
             };
-            zone.stats
-                .misses
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            zone.stats.miss();
             ctx.response.headers.set("Apisix-Cache-Status", status);
             // The expired entry's body, ready to answer with if the upstream fails.
             let stale = match stale {
                 Some(e) if e.meta.stale_if_error.max(self.stale_if_error) > 0 => {
-                    Box::pin(Self::body(zone, found.digest, &e))
-                        .await
-                        .map(|b| (e, b))
+                    Box::pin(Self::body(zone, digest, &e)).await.map(|b| (e, b))
                 }
                 _ => None,
             };
@@ -657,6 +667,14 @@ impl Phases for ProxyCache {
             Some(Writer::Disk(w, _)) => w.commit(fill),
             None => {}
         }
+    }
+}
+
+/// An entry's body when it is in memory (no file to read).
+fn in_memory(body: &Body) -> Option<&[u8]> {
+    match body {
+        Body::Memory(b) | Body::Disk { hot: Some(b), .. } => Some(b),
+        Body::Disk { hot: None, .. } => None,
     }
 }
 

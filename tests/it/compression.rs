@@ -174,7 +174,66 @@ fn gzip_and_brotli_compress_what_they_should_and_nothing_else() {
 }
 
 #[test]
+fn zstd_goes_first_for_clients_that_take_it() {
+    let json = json_body();
+    let body = json.clone();
+    let be = Backend::start(move |s| {
+        if s.target == "/chunked" {
+            let mut r = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            for piece in body.as_bytes().chunks(7000) {
+                r.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                r.extend_from_slice(piece);
+                r.extend_from_slice(b"\r\n");
+            }
+            r.extend_from_slice(b"0\r\n\r\n");
+            return Reply::Raw(r);
+        }
+        Reply::Full(
+            200,
+            vec![("Content-Type".into(), "application/json".into())],
+            body.clone().into_bytes(),
+        )
+    });
+    let gw = Gateway::start(&format!(
+        "[[routes]]\nuri = \"/*\"\nplugins.zstd = {{ types = [\"application/json\"] }}\n\
+         plugins.brotli = {{ types = [\"application/json\"] }}\n\
+         plugins.gzip = {{ types = [\"application/json\"] }}\n\
+         upstream = {{ nodes = {{ \"{}\" = 1 }} }}\n",
+        be.addr()
+    ));
+    let url = |p: &str| format!("http://127.0.0.1:{}{p}", gw.port);
+    // curl offers gzip, br and zstd: zstd, decoded byte-identical by curl's libzstd.
+    for path in ["/json", "/chunked"] {
+        let (head, got) = curl(&["--compressed", &url(path)]);
+        assert!(head.contains("content-encoding: zstd"), "{path}: {head}");
+        assert_eq!(got, json.as_bytes(), "{path}: decoded zstd body");
+    }
+    let (_, raw) = curl(&["-H", "Accept-Encoding: zstd", &url("/json")]);
+    assert!(
+        raw.len() < json.len() / 3,
+        "{} of {}",
+        raw.len(),
+        json.len()
+    );
+    let coding = |ae: &str| {
+        let (head, _) = curl(&["-H", &format!("Accept-Encoding: {ae}"), &url("/json")]);
+        head.lines()
+            .find_map(|l| l.strip_prefix("content-encoding: "))
+            .unwrap_or("identity")
+            .trim()
+            .to_string()
+    };
+    assert_eq!(coding("gzip, br"), "br");
+    assert_eq!(coding("zstd;q=0, gzip"), "gzip");
+    assert_eq!(coding("identity"), "identity");
+}
+
+#[test]
 fn compression_config_errors_name_the_field() {
+    let (ok, msg) = check_config(
+        "[[routes]]\nuri = \"/\"\nplugins.zstd = { comp_level = 25 }\nupstream = { nodes = { \"127.0.0.1:1\" = 1 } }\n",
+    );
+    assert!(!ok && msg.contains("comp_level"), "{msg}");
     let (ok, msg) = check_config(
         "[[routes]]\nuri = \"/\"\nplugins.gzip = { comp_level = 12 }\nupstream = { nodes = { \"127.0.0.1:1\" = 1 } }\n",
     );
