@@ -84,10 +84,18 @@ impl Phases for Brotli {
         if !self.rules.start(ctx, "br") {
             return;
         }
+        let mut lgwin = if self.lgwin == 0 { 22 } else { self.lgwin };
+        let length = super::compress::known_length(ctx);
+        if let Some(n) = length {
+            // A window larger than the body buys nothing and costs its set-up.
+            let bits = 64 - n.max(1).saturating_sub(1).leading_zeros() as i32;
+            lgwin = lgwin.min(bits.max(10));
+        }
         let params = BrotliEncoderParams {
             quality: self.quality,
-            lgwin: if self.lgwin == 0 { 22 } else { self.lgwin },
+            lgwin,
             lgblock: self.lgblock,
+            size_hint: length.map_or(0, |n| n as usize),
             mode: match self.mode {
                 1 => BrotliEncoderMode::BROTLI_MODE_TEXT,
                 2 => BrotliEncoderMode::BROTLI_MODE_FONT,

@@ -55,7 +55,12 @@ impl Phases for Zstd {
             return;
         }
         let out = Vec::with_capacity(16 * 1024);
-        match zstd::stream::write::Encoder::new(out, self.level) {
+        let length = super::compress::known_length(ctx);
+        let enc = zstd::stream::write::Encoder::new(out, self.level).and_then(|mut e| {
+            e.set_pledged_src_size(length)?;
+            Ok(e)
+        });
+        match enc {
             Ok(enc) => ctx.slots.put(Encoder::Zstd(Some(Box::new(enc)))),
             Err(e) => crate::warn!("zstd: cannot start an encoder: {e}"),
         }

@@ -90,6 +90,8 @@ fn memory_cache_hits_expires_purges_and_honours_the_rules() {
             "/error" => Reply::Full(500, vec![], b"e".to_vec()),
             "/missing" => Reply::Full(404, vec![], b"not here".to_vec()),
             "/empty" => Reply::Full(301, vec![h("Location", "/a")], vec![]),
+            "/limit/big" => Reply::Pattern(2000),
+            p if p.starts_with("/ev/") => Reply::Pattern(200 * 1024),
             _ => Reply::Full(200, vec![], b"other".to_vec()),
         }
     });
@@ -102,6 +104,8 @@ fn memory_cache_hits_expires_purges_and_honours_the_rules() {
              plugins.proxy-cache = {{ cache_strategy = \"memory\", cache_zone = \"memory_cache\", cache_ttl = 1 }}\n{up}\n\
              [[routes]]\nuri = \"/cc/*\"\n\
              plugins.proxy-cache = {{ cache_strategy = \"memory\", cache_zone = \"memory_cache\", cache_control = true }}\n{up}\n\
+             [[routes]]\nuri = \"/limit/*\"\n\
+             plugins.proxy-cache = {{ cache_strategy = \"memory\", cache_zone = \"memory_cache\", max_resp_body_size = 1000 }}\n{up}\n\
              [[routes]]\nuri = \"/hide/*\"\n\
              plugins.proxy-cache = {{ cache_strategy = \"memory\", cache_zone = \"memory_cache\", hide_cache_headers = true }}\n{up}\n\
              [[routes]]\nuri = \"/*\"\n\
@@ -206,6 +210,22 @@ fn memory_cache_hits_expires_purges_and_honours_the_rules() {
     let r = request(&gw, "GET", "/cc/a", &[("Cache-Control", "max-stale=60")]);
     assert_eq!(status(&r), "HIT", "max-stale accepts the expired entry");
     assert_eq!(status(&request(&gw, "GET", "/cc/a", &[])), "EXPIRED");
+
+    // Larger than max_resp_body_size: passed through whole, never stored.
+    for _ in 0..2 {
+        let r = request(&gw, "GET", "/limit/big", &[]);
+        assert_eq!((status(&r), r.body.len()), ("MISS", 2000));
+    }
+    assert_eq!(be.requests_for("/limit/big"), 2);
+
+    // The memory zone (8 MiB) keeps within its size: 100 bodies of 200 KiB later, the first
+    // (least recently used) is gone and the last is still there.
+    for i in 0..100 {
+        let r = request(&gw, "GET", &format!("/ev/{i}"), &[]);
+        assert_eq!(r.body.len(), 200 * 1024);
+    }
+    assert_eq!(status(&request(&gw, "GET", "/ev/99", &[])), "HIT");
+    assert_eq!(status(&request(&gw, "GET", "/ev/0", &[])), "MISS");
 
     // hide_cache_headers: Cache-Control and Expires never reach the client.
     for expect in ["MISS", "HIT"] {
