@@ -30,6 +30,11 @@ pub fn digest(parts: &[&[u8]]) -> Digest {
     for p in parts {
         ctx.update(p);
     }
+    finish(ctx)
+}
+
+/// The first 128 bits of a SHA-256.
+fn finish(ctx: ring::digest::Context) -> Digest {
     let d = ctx.finish();
     let mut b = [0u8; 16];
     b.copy_from_slice(&d.as_ref()[..16]);
@@ -45,10 +50,7 @@ pub fn variant_digest<'v>(key: &[u8], values: impl Iterator<Item = &'v [u8]>) ->
         ctx.update(b"\0");
         ctx.update(v);
     }
-    let d = ctx.finish();
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&d.as_ref()[..16]);
-    u128::from_be_bytes(b)
+    finish(ctx)
 }
 
 /// What a key's slot holds.
@@ -169,10 +171,11 @@ impl Zone {
     /// Finds `key`'s entry (the variant matching the request when the key varies;
     /// `header` reads a request header by lower-case name) and hands it to `f` with the
     /// digest it is (or would be) stored under, without taking a reference to it: a hit on a
-    /// body in memory writes nothing shared.
+    /// body in memory writes nothing shared. `t`: now, in Unix seconds (the entry's last use).
     pub fn lookup<'h, R>(
         &self,
         key: &[u8],
+        t: u64,
         header: impl Fn(&str) -> Option<&'h [u8]>,
         f: impl FnOnce(Digest, Option<&Arc<Entry>>) -> R,
     ) -> R {
@@ -190,7 +193,7 @@ impl Zone {
         };
         let entry = match slot {
             Some(Slot::Entry(e)) if e.meta.key.as_bytes() == key => {
-                e.touch(now());
+                e.touch(t);
                 Some(e)
             }
             _ => None,

@@ -22,6 +22,20 @@ fn json_body() -> String {
     s
 }
 
+/// A chunked JSON response carrying `body` in pieces of `piece` bytes.
+fn chunked_json(body: &str, piece: usize) -> Vec<u8> {
+    let mut r =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    for p in body.as_bytes().chunks(piece) {
+        r.extend_from_slice(format!("{:x}\r\n", p.len()).as_bytes());
+        r.extend_from_slice(p);
+        r.extend_from_slice(b"\r\n");
+    }
+    r.extend_from_slice(b"0\r\n\r\n");
+    r
+}
+
 /// curl with `args`: (response head, body).
 fn curl(args: &[&str]) -> (String, Vec<u8>) {
     let dir = temp_dir("gz");
@@ -55,16 +69,7 @@ fn gzip_and_brotli_compress_what_they_should_and_nothing_else() {
                 vec![ct("application/json"), ("ETag".into(), "\"v1\"".into())],
                 body.clone().into_bytes(),
             ),
-            "/chunked" => {
-                let mut r = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-                for piece in body.as_bytes().chunks(5000) {
-                    r.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
-                    r.extend_from_slice(piece);
-                    r.extend_from_slice(b"\r\n");
-                }
-                r.extend_from_slice(b"0\r\n\r\n");
-                Reply::Raw(r)
-            }
+            "/chunked" => Reply::Raw(chunked_json(&body, 5000)),
             "/encoded" => Reply::Full(
                 200,
                 vec![
@@ -179,14 +184,7 @@ fn zstd_goes_first_for_clients_that_take_it() {
     let body = json.clone();
     let be = Backend::start(move |s| {
         if s.target == "/chunked" {
-            let mut r = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-            for piece in body.as_bytes().chunks(7000) {
-                r.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
-                r.extend_from_slice(piece);
-                r.extend_from_slice(b"\r\n");
-            }
-            r.extend_from_slice(b"0\r\n\r\n");
-            return Reply::Raw(r);
+            return Reply::Raw(chunked_json(&body, 7000));
         }
         Reply::Full(
             200,

@@ -49,9 +49,11 @@ impl ProxyCache {
     /// The body of `entry` (read from its file for a disk zone); `None` when the file is
     /// gone or no longer the entry's.
     pub(super) async fn body(zone: &Zone, digest: Digest, entry: &Entry) -> Option<Vec<u8>> {
+        if let Some(b) = in_memory(&entry.body) {
+            return Some(b.to_vec());
+        }
         match &entry.body {
-            Body::Memory(b) => Some(b.to_vec()),
-            Body::Disk { hot: Some(b), .. } => Some(b.to_vec()),
+            Body::Memory(_) | Body::Disk { hot: Some(_), .. } => None,
             Body::Disk { len, hot: None } => {
                 let disk = zone.disk.as_ref()?;
                 let mut bytes = monoio::fs::read(disk.path(digest)).await.ok()?;
@@ -142,7 +144,7 @@ impl ProxyCache {
         loop {
             let t = now();
             // A fresh entry with its body in memory is answered inside the lookup.
-            let found = zone.lookup(&key, header, |digest, entry| match entry {
+            let found = zone.lookup(&key, t, header, |digest, entry| match entry {
                 Some(e) if self.fresh_for(e, &cc, t) => match in_memory(&e.body) {
                     Some(body) => Err(self.answer(e, body.to_vec(), "HIT", t)),
                     None => Ok((digest, Some((e.clone(), true)))),

@@ -228,24 +228,10 @@ impl ProxyCache {
     }
 }
 
-/// Whether a response header field is stored with the entry: not the framing, not
-/// hop-by-hop fields, not what the gateway writes itself.
+/// Whether a response header field is stored with the entry: not hop-by-hop fields, not
+/// the framing, not what the gateway writes itself.
 fn kept(name: &[u8]) -> bool {
-    const DROPPED: &[&str] = &[
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "server",
-        "apisix-cache-status",
-        "age",
-    ];
-    !DROPPED
-        .iter()
-        .any(|d| name.eq_ignore_ascii_case(d.as_bytes()))
+    const OWN: &[&str] = &["content-length", "server", "apisix-cache-status", "age"];
+    !crate::http::is_hop_by_hop(name)
+        && !OWN.iter().any(|d| name.eq_ignore_ascii_case(d.as_bytes()))
 }
