@@ -8,7 +8,8 @@
 //! - [`worker`]: the data plane, one pinned monoio runtime per core;
 //! - [`http`]: HTTP/1.1 framing (heads, chunked bodies, header rules);
 //! - [`route`]: the router; [`upstream`]: balancers, keepalive pool;
-//! - [`log`]: access and event logs; [`demo`]: built-in demo backends.
+//! - [`log`]: access and event logs; [`demo`]: built-in demo backends;
+//! - [`fuzzing`]: the fuzzing harnesses (`fuzz/`, and the property tests in `tests/`).
 
 pub mod admin;
 pub mod cache;
@@ -20,6 +21,7 @@ pub mod demo;
 pub mod dns;
 pub mod etcd;
 pub mod fold_hash;
+pub mod fuzzing;
 pub mod health;
 pub mod http;
 pub mod http2;

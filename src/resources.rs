@@ -57,12 +57,19 @@ pub fn load_file(path: &Path) -> Result<FileContents, ConfigError> {
         path: path.display().to_string(),
         source: e,
     })?;
-    let mut contents = Config::parse(&text)?.split();
+    let contents = parse_file(&text)?;
     let enc = &contents.deployment.data_encryption;
     crate::data_encryption::init(enc.enable_encrypt_fields, &enc.keyring)
         .map_err(|e| ConfigError::invalid("deployment.data_encryption", e))?;
+    Ok(contents)
+}
+
+/// Parses the text of a config file: its typed form and its resources as JSON objects. Sets
+/// nothing global (the data encryption keyring is [`load_file`]'s to install).
+pub fn parse_file(text: &str) -> Result<FileContents, ConfigError> {
+    let mut contents = Config::parse(text)?.split();
     let table: toml::Table =
-        toml::from_str(&text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
     for kind in Kind::ALL {
         let list = table
             .get(kind.name())

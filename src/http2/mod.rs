@@ -58,16 +58,9 @@ impl Drop for Open {
     }
 }
 
-/// Serves an HTTP/2 connection until it ends.
-pub async fn serve(
-    worker: Rc<Worker>,
-    io: H2Io,
-    facts: Option<Rc<Facts>>,
-    peer: SocketAddr,
-    entrance: Rc<Entrance>,
-) {
-    let settings = worker.current().shared.settings;
-    let h = settings.http2;
+/// The `h2` server configuration for `[gateway.http2]` (shared with the fuzzing harness, so
+/// what is fuzzed is what is served).
+pub fn server_builder(h: &crate::config::Http2Config) -> h2::server::Builder {
     let mut builder = h2::server::Builder::new();
     builder
         .max_concurrent_streams(h.max_concurrent_streams)
@@ -81,7 +74,20 @@ pub async fn serve(
         // What a stream may queue beyond the window it has (we send only what the window
         // allows, so this bounds headers and trailers).
         .max_send_buffer_size(64 * 1024);
-    let handshake = builder.handshake::<_, Bytes>(io);
+    builder
+}
+
+/// Serves an HTTP/2 connection until it ends.
+pub async fn serve(
+    worker: Rc<Worker>,
+    io: H2Io,
+    facts: Option<Rc<Facts>>,
+    peer: SocketAddr,
+    entrance: Rc<Entrance>,
+) {
+    let settings = worker.current().shared.settings;
+    let h = settings.http2;
+    let handshake = server_builder(&h).handshake::<_, Bytes>(io);
     let mut conn = match monoio::time::timeout(settings.client_header_timeout, handshake).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {

@@ -159,6 +159,12 @@ impl H2Stream {
         }
     }
 
+    /// The HTTP/1.1 request head made from the stream's HEADERS, before the session has
+    /// read any of it (what the request path parses; the fuzzing harness checks it).
+    pub fn request_head(&self) -> &[u8] {
+        &self.pending[self.pending_pos..]
+    }
+
     /// Whether the request is a gRPC call.
     pub fn is_grpc(&self) -> bool {
         self.grpc

@@ -1,15 +1,13 @@
 //! A property test of config validation: every numeric field, set to every awkward value
 //! (negative, zero, huge, fractional, NaN, infinities, integer edges), either compiles into a
 //! snapshot that every core can use or is refused with an error; nothing panics. For each
-//! accepted snapshot the test also does what a worker does with it on arrival: builds every
-//! balancer, picks a node, and computes a deadline from every duration.
+//! accepted snapshot the test also does what a worker does with it on arrival (the fuzzing
+//! harness's `use_like_a_worker`): builds every balancer, picks a node, routes a few
+//! requests, and computes a deadline from every duration.
 
 use shardgate::config::Config;
 use shardgate::dns::Names;
 use shardgate::health::Registry;
-use shardgate::snapshot::Snapshot;
-use shardgate::upstream::balancer::{self, PickContext};
-use std::time::{Duration, Instant};
 
 /// Values each field is tried with (as TOML literals).
 const VALUES: &[&str] = &[
@@ -113,46 +111,6 @@ fn templates() -> Vec<String> {
     out
 }
 
-/// What a worker does with a new snapshot: balancers built, one pick, deadlines computed.
-fn use_like_a_worker(s: &Snapshot) {
-    let now = Instant::now();
-    let mut durations = vec![
-        s.settings.client_header_timeout,
-        s.settings.client_body_timeout,
-        s.settings.keepalive_timeout,
-        s.settings.send_timeout,
-        s.settings.graceful_shutdown_timeout,
-    ];
-    for u in &s.upstreams {
-        let mut b = balancer::build(u.kind, &u.nodes);
-        let ctx = PickContext::new(&[]).with_key(b"/key");
-        if let Some(i) = b.pick(&u.nodes, &ctx) {
-            b.started(i);
-            b.failed(i);
-        }
-        durations.extend([
-            u.timeouts.connect,
-            u.timeouts.send,
-            u.timeouts.read,
-            u.keepalive.idle_timeout,
-            u.retry_timeout.unwrap_or_default(),
-        ]);
-        if let Some(c) = &u.checks {
-            durations.extend([
-                c.active.timeout,
-                c.active.healthy_interval,
-                c.active.unhealthy_interval,
-            ]);
-        }
-    }
-    for d in durations {
-        assert!(
-            d <= Duration::from_secs(366 * 24 * 3600) && now.checked_add(d).is_some(),
-            "a duration of {d:?} got through"
-        );
-    }
-}
-
 #[test]
 fn no_numeric_value_can_panic_validation_or_a_core() {
     let mut accepted = 0;
@@ -174,7 +132,7 @@ fn no_numeric_value_can_panic_validation_or_a_core() {
                     &mut shardgate::snapshot::CompileCache::default(),
                 ) {
                     Ok(s) => {
-                        use_like_a_worker(&s);
+                        shardgate::fuzzing::config::use_like_a_worker(&s);
                         true
                     }
                     Err(e) => {

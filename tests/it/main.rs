@@ -19,6 +19,7 @@ mod dashboard;
 mod eligibility;
 mod etcd;
 mod failures;
+mod fuzz_properties;
 mod grpc;
 mod headers;
 mod health;
