@@ -17,9 +17,13 @@ use std::rc::Rc;
 pub fn start(backends: &[DemoBackendConfig]) -> std::io::Result<()> {
     let mut bound = Vec::new();
     for b in backends {
-        let l = std::net::TcpListener::bind(&b.listen).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("demo backend {}: {e}", b.listen))
-        })?;
+        let bind = || std::net::TcpListener::bind(&b.listen);
+        // Handed on across a binary upgrade, like the gateway's own listeners.
+        let l = match b.listen.parse::<std::net::SocketAddr>() {
+            Ok(addr) => crate::net::inherit::listener(&format!("demo {addr}"), addr, bind),
+            Err(_) => bind(),
+        }
+        .map_err(|e| std::io::Error::new(e.kind(), format!("demo backend {}: {e}", b.listen)))?;
         l.set_nonblocking(true)?;
         let name = b.name.clone().unwrap_or_else(|| b.listen.clone());
         bound.push((l, name));

@@ -1,5 +1,5 @@
-//! The `shardgate` command: `run` the gateway, `check` a config, `export` / `import`
-//! resources, print the `version`.
+//! The `shardgate` command: `run` the gateway, `upgrade` its binary, `check` a config,
+//! `export` / `import` resources, print the `version`.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -26,6 +26,21 @@ enum Command {
         /// Config file.
         #[arg(short, long, default_value = "config.toml")]
         config: PathBuf,
+        /// Write the pid here once serving (replaced by the new process's on an upgrade;
+        /// removed at exit while it names this process).
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+    },
+    /// Upgrade the binary with no downtime: signal the gateway named in the pid file (SIGUSR2),
+    /// which starts the binary at the path it was started from with the same arguments,
+    /// hands it the listening sockets and drains once it serves; waits for that.
+    Upgrade {
+        /// The running gateway's `--pid-file`.
+        #[arg(long)]
+        pid_file: PathBuf,
+        /// Seconds to wait for the new process to serve.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
     },
     /// Validate a config file (like `nginx -t`): exit 0 if it would load, 1 with the reason if not.
     Check {
@@ -59,7 +74,22 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => ExitCode::from(shardgate::control::run(config) as u8),
+        Command::Run { config, pid_file } => {
+            ExitCode::from(shardgate::control::run(config, pid_file) as u8)
+        }
+        Command::Upgrade { pid_file, timeout } => {
+            let timeout = std::time::Duration::from_secs(timeout);
+            match shardgate::control::upgrade::request(&pid_file, timeout) {
+                Ok((old, new)) => {
+                    println!("shardgate: upgraded: pid {new} serves, pid {old} drains");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("shardgate: upgrade: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check { config } => match shardgate::control::check(&config) {
             Ok(s) => {
                 println!(

@@ -37,6 +37,9 @@ pub enum Var {
     SslClientSDn,
     /// The response status (response phases only; nothing before a response exists).
     Status,
+    /// `pid`: the serving process's id (nginx's `$pid`), which tells generations apart
+    /// across a binary upgrade.
+    Pid,
     /// `upstream_http_NAME`: a header of the response as it came (response phases only).
     UpstreamHttp(String),
 }
@@ -53,6 +56,7 @@ impl Var {
             "scheme" => Var::Scheme,
             "server_port" => Var::ServerPort,
             "status" => Var::Status,
+            "pid" => Var::Pid,
             "consumer_name" => Var::ConsumerName,
             "consumer_group_id" => Var::ConsumerGroupId,
             "route_id" => Var::RouteId,
@@ -74,6 +78,13 @@ impl Var {
             }
         })
     }
+}
+
+/// This process's id as text (`$pid`).
+pub fn pid_text() -> &'static [u8] {
+    static PID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PID.get_or_init(|| std::process::id().to_string())
+        .as_bytes()
 }
 
 /// Where condition evaluation reads variables from (implemented by the connection).

@@ -8,7 +8,7 @@ use super::{AdminRequest, AdminResponse};
 use crate::route::IpNet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,36 +27,81 @@ pub struct Access {
 /// Hands a request to the control plane and waits for its answer (`None`: it is gone).
 pub type Dispatch = dyn Fn(AdminRequest) -> Option<AdminResponse> + Send + Sync;
 
+/// Whether the listener thread takes connections. During a binary upgrade the old process
+/// pauses it (a change it accepted now would be missing from the new process, which has
+/// already read the store), and closes it once the new process serves: the listening
+/// socket is the new process's too, so connections wait in its queue for whichever process
+/// accepts. A thread blocked in accept(2) could not be stopped; this one polls.
+#[derive(Default)]
+pub struct Gate(AtomicU8);
+
+const OPEN: u8 = 0;
+const PAUSED: u8 = 1;
+const CLOSED: u8 = 2;
+
+impl Gate {
+    pub fn open(&self) {
+        self.0.store(OPEN, Ordering::Relaxed);
+    }
+    pub fn pause(&self) {
+        self.0.store(PAUSED, Ordering::Relaxed);
+    }
+    /// Ends the listener thread for good (within 100 ms).
+    pub fn close(&self) {
+        self.0.store(CLOSED, Ordering::Relaxed);
+    }
+}
+
 /// Starts the listener thread.
 pub fn spawn(
     listener: TcpListener,
     access: Access,
     dispatch: Arc<Dispatch>,
+    gate: Arc<Gate>,
 ) -> std::io::Result<()> {
     let access = Arc::new(access);
     let open = Arc::new(AtomicUsize::new(0));
+    listener.set_nonblocking(true)?;
     std::thread::Builder::new()
         .name("shardgate-admin".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else {
+        .spawn(move || loop {
+            match gate.0.load(Ordering::Relaxed) {
+                CLOSED => return,
+                PAUSED => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                _ => {}
+            }
+            let mut ready = libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&listener),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd for a descriptor `listener` keeps open.
+            unsafe { libc::poll(&mut ready, 1, 100) };
+            let stream = match listener.accept() {
+                Ok((s, _)) if s.set_nonblocking(false).is_ok() => s,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => {
                     std::thread::sleep(Duration::from_millis(100));
                     continue;
-                };
-                if open.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
-                    continue; // dropped: closes the connection
                 }
-                open.fetch_add(1, Ordering::Relaxed);
-                let (access, dispatch, open) = (access.clone(), dispatch.clone(), open.clone());
-                let spawned = std::thread::Builder::new()
-                    .name("shardgate-admin-conn".into())
-                    .spawn(move || {
-                        serve(stream, &access, &*dispatch);
-                        open.fetch_sub(1, Ordering::Relaxed);
-                    });
-                if spawned.is_err() {
-                    crate::warn!("admin: cannot start a connection thread");
-                }
+            };
+            if open.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+                continue; // dropped: closes the connection
+            }
+            open.fetch_add(1, Ordering::Relaxed);
+            let (access, dispatch, open) = (access.clone(), dispatch.clone(), open.clone());
+            let spawned = std::thread::Builder::new()
+                .name("shardgate-admin-conn".into())
+                .spawn(move || {
+                    serve(stream, &access, &*dispatch);
+                    open.fetch_sub(1, Ordering::Relaxed);
+                });
+            if spawned.is_err() {
+                crate::warn!("admin: cannot start a connection thread");
             }
         })?;
     Ok(())

@@ -1,10 +1,14 @@
 //! A disk zone's files: one per entry, written by the zone's own thread so that no worker
 //! ever waits on the disk to store (workers read hits with io_uring, `monoio::fs`).
 //!
-//! A response being stored goes to `<name>.<id>.tmp` beside its final name, piece by piece
-//! as it streams to the client, and is renamed into place only once complete; only then does
-//! the index learn of it. A crash, an upstream reset or a client abort therefore leaves at
-//! most a `.tmp` file, which no lookup can reach and the next start deletes.
+//! A response being stored goes to `<name>.<pid>-<id>.tmp` beside its final name, piece by
+//! piece as it streams to the client, and is renamed into place only once complete; only
+//! then does the index learn of it. A crash, an upstream reset or a client abort therefore
+//! leaves at most a `.tmp` file, which no lookup can reach and the next start deletes,
+//! unless the process named in it still runs: during a binary upgrade the old process goes
+//! on storing while the new one indexes the same directory. The two do not share an index:
+//! a file one replaces or removes is a miss for the other (its read finds it gone or not
+//! the entry's), and each counts only its own files against `max_size` until the old exits.
 //!
 //! A body of at most 64 KiB is also kept in memory while the zone's `memory_size` allows
 //! (what the index does not need of it): hits on it read no file, as nginx's hits on a
@@ -228,7 +232,7 @@ fn start(disk: &Disk, digest: Digest, meta: &Meta) -> std::io::Result<(File, Pat
         fs::create_dir_all(dir)?;
     }
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    let tmp = path.with_extension(format!("{seq}.tmp"));
+    let tmp = path.with_extension(format!("{}-{seq}.tmp", std::process::id()));
     let mut file = File::create(&tmp)?;
     let meta = serde_json::to_vec(meta).unwrap_or_default();
     let mut head = Vec::with_capacity(PREFIX + meta.len());
@@ -257,6 +261,24 @@ fn finish(zone: &Zone, o: Open) {
     zone.insert(o.base, o.digest, Entry::new(*o.meta, body));
 }
 
+/// Whether `name` is a `.tmp` file another live process (an upgrade's old process) is
+/// writing now.
+fn being_written(name: &str) -> bool {
+    let pid = name
+        .strip_suffix(".tmp")
+        .and_then(|n| n.split_once('.'))
+        .and_then(|(_, id)| id.split_once('-'))
+        .and_then(|(pid, _)| pid.parse::<i32>().ok());
+    match pid {
+        Some(pid) if pid > 0 && pid != std::process::id() as i32 => {
+            // SAFETY: kill with signal 0 sends nothing; it only asks whether the pid exists.
+            let alive = unsafe { libc::kill(pid, 0) } == 0;
+            alive || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+        }
+        _ => false,
+    }
+}
+
 /// Parses a file's prefix and metadata; the body's offset and length.
 pub fn parse(bytes: &[u8]) -> Option<(Meta, usize, u64)> {
     if bytes.len() < PREFIX || &bytes[..8] != MAGIC {
@@ -278,6 +300,7 @@ fn load(zone: &Zone, disk: &Disk) {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let digest = match Digest::from_str_radix(name, 16) {
             Ok(d) if name.len() == 32 && disk.path(d) == path => d,
+            _ if being_written(name) => continue,
             _ => {
                 let _ = fs::remove_file(&path); // a .tmp left by a crash, or a stranger
                 continue;

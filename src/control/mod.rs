@@ -15,12 +15,13 @@ use crate::dns::Names;
 use crate::health::prober::{self};
 use crate::health::Registry as HealthRegistry;
 use crate::log::access::AccessLogConfig;
+use crate::net::inherit;
 use crate::resources::{load_file, Resources};
 use crate::snapshot::{CompileCache, Snapshot};
 use crate::store::{Objects, StoreFile};
 use crate::worker::{self, Listeners, RuntimeOptions, WorkerHandle, WorkerSpec};
 use plane::{Plane, Provider};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -81,6 +82,7 @@ mod etcd;
 mod plane;
 pub mod status;
 pub mod transfer;
+pub mod upgrade;
 
 enum Event {
     Signal(i32),
@@ -90,8 +92,12 @@ enum Event {
     Etcd(crate::etcd::Update),
 }
 
-/// Runs the gateway until it is told to stop. Returns the process exit code.
-pub fn run(path: PathBuf) -> i32 {
+/// Runs the gateway until it is told to stop (or has handed over to its successor, see
+/// `upgrade.rs`); `pid_file`: where it writes its pid once it serves. Returns the process
+/// exit code.
+pub fn run(path: PathBuf, pid_file: Option<PathBuf>) -> i32 {
+    // Before any thread starts: it reads (and clears) the inherited listeners' variable.
+    let upgraded = crate::net::inherit::inherited();
     // The file provider: process settings and resources from config.toml.
     let file = match load_file(&path) {
         Ok(f) => f,
@@ -120,7 +126,8 @@ pub fn run(path: PathBuf) -> i32 {
     let (tx, rx) = mpsc::channel::<Event>();
     let admin_tx = tx.clone();
     let etcd_tx = tx.clone();
-    let mut signals = match signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT]) {
+    let mut signals = match signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR2])
+    {
         Ok(s) => s,
         Err(e) => {
             crate::error!("cannot install signal handlers: {e}");
@@ -175,7 +182,9 @@ pub fn run(path: PathBuf) -> i32 {
 
     // The prober: active checks, passive outcomes, the control API.
     let control = match process.control_listen {
-        Some(addr) => match prober::bind_control(addr) {
+        Some(addr) => match inherit::listener(&format!("control {addr}"), addr, || {
+            prober::bind_control(addr)
+        }) {
             Ok(l) => Some(l),
             Err(e) => {
                 crate::error!("cannot listen on {addr} (gateway.control_listen): {e}");
@@ -210,7 +219,9 @@ pub fn run(path: PathBuf) -> i32 {
         }
     };
     let exporter = match settings.export_addr {
-        Some(addr) => match prober::bind_control(addr) {
+        Some(addr) => match inherit::listener(&format!("exporter {addr}"), addr, || {
+            prober::bind_control(addr)
+        }) {
             Ok(l) => Some(l),
             Err(e) => {
                 crate::error!(
@@ -331,9 +342,12 @@ pub fn run(path: PathBuf) -> i32 {
         metrics,
         compile_started: None,
     };
-    if let Err(e) = start_admin(&file.admin, Path::new(&file.deployment.data_dir), admin_tx) {
+    let admin_gate = Arc::new(crate::admin::server::Gate::default());
+    let data_dir = Path::new(&file.deployment.data_dir);
+    if let Err(e) = start_admin(&file.admin, data_dir, admin_tx, admin_gate.clone()) {
         crate::error!("{e}");
-        plane.stop(grace);
+        // Started for an upgrade, the listeners are the old process's too: left listening.
+        plane.stop(grace, upgraded);
         return 1;
     }
     if let Provider::Etcd(etcd) = &plane.provider {
@@ -342,10 +356,12 @@ pub fn run(path: PathBuf) -> i32 {
         let start = plane.objects.revision as i64 + 1;
         if let Err(e) = crate::etcd::watch::spawn(etcd.watcher_client(), start, delay, send) {
             crate::error!("cannot start the etcd watcher: {e}");
-            plane.stop(grace);
+            plane.stop(grace, upgraded);
             return 1;
         }
     }
+    upgrade::announce_ready(pid_file.as_deref());
+    let mut successor = None;
     let mut digest = file_digest(&path);
     let mut backlog: std::collections::VecDeque<Event> = Default::default();
     loop {
@@ -362,6 +378,12 @@ pub fn run(path: PathBuf) -> i32 {
             Ok(Event::Signal(SIGHUP)) => {
                 digest = file_digest(&path);
                 plane.reload();
+            }
+            Ok(Event::Signal(SIGUSR2)) => {
+                successor = upgrade::perform(&admin_gate, pid_file.as_deref());
+                if successor.is_some() {
+                    break;
+                }
             }
             Ok(Event::Signal(sig)) => {
                 crate::info!(
@@ -387,7 +409,20 @@ pub fn run(path: PathBuf) -> i32 {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    plane.stop(grace);
+    if successor.is_some() {
+        // Admin requests that waited for the upgrade were not applied here: their clients
+        // get a 503 at once and retry against the new process.
+        while let Ok(ev) = rx.try_recv() {
+            drop(ev);
+        }
+        plane.stop(grace, true);
+        crate::info!("stopped after the upgrade");
+        return 0;
+    }
+    plane.stop(grace, false);
+    if let Some(p) = &pid_file {
+        upgrade::remove_pid_file(p);
+    }
     crate::info!("stopped");
     0
 }
@@ -443,6 +478,7 @@ fn start_admin(
     admin: &crate::config::AdminConfig,
     data_dir: &Path,
     tx: mpsc::Sender<Event>,
+    gate: Arc<crate::admin::server::Gate>,
 ) -> Result<(), String> {
     if admin.listen == "off" {
         return Ok(());
@@ -469,8 +505,10 @@ fn start_admin(
                 .map_err(|e| format!("invalid config: admin.allow_admin[{i}]: {e}"))?,
         );
     }
-    let listener = std::net::TcpListener::bind(addr)
-        .map_err(|e| format!("cannot listen on {addr} (admin.listen): {e}"))?;
+    let listener = inherit::listener(&format!("admin {addr}"), addr, || {
+        std::net::TcpListener::bind(addr)
+    })
+    .map_err(|e| format!("cannot listen on {addr} (admin.listen): {e}"))?;
     let access = crate::admin::server::Access {
         admin_key,
         viewer_key: admin.viewer_key.clone().filter(|k| !k.is_empty()),
@@ -481,7 +519,7 @@ fn start_admin(
         tx.send(Event::Admin(req, reply_tx)).ok()?;
         reply_rx.recv().ok()
     };
-    crate::admin::server::spawn(listener, access, Arc::new(dispatch))
+    crate::admin::server::spawn(listener, access, Arc::new(dispatch), gate)
         .map_err(|e| format!("cannot start the Admin API: {e}"))?;
     crate::info!("Admin API listening on {addr}");
     Ok(())

@@ -351,11 +351,12 @@ impl Plane {
         }
     }
 
-    /// Stops the prober and the workers (in-flight requests get `grace`).
-    pub(super) fn stop(self, grace: Duration) {
+    /// Stops the prober and the workers (in-flight requests get `grace`). `handover`: the
+    /// listening sockets are another process's too (an upgrade), and must keep listening.
+    pub(super) fn stop(self, grace: Duration, handover: bool) {
         self.prober.mailbox.push(ProberMsg::Shutdown);
         for h in &self.workers {
-            h.mailbox.send(ControlMsg::Shutdown { grace });
+            h.mailbox.send(ControlMsg::Shutdown { grace, handover });
         }
         for h in self.workers {
             let _ = h.thread.join();

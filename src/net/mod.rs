@@ -2,6 +2,7 @@
 //! deadlines, socket options, splice relays and the per-connection watchdog. Nothing here
 //! knows HTTP.
 
+pub mod inherit;
 pub mod io;
 pub mod listen;
 pub mod nonblock;

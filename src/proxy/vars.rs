@@ -85,6 +85,7 @@ impl VarSource for RequestVars<'_> {
                 b"http"
             }),
             Var::ServerPort => Some(self.server_port.as_bytes()),
+            Var::Pid => Some(crate::vars::pid_text()),
             Var::Arg(name) => self.arg(name),
             Var::Http(name) => self.header(name),
             Var::Cookie(name) => self.cookie(name),

@@ -30,12 +30,15 @@
 //! it listening and takes it out of the SO_REUSEPORT group; connections still queued on it
 //! are reset, as a close would), so new connections go to the other listeners or, once all
 //! are shut, are refused. A shut socket no longer reports a backlog, so siblings leave it
-//! alone.
+//! alone. A worker stopping for a binary upgrade does not shut them: they are the new
+//! process's too (`net/inherit.rs`); it only stops accepting, and its descriptors close when
+//! its last worker is gone.
 
 use super::state::Worker;
-use crate::net::sockopt;
+use crate::net::{inherit, sockopt};
 use monoio::net::{TcpListener, TcpStream};
 use socket2::SockRef;
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -50,21 +53,29 @@ pub struct Listeners {
     by_worker: Vec<Vec<std::net::TcpListener>>,
     /// Whether address `a` terminates TLS.
     tls: Vec<bool>,
+    /// Inherited sockets beyond this process's workers (the old one had more): `extra[w]`
+    /// holds (address index, socket) pairs worker `w` accepts on too. Left alone, the
+    /// kernel would keep queueing connections on them that nobody takes.
+    extra: Vec<Vec<(usize, std::net::TcpListener)>>,
 }
 
 impl Listeners {
-    /// Binds one SO_REUSEPORT listener per worker and address, plain and TLS; on failure,
-    /// the address that could not be bound.
+    /// Binds one SO_REUSEPORT listener per worker and address, plain and TLS (or takes the
+    /// one a previous process handed over, `net/inherit.rs`); on failure, the address that
+    /// could not be bound.
     pub fn bind(
         workers: usize,
         plain: &[SocketAddr],
         tls: &[SocketAddr],
     ) -> Result<Listeners, (SocketAddr, std::io::Error)> {
         let mut by_worker = Vec::with_capacity(workers);
-        for _ in 0..workers {
+        for w in 0..workers {
             let mut own = Vec::with_capacity(plain.len() + tls.len());
             for &addr in plain.iter().chain(tls) {
-                let socket = crate::net::listen::reuseport_listener(addr).map_err(|e| (addr, e))?;
+                let key = inherit::data_key(w, addr);
+                let socket =
+                    inherit::listener(&key, addr, || crate::net::listen::reuseport_listener(addr))
+                        .map_err(|e| (addr, e))?;
                 // Stealing relies on it: between reading a sibling's backlog and accepting,
                 // the sibling may take the connection, and a blocking accept4(2) would then
                 // stall the thief's whole worker.
@@ -73,10 +84,20 @@ impl Listeners {
             }
             by_worker.push(own);
         }
+        let addrs: Vec<SocketAddr> = plain.iter().chain(tls).copied().collect();
+        let mut extra: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
+        for (old_w, addr, socket) in inherit::leftover_data() {
+            if let Some(a) = addrs.iter().position(|&x| x == addr) {
+                inherit::hold(&inherit::data_key(old_w, addr), &socket);
+                extra[old_w % workers].push((a, socket));
+            }
+        }
+        inherit::close_leftovers();
         let tls = plain.iter().map(|_| false).chain(tls.iter().map(|_| true));
         Ok(Listeners {
             by_worker,
             tls: tls.collect(),
+            extra,
         })
     }
 
@@ -90,30 +111,37 @@ impl Listeners {
     /// drains: not from its accept loops, which may never run again once the worker's last
     /// request is done and its runtime ends.
     pub fn stop_listening(&self, w: usize) {
-        for socket in &self.by_worker[w] {
+        let extra = self.extra[w].iter().map(|(_, s)| s);
+        for socket in self.by_worker[w].iter().chain(extra) {
             let _ = SockRef::from(socket).shutdown(std::net::Shutdown::Read);
         }
     }
 }
 
-/// Starts worker `me`'s accept loops, one per listen address.
-pub fn start(worker: &Rc<Worker>, listeners: &Arc<Listeners>, me: usize) {
-    for (addr_index, socket) in listeners.by_worker[me].iter().enumerate() {
+/// Starts worker `me`'s accept loops, one per listen address (and inherited extra socket).
+/// Returns how many are still running: a stop for an upgrade waits until they have ended.
+pub fn start(worker: &Rc<Worker>, listeners: &Arc<Listeners>, me: usize) -> Rc<Cell<usize>> {
+    let running = Rc::new(Cell::new(0));
+    let own = listeners.by_worker[me].iter().enumerate();
+    let extra = listeners.extra[me].iter().map(|(a, s)| (*a, s));
+    for (addr_index, socket) in own.chain(extra) {
         // monoio closes what it owns when the loop ends; the shared socket stays open.
         let owned = socket.try_clone().and_then(TcpListener::from_std);
         match owned {
             Ok(l) => {
-                monoio::spawn(accept_loop(
-                    worker.clone(),
-                    l,
-                    listeners.tls[addr_index],
-                    Stealer {
-                        listeners: listeners.clone(),
-                        me,
-                        addr_index,
-                        next: me,
-                    },
-                ));
+                let stealer = Stealer {
+                    listeners: listeners.clone(),
+                    me,
+                    addr_index,
+                    next: me,
+                };
+                let tls = listeners.tls[addr_index];
+                running.set(running.get() + 1);
+                let (running, worker) = (running.clone(), worker.clone());
+                monoio::spawn(async move {
+                    accept_loop(worker, l, tls, stealer).await;
+                    running.set(running.get() - 1);
+                });
             }
             Err(e) => {
                 crate::error!("worker {}: cannot register listener: {e}", worker.index);
@@ -121,6 +149,7 @@ pub fn start(worker: &Rc<Worker>, listeners: &Arc<Listeners>, me: usize) {
             }
         }
     }
+    running
 }
 
 /// Takes connections waiting in siblings' queues for one listen address.
@@ -191,28 +220,51 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool, mut s
         .into();
     let port = Rc::new(crate::proxy::Entrance { port, tls });
     let mut stop = std::pin::pin!(worker.stop_signal());
+    let canceller = monoio::io::Canceller::new();
     loop {
-        monoio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    monoio::spawn(crate::proxy::serve(worker.clone(), stream, peer, port.clone()));
-                    if worker.current().shared.settings.steal_accepts {
-                        stealer.steal(worker.epoll, |stream, peer| {
-                            monoio::spawn(crate::proxy::serve(
-                                worker.clone(),
-                                stream,
-                                peer,
-                                port.clone(),
-                            ));
-                        });
-                    }
+        let mut accept = std::pin::pin!(listener.cancelable_accept(canceller.handle()));
+        let accepted = monoio::select! {
+            _ = &mut stop => None,
+            accepted = &mut accept => Some(accepted),
+        };
+        let Some(accepted) = accepted else {
+            // Stopping. An io_uring accept dropped in flight would lose a connection the
+            // kernel handed it meanwhile (open until exit, then reset): cancel it and wait
+            // for its outcome instead, serving what it brings.
+            drop(canceller.cancel());
+            if let Ok((stream, peer)) = accept.await {
+                monoio::spawn(crate::proxy::serve(
+                    worker.clone(),
+                    stream,
+                    peer,
+                    port.clone(),
+                ));
+            }
+            break;
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                monoio::spawn(crate::proxy::serve(
+                    worker.clone(),
+                    stream,
+                    peer,
+                    port.clone(),
+                ));
+                if worker.current().shared.settings.steal_accepts {
+                    stealer.steal(worker.epoll, |stream, peer| {
+                        monoio::spawn(crate::proxy::serve(
+                            worker.clone(),
+                            stream,
+                            peer,
+                            port.clone(),
+                        ));
+                    });
                 }
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    crate::warn!("worker {}: accept failed: {e}", worker.index);
-                    monoio::time::sleep(Duration::from_millis(50)).await;
-                }
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                crate::warn!("worker {}: accept failed: {e}", worker.index);
+                monoio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }

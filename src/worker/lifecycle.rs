@@ -14,6 +14,10 @@ use std::time::Duration;
 /// How often a worker looks at its mailbox, flushes its access log and sweeps its pool.
 const TICK: Duration = Duration::from_millis(25);
 
+/// How long a worker stopping for an upgrade waits after its last accept before it counts
+/// in-flight requests: a client's request follows its handshake within a round trip.
+const HANDOVER_SETTLE: Duration = Duration::from_millis(200);
+
 /// Runs a worker until shutdown completes.
 pub async fn run(
     worker: Rc<Worker>,
@@ -21,8 +25,8 @@ pub async fn run(
     mailbox: Arc<Mailbox>,
     doorbell: std::os::unix::net::UnixStream,
 ) {
-    super::accept::start(&worker, &listeners, worker.index);
-    let stop: Rc<Cell<Option<Duration>>> = Rc::new(Cell::new(None));
+    let accepting = super::accept::start(&worker, &listeners, worker.index);
+    let stop: Rc<Cell<Option<Stop>>> = Rc::new(Cell::new(None));
     // io_uring reads block in the kernel, not the thread; epoll needs non-blocking sockets.
     let bell = doorbell
         .set_nonblocking(worker.epoll)
@@ -44,13 +48,13 @@ pub async fn run(
 
     // Housekeeping until told to stop: control messages, log flushing, pool sweeping.
     let mut ticks = 0u32;
-    let grace = loop {
+    let Stop { grace, handover } = loop {
         monoio::time::sleep(TICK).await;
         worker.watchdog.tick();
         worker.flush_health();
         drain_mailbox(&worker, &mailbox, &stop);
-        if let Some(grace) = stop.get() {
-            break grace;
+        if let Some(order) = stop.get() {
+            break order;
         }
         worker.log.flush();
         ticks = ticks.wrapping_add(1);
@@ -62,9 +66,21 @@ pub async fn run(
     // Shutdown: the listeners are shut, accept loops stop, in-flight requests finish, idle
     // keep-alive connections are dropped with the runtime.
     worker.stopping.set(true);
-    listeners.stop_listening(worker.index);
+    if !handover {
+        listeners.stop_listening(worker.index);
+    }
     worker.wake_all();
     monoio::spawn(flush_while_draining(worker.clone()));
+    if handover {
+        // The sockets stay listening for the new process: wait for the accept loops' last
+        // accepts to come back (served, not lost), then give connections accepted at the last
+        // moment, and requests just sent on idle keep-alive connections, a moment to arrive
+        // before "idle" means what it says.
+        while accepting.get() > 0 {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+        monoio::time::sleep(HANDOVER_SETTLE).await;
+    }
     if monoio::time::timeout(grace, worker.idle_signal())
         .await
         .is_err()
@@ -89,9 +105,16 @@ async fn flush_while_draining(worker: Rc<Worker>) {
     }
 }
 
+/// The order to stop, as noted for the tick loop.
+#[derive(Clone, Copy)]
+struct Stop {
+    grace: Duration,
+    handover: bool,
+}
+
 /// Applies what the control plane sent: a new snapshot (carried over from the current one),
 /// or the order to stop (noted in `stop` for the tick loop).
-fn drain_mailbox(worker: &Rc<Worker>, mailbox: &Mailbox, stop: &Cell<Option<Duration>>) {
+fn drain_mailbox(worker: &Rc<Worker>, mailbox: &Mailbox, stop: &Cell<Option<Stop>>) {
     while let Some(msg) = mailbox.take() {
         match msg {
             ControlMsg::Snapshot(s) => {
@@ -102,7 +125,7 @@ fn drain_mailbox(worker: &Rc<Worker>, mailbox: &Mailbox, stop: &Cell<Option<Dura
                 let shard = worker.metrics.shard();
                 shard.config_version.store(version, Ordering::Relaxed);
             }
-            ControlMsg::Shutdown { grace } => stop.set(Some(grace)),
+            ControlMsg::Shutdown { grace, handover } => stop.set(Some(Stop { grace, handover })),
         }
     }
 }
@@ -111,7 +134,7 @@ fn drain_mailbox(worker: &Rc<Worker>, mailbox: &Mailbox, stop: &Cell<Option<Dura
 async fn answer_the_doorbell(
     worker: Rc<Worker>,
     mailbox: Arc<Mailbox>,
-    stop: Rc<Cell<Option<Duration>>>,
+    stop: Rc<Cell<Option<Stop>>>,
     mut bell: monoio::net::UnixStream,
 ) {
     use monoio::io::AsyncReadRent;

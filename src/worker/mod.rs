@@ -27,8 +27,10 @@ use std::time::Duration;
 pub enum ControlMsg {
     /// Switch to this snapshot for every request that starts from now on.
     Snapshot(Arc<Snapshot>),
-    /// Stop accepting, finish in-flight requests within `grace`, then exit.
-    Shutdown { grace: Duration },
+    /// Stop accepting, finish in-flight requests within `grace`, then exit. `handover`: the
+    /// listening sockets live on in another process (a binary upgrade), so they are left
+    /// listening rather than shut.
+    Shutdown { grace: Duration, handover: bool },
 }
 
 /// The control plane's handle on a running worker.

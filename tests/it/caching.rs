@@ -47,17 +47,6 @@ fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
 /// Whether `path` is answered from the cache within 5 s (a disk entry is indexed once its
 /// file is complete, a moment after the response).
 fn becomes_hit(gw: &Gateway, path: &str) -> bool {

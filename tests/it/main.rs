@@ -42,5 +42,6 @@ mod slow_clients;
 mod tls;
 mod tracing;
 mod tuning;
+mod upgrade;
 mod validation;
 mod websocket;

@@ -75,15 +75,20 @@ impl Gateway {
 
     /// Starts a gateway; `gateway_extra` is added to the `[gateway]` section.
     pub fn start_with(body: &str, gateway_extra: &str) -> Gateway {
-        Gateway::start_inner(body, gateway_extra, None)
+        Gateway::start_inner(body, gateway_extra, None, &[])
     }
 
     /// Starts a gateway that may open at most `nofile` file descriptors (RLIMIT_NOFILE).
     pub fn start_with_fd_limit(body: &str, gateway_extra: &str, nofile: u64) -> Gateway {
-        Gateway::start_inner(body, gateway_extra, Some(nofile))
+        Gateway::start_inner(body, gateway_extra, Some(nofile), &[])
     }
 
-    fn start_inner(body: &str, gateway_extra: &str, nofile: Option<u64>) -> Gateway {
+    /// Starts a gateway with more `shardgate run` arguments (`--pid-file ..`).
+    pub fn start_with_args(body: &str, gateway_extra: &str, args: &[&str]) -> Gateway {
+        Gateway::start_inner(body, gateway_extra, None, args)
+    }
+
+    fn start_inner(body: &str, gateway_extra: &str, nofile: Option<u64>, args: &[&str]) -> Gateway {
         let dir = temp_dir("gw");
         let port = free_port();
         let mut watch = String::new();
@@ -119,6 +124,7 @@ impl Gateway {
         let mut cmd = Command::new(bin());
         cmd.args(["run", "-c"])
             .arg(&config_path)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("events.log")).unwrap());
         if let Some(n) = nofile {
@@ -264,6 +270,18 @@ pub fn nodes_map(nodes: &[(&str, u32)]) -> String {
         .map(|(a, w)| format!("\"{a}\" = {w}"))
         .collect();
     format!("{{ {} }}", inner.join(", "))
+}
+
+/// Polls `f` every 20 ms until it holds (true) or `limit` has passed (false).
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 /// Runs `shardgate check` on a config file holding `text`: whether it was accepted, and what
