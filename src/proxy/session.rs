@@ -13,7 +13,6 @@ use crate::worker::state::Worker;
 use monoio::net::TcpStream;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -32,107 +31,32 @@ pub struct Entrance {
 /// Accepts a connection (completing its TLS handshake on a TLS listener) and serves
 /// requests on it until it closes: HTTP/1.1 here, HTTP/2 (`http2`) when ALPN chose `h2` or a
 /// plain connection starts with the h2c preface.
-///
-/// A plain connection alternates between two states. Idle (accepted and silent, or between
-/// two keep-alive requests): this small future waits for the socket to become readable
-/// (`wait_readable`) and holds no buffer, no parsed-head memory and no request-path future,
-/// about 1 KiB in all. Busy: from the first byte of a request to the end of its response
-/// (and of any pipelined after it), the request path runs in a boxed future with a scratch
-/// set from the core's pool; both go back when the connection goes idle again. TLS
-/// connections stay busy for their whole life (rustls keeps its own buffers anyway).
 pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, entrance: Rc<Entrance>) {
     let _open = Gauge::up(&worker, |s| &s.active);
     crate::metrics::bump(&worker.metrics.shard().accepted, 1);
     let watch = worker.watchdog.watch();
-    let mut stream = match entrance.tls {
+    let stream = match entrance.tls {
         false => Stream::Plain(tcp),
-        // Boxed: the handshake's state (and the TLS connection it returns, several KiB)
-        // stays out of every plain connection's task.
-        true => match Box::pin(accept_tls(&worker, tcp, peer, &watch, &entrance)).await {
-            Some(tls) => tls,
-            None => return,
-        },
-    };
-    let mut first = true;
-    // A request head partly received, its deadline, and the `reading` gauge unit it holds.
-    let mut pending: Option<(Vec<u8>, Instant, Gauge)> = None;
-    loop {
-        if let Stream::Plain(tcp) = &stream {
-            let deadline = pending.as_ref().map(|p| p.1);
-            // With a partial head, a passed deadline goes on to the busy part: it answers 408.
-            if !wait_readable(&worker, tcp, first, deadline, &watch).await && deadline.is_none() {
-                return;
-            }
-        }
-        let part = pending.take().map(|(bytes, deadline, _)| (bytes, deadline));
-        let busy = exchanges(
-            worker.clone(),
-            stream,
-            watch.clone(),
-            peer,
-            &entrance,
-            first,
-            part,
-        );
-        match Box::pin(busy).await {
-            Next::Idle(s) => {
-                stream = s;
-                first = false;
-            }
-            Next::Partial(s, bytes, deadline) => {
-                stream = s;
-                pending = Some((bytes, deadline, Gauge::up(&worker, |s| &s.reading)));
-            }
-            Next::Closed => return,
-            Next::H2c(Stream::Plain(tcp), prefix) => {
-                if let Ok(io) = crate::http2::H2Io::plain(tcp, prefix) {
-                    Box::pin(crate::http2::serve(worker, io, None, peer, entrance)).await;
+        // Boxed: the handshake's state stays out of every plain connection's task.
+        true => match Box::pin(handshake(&worker, tcp, peer, &watch)).await {
+            Some(tls) if tls.facts.alpn.as_deref() == Some(b"h2") => {
+                let facts = Rc::new(tls.facts.clone());
+                let (tcp, conn, rbuf, rpos) = tls.into_parts();
+                if let Ok(io) = crate::http2::H2Io::tls(tcp, conn, rbuf, rpos) {
+                    Box::pin(crate::http2::serve(worker, io, Some(facts), peer, entrance)).await;
                 }
                 return;
             }
-            Next::H2c(..) => return,
+            Some(tls) => Stream::Tls(Box::new(tls)),
+            None => return,
+        },
+    };
+    let h2c = exchanges(worker.clone(), stream, watch, peer, entrance.clone()).await;
+    if let Some((Stream::Plain(tcp), prefix)) = h2c {
+        if let Ok(io) = crate::http2::H2Io::plain(tcp, prefix) {
+            Box::pin(crate::http2::serve(worker, io, None, peer, entrance)).await;
         }
     }
-}
-
-/// Waits until an idle plain connection has bytes to read (or has closed): until
-/// `deadline` when a head is partly received, else within `client_header_timeout` for a new
-/// connection and `keepalive_timeout` between requests. False when that time passed: an
-/// idle connection then closes quietly, as nginx closes idle ones. A readiness poll holds no
-/// buffer: this is what lets an idle connection cost ~1 KiB. (On the epoll driver a
-/// readiness report may be early; the read that follows then waits.)
-async fn wait_readable(
-    worker: &Worker,
-    tcp: &TcpStream,
-    first: bool,
-    deadline: Option<Instant>,
-    watch: &Watch,
-) -> bool {
-    let deadline = deadline.unwrap_or_else(|| {
-        let settings = worker.current().shared.settings;
-        watch.deadline_in(match first {
-            true => settings.client_header_timeout,
-            false => settings.keepalive_timeout,
-        })
-    });
-    if watch.passed(deadline) {
-        return false;
-    }
-    watch.arm_until(tcp.as_raw_fd(), crate::net::watchdog::Dir::Read, deadline);
-    let ready = tcp.readable(true).await;
-    !watch.disarm() && ready.is_ok()
-}
-
-/// How a busy period of a connection ended.
-enum Next {
-    /// The last response is done and nothing more has arrived: wait without a buffer.
-    Idle(Stream),
-    /// A request head is partly received (a slow client): wait holding only its bytes
-    /// (copied out of the scratch buffer), until its deadline.
-    Partial(Stream, Vec<u8>, Instant),
-    Closed,
-    /// The client sent the HTTP/2 preface: the connection goes on as h2c with these bytes.
-    H2c(Stream, Vec<u8>),
 }
 
 /// Serves one HTTP/2 stream as a connection carrying one exchange.
@@ -143,28 +67,20 @@ pub async fn serve_stream(
     entrance: Rc<Entrance>,
 ) {
     let watch = worker.watchdog.watch();
-    let h2 = Stream::H2(Box::new(stream));
-    exchanges(worker, h2, watch, peer, &entrance, true, None).await;
+    exchanges(worker, Stream::H2(Box::new(stream)), watch, peer, entrance).await;
 }
 
-/// Runs the keep-alive loop on `stream` with recycled memory from the core's pool until
-/// the connection closes or goes idle (plain connections only), then gives the memory back.
+/// Runs the keep-alive loop on `stream` with a connection's recycled memory. Returns the
+/// stream and the bytes read when the client turned out to speak h2c.
 async fn exchanges(
     worker: Rc<Worker>,
     stream: Stream,
     watch: Rc<Watch>,
     peer: SocketAddr,
-    entrance: &Entrance,
-    first: bool,
-    partial: Option<(Vec<u8>, Instant)>,
-) -> Next {
+    entrance: Rc<Entrance>,
+) -> Option<(Stream, Vec<u8>)> {
     let local_port = entrance.port.clone();
-    let mut s = worker.take_scratch();
-    let mut head_deadline = None;
-    if let Some((bytes, deadline)) = partial {
-        s.buf.extend_from_slice(&bytes);
-        head_deadline = Some(deadline);
-    }
+    let s = worker.take_scratch();
     let mut peer_ip = s.peer_ip;
     peer_ip.clear();
     let _ = write!(peer_ip, "{}", peer.ip());
@@ -203,7 +119,7 @@ async fn exchanges(
             merged: None,
         },
     };
-    let end = conn.run(first, head_deadline).await;
+    conn.run().await;
     let Conn {
         worker,
         stream,
@@ -214,12 +130,7 @@ async fn exchanges(
         h2c,
         ..
     } = conn;
-    let next = match (h2c, end) {
-        (true, _) => Next::H2c(stream, buf.clone()),
-        (false, RunEnd::Idle) => Next::Idle(stream),
-        (false, RunEnd::Partial(deadline)) => Next::Partial(stream, buf.clone(), deadline),
-        (false, RunEnd::Closed) => Next::Closed,
-    };
+    let handoff = h2c.then(|| (stream, buf.clone()));
     buf.clear();
     out.clear();
     worker.give_scratch(Scratch {
@@ -234,29 +145,7 @@ async fn exchanges(
         key_buf: req.key_buf,
         up_statuses: req.up_statuses,
     });
-    next
-}
-
-/// Completes a client's TLS handshake; a connection that chose `h2` by ALPN is served here as
-/// HTTP/2 to its end (`None`, as for a failed handshake), others go on as HTTP/1.1.
-async fn accept_tls(
-    worker: &Rc<Worker>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    watch: &Watch,
-    entrance: &Rc<Entrance>,
-) -> Option<Stream> {
-    let tls = handshake(worker, tcp, peer, watch).await?;
-    if tls.facts.alpn.as_deref() != Some(b"h2") {
-        return Some(Stream::Tls(Box::new(tls)));
-    }
-    let facts = Rc::new(tls.facts.clone());
-    let (tcp, conn, rbuf, rpos) = tls.into_parts();
-    if let Ok(io) = crate::http2::H2Io::tls(tcp, conn, rbuf, rpos) {
-        let (worker, entrance) = (worker.clone(), entrance.clone());
-        Box::pin(crate::http2::serve(worker, io, Some(facts), peer, entrance)).await;
-    }
-    None
+    handoff
 }
 
 /// Completes a client's TLS handshake with the current snapshot's certificates, within
@@ -280,24 +169,6 @@ async fn handshake(
             None
         }
     }
-}
-
-/// Where [`Conn::run`] stopped.
-pub(super) enum RunEnd {
-    Closed,
-    /// A response is done and no byte of a next request has arrived.
-    Idle,
-    /// A head is partly received; it must be complete by this deadline.
-    Partial(Instant),
-}
-
-/// What [`Conn::read_head`] got.
-pub(super) enum HeadRead {
-    Complete,
-    /// The client closed, went idle past its timeout, or switched to h2c (`Conn::h2c`).
-    Closed,
-    /// Partial after a read (plain connections): the caller waits for more without its scratch.
-    Partial(Instant),
 }
 
 pub(super) struct Conn {
@@ -345,27 +216,23 @@ impl Conn {
             .is_some_and(|f| f.missing_client_cert)
     }
 
-    /// Serves requests until the connection closes or, on a plain connection, would wait
-    /// with nothing or a partial head received (see [`RunEnd`]). `head_deadline`: the
-    /// deadline of a head partly received before.
-    pub(super) async fn run(&mut self, mut first: bool, head_deadline: Option<Instant>) -> RunEnd {
-        let mut head_deadline = head_deadline;
+    pub(super) async fn run(&mut self) {
+        let mut first = true;
         loop {
-            match self.read_head(first, head_deadline.take()).await {
-                Ok(HeadRead::Complete) if first && self.client_cert_missing() => {
+            match self.read_head(first).await {
+                Ok(true) if first && self.client_cert_missing() => {
                     self.refuse(RequestError {
                         status: 400,
                         reason: "No required SSL certificate was sent",
                     })
                     .await;
-                    return RunEnd::Closed;
+                    return;
                 }
-                Ok(HeadRead::Complete) => {}
-                Ok(HeadRead::Closed) => return RunEnd::Closed,
-                Ok(HeadRead::Partial(deadline)) => return RunEnd::Partial(deadline),
+                Ok(true) => {}
+                Ok(false) => return,
                 Err(e) => {
                     self.refuse(e).await;
-                    return RunEnd::Closed;
+                    return;
                 }
             }
             first = false;
@@ -382,10 +249,7 @@ impl Conn {
                 if self.linger {
                     self.linger_close().await;
                 }
-                return RunEnd::Closed;
-            }
-            if self.buf.is_empty() && self.stream.plain().is_some() {
-                return RunEnd::Idle;
+                return;
             }
         }
     }
@@ -421,43 +285,27 @@ impl Conn {
         }
     }
 
-    /// Reads until a complete request head is in the buffer. On a plain connection, a head
-    /// still partial after a read is handed back ([`HeadRead::Partial`]) rather than waited
-    /// for here, so a slow client holds its bytes, not the connection's scratch memory.
-    pub(super) async fn read_head(
-        &mut self,
-        first: bool,
-        mut deadline: Option<Instant>,
-    ) -> Result<HeadRead, RequestError> {
+    /// Waits for a complete request head. `Ok(false)`: the client closed or went idle.
+    pub(super) async fn read_head(&mut self, first: bool) -> Result<bool, RequestError> {
         // A request keeps the settings it started with, whatever reloads happen meanwhile.
         self.req.settings = self.worker.current().shared.settings;
         let (header_timeout, idle_timeout, limits) = {
             let s = self.settings();
             (s.client_header_timeout, s.keepalive_timeout, s.limits)
         };
+        let mut deadline: Option<Instant> = None;
         // Counted as `reading` while a head is partly received.
         let mut reading: Option<Gauge> = None;
-        let mut have_read = false;
-        let timed_out = RequestError {
-            status: 408,
-            reason: "timed out reading the request head",
-        };
         loop {
             if first && self.buf.starts_with(crate::http2::PREFACE_START) && self.h2c_allowed() {
                 self.h2c = true;
-                return Ok(HeadRead::Closed);
+                return Ok(false);
             }
             if !self.buf.is_empty() {
                 if let Parsed::Complete = self.req.head.parse(&self.buf, &limits)? {
-                    return Ok(HeadRead::Complete);
+                    return Ok(true);
                 }
-                let d = *deadline.get_or_insert_with(|| later(Instant::now(), header_timeout));
-                if have_read && self.stream.plain().is_some() {
-                    return Ok(HeadRead::Partial(d));
-                }
-                if self.watch.passed(d) {
-                    return Err(timed_out);
-                }
+                deadline.get_or_insert_with(|| later(Instant::now(), header_timeout));
                 if reading.is_none() {
                     reading = Some(Gauge::up(&self.worker, |s| &s.reading));
                 }
@@ -468,13 +316,17 @@ impl Conn {
                 None => idle_timeout,
             };
             let had_bytes = !self.buf.is_empty();
-            have_read = true;
             match read_more_timeout(&mut self.stream, &mut self.buf, 4096, limit, &self.watch).await
             {
-                Ok(0) | Err(IoFail::Io(_)) => return Ok(HeadRead::Closed),
+                Ok(0) | Err(IoFail::Io(_)) => return Ok(false),
                 Ok(_) => {}
-                Err(IoFail::Timeout) if !had_bytes => return Ok(HeadRead::Closed),
-                Err(IoFail::Timeout) => return Err(timed_out),
+                Err(IoFail::Timeout) if !had_bytes => return Ok(false),
+                Err(IoFail::Timeout) => {
+                    return Err(RequestError {
+                        status: 408,
+                        reason: "timed out reading the request head",
+                    })
+                }
             }
         }
     }

@@ -7,7 +7,7 @@ use crate::net::watchdog::Watchdog;
 use crate::proxy::scratch::Scratch;
 
 /// Connection scratch sets kept for reuse per core.
-const MAX_SCRATCH: usize = 256;
+const MAX_SCRATCH: usize = 1024;
 use crate::health::{state::Report, PassiveQueue};
 use crate::log::access::AccessLog;
 use crate::plugin::PluginStates;
