@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Holds many client connections to a proxy in one state, for benches/conn-memory.sh.
+
+    conn_hold.py client --addr 127.0.0.1:8080 --conns N --mode MODE --ready FILE
+    conn_hold.py backend --addr 127.0.0.1:8081 [--hold]
+
+client: opens N connections and brings each into MODE, then writes "ready N" to FILE (or
+"failed ..." with what went wrong) and holds them until it is killed:
+  fresh   connected, nothing sent (accepted and silent);
+  idle    one request answered on it, kept alive (between requests);
+  half    half a request head sent (the line and some headers, no blank line);
+  active  a whole request sent, its response not yet come (the backend holds it: run the
+          backend with --hold).
+backend: a keep-alive HTTP/1.1 server answering every request with 200 and a 2-byte body,
+or, with --hold, reading requests and never answering (it keeps the connections open).
+
+Plain sockets and selectors, no third-party modules: Debian's python3 runs it.
+"""
+import argparse
+import resource
+import selectors
+import socket
+import sys
+import time
+
+HEAD = (b"GET /conn-memory HTTP/1.1\r\nHost: bench\r\nUser-Agent: conn-hold\r\n"
+        b"Accept: */*\r\nX-Padding: " + b"p" * 200 + b"\r\n")
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def client(args):
+    raise_nofile()
+    host, port = args.addr.rsplit(":", 1)
+    port = int(port)
+    socks = []
+    status = "ready"
+    try:
+        # Connect in batches of 100 (then bring them to the mode) so the accept queues never
+        # overflow and the proxy sees a steady ramp, not one burst of N busy connections.
+        for start in range(0, args.conns, 100):
+            batch = []
+            for _ in range(min(100, args.conns - start)):
+                s = socket.create_connection((host, port), timeout=30)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                batch.append(s)
+            bring(batch, args.mode)
+            socks.extend(batch)
+    except Exception as e:  # noqa: BLE001 - reported to the driver, which stops the run
+        status = f"failed after {len(socks)} connections: {e}"
+    with open(args.ready, "w") as f:
+        f.write(f"{status} {len(socks)}\n")
+    while True:
+        time.sleep(3600)
+
+
+def bring(batch, mode):
+    if mode == "fresh":
+        return
+    if mode == "half":
+        for s in batch:
+            s.sendall(HEAD[:len(HEAD) // 2])
+        return
+    for s in batch:
+        s.sendall(HEAD + b"\r\n")
+    if mode == "active":
+        return
+    # idle: read each whole response (Content-Length: 2 from the backend).
+    for s in batch:
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < 2:
+            chunk = s.recv(4096)
+            if not chunk:
+                raise RuntimeError("the proxy closed a connection")
+            data += chunk
+        if not data.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError("unexpected response: " + data[:40].decode("latin-1"))
+
+
+def backend(args):
+    raise_nofile()
+    host, port = args.addr.rsplit(":", 1)
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind((host, int(port)))
+    lsock.listen(4096)
+    lsock.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(lsock, selectors.EVENT_READ, None)
+    bufs = {}
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
+    while True:
+        for key, _ in sel.select():
+            if key.data is None:
+                try:
+                    conn, _ = lsock.accept()
+                except BlockingIOError:
+                    continue
+                conn.setblocking(False)
+                sel.register(conn, selectors.EVENT_READ, "c")
+                bufs[conn] = b""
+                continue
+            conn = key.fileobj
+            try:
+                chunk = conn.recv(65536)
+            except (BlockingIOError, ConnectionError):
+                chunk = b"" if not isinstance(sys.exc_info()[1], BlockingIOError) else None
+            if chunk is None:
+                continue
+            if not chunk:
+                sel.unregister(conn)
+                bufs.pop(conn, None)
+                conn.close()
+                continue
+            if args.hold:
+                continue
+            bufs[conn] += chunk
+            while b"\r\n\r\n" in bufs[conn]:
+                _, bufs[conn] = bufs[conn].split(b"\r\n\r\n", 1)
+                conn.sendall(reply)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("client")
+    c.add_argument("--addr", required=True)
+    c.add_argument("--conns", type=int, required=True)
+    c.add_argument("--mode", choices=["fresh", "idle", "half", "active"], required=True)
+    c.add_argument("--ready", required=True)
+    b = sub.add_parser("backend")
+    b.add_argument("--addr", required=True)
+    b.add_argument("--hold", action="store_true")
+    args = p.parse_args()
+    client(args) if args.cmd == "client" else backend(args)
+
+
+if __name__ == "__main__":
+    main()
