@@ -76,12 +76,17 @@ pub fn inherited() -> bool {
 /// Takes the inherited listener for `key`, if it is a listening TCP socket on `addr`.
 fn take(key: &str, addr: SocketAddr) -> Option<TcpListener> {
     init();
-    let fd = INHERITED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_mut()?
-        .remove(key)?;
-    let socket = TcpListener::from(fd);
+    let mut inherited = INHERITED.lock().unwrap_or_else(|e| e.into_inner());
+    take_from(inherited.as_mut()?, key, addr)
+}
+
+/// [`take`] from the inherited set, already locked.
+fn take_from(
+    map: &mut HashMap<String, OwnedFd>,
+    key: &str,
+    addr: SocketAddr,
+) -> Option<TcpListener> {
+    let socket = TcpListener::from(map.remove(key)?);
     let listening = crate::net::sockopt::accept_backlog(&socket).is_some();
     if !listening || socket.local_addr().ok() != Some(addr) {
         crate::warn!("inherited listener {key} is not a socket listening there: binding anew");
@@ -115,11 +120,9 @@ pub fn leftover_data() -> Vec<(usize, SocketAddr, TcpListener)> {
             .and_then(|rest| rest.split_once(' '))
             .and_then(|(w, a)| Some((w.parse::<usize>().ok()?, a.parse::<SocketAddr>().ok()?)));
         let Some((w, addr)) = parsed else { continue };
-        drop(inherited);
-        if let Some(socket) = take(&key, addr) {
+        if let Some(socket) = take_from(map, &key, addr) {
             out.push((w, addr, socket));
         }
-        inherited = INHERITED.lock().unwrap_or_else(|e| e.into_inner());
     }
     out
 }

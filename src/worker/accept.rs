@@ -221,6 +221,14 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool, mut s
     let port = Rc::new(crate::proxy::Entrance { port, tls });
     let mut stop = std::pin::pin!(worker.stop_signal());
     let canceller = monoio::io::Canceller::new();
+    let serve = |stream: TcpStream, peer: SocketAddr| {
+        monoio::spawn(crate::proxy::serve(
+            worker.clone(),
+            stream,
+            peer,
+            port.clone(),
+        ));
+    };
     loop {
         let mut accept = std::pin::pin!(listener.cancelable_accept(canceller.handle()));
         let accepted = monoio::select! {
@@ -233,32 +241,15 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool, mut s
             // for its outcome instead, serving what it brings.
             drop(canceller.cancel());
             if let Ok((stream, peer)) = accept.await {
-                monoio::spawn(crate::proxy::serve(
-                    worker.clone(),
-                    stream,
-                    peer,
-                    port.clone(),
-                ));
+                serve(stream, peer);
             }
             break;
         };
         match accepted {
             Ok((stream, peer)) => {
-                monoio::spawn(crate::proxy::serve(
-                    worker.clone(),
-                    stream,
-                    peer,
-                    port.clone(),
-                ));
+                serve(stream, peer);
                 if worker.current().shared.settings.steal_accepts {
-                    stealer.steal(worker.epoll, |stream, peer| {
-                        monoio::spawn(crate::proxy::serve(
-                            worker.clone(),
-                            stream,
-                            peer,
-                            port.clone(),
-                        ));
-                    });
+                    stealer.steal(worker.epoll, serve);
                 }
             }
             Err(e) => {
