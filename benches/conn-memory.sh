@@ -22,7 +22,10 @@
 # Limits: the script raises its soft descriptor limit to the hard one (which every process it
 # starts inherits) and uses N = hard limit - 2000 by default, at most 15000 per run (every
 # proxy holds N client sockets and, in mode active, N upstream ones). tuning/limits.sh raises
-# the hard limit on a real host. Every process it starts is killed by PID on exit.
+# the hard limit on a real host. HAProxy refuses to start unless the limit covers two
+# descriptors per `maxconn`, so it is measured with at most (hard limit - 200) / 2
+# connections (the table says how many each proxy held). Every process it starts is killed
+# by PID on exit.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -87,7 +90,8 @@ wait_port() {
     return 1
 }
 
-start_proxy() { # target -> pid on stdout
+start_proxy() { # target conns -> pid on stdout
+    local n=$2
     case $1 in
         shardgate)
             cat >"$tmp/sg.toml" <<EOT
@@ -148,13 +152,13 @@ EOT
             cat >"$tmp/haproxy.cfg" <<EOT
 global
     nbthread $WORKERS
-    maxconn $((CONNS * 2 + 1000))
+    maxconn $n
     tune.bufsize 16384
 defaults
     mode http
     option http-keep-alive
     http-reuse always
-    maxconn $((CONNS * 2 + 1000))
+    maxconn $n
     timeout connect 5s
     timeout client 600s
     timeout server 600s
@@ -193,7 +197,11 @@ for mode in $MODES; do
             echo "== $target not installed: skipped" >&2
             continue
         }
-        proxy=$(start_proxy "$target")
+        nt=$n
+        if [ "$target" = haproxy ] && ((nt > (hard - 200) / 2)); then
+            nt=$(((hard - 200) / 2))
+        fi
+        proxy=$(start_proxy "$target" "$nt")
         pids+=("$proxy")
         wait_port "$PROXY_PORT"
         # Warm: requests through every worker (new connections land on both), when the backend
@@ -207,7 +215,7 @@ for mode in $MODES; do
         before=$(rss_tree "$proxy")
         rm -f "$tmp/ready"
         "$PY" "$ROOT/benches/conn_hold.py" client --addr "127.0.0.1:$PROXY_PORT" \
-            --conns "$n" --mode "$mode" --ready "$tmp/ready" &
+            --conns "$nt" --mode "$mode" --ready "$tmp/ready" &
         client=$!
         pids+=("$client")
         for _ in $(seq 1 600); do
@@ -215,7 +223,7 @@ for mode in $MODES; do
             sleep 0.1
         done
         status=$(cat "$tmp/ready" 2>/dev/null || echo "failed: no answer")
-        sleep 2
+        sleep "${SG_SETTLE:-2}"
         after=$(rss_tree "$proxy")
         stop "$client"
         stop "$proxy"

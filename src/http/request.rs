@@ -40,6 +40,12 @@ pub struct RequestError {
 }
 
 impl RequestError {
+    /// The client did not complete its head within `client_header_timeout`.
+    pub const HEAD_TIMEOUT: RequestError = RequestError {
+        status: 408,
+        reason: "timed out reading the request head",
+    };
+
     const fn bad(reason: &'static str) -> Self {
         RequestError {
             status: 400,

@@ -12,6 +12,8 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// How an I/O step with a deadline failed.
@@ -59,6 +61,71 @@ pub async fn read_plain(
         return Err(IoFail::Timeout);
     }
     res.map_err(IoFail::Io)
+}
+
+/// What a parkable read got.
+pub enum Got {
+    /// Bytes read (0: end of stream).
+    Bytes(usize),
+    /// No byte came for a tick or two and the watchdog parked the read: it was dropped, and
+    /// with it the buffer (`buf` is left empty); the connection may now wait without one.
+    Parked,
+}
+
+/// [`read_plain`] for a read that may wait long (a client's next request head): the
+/// watchdog may park it ([`Watch::arm_parkable`]). Costs a flag check and, while it waits,
+/// a stored waker more than a plain read; no extra system call.
+pub async fn read_parkable(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    min_spare: usize,
+    deadline: Instant,
+    watch: &Watch,
+) -> Result<Got, IoFail> {
+    // Parking drops the buffer the read holds: bytes already received (part of a head) stay
+    // out of it, and what the read gets is appended to them.
+    let mut into = match buf.is_empty() {
+        true => std::mem::take(buf),
+        false => Vec::new(),
+    };
+    into.reserve(min_spare);
+    watch.arm_parkable(stream.as_raw_fd(), deadline);
+    let read = std::pin::pin!(stream.read(into));
+    let done = ParkOr { read, watch }.await;
+    let timed_out = watch.disarm();
+    let Some((res, got)) = done else {
+        return Ok(Got::Parked);
+    };
+    match buf.is_empty() {
+        true => *buf = got,
+        false => buf.extend_from_slice(&got),
+    }
+    match res {
+        _ if timed_out => Err(IoFail::Timeout),
+        Ok(n) => Ok(Got::Bytes(n)),
+        Err(e) => Err(IoFail::Io(e)),
+    }
+}
+
+/// A read that gives up (`None`) when the watchdog parks it; dropping the read then cancels
+/// the operation.
+struct ParkOr<'a, 'f, F> {
+    read: Pin<&'f mut F>,
+    watch: &'a Watch,
+}
+
+impl<F: std::future::Future> std::future::Future for ParkOr<'_, '_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(out) = self.read.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        match self.watch.parked(cx.waker()) {
+            true => Poll::Ready(None),
+            false => Poll::Pending,
+        }
+    }
 }
 
 /// Writes `buf[start..end]` completely; `limit` bounds each write's progress (as nginx's

@@ -13,10 +13,19 @@
 //! Shutting down only the timed-out direction leaves the other usable: after a client header
 //! timeout the gateway can still write its 408. Deadlines are honoured to within one tick
 //! (25 ms) late or one clock refresh early, plenty for limits measured in seconds.
+//!
+//! The same sweep lets an idle connection give its memory back. A read armed with
+//! [`Watch::arm_parkable`] (a client's next request head) that is still pending at the second
+//! tick after it was armed, so 25 to 50 ms without a byte, is parked: the tick wakes the
+//! connection, which drops the read (monoio cancels it in the kernel and frees the buffer
+//! when the cancel completes) and waits for readability without a buffer
+//! (`proxy::session`). Reads that complete sooner, which is every read of a busy keep-alive
+//! connection, never see the sweep: the hot path keeps one read per request.
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;
 use std::rc::{Rc, Weak};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 /// Which direction to shut down when the deadline passes.
@@ -39,6 +48,14 @@ pub struct Watch {
     /// [`Watch::client_gone`] says why.
     client: Cell<RawFd>,
     gone: Cell<bool>,
+    /// The armed read may be parked (cancelled) once it has waited a whole tick.
+    parkable: Cell<bool>,
+    /// A tick has seen the parkable read pending: the next one parks it.
+    seen: Cell<bool>,
+    /// A tick parked the armed read: the connection is to drop it.
+    parked: Cell<bool>,
+    /// Wakes the connection waiting on the parkable read.
+    waker: RefCell<Option<Waker>>,
 }
 
 impl Watch {
@@ -53,12 +70,41 @@ impl Watch {
         self.deadline.set(deadline);
         self.dir.set(dir);
         self.fired.set(false);
+        self.parkable.set(false);
         self.fd.set(fd);
+    }
+
+    /// Arms a read of `fd` until `deadline` that the tick may park when no byte comes for a
+    /// tick or two (see [`Watch::parked`]).
+    pub fn arm_parkable(&self, fd: RawFd, deadline: Instant) {
+        self.arm_until(fd, Dir::Read, deadline);
+        self.parkable.set(true);
+        self.seen.set(false);
+        self.parked.set(false);
+    }
+
+    /// Whether the tick parked the read armed with [`Watch::arm_parkable`]; if not, `waker`
+    /// is woken when it does.
+    pub fn parked(&self, waker: &Waker) -> bool {
+        if self.parked.get() {
+            return true;
+        }
+        let mut slot = self.waker.borrow_mut();
+        match &*slot {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+        false
     }
 
     /// Whether `deadline` has passed (coarse clock).
     pub fn passed(&self, deadline: Instant) -> bool {
         self.clock.get() >= deadline
+    }
+
+    /// The worker's coarse clock.
+    pub fn now(&self) -> Instant {
+        self.clock.get()
     }
 
     /// The deadline `limit` from now (coarse clock).
@@ -145,6 +191,10 @@ impl Watchdog {
             fired: Cell::new(false),
             client: Cell::new(-1),
             gone: Cell::new(false),
+            parkable: Cell::new(false),
+            seen: Cell::new(false),
+            parked: Cell::new(false),
+            waker: RefCell::new(None),
         });
         self.watches.borrow_mut().push(Rc::downgrade(&w));
         w
@@ -188,6 +238,12 @@ impl Watchdog {
                 // disarmed (fd = -1) before its socket can be closed.
                 unsafe {
                     libc::shutdown(fd, how);
+                }
+            } else if w.parkable.get() && w.seen.replace(true) {
+                w.parkable.set(false);
+                w.parked.set(true);
+                if let Some(waker) = w.waker.borrow_mut().take() {
+                    waker.wake();
                 }
             }
             true

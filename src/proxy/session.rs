@@ -4,7 +4,7 @@
 use crate::http::error_page::write_error;
 use crate::http::request::{Parsed, RequestError};
 use crate::log::access::Entry;
-use crate::net::io::{read_more_timeout, write_all, IoFail};
+use crate::net::io::{read_more_timeout, read_parkable, write_all, Got, IoFail};
 use crate::net::sockopt;
 use crate::net::stream::Stream;
 use crate::net::watchdog::{later, Watch};
@@ -13,6 +13,7 @@ use crate::worker::state::Worker;
 use monoio::net::TcpStream;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -31,32 +32,98 @@ pub struct Entrance {
 /// Accepts a connection (completing its TLS handshake on a TLS listener) and serves
 /// requests on it until it closes: HTTP/1.1 here, HTTP/2 (`http2`) when ALPN chose `h2` or a
 /// plain connection starts with the h2c preface.
+///
+/// A plain connection is busy or parked. Busy, the request path runs in a boxed future with
+/// a scratch set (buffers, parsed heads) from the core's pool, reading the next request with
+/// the buffer as soon as a response is done: one read per request on the hot path. When that
+/// read gets no byte for a tick or two (25-50 ms, see `net::watchdog`), the watchdog cancels
+/// it and the connection parks: the boxed future and the scratch set go back, and this small
+/// future waits for readability (`wait_readable`, an io_uring poll that holds no buffer)
+/// with nothing but the bytes of a partly received head, about 2 KiB in all. TLS
+/// connections stay busy for their whole life (rustls keeps its own buffers anyway).
 pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, entrance: Rc<Entrance>) {
     let _open = Gauge::up(&worker, |s| &s.active);
     crate::metrics::bump(&worker.metrics.shard().accepted, 1);
     let watch = worker.watchdog.watch();
-    let stream = match entrance.tls {
+    let mut stream = match entrance.tls {
         false => Stream::Plain(tcp),
-        // Boxed: the handshake's state stays out of every plain connection's task.
-        true => match Box::pin(handshake(&worker, tcp, peer, &watch)).await {
-            Some(tls) if tls.facts.alpn.as_deref() == Some(b"h2") => {
-                let facts = Rc::new(tls.facts.clone());
-                let (tcp, conn, rbuf, rpos) = tls.into_parts();
-                if let Ok(io) = crate::http2::H2Io::tls(tcp, conn, rbuf, rpos) {
-                    Box::pin(crate::http2::serve(worker, io, Some(facts), peer, entrance)).await;
-                }
-                return;
-            }
-            Some(tls) => Stream::Tls(Box::new(tls)),
+        // Boxed: the handshake's state (and the TLS connection it returns, several KiB)
+        // stays out of every plain connection's task.
+        true => match Box::pin(accept_tls(&worker, tcp, peer, &watch, &entrance)).await {
+            Some(tls) => tls,
             None => return,
         },
     };
-    let h2c = exchanges(worker.clone(), stream, watch, peer, entrance.clone()).await;
-    if let Some((Stream::Plain(tcp), prefix)) = h2c {
-        if let Ok(io) = crate::http2::H2Io::plain(tcp, prefix) {
-            Box::pin(crate::http2::serve(worker, io, None, peer, entrance)).await;
+    let mut first = true;
+    let mut parked: Option<Parked> = None;
+    loop {
+        if let (Some(p), Stream::Plain(tcp)) = (&parked, &stream) {
+            // Past the deadline, a partial head goes on to the busy part: it answers 408.
+            if !wait_readable(tcp, p.deadline, &watch).await && p.head.is_empty() {
+                return;
+            }
+        }
+        let head = parked.take().map(|p| (p.head, p.deadline));
+        let busy = exchanges(
+            worker.clone(),
+            stream,
+            watch.clone(),
+            peer,
+            &entrance,
+            first,
+            head,
+        );
+        match Box::pin(busy).await {
+            Next::Parked(s, p) => {
+                stream = s;
+                first = p.first;
+                parked = Some(p);
+            }
+            Next::Closed => return,
+            Next::H2c(Stream::Plain(tcp), prefix) => {
+                if let Ok(io) = crate::http2::H2Io::plain(tcp, prefix) {
+                    Box::pin(crate::http2::serve(worker, io, None, peer, entrance)).await;
+                }
+                return;
+            }
+            Next::H2c(..) => return,
         }
     }
+}
+
+/// Waits, until `deadline`, for a parked plain connection to have bytes to read (or to
+/// close). False when the deadline passed: an idle connection then closes quietly, as nginx
+/// closes idle ones. A readiness poll holds no buffer. (On the epoll driver a readiness
+/// report may be early; the read that follows then waits.)
+async fn wait_readable(tcp: &TcpStream, deadline: Instant, watch: &Watch) -> bool {
+    if watch.passed(deadline) {
+        return false;
+    }
+    watch.arm_until(tcp.as_raw_fd(), crate::net::watchdog::Dir::Read, deadline);
+    let ready = tcp.readable(true).await;
+    !watch.disarm() && ready.is_ok()
+}
+
+/// A parked connection's state: what it keeps while it holds no scratch set.
+struct Parked {
+    /// Bytes of a request head partly received (empty between requests).
+    head: Vec<u8>,
+    /// When the wait ends: `client_header_timeout` after a head's first byte or a
+    /// connection's accept, `keepalive_timeout` after a response.
+    deadline: Instant,
+    /// No request has been served yet.
+    first: bool,
+    /// The `reading` gauge unit of a partial head.
+    _reading: Option<Gauge>,
+}
+
+/// How a busy period of a connection ended.
+enum Next {
+    /// The read for the next head got nothing for a tick or two: wait without memory.
+    Parked(Stream, Parked),
+    Closed,
+    /// The client sent the HTTP/2 preface: the connection goes on as h2c with these bytes.
+    H2c(Stream, Vec<u8>),
 }
 
 /// Serves one HTTP/2 stream as a connection carrying one exchange.
@@ -67,20 +134,29 @@ pub async fn serve_stream(
     entrance: Rc<Entrance>,
 ) {
     let watch = worker.watchdog.watch();
-    exchanges(worker, Stream::H2(Box::new(stream)), watch, peer, entrance).await;
+    let h2 = Stream::H2(Box::new(stream));
+    exchanges(worker, h2, watch, peer, &entrance, true, None).await;
 }
 
-/// Runs the keep-alive loop on `stream` with a connection's recycled memory. Returns the
-/// stream and the bytes read when the client turned out to speak h2c.
+/// Runs the keep-alive loop on `stream` with recycled memory from the core's pool until
+/// the connection closes or parks (plain connections only), then gives the memory back.
+/// `partial`: the bytes of a head received before parking and the deadline of the wait.
 async fn exchanges(
     worker: Rc<Worker>,
     stream: Stream,
     watch: Rc<Watch>,
     peer: SocketAddr,
-    entrance: Rc<Entrance>,
-) -> Option<(Stream, Vec<u8>)> {
+    entrance: &Entrance,
+    first: bool,
+    partial: Option<(Vec<u8>, Instant)>,
+) -> Next {
     let local_port = entrance.port.clone();
-    let s = worker.take_scratch();
+    let mut s = worker.take_scratch();
+    let mut head_deadline = None;
+    if let Some((bytes, deadline)) = partial {
+        s.buf.extend_from_slice(&bytes);
+        head_deadline = Some(deadline);
+    }
     let mut peer_ip = s.peer_ip;
     peer_ip.clear();
     let _ = write!(peer_ip, "{}", peer.ip());
@@ -119,7 +195,7 @@ async fn exchanges(
             merged: None,
         },
     };
-    conn.run().await;
+    let end = conn.run(first, head_deadline).await;
     let Conn {
         worker,
         stream,
@@ -130,7 +206,20 @@ async fn exchanges(
         h2c,
         ..
     } = conn;
-    let handoff = h2c.then(|| (stream, buf.clone()));
+    let next = match (h2c, end) {
+        (true, _) => Next::H2c(stream, buf.clone()),
+        (false, RunEnd::Parked { deadline, first }) => {
+            let reading = (!buf.is_empty()).then(|| Gauge::up(&worker, |s| &s.reading));
+            let parked = Parked {
+                head: buf.clone(),
+                deadline,
+                first,
+                _reading: reading,
+            };
+            Next::Parked(stream, parked)
+        }
+        (false, RunEnd::Closed) => Next::Closed,
+    };
     buf.clear();
     out.clear();
     worker.give_scratch(Scratch {
@@ -145,7 +234,29 @@ async fn exchanges(
         key_buf: req.key_buf,
         up_statuses: req.up_statuses,
     });
-    handoff
+    next
+}
+
+/// Completes a client's TLS handshake; a connection that chose `h2` by ALPN is served here as
+/// HTTP/2 to its end (`None`, as for a failed handshake), others go on as HTTP/1.1.
+async fn accept_tls(
+    worker: &Rc<Worker>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    watch: &Watch,
+    entrance: &Rc<Entrance>,
+) -> Option<Stream> {
+    let tls = handshake(worker, tcp, peer, watch).await?;
+    if tls.facts.alpn.as_deref() != Some(b"h2") {
+        return Some(Stream::Tls(Box::new(tls)));
+    }
+    let facts = Rc::new(tls.facts.clone());
+    let (tcp, conn, rbuf, rpos) = tls.into_parts();
+    if let Ok(io) = crate::http2::H2Io::tls(tcp, conn, rbuf, rpos) {
+        let (worker, entrance) = (worker.clone(), entrance.clone());
+        Box::pin(crate::http2::serve(worker, io, Some(facts), peer, entrance)).await;
+    }
+    None
 }
 
 /// Completes a client's TLS handshake with the current snapshot's certificates, within
@@ -169,6 +280,27 @@ async fn handshake(
             None
         }
     }
+}
+
+/// Where [`Conn::run`] stopped.
+pub(super) enum RunEnd {
+    Closed,
+    /// The read for the next head was parked (plain connections): the buffer holds what
+    /// arrived of it (maybe nothing); the wait ends at `deadline`. `first`: no request has
+    /// been served yet.
+    Parked {
+        deadline: Instant,
+        first: bool,
+    },
+}
+
+/// What [`Conn::read_head`] got.
+pub(super) enum HeadRead {
+    Complete,
+    /// The client closed, went idle past its timeout, or switched to h2c (`Conn::h2c`).
+    Closed,
+    /// The read was parked (see [`RunEnd::Parked`]); the wait ends at this deadline.
+    Parked(Instant),
 }
 
 pub(super) struct Conn {
@@ -216,23 +348,26 @@ impl Conn {
             .is_some_and(|f| f.missing_client_cert)
     }
 
-    pub(super) async fn run(&mut self) {
-        let mut first = true;
+    /// Serves requests until the connection closes or, on a plain connection, parks (see
+    /// [`RunEnd`]). `head_deadline`: the deadline of a head partly received before parking.
+    pub(super) async fn run(&mut self, mut first: bool, head_deadline: Option<Instant>) -> RunEnd {
+        let mut head_deadline = head_deadline;
         loop {
-            match self.read_head(first).await {
-                Ok(true) if first && self.client_cert_missing() => {
+            match self.read_head(first, head_deadline.take()).await {
+                Ok(HeadRead::Complete) if first && self.client_cert_missing() => {
                     self.refuse(RequestError {
                         status: 400,
                         reason: "No required SSL certificate was sent",
                     })
                     .await;
-                    return;
+                    return RunEnd::Closed;
                 }
-                Ok(true) => {}
-                Ok(false) => return,
+                Ok(HeadRead::Complete) => {}
+                Ok(HeadRead::Closed) => return RunEnd::Closed,
+                Ok(HeadRead::Parked(deadline)) => return RunEnd::Parked { deadline, first },
                 Err(e) => {
                     self.refuse(e).await;
-                    return;
+                    return RunEnd::Closed;
                 }
             }
             first = false;
@@ -249,7 +384,7 @@ impl Conn {
                 if self.linger {
                     self.linger_close().await;
                 }
-                return;
+                return RunEnd::Closed;
             }
         }
     }
@@ -285,48 +420,69 @@ impl Conn {
         }
     }
 
-    /// Waits for a complete request head. `Ok(false)`: the client closed or went idle.
-    pub(super) async fn read_head(&mut self, first: bool) -> Result<bool, RequestError> {
+    /// Reads until a complete request head is in the buffer. On a plain connection the read
+    /// may be parked ([`HeadRead::Parked`]) when nothing arrives for a tick or two, so a quiet
+    /// or slow client holds its bytes, not the connection's scratch memory. `resume`: the
+    /// deadline of the wait that was parked before (of the head when the buffer holds part
+    /// of one, else of the keep-alive or first-request wait).
+    pub(super) async fn read_head(
+        &mut self,
+        first: bool,
+        resume: Option<Instant>,
+    ) -> Result<HeadRead, RequestError> {
         // A request keeps the settings it started with, whatever reloads happen meanwhile.
         self.req.settings = self.worker.current().shared.settings;
         let (header_timeout, idle_timeout, limits) = {
             let s = self.settings();
             (s.client_header_timeout, s.keepalive_timeout, s.limits)
         };
-        let mut deadline: Option<Instant> = None;
+        let (mut head_deadline, wait_deadline) = match self.buf.is_empty() {
+            true => (None, resume),
+            false => (resume, None),
+        };
         // Counted as `reading` while a head is partly received.
         let mut reading: Option<Gauge> = None;
         loop {
             if first && self.buf.starts_with(crate::http2::PREFACE_START) && self.h2c_allowed() {
                 self.h2c = true;
-                return Ok(false);
+                return Ok(HeadRead::Closed);
             }
             if !self.buf.is_empty() {
                 if let Parsed::Complete = self.req.head.parse(&self.buf, &limits)? {
-                    return Ok(true);
+                    return Ok(HeadRead::Complete);
                 }
-                deadline.get_or_insert_with(|| later(Instant::now(), header_timeout));
+                let d = *head_deadline.get_or_insert_with(|| later(Instant::now(), header_timeout));
+                if self.watch.passed(d) {
+                    return Err(RequestError::HEAD_TIMEOUT);
+                }
                 if reading.is_none() {
                     reading = Some(Gauge::up(&self.worker, |s| &s.reading));
                 }
             }
-            let limit = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
-                None if first => header_timeout,
-                None => idle_timeout,
-            };
+            let deadline = head_deadline.or(wait_deadline).unwrap_or_else(|| {
+                self.watch.deadline_in(match first {
+                    true => header_timeout,
+                    false => idle_timeout,
+                })
+            });
             let had_bytes = !self.buf.is_empty();
-            match read_more_timeout(&mut self.stream, &mut self.buf, 4096, limit, &self.watch).await
-            {
-                Ok(0) | Err(IoFail::Io(_)) => return Ok(false),
-                Ok(_) => {}
-                Err(IoFail::Timeout) if !had_bytes => return Ok(false),
-                Err(IoFail::Timeout) => {
-                    return Err(RequestError {
-                        status: 408,
-                        reason: "timed out reading the request head",
-                    })
+            let got = match &mut self.stream {
+                Stream::Plain(tcp) => {
+                    read_parkable(tcp, &mut self.buf, 4096, deadline, &self.watch).await
                 }
+                other => {
+                    let limit = deadline.saturating_duration_since(self.watch.now());
+                    read_more_timeout(other, &mut self.buf, 4096, limit, &self.watch)
+                        .await
+                        .map(Got::Bytes)
+                }
+            };
+            match got {
+                Ok(Got::Bytes(0)) | Err(IoFail::Io(_)) => return Ok(HeadRead::Closed),
+                Ok(Got::Bytes(_)) => {}
+                Ok(Got::Parked) => return Ok(HeadRead::Parked(deadline)),
+                Err(IoFail::Timeout) if !had_bytes => return Ok(HeadRead::Closed),
+                Err(IoFail::Timeout) => return Err(RequestError::HEAD_TIMEOUT),
             }
         }
     }

@@ -4,10 +4,8 @@
 
 use crate::net::splice::PipePool;
 use crate::net::watchdog::Watchdog;
-use crate::proxy::scratch::Scratch;
+use crate::proxy::scratch::{Scratch, ScratchPool};
 
-/// Connection scratch sets kept for reuse per core.
-const MAX_SCRATCH: usize = 1024;
 use crate::health::{state::Report, PassiveQueue};
 use crate::log::access::AccessLog;
 use crate::plugin::PluginStates;
@@ -110,7 +108,7 @@ pub struct Worker {
     /// signal polled once per accepted connection keeps one waker, not one per poll.
     wakers: RefCell<Vec<Weak<RefCell<Option<Waker>>>>>,
     /// Memory of finished connections, for the next ones.
-    scratch: RefCell<Vec<Scratch>>,
+    pub(super) scratch: ScratchPool,
     /// Per-operation deadlines of every connection, swept on the tick.
     pub watchdog: Watchdog,
     pub(super) passive: Arc<PassiveQueue>,
@@ -144,7 +142,7 @@ impl Worker {
             busy: Cell::new(0),
             stopping: Cell::new(false),
             wakers: RefCell::new(Vec::new()),
-            scratch: RefCell::new(Vec::new()),
+            scratch: ScratchPool::default(),
             watchdog: Watchdog::default(),
             passive,
             passive_batch: RefCell::new(Vec::new()),
@@ -180,14 +178,11 @@ impl Worker {
     }
 
     pub fn take_scratch(&self) -> Scratch {
-        self.scratch.borrow_mut().pop().unwrap_or_default()
+        self.scratch.take()
     }
 
     pub fn give_scratch(&self, s: Scratch) {
-        let mut pool = self.scratch.borrow_mut();
-        if s.reusable() && pool.len() < MAX_SCRATCH {
-            pool.push(s);
-        }
+        self.scratch.give(s)
     }
 
     /// The snapshot new requests use.

@@ -34,6 +34,7 @@ mod loggers;
 mod malformed;
 mod memory;
 mod metrics;
+mod parking;
 mod plugins;
 mod proxying;
 mod rewrite_plugins;

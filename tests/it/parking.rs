@@ -1,0 +1,151 @@
+//! A plain connection that waits more than a tick or two for its next bytes parks: it gives
+//! its buffers back and waits for readability (`proxy::session`). Parking must be invisible
+//! to clients (a next request, a head arriving in pieces, the timeouts) and must make idle
+//! connections cheap.
+
+use crate::harness::*;
+use crate::memory::rss_kib;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// Longer than two watchdog ticks (25 ms each): the wait is parked.
+const PARK: Duration = Duration::from_millis(150);
+
+#[test]
+fn a_parked_keep_alive_connection_serves_its_next_requests() {
+    let be = Backend::named("b");
+    let gw = Gateway::start(&upstream_config(&nodes_map(&[(&be.addr(), 1)]), ""));
+    let mut c = gw.client();
+    for i in 0..3 {
+        assert_eq!(c.get(&format!("/r{i}")).status, 200);
+        std::thread::sleep(PARK);
+    }
+    assert!(!c.is_closed(), "the connection stays open across parks");
+    assert_eq!(c.get("/last").status, 200);
+    assert_eq!(be.requests(), 4);
+}
+
+#[test]
+fn a_head_that_arrives_in_pieces_across_parks_reaches_the_upstream_whole() {
+    let be = Backend::named("b");
+    let gw = Gateway::start(&upstream_config(&nodes_map(&[(&be.addr(), 1)]), ""));
+    let mut c = gw.client();
+    // The first piece parks a new connection, the next ones a partly received head.
+    std::thread::sleep(PARK);
+    for piece in [
+        &b"GET /pie"[..],
+        b"ces?q=1 HTTP/1.1\r\nHo",
+        b"st: t\r\nX-Long: ",
+        &[b'v'; 3000],
+        b"\r\nX-Last: end\r\n",
+        b"\r\n",
+    ] {
+        c.send_raw(piece);
+        std::thread::sleep(PARK);
+    }
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.status, 200);
+    let seen = be.last();
+    assert_eq!(seen.target, "/pieces?q=1");
+    assert_eq!(seen.header("x-long").map(str::len), Some(3000));
+    assert_eq!(seen.header("x-last"), Some("end"));
+    // A pipelined pair split mid-head behaves the same.
+    c.send_raw(b"GET /one HTTP/1.1\r\nHost: t\r\n\r\nGET /tw");
+    std::thread::sleep(PARK);
+    c.send_raw(b"o HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(c.read_response(false).unwrap().status, 200);
+    assert_eq!(c.read_response(false).unwrap().status, 200);
+    assert_eq!(be.last().target, "/two");
+}
+
+#[test]
+fn a_parked_connection_keeps_its_timeouts() {
+    let be = Backend::named("b");
+    let gw = Gateway::start_with(
+        &upstream_config(&nodes_map(&[(&be.addr(), 1)]), ""),
+        "keepalive_timeout = 0.5\nclient_header_timeout = 0.5",
+    );
+    // Idle past keepalive_timeout: closed quietly.
+    let mut idle = gw.client();
+    assert_eq!(idle.get("/a").status, 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        idle.is_closed(),
+        "an idle connection outlived keepalive_timeout"
+    );
+    // Silent past client_header_timeout: closed quietly.
+    let mut silent = TcpStream::connect(gw.addr()).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        silent.read(&mut byte).unwrap_or(0),
+        0,
+        "closed without a word"
+    );
+    // Half a head past client_header_timeout: 408.
+    let mut half = gw.client();
+    half.send_raw(b"GET /slow HTTP/1.1\r\nHost: t\r\n");
+    let r = half.read_response(false).unwrap();
+    assert_eq!(r.status, 408);
+    assert!(half.is_closed());
+    assert_eq!(be.requests(), 1);
+}
+
+/// Raises this process's soft descriptor limit to its hard limit; returns the limit.
+fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on this process with a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    lim.rlim_cur
+}
+
+#[test]
+fn idle_keep_alive_connections_hold_no_buffers() {
+    let n = 2000.min(raise_nofile().saturating_sub(500) as usize);
+    let be = Backend::named("b");
+    let gw = Gateway::start_with(
+        &upstream_config(&nodes_map(&[(&be.addr(), 1)]), ""),
+        "workers = 1",
+    );
+    let pid = gw.child.id();
+    for _ in 0..20 {
+        assert_eq!(gw.get("/warm").status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss_kib(pid);
+    let request = b"GET /idle HTTP/1.1\r\nHost: t\r\n\r\n";
+    let mut conns = Vec::with_capacity(n);
+    // One at a time: one upstream connection serves them all.
+    for _ in 0..n {
+        let mut s = TcpStream::connect(gw.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let k = s.read(&mut buf).unwrap();
+            assert!(k > 0, "closed before answering");
+            got.extend_from_slice(&buf[..k]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200"));
+        conns.push(s);
+    }
+    // Parked after two ticks; spare buffers trimmed and pages returned within two seconds.
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = rss_kib(pid);
+    let per = (after.saturating_sub(before)) as f64 / n as f64;
+    eprintln!("{n} idle connections: RSS {before} -> {after} KiB, {per:.2} KiB each");
+    // A connection that kept its scratch set would cost 20 KiB and more.
+    assert!(per < 8.0, "{per:.2} KiB per idle connection");
+    assert_eq!(gw.get("/still").status, 200);
+}
