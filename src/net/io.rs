@@ -12,8 +12,6 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// How an I/O step with a deadline failed.
@@ -67,14 +65,15 @@ pub async fn read_plain(
 pub enum Got {
     /// Bytes read (0: end of stream).
     Bytes(usize),
-    /// No byte came for a tick or two and the watchdog parked the read: it was dropped, and
-    /// with it the buffer (`buf` is left empty); the connection may now wait without one.
+    /// No byte came for a tick or two and the watchdog cancelled the read; `buf` is as it
+    /// was. The connection may now wait without its buffer.
     Parked,
 }
 
 /// [`read_plain`] for a read that may wait long (a client's next request head): the
-/// watchdog may park it ([`Watch::arm_parkable`]). Costs a flag check and, while it waits,
-/// a stored waker more than a plain read; no extra system call.
+/// watchdog may park it ([`Watch::arm_parkable`]). Costs registering the operation with the
+/// watch's canceller (a small hash-set insert and remove) more than a plain read; no extra
+/// system call.
 pub async fn read_parkable(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
@@ -82,49 +81,24 @@ pub async fn read_parkable(
     deadline: Instant,
     watch: &Watch,
 ) -> Result<Got, IoFail> {
-    // Parking drops the buffer the read holds: bytes already received (part of a head) stay
-    // out of it, and what the read gets is appended to them.
-    let mut into = match buf.is_empty() {
-        true => std::mem::take(buf),
-        false => Vec::new(),
-    };
-    into.reserve(min_spare);
-    watch.arm_parkable(stream.as_raw_fd(), deadline);
-    let read = std::pin::pin!(stream.read(into));
-    let done = ParkOr { read, watch }.await;
-    let timed_out = watch.disarm();
-    let Some((res, got)) = done else {
-        return Ok(Got::Parked);
-    };
-    match buf.is_empty() {
-        true => *buf = got,
-        false => buf.extend_from_slice(&got),
+    use monoio::io::CancelableAsyncReadRent;
+    if buf.capacity() - buf.len() < min_spare {
+        buf.reserve(min_spare);
+    }
+    let len = buf.len();
+    let handle = watch.arm_parkable(stream.as_raw_fd(), deadline);
+    let (res, slice) = stream
+        .cancelable_read(std::mem::take(buf).slice_mut(len..), handle)
+        .await;
+    *buf = slice.into_inner();
+    let parked = watch.take_parked();
+    if watch.disarm() {
+        return Err(IoFail::Timeout);
     }
     match res {
-        _ if timed_out => Err(IoFail::Timeout),
         Ok(n) => Ok(Got::Bytes(n)),
+        Err(e) if parked && e.raw_os_error() == Some(libc::ECANCELED) => Ok(Got::Parked),
         Err(e) => Err(IoFail::Io(e)),
-    }
-}
-
-/// A read that gives up (`None`) when the watchdog parks it; dropping the read then cancels
-/// the operation.
-struct ParkOr<'a, 'f, F> {
-    read: Pin<&'f mut F>,
-    watch: &'a Watch,
-}
-
-impl<F: std::future::Future> std::future::Future for ParkOr<'_, '_, F> {
-    type Output = Option<F::Output>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Poll::Ready(out) = self.read.as_mut().poll(cx) {
-            return Poll::Ready(Some(out));
-        }
-        match self.watch.parked(cx.waker()) {
-            true => Poll::Ready(None),
-            false => Poll::Pending,
-        }
     }
 }
 

@@ -16,16 +16,18 @@
 //!
 //! The same sweep lets an idle connection give its memory back. A read armed with
 //! [`Watch::arm_parkable`] (a client's next request head) that is still pending at the second
-//! tick after it was armed, so 25 to 50 ms without a byte, is parked: the tick wakes the
-//! connection, which drops the read (monoio cancels it in the kernel and frees the buffer
-//! when the cancel completes) and waits for readability without a buffer
-//! (`proxy::session`). Reads that complete sooner, which is every read of a busy keep-alive
-//! connection, never see the sweep: the hot path keeps one read per request.
+//! tick after it was armed, so 25 to 50 ms without a byte, is parked: cancelled in the
+//! kernel (io_uring `ASYNC_CANCEL`), it ends with `ECANCELED` and its buffer comes back
+//! untouched, and the connection waits for readability without a buffer
+//! (`proxy::session`). Cancelling rather than dropping the read matters: a read that
+//! completed in the kernel just before would lose its bytes with a dropped buffer; a failed
+//! cancel leaves its result intact. Reads that complete sooner, which is every read of a
+//! busy keep-alive connection, never see the sweep: the hot path keeps one read per request.
 
+use monoio::io::{CancelHandle, Canceller};
 use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;
 use std::rc::{Rc, Weak};
-use std::task::Waker;
 use std::time::{Duration, Instant};
 
 /// Which direction to shut down when the deadline passes.
@@ -52,10 +54,10 @@ pub struct Watch {
     parkable: Cell<bool>,
     /// A tick has seen the parkable read pending: the next one parks it.
     seen: Cell<bool>,
-    /// A tick parked the armed read: the connection is to drop it.
+    /// A tick cancelled the armed read to park the connection.
     parked: Cell<bool>,
-    /// Wakes the connection waiting on the parkable read.
-    waker: RefCell<Option<Waker>>,
+    /// Cancels the parkable read (the handle given to the read ties it to its operation).
+    canceller: RefCell<Canceller>,
 }
 
 impl Watch {
@@ -75,26 +77,18 @@ impl Watch {
     }
 
     /// Arms a read of `fd` until `deadline` that the tick may park when no byte comes for a
-    /// tick or two (see [`Watch::parked`]).
-    pub fn arm_parkable(&self, fd: RawFd, deadline: Instant) {
+    /// tick or two; the read is to be made with the returned handle (`cancelable_read`).
+    pub fn arm_parkable(&self, fd: RawFd, deadline: Instant) -> CancelHandle {
         self.arm_until(fd, Dir::Read, deadline);
         self.parkable.set(true);
         self.seen.set(false);
         self.parked.set(false);
+        self.canceller.borrow().handle()
     }
 
-    /// Whether the tick parked the read armed with [`Watch::arm_parkable`]; if not, `waker`
-    /// is woken when it does.
-    pub fn parked(&self, waker: &Waker) -> bool {
-        if self.parked.get() {
-            return true;
-        }
-        let mut slot = self.waker.borrow_mut();
-        match &*slot {
-            Some(w) if w.will_wake(waker) => {}
-            _ => *slot = Some(waker.clone()),
-        }
-        false
+    /// Whether the tick cancelled the read armed last (cleared by this call).
+    pub fn take_parked(&self) -> bool {
+        self.parked.replace(false)
     }
 
     /// Whether `deadline` has passed (coarse clock).
@@ -194,7 +188,7 @@ impl Watchdog {
             parkable: Cell::new(false),
             seen: Cell::new(false),
             parked: Cell::new(false),
-            waker: RefCell::new(None),
+            canceller: RefCell::new(Canceller::new()),
         });
         self.watches.borrow_mut().push(Rc::downgrade(&w));
         w
@@ -242,9 +236,11 @@ impl Watchdog {
             } else if w.parkable.get() && w.seen.replace(true) {
                 w.parkable.set(false);
                 w.parked.set(true);
-                if let Some(waker) = w.waker.borrow_mut().take() {
-                    waker.wake();
-                }
+                let mut canceller = w.canceller.borrow_mut();
+                // `cancel` consumes the canceller (its handles stay cancelled) and returns a
+                // fresh one for the next read.
+                let old = std::mem::take(&mut *canceller);
+                *canceller = old.cancel();
             }
             true
         });

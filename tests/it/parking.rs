@@ -149,3 +149,29 @@ fn idle_keep_alive_connections_hold_no_buffers() {
     assert!(per < 8.0, "{per:.2} KiB per idle connection");
     assert_eq!(gw.get("/still").status, 200);
 }
+
+#[test]
+fn requests_sent_as_their_connection_parks_are_never_lost() {
+    // Gaps around the park delay (one to two ticks): many requests arrive just as the
+    // watchdog cancels the read that waits for them. A cancelled read must either have
+    // its bytes or have consumed none (a dropped read buffer would lose the request).
+    let be = Backend::named("b");
+    let gw = Gateway::start(&upstream_config(&nodes_map(&[(&be.addr(), 1)]), ""));
+    let threads: Vec<_> = (0..40u64)
+        .map(|t| {
+            let addr = gw.addr();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for i in 0..30u64 {
+                    let gap = 15 + (t * 7 + i * 13) % 40;
+                    std::thread::sleep(Duration::from_millis(gap));
+                    assert_eq!(c.get(&format!("/t{t}/{i}")).status, 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("every request answered");
+    }
+    assert_eq!(be.requests(), 40 * 30);
+}
