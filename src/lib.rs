@@ -37,6 +37,7 @@ pub mod resources;
 pub mod route;
 pub mod schema;
 pub mod snapshot;
+pub mod spares;
 pub mod store;
 pub mod tls;
 pub mod tracing;

@@ -57,7 +57,9 @@ pub struct Watch {
     /// A tick cancelled the armed read to park the connection.
     parked: Cell<bool>,
     /// Cancels the parkable read (the handle given to the read ties it to its operation).
-    canceller: RefCell<Canceller>,
+    /// Made by the first parkable read of a busy period and let go when the read is
+    /// parked: a parked connection does not keep its two small allocations.
+    canceller: RefCell<Option<Canceller>>,
 }
 
 impl Watch {
@@ -83,7 +85,10 @@ impl Watch {
         self.parkable.set(true);
         self.seen.set(false);
         self.parked.set(false);
-        self.canceller.borrow().handle()
+        self.canceller
+            .borrow_mut()
+            .get_or_insert_with(Canceller::new)
+            .handle()
     }
 
     /// Whether the tick cancelled the read armed last (cleared by this call).
@@ -188,7 +193,7 @@ impl Watchdog {
             parkable: Cell::new(false),
             seen: Cell::new(false),
             parked: Cell::new(false),
-            canceller: RefCell::new(Canceller::new()),
+            canceller: RefCell::new(None),
         });
         self.watches.borrow_mut().push(Rc::downgrade(&w));
         w
@@ -236,11 +241,10 @@ impl Watchdog {
             } else if w.parkable.get() && w.seen.replace(true) {
                 w.parkable.set(false);
                 w.parked.set(true);
-                let mut canceller = w.canceller.borrow_mut();
-                // `cancel` consumes the canceller (its handles stay cancelled) and returns a
-                // fresh one for the next read.
-                let old = std::mem::take(&mut *canceller);
-                *canceller = old.cancel();
+                if let Some(canceller) = w.canceller.borrow_mut().take() {
+                    // Returns a fresh canceller, not needed until the connection is busy again.
+                    drop(canceller.cancel());
+                }
             }
             true
         });

@@ -4,10 +4,9 @@
 
 use crate::http::request::RequestHead;
 use crate::http::response::ResponseHead;
-use std::cell::{Cell, RefCell};
 
-/// Scratch sets a core keeps at most.
-const MAX_KEPT: usize = 256;
+/// Scratch sets a core keeps at most (`crate::spares` trims them to recent need).
+pub const MAX_KEPT: usize = 256;
 
 /// Initial size of a client connection's read buffer.
 pub(super) const CLIENT_BUF: usize = 16 * 1024;
@@ -52,46 +51,5 @@ impl Scratch {
     /// Worth keeping: buffers that grew for a large head or body are let go.
     pub fn reusable(&self) -> bool {
         self.buf.capacity() <= 4 * CLIENT_BUF && self.out.capacity() <= 4 * CLIENT_BUF
-    }
-}
-
-/// A core's spare scratch sets. A busy connection holds one; a parked or closed one gives
-/// it back here. The pool keeps what the core's busiest moment needed (up to [`MAX_KEPT`])
-/// only while it is needed: [`ScratchPool::trim`], on the worker's pool sweep (every
-/// second), frees the sets that stayed unused for the whole interval, so after a burst the
-/// memory goes back to the allocator within two sweeps.
-#[derive(Default)]
-pub struct ScratchPool {
-    sets: RefCell<Vec<Scratch>>,
-    /// The fewest sets the pool held since the last trim: that many were never needed.
-    low: Cell<usize>,
-}
-
-impl ScratchPool {
-    /// A set from the pool, or a new one.
-    pub fn take(&self) -> Scratch {
-        let mut sets = self.sets.borrow_mut();
-        let s = sets.pop().unwrap_or_default();
-        self.low.set(self.low.get().min(sets.len()));
-        s
-    }
-
-    /// Gives a set back (let go when it grew large or the pool is full).
-    pub fn give(&self, s: Scratch) {
-        let mut sets = self.sets.borrow_mut();
-        if s.reusable() && sets.len() < MAX_KEPT {
-            sets.push(s);
-        }
-    }
-
-    /// Frees the sets no connection took since the last trim; returns how many.
-    pub fn trim(&self) -> usize {
-        let mut sets = self.sets.borrow_mut();
-        let surplus = self.low.get().min(sets.len());
-        let keep = sets.len() - surplus;
-        sets.truncate(keep);
-        sets.shrink_to(keep.max(16));
-        self.low.set(keep);
-        surplus
     }
 }

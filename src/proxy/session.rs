@@ -41,20 +41,36 @@ pub struct Entrance {
 /// future waits for readability (`wait_readable`, an io_uring poll that holds no buffer)
 /// with nothing but the bytes of a partly received head, about 2 KiB in all. TLS
 /// connections stay busy for their whole life (rustls keeps its own buffers anyway).
-pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, entrance: Rc<Entrance>) {
+pub fn serve(
+    worker: Rc<Worker>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    entrance: Rc<Entrance>,
+) -> impl std::future::Future<Output = ()> {
+    // The socket enters the task once, as a `Stream`: an async fn keeps its arguments for
+    // its whole life, and a second copy would make every parked connection 80 bytes larger.
+    connection(worker, Stream::Plain(tcp), peer, entrance)
+}
+
+/// [`serve`]'s task.
+async fn connection(
+    worker: Rc<Worker>,
+    mut stream: Stream,
+    peer: SocketAddr,
+    entrance: Rc<Entrance>,
+) {
     let _open = Gauge::up(&worker, |s| &s.active);
     crate::metrics::bump(&worker.metrics.shard().accepted, 1);
     let watch = worker.watchdog.watch();
-    let mut stream = match entrance.tls {
-        false => Stream::Plain(tcp),
+    if entrance.tls {
+        let Stream::Plain(tcp) = stream else { return };
         // Boxed: the handshake's state (and the TLS connection it returns, several KiB)
         // stays out of every plain connection's task.
-        true => match Box::pin(accept_tls(&worker, tcp, peer, &watch, &entrance)).await {
+        stream = match Box::pin(accept_tls(&worker, tcp, peer, &watch, &entrance)).await {
             Some(tls) => tls,
             None => return,
-        },
-    };
-    let mut first = true;
+        };
+    }
     let mut parked: Option<Parked> = None;
     loop {
         if let (Some(p), Stream::Plain(tcp)) = (&parked, &stream) {
@@ -63,7 +79,8 @@ pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, entranc
                 return;
             }
         }
-        let head = parked.take().map(|p| (p.head, p.deadline));
+        let first = parked.as_ref().is_none_or(|p| p.first);
+        let head = parked.take().map(|p| (p.head.into_vec(), p.deadline));
         let busy = exchanges(
             worker.clone(),
             stream,
@@ -73,21 +90,20 @@ pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, entranc
             first,
             head,
         );
-        match Box::pin(busy).await {
+        // No await inside this match: its scrutinee would stay in the task for good.
+        let h2c = match Box::pin(busy).await {
             Next::Parked(s, p) => {
                 stream = s;
-                first = p.first;
                 parked = Some(p);
+                continue;
             }
-            Next::Closed => return,
-            Next::H2c(Stream::Plain(tcp), prefix) => {
-                if let Ok(io) = crate::http2::H2Io::plain(tcp, prefix) {
-                    Box::pin(crate::http2::serve(worker, io, None, peer, entrance)).await;
-                }
-                return;
-            }
-            Next::H2c(..) => return,
+            Next::H2c(Stream::Plain(tcp), prefix) => crate::http2::H2Io::plain(tcp, prefix),
+            Next::H2c(..) | Next::Closed => return,
+        };
+        if let Ok(io) = h2c {
+            Box::pin(crate::http2::serve(worker, io, None, peer, entrance)).await;
         }
+        return;
     }
 }
 
@@ -107,7 +123,7 @@ async fn wait_readable(tcp: &TcpStream, deadline: Instant, watch: &Watch) -> boo
 /// A parked connection's state: what it keeps while it holds no scratch set.
 struct Parked {
     /// Bytes of a request head partly received (empty between requests).
-    head: Vec<u8>,
+    head: Box<[u8]>,
     /// When the wait ends: `client_header_timeout` after a head's first byte or a
     /// connection's accept, `keepalive_timeout` after a response.
     deadline: Instant,
@@ -211,7 +227,7 @@ async fn exchanges(
         (false, RunEnd::Parked { deadline, first }) => {
             let reading = (!buf.is_empty()).then(|| Gauge::up(&worker, |s| &s.reading));
             let parked = Parked {
-                head: buf.clone(),
+                head: buf.as_slice().into(),
                 deadline,
                 first,
                 _reading: reading,

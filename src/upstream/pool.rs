@@ -11,7 +11,8 @@
 //! are relayed through a larger buffer: measured on loopback with 1 MiB responses, 256 KiB
 //! reads and writes cost about 350 µs of CPU per response against about 440 µs with 64 KiB
 //! and 820 µs with 16 KiB (per-operation overhead dominates), while 1 MiB buffers got worse
-//! again. Both kinds of buffer are recycled, never freed per request.
+//! again. Both kinds of buffer are recycled, never freed per request (spares beyond what the
+//! last second needed are freed on the sweep).
 
 use crate::net::stream::Stream;
 use std::cell::RefCell;
@@ -21,12 +22,13 @@ use std::time::Instant;
 
 use super::KeepalivePolicy;
 use crate::fold_hash::FoldHash;
+use crate::spares::Spares;
 
 /// Read buffer of an upstream connection in use: a response head plus a small body fit.
 pub const SMALL_BUF: usize = 32 * 1024;
 /// Relay buffer for bodies that do not fit in a small buffer.
 pub const LARGE_BUF: usize = 256 * 1024;
-/// Recycled buffers kept per core, per kind; more are freed.
+/// Recycled buffers kept per core at most, per kind (trimmed to recent need, `crate::spares`).
 const KEEP_SMALL: usize = 256;
 const KEEP_LARGE: usize = 16;
 
@@ -99,17 +101,21 @@ pub fn peek_would_block(fd: std::os::fd::RawFd) -> bool {
     n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
 }
 
-/// Buffers to reuse, by kind.
-#[derive(Default)]
-struct Buffers {
-    small: Vec<Vec<u8>>,
-    large: Vec<Vec<u8>>,
-}
-
-#[derive(Default)]
 pub struct Pool {
     idle: RefCell<HashMap<PoolKey, VecDeque<Idle>, FoldHash>>,
-    buffers: RefCell<Buffers>,
+    /// Spare buffers, by kind.
+    small: Spares<Vec<u8>>,
+    large: Spares<Vec<u8>>,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            idle: Default::default(),
+            small: Spares::new(KEEP_SMALL),
+            large: Spares::new(KEEP_LARGE),
+        }
+    }
 }
 
 impl Pool {
@@ -189,10 +195,8 @@ impl Pool {
             return;
         }
         let mut large = self
-            .buffers
-            .borrow_mut()
             .large
-            .pop()
+            .take()
             .unwrap_or_else(|| Vec::with_capacity(LARGE_BUF));
         large.extend_from_slice(buf);
         let small = std::mem::replace(buf, large);
@@ -200,27 +204,25 @@ impl Pool {
     }
 
     fn small_buffer(&self) -> Vec<u8> {
-        self.buffers
-            .borrow_mut()
-            .small
-            .pop()
+        self.small
+            .take()
             .unwrap_or_else(|| Vec::with_capacity(SMALL_BUF))
     }
 
     fn recycle(&self, mut buf: Vec<u8>) {
         buf.clear();
-        let mut b = self.buffers.borrow_mut();
         if buf.capacity() >= LARGE_BUF {
-            if b.large.len() < KEEP_LARGE {
-                b.large.push(buf);
-            }
-        } else if buf.capacity() >= SMALL_BUF && b.small.len() < KEEP_SMALL {
-            b.small.push(buf);
+            self.large.give(buf);
+        } else if buf.capacity() >= SMALL_BUF {
+            self.small.give(buf);
         }
     }
 
-    /// Closes expired idle connections; run periodically so idle sockets do not pile up.
+    /// Closes expired idle connections and frees spare buffers the last interval did not
+    /// need; run every second so idle sockets and a burst's buffers do not pile up.
     pub fn sweep(&self) {
+        self.small.trim();
+        self.large.trim();
         let now = Instant::now();
         let mut idle = self.idle.borrow_mut();
         idle.retain(|_, q| {
@@ -229,8 +231,10 @@ impl Pool {
         });
     }
 
-    /// Drops every idle connection (shutdown).
+    /// Drops every idle connection and spare buffer (shutdown).
     pub fn clear(&self) {
         self.idle.borrow_mut().clear();
+        self.small.clear();
+        self.large.clear();
     }
 }

@@ -4,7 +4,8 @@
 
 use crate::net::splice::PipePool;
 use crate::net::watchdog::Watchdog;
-use crate::proxy::scratch::{Scratch, ScratchPool};
+use crate::proxy::scratch::{Scratch, MAX_KEPT};
+use crate::spares::Spares;
 
 use crate::health::{state::Report, PassiveQueue};
 use crate::log::access::AccessLog;
@@ -108,7 +109,8 @@ pub struct Worker {
     /// signal polled once per accepted connection keeps one waker, not one per poll.
     wakers: RefCell<Vec<Weak<RefCell<Option<Waker>>>>>,
     /// Memory of finished connections, for the next ones.
-    pub(super) scratch: ScratchPool,
+    /// Scratch sets of connections that closed or parked.
+    pub(super) scratch: Spares<Scratch>,
     /// Per-operation deadlines of every connection, swept on the tick.
     pub watchdog: Watchdog,
     pub(super) passive: Arc<PassiveQueue>,
@@ -142,7 +144,7 @@ impl Worker {
             busy: Cell::new(0),
             stopping: Cell::new(false),
             wakers: RefCell::new(Vec::new()),
-            scratch: ScratchPool::default(),
+            scratch: Spares::new(MAX_KEPT),
             watchdog: Watchdog::default(),
             passive,
             passive_batch: RefCell::new(Vec::new()),
@@ -178,11 +180,13 @@ impl Worker {
     }
 
     pub fn take_scratch(&self) -> Scratch {
-        self.scratch.take()
+        self.scratch.take().unwrap_or_default()
     }
 
     pub fn give_scratch(&self, s: Scratch) {
-        self.scratch.give(s)
+        if s.reusable() {
+            self.scratch.give(s)
+        }
     }
 
     /// The snapshot new requests use.
