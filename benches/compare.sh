@@ -440,6 +440,10 @@ upstream_id = "b"
 $(auth_plugins)
 $ssl
 $(observability)
+# Resources from this file only: with the default (the embedded store under ./data), a
+# store left by an earlier run in the same directory would win over this file's routes.
+[deployment]
+config_provider = "file"
 EOF
 }
 

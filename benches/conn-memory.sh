@@ -15,7 +15,8 @@
 #   fresh   accepted and silent;   idle    between two requests of a keep-alive connection;
 #   half    half a request head received;   active  a request waiting for the backend's
 #   response (then every client connection also holds one upstream connection, so N is
-#   halved to stay within the descriptor limit).
+#   halved to stay within the descriptor limit);   ws      a quiet WebSocket (upgraded,
+#   nothing sent either way; N halved too).
 # What the kernel keeps per socket (its buffers) is not in a process's RSS and is the same
 # for every proxy; the table counts what the proxy itself keeps.
 #
@@ -29,7 +30,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-MODES="fresh idle half active"
+MODES="fresh idle half active ws"
 TARGETS="shardgate nginx haproxy"
 CONNS=""
 WORKERS=2
@@ -61,7 +62,7 @@ if [ -z "$CONNS" ]; then
     CONNS=$((hard - 2000))
     ((CONNS > 15000)) && CONNS=15000
 fi
-echo "== descriptor limit $hard (soft raised to it); $CONNS connections per run ($((CONNS / 2)) in mode active); $WORKERS workers" >&2
+echo "== descriptor limit $hard (soft raised to it); $CONNS connections per run ($((CONNS / 2)) in modes active and ws); $WORKERS workers" >&2
 
 tmp=$(mktemp -d)
 pids=()
@@ -112,6 +113,11 @@ timeout = { connect = 5, send = 600, read = 600 }
 [[routes]]
 uri = "/*"
 upstream_id = "b"
+enable_websocket = true
+
+# Resources from this file, not from a store an earlier run left under ./data.
+[deployment]
+config_provider = "file"
 EOT
             "$SG_BIN" run -c "$tmp/sg.toml" >"$tmp/sg.log" 2>&1 &
             echo $!
@@ -133,13 +139,15 @@ http {
     keepalive_timeout 600s;
     keepalive_requests 100000;
     client_header_timeout 600s;
+    map \$http_upgrade \$upgrade_or_keepalive { default upgrade; "" ""; }
     upstream b { server 127.0.0.1:$BACKEND_PORT; keepalive 320; }
     server {
         listen 127.0.0.1:$PROXY_PORT reuseport;
         location / {
             proxy_pass http://b;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection \$upgrade_or_keepalive;
             proxy_read_timeout 600s;
         }
     }
@@ -185,7 +193,7 @@ stop() {
 results=()
 for mode in $MODES; do
     n=$CONNS
-    [ "$mode" = active ] && n=$((CONNS / 2))
+    case $mode in active | ws) n=$((CONNS / 2)) ;; esac
     hold=()
     [ "$mode" = active ] && hold=(--hold)
     "$PY" "$ROOT/benches/conn_hold.py" backend --addr "127.0.0.1:$BACKEND_PORT" "${hold[@]}" &

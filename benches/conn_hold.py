@@ -10,9 +10,11 @@ client: opens N connections and brings each into MODE, then writes "ready N" to 
   idle    one request answered on it, kept alive (between requests);
   half    half a request head sent (the line and some headers, no blank line);
   active  a whole request sent, its response not yet come (the backend holds it: run the
-          backend with --hold).
-backend: a keep-alive HTTP/1.1 server answering every request with 200 and a 2-byte body,
-or, with --hold, reading requests and never answering (it keeps the connections open).
+          backend with --hold);
+  ws      a WebSocket upgrade answered (101), then nothing either way (a quiet WebSocket).
+backend: a keep-alive HTTP/1.1 server answering every request with 200 and a 2-byte body
+(101 to an `Upgrade: websocket` request, then silence on that connection), or, with
+--hold, reading requests and never answering (it keeps the connections open).
 
 Plain sockets and selectors, no third-party modules: Debian's python3 runs it.
 """
@@ -25,6 +27,8 @@ import time
 
 HEAD = (b"GET /conn-memory HTTP/1.1\r\nHost: bench\r\nUser-Agent: conn-hold\r\n"
         b"Accept: */*\r\nX-Padding: " + b"p" * 200 + b"\r\n")
+UPGRADE = (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
 
 
 def raise_nofile():
@@ -65,6 +69,19 @@ def bring(batch, mode):
         for s in batch:
             s.sendall(HEAD[:len(HEAD) // 2])
         return
+    if mode == "ws":
+        for s in batch:
+            s.sendall(HEAD + UPGRADE + b"\r\n")
+        for s in batch:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise RuntimeError("the proxy closed a connection")
+                data += chunk
+            if not data.startswith(b"HTTP/1.1 101"):
+                raise RuntimeError("unexpected response: " + data[:40].decode("latin-1"))
+        return
     for s in batch:
         s.sendall(HEAD + b"\r\n")
     if mode == "active":
@@ -93,6 +110,9 @@ def backend(args):
     sel.register(lsock, selectors.EVENT_READ, None)
     bufs = {}
     reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
+    switch = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+    upgraded = set()
     while True:
         for key, _ in sel.select():
             if key.data is None:
@@ -114,13 +134,18 @@ def backend(args):
             if not chunk:
                 sel.unregister(conn)
                 bufs.pop(conn, None)
+                upgraded.discard(conn)
                 conn.close()
                 continue
-            if args.hold:
+            if args.hold or conn in upgraded:
                 continue
             bufs[conn] += chunk
             while b"\r\n\r\n" in bufs[conn]:
-                _, bufs[conn] = bufs[conn].split(b"\r\n\r\n", 1)
+                head, bufs[conn] = bufs[conn].split(b"\r\n\r\n", 1)
+                if b"upgrade: websocket" in head.lower():
+                    conn.sendall(switch)
+                    upgraded.add(conn)
+                    break
                 conn.sendall(reply)
 
 
@@ -130,7 +155,7 @@ def main():
     c = sub.add_parser("client")
     c.add_argument("--addr", required=True)
     c.add_argument("--conns", type=int, required=True)
-    c.add_argument("--mode", choices=["fresh", "idle", "half", "active"], required=True)
+    c.add_argument("--mode", choices=["fresh", "idle", "half", "active", "ws"], required=True)
     c.add_argument("--ready", required=True)
     b = sub.add_parser("backend")
     b.add_argument("--addr", required=True)

@@ -9,12 +9,16 @@
 //! destination once its bytes are out, so a client that closes its sending side still gets
 //! the rest of the server's messages. Plain and TLS on either side (ws and wss, to ws or wss
 //! backends).
+//!
+//! A quiet tunnel holds no buffer: the client connection's and the upstream's buffers go
+//! back when the tunnel starts, and each direction borrows a buffer from the core's spares
+//! (`upstream::pool`) only while it has bytes in flight.
 
 use crate::http::{eq_ignore_case, is_hop_by_hop, push_decimal};
 use crate::net::io::write_all;
 use crate::net::nonblock::Got;
 use crate::net::stream::Stream;
-use crate::upstream::pool::UpstreamConn;
+use crate::upstream::pool::{Pool, UpstreamConn, SMALL_BUF};
 use crate::upstream::Timeouts;
 use std::io;
 use std::time::Instant;
@@ -22,11 +26,12 @@ use std::time::Instant;
 use super::ctx::Outcome;
 use super::editor::{gateway_owned, put_header};
 use super::session::Conn;
-use super::BODY_CHUNK;
 
 /// One direction of the tunnel: bytes read from its source that its destination has not
 /// taken yet.
 struct Flow {
+    /// Borrowed from the pool's spares while bytes are in flight; empty (no allocation)
+    /// while the direction is quiet.
     buf: Vec<u8>,
     /// Bytes of `buf` already written.
     sent: usize,
@@ -53,7 +58,7 @@ impl Flow {
     }
 
     /// Moves what can move now from `src` to `dst`. Returns whether anything happened.
-    fn step(&mut self, src: &mut Stream, dst: &mut Stream) -> io::Result<bool> {
+    fn step(&mut self, src: &mut Stream, dst: &mut Stream, pool: &Pool) -> io::Result<bool> {
         let mut moved = false;
         loop {
             if self.sent < self.buf.len() {
@@ -87,13 +92,20 @@ impl Flow {
                 }
                 return Ok(moved);
             }
-            match src.try_read(&mut self.buf, BODY_CHUNK)? {
+            if self.buf.capacity() == 0 {
+                self.buf = pool.buffer();
+            }
+            match src.try_read(&mut self.buf, SMALL_BUF)? {
                 Got::Data(_) => moved = true,
                 Got::End => {
                     self.ended = true;
                     moved = true;
                 }
-                Got::Nothing => return Ok(moved),
+                Got::Nothing => {
+                    // Quiet: the buffer goes back until the source has bytes again.
+                    pool.recycle(std::mem::take(&mut self.buf));
+                    return Ok(moved);
+                }
             }
         }
     }
@@ -136,6 +148,11 @@ impl Conn {
         let from_upstream = upc.buf.split_off(self.req.resp.len.min(upc.buf.len()));
         let head_end = self.req.head.len.min(self.buf.len());
         let from_client = self.buf.split_off(head_end);
+        // The connection's buffers are not needed any more: only the request head stays
+        // (the access log reads it), in a buffer of its size.
+        self.buf.shrink_to_fit();
+        self.out = Vec::new();
+        self.worker.pool.recycle(std::mem::take(&mut upc.buf));
         let mut up = Flow::new(from_client);
         let mut down = Flow::new(from_upstream);
         let ready = self.stream.make_nonblocking().is_ok() && upc.stream.make_nonblocking().is_ok();
@@ -164,8 +181,9 @@ impl Conn {
         let idle = t.read;
         let mut last = Instant::now();
         loop {
-            let a = up.step(&mut self.stream, upstream)?;
-            let b = down.step(upstream, &mut self.stream)?;
+            let pool = &self.worker.pool;
+            let a = up.step(&mut self.stream, upstream, pool)?;
+            let b = down.step(upstream, &mut self.stream, pool)?;
             if up.closed && down.closed {
                 return Ok(());
             }

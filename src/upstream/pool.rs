@@ -124,7 +124,7 @@ impl Pool {
         UpstreamConn {
             stream,
             tls,
-            buf: self.small_buffer(),
+            buf: self.buffer(),
             served: 0,
             reused: false,
             nonblocking: false,
@@ -147,7 +147,7 @@ impl Pool {
                 drop(idle);
                 let mut conn = entry.conn;
                 conn.reused = true;
-                conn.buf = self.small_buffer();
+                conn.buf = self.buffer();
                 return Some(conn);
             }
         }
@@ -203,13 +203,15 @@ impl Pool {
         self.recycle(small);
     }
 
-    fn small_buffer(&self) -> Vec<u8> {
+    /// A small buffer (from the spares, or new).
+    pub fn buffer(&self) -> Vec<u8> {
         self.small
             .take()
             .unwrap_or_else(|| Vec::with_capacity(SMALL_BUF))
     }
 
-    fn recycle(&self, mut buf: Vec<u8>) {
+    /// Keeps `buf` for reuse when it is one of the pool's sizes (else frees it).
+    pub fn recycle(&self, mut buf: Vec<u8>) {
         buf.clear();
         if buf.capacity() >= LARGE_BUF {
             self.large.give(buf);

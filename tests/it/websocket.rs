@@ -355,3 +355,44 @@ fn graceful_shutdown_keeps_websockets_through_the_grace_period_then_closes_them(
         gw.events()
     );
 }
+
+#[test]
+fn quiet_websockets_hold_no_buffers() {
+    // A quiet tunnel gives its buffers back (proxy::tunnel): 300 of them cost far less than
+    // the 190 KiB each they held when every tunnel kept its connection's and its
+    // upstream's buffers (benches/conn-memory.sh --modes ws).
+    let ws = ws_server("Q");
+    let gw = Gateway::start_with(
+        &format!(
+            "[[routes]]\nuri = \"/ws/*\"\nenable_websocket = true\nupstream = {{ nodes = {{ \"{}\" = 1 }} }}\n",
+            ws.addr()
+        ),
+        "workers = 1",
+    );
+    let pid = gw.child.id();
+    let mut warm = TcpStream::connect(gw.addr()).unwrap();
+    warm.write_all(UPGRADE.as_bytes()).unwrap();
+    read_101(&mut warm);
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = crate::memory::rss_kib(pid);
+    let n = 300;
+    let tunnels: Vec<TcpStream> = (0..n)
+        .map(|_| {
+            let mut s = TcpStream::connect(gw.addr()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(UPGRADE.as_bytes()).unwrap();
+            read_101(&mut s);
+            s
+        })
+        .collect();
+    // Spare buffers trimmed and pages returned within two pool sweeps.
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = crate::memory::rss_kib(pid);
+    let per = after.saturating_sub(before) as f64 / n as f64;
+    eprintln!("{n} quiet websockets: RSS {before} -> {after} KiB, {per:.1} KiB each");
+    assert!(per < 40.0, "{per:.1} KiB per quiet websocket");
+    drop(tunnels);
+    let mut again = TcpStream::connect(gw.addr()).unwrap();
+    again.write_all(UPGRADE.as_bytes()).unwrap();
+    read_101(&mut again);
+}
