@@ -73,14 +73,7 @@ def bring(batch, mode):
         for s in batch:
             s.sendall(HEAD + UPGRADE + b"\r\n")
         for s in batch:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = s.recv(4096)
-                if not chunk:
-                    raise RuntimeError("the proxy closed a connection")
-                data += chunk
-            if not data.startswith(b"HTTP/1.1 101"):
-                raise RuntimeError("unexpected response: " + data[:40].decode("latin-1"))
+            expect(s, b"HTTP/1.1 101", 0)
         return
     for s in batch:
         s.sendall(HEAD + b"\r\n")
@@ -88,14 +81,19 @@ def bring(batch, mode):
         return
     # idle: read each whole response (Content-Length: 2 from the backend).
     for s in batch:
-        data = b""
-        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < 2:
-            chunk = s.recv(4096)
-            if not chunk:
-                raise RuntimeError("the proxy closed a connection")
-            data += chunk
-        if not data.startswith(b"HTTP/1.1 200"):
-            raise RuntimeError("unexpected response: " + data[:40].decode("latin-1"))
+        expect(s, b"HTTP/1.1 200", 2)
+
+
+def expect(s, status_line, body_len):
+    """Reads a response head and body_len bytes of body; fails unless it starts so."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < body_len:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise RuntimeError("the proxy closed a connection")
+        data += chunk
+    if not data.startswith(status_line):
+        raise RuntimeError("unexpected response: " + data[:40].decode("latin-1"))
 
 
 def backend(args):
