@@ -112,6 +112,10 @@ pub struct GatewayConfig {
     pub splice_lowat: u32,
     /// After each accept, also take connections waiting in a sibling worker's queue.
     pub steal_accepts: bool,
+    /// Client connections each worker keeps open at most (nginx's `worker_connections`, whose
+    /// APISIX default this is); at the limit the worker stops accepting until one closes.
+    /// 0: no limit.
+    pub max_connections: u32,
     /// Accept request header names containing `_` (nginx `underscores_in_headers`). Off:
     /// such headers are dropped, since CGI/WSGI-style servers read `X_Real_IP` as
     /// `X-Real-IP`.
@@ -205,6 +209,7 @@ impl Default for GatewayConfig {
             splice: true,
             splice_lowat: 16384,
             steal_accepts: true,
+            max_connections: 10620,
             underscores_in_headers: false,
             http2: Http2Config::default(),
             proxy_cache: Default::default(),

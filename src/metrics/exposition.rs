@@ -304,6 +304,11 @@ fn own(out: &mut String, m: &Metrics, cx: &Context<'_>) {
             total(|c| &c.pool_opened),
         ),
         (
+            "accept_paused_total",
+            "Times a worker stopped accepting because it had max_connections open",
+            total(|c| &c.accept_paused),
+        ),
+        (
             "metrics_series_dropped_total",
             "Requests not recorded because their worker had reached its series limit",
             total(|c| &c.dropped),

@@ -55,6 +55,8 @@ pub struct CoreShard {
     /// Client connections accepted, and open now (nginx's `accepted`/`handled`, `active`).
     pub accepted: AtomicU64,
     pub active: AtomicI64,
+    /// Times this worker stopped accepting at `max_connections`.
+    pub accept_paused: AtomicU64,
     /// Connections whose request head is being received, and requests being served
     /// (nginx's `reading`, `writing`); the rest of `active` is `waiting`.
     pub reading: AtomicI64,

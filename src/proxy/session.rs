@@ -47,9 +47,13 @@ pub fn serve(
     peer: SocketAddr,
     entrance: Rc<Entrance>,
 ) -> impl std::future::Future<Output = ()> {
+    // Counted open from here, not from the task's first poll: the accept loop compares the
+    // count with `max_connections` before its next accept.
+    let open = Gauge::up(&worker, |s| &s.active);
+    crate::metrics::bump(&worker.metrics.shard().accepted, 1);
     // The socket enters the task once, as a `Stream`: an async fn keeps its arguments for
     // its whole life, and a second copy would make every parked connection 80 bytes larger.
-    connection(worker, Stream::Plain(tcp), peer, entrance)
+    connection(worker, Stream::Plain(tcp), peer, entrance, open)
 }
 
 /// [`serve`]'s task.
@@ -58,9 +62,8 @@ async fn connection(
     mut stream: Stream,
     peer: SocketAddr,
     entrance: Rc<Entrance>,
+    _open: Gauge,
 ) {
-    let _open = Gauge::up(&worker, |s| &s.active);
-    crate::metrics::bump(&worker.metrics.shard().accepted, 1);
     let watch = worker.watchdog.watch();
     if entrance.tls {
         let Stream::Plain(tcp) = stream else { return };

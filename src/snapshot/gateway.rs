@@ -176,6 +176,7 @@ pub(super) fn compile_gateway(g: &GatewayConfig) -> Result<(Settings, ProcessSet
         splice: g.splice,
         splice_lowat: g.splice_lowat,
         steal_accepts: g.steal_accepts,
+        max_connections: g.max_connections,
         graceful_shutdown_timeout,
         http2: check_http2(&g.http2)?,
     };

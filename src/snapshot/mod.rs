@@ -53,6 +53,8 @@ pub struct Settings {
     pub splice_lowat: u32,
     /// Take connections waiting in sibling workers' queues (`steal_accepts`).
     pub steal_accepts: bool,
+    /// Client connections per worker at most (`max_connections`; 0: no limit).
+    pub max_connections: u32,
     /// How long in-flight requests may run after SIGTERM/SIGINT.
     pub graceful_shutdown_timeout: Duration,
     /// HTTP/2 from clients: where, and its limits.

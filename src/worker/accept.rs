@@ -41,6 +41,7 @@ use socket2::SockRef;
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -168,8 +169,8 @@ impl Stealer {
 
     /// Accepts connections waiting in the next sibling's queue while it holds at least two
     /// more than this worker's own: all but one when this worker's queue is empty, at most
-    /// `STEAL_BATCH`.
-    fn steal(&mut self, epoll: bool, mut take: impl FnMut(TcpStream, SocketAddr)) {
+    /// `STEAL_BATCH`, and at most `room` (what `max_connections` leaves).
+    fn steal(&mut self, epoll: bool, room: usize, mut take: impl FnMut(TcpStream, SocketAddr)) {
         let n = self.listeners.workers();
         if n < 2 {
             return;
@@ -186,7 +187,7 @@ impl Stealer {
         // Only a thief less behind than the sibling takes anything (the second look is taken
         // only when there is something to take).
         let own = sockopt::accept_backlog(self.own_socket()).unwrap_or(0) as usize;
-        let take_n = waiting.saturating_sub(own + 1).min(STEAL_BATCH);
+        let take_n = waiting.saturating_sub(own + 1).min(STEAL_BATCH).min(room);
         for _ in 0..take_n {
             // Non-blocking: the listener is (see `Listeners::bind`). The accepted socket is
             // blocking like the ones io_uring accepts (but close-on-exec, which those are
@@ -230,6 +231,10 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool, mut s
         ));
     };
     loop {
+        let room = room_to_accept(&worker).await;
+        if room == 0 {
+            break; // stopping, with no accept in flight
+        }
         let mut accept = std::pin::pin!(listener.cancelable_accept(canceller.handle()));
         let accepted = monoio::select! {
             _ = &mut stop => None,
@@ -248,8 +253,8 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool, mut s
         match accepted {
             Ok((stream, peer)) => {
                 serve(stream, peer);
-                if worker.current().shared.settings.steal_accepts {
-                    stealer.steal(worker.epoll, serve);
+                if worker.current().shared.settings.steal_accepts && room > 1 {
+                    stealer.steal(worker.epoll, room - 1, serve);
                 }
             }
             Err(e) => {
@@ -260,4 +265,37 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool, mut s
         }
     }
     drop(listener);
+}
+
+/// How long a worker at `max_connections` waits before it looks again.
+const FULL_RECHECK: Duration = Duration::from_millis(5);
+
+/// How many more connections this worker may accept now (`usize::MAX` without a limit).
+/// At `max_connections` it stops accepting, as nginx does at `worker_connections`: new
+/// connections wait in the kernel's accept queue (or a sibling takes them) until one of its
+/// own closes. That is logged once per episode and counted (`shardgate_accept_paused_total`).
+/// Returns 0 when the worker starts stopping meanwhile.
+async fn room_to_accept(worker: &Worker) -> usize {
+    let open = || worker.metrics.shard().active.load(Ordering::Relaxed).max(0) as usize;
+    let limit = |w: &Worker| match w.current().shared.settings.max_connections {
+        0 => usize::MAX,
+        n => n as usize,
+    };
+    if open() < limit(worker) {
+        return limit(worker) - open();
+    }
+    crate::metrics::bump(&worker.metrics.shard().accept_paused, 1);
+    crate::warn!(
+        "worker {}: {} connections open (max_connections): not accepting until one closes",
+        worker.index,
+        open()
+    );
+    while open() >= limit(worker) {
+        if worker.stopping() {
+            return 0;
+        }
+        monoio::time::sleep(FULL_RECHECK).await;
+    }
+    crate::info!("worker {}: accepting again", worker.index);
+    limit(worker) - open()
 }

@@ -156,3 +156,55 @@ fn a_stopped_workers_connections_are_taken_over_by_its_sibling() {
     );
     eprintln!("answered while worker 1 was stopped: {without} without stealing, {with} with, {on_epoll} with on epoll");
 }
+
+#[test]
+fn a_worker_at_max_connections_stops_accepting_until_one_closes() {
+    let be = Backend::named("b");
+    let mport = free_port();
+    let gw = Gateway::start_with(
+        &format!(
+            "{}[plugin_attr.prometheus]\nexport_addr = \"127.0.0.1:{mport}\"\n",
+            upstream_config(&nodes_map(&[(&be.addr(), 1)]), "")
+        ),
+        "workers = 1\nmax_connections = 3",
+    );
+    let mut open: Vec<Client> = (0..3).map(|_| gw.client()).collect();
+    for c in &mut open {
+        assert_eq!(c.get("/held").status, 200);
+    }
+    // The fourth connection is made (the kernel queues it) but not accepted: its request
+    // waits.
+    let mut fourth = TcpStream::connect(gw.addr()).unwrap();
+    fourth
+        .write_all(b"GET /fourth HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    fourth
+        .set_read_timeout(Some(Duration::from_millis(600)))
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    match fourth.read(&mut buf) {
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+        other => panic!("a connection past max_connections was served: {other:?}"),
+    }
+    assert!(
+        gw.wait_for_event(|e| e.contains("max_connections")),
+        "{}",
+        gw.events()
+    );
+    let metrics = Client::connect(([127, 0, 0, 1], mport).into())
+        .get("/apisix/prometheus/metrics")
+        .text();
+    assert!(
+        metrics.contains("shardgate_accept_paused_total 1"),
+        "{metrics}"
+    );
+    // One closes: the waiting connection is accepted and answered.
+    drop(open.pop());
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let n = fourth.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    assert!(gw.wait_for_event(|e| e.contains("accepting again")));
+    assert_eq!(be.requests_for("/fourth"), 1);
+}
