@@ -92,6 +92,13 @@ Usage: benches/compare.sh [options]
                                                     plugin as a global rule (nginx and HAProxy
                                                     run as in small-ka, for reference); compare
                                                     with small-ka of the same run
+                        partial-ka partial-newconn
+                                                    open loop at fixed rates: nginx saturated
+                                                    (closed loop) first in each round, then
+                                                    every target at 25, 50 and 75% of that
+                                                    rate (PARTIAL_RATES), 64 B keep-alive or a
+                                                    new connection per request: CPU per
+                                                    request and latency below saturation
                         auth-limit auth-limit-redis
                                                     64 B keep-alive through an API key check
                                                     and a rate limit never reached: Shardgate's
@@ -158,6 +165,7 @@ for s in $SCENARIOS; do
         small-ka | newconn | 16k | 1m | lb-rr | lb-leastconn | lb-chash | lb-ewma) ;;
         tls-ka | tls-newconn | tls-resume | tls-1m) ;;
         auth-limit | auth-limit-redis | prometheus) ;;
+        partial-ka | partial-newconn) ;;
         *) die "unknown scenario: $s" ;;
     esac
 done
@@ -607,7 +615,36 @@ load_cmd() { # load_cmd TARGET SECONDS [extra sg-load args...] -> LOAD (array)
     ((NEWCONN)) && LOAD+=(--new-conn)
     ((RESUME)) && LOAD+=(--tls-resume)
     [[ -z $AUTH ]] || LOAD+=(-H "apikey: bench-key")
+    [[ -z $RATE ]] || LOAD+=(--rate "$RATE")
     LOAD+=("$@")
+}
+
+# Open-loop rates of the partial-* scenarios, in percent of nginx's saturated rate.
+PARTIAL_RATES=${PARTIAL_RATES:-"25 50 75"}
+RATE=""
+
+# One round of a partial-* scenario: nginx at saturation (closed loop; reported as
+# "<scenario>-sat"), then every target open loop at each of PARTIAL_RATES percent of the rate
+# nginx reached (reported as "<scenario>@<percent>%"). The rate is the same for every target
+# within a round, so CPU per request and latency compare at equal load.
+measure_partial() {
+    local scen=$1 w=$2 round=$3 sat f target
+    RATE=""
+    measure "$scen-sat" "$w" "$round" nginx || return 1
+    if ((DRY_RUN)); then
+        sat=100000
+    else
+        sat=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["rps"])' \
+            "$OUT/json/$scen-sat-w$w-r$round-nginx.json")
+    fi
+    for f in $PARTIAL_RATES; do
+        RATE=$(python3 -c 'import sys; print(round(float(sys.argv[1]) * int(sys.argv[2]) / 100))' "$sat" "$f")
+        info "$scen: open loop at $f% of nginx's $sat req/s: $RATE req/s"
+        for target in $TARGETS; do
+            measure "$scen@$f%" "$w" "$round" "$target" || true
+        done
+    done
+    RATE=""
 }
 
 FAILURES=()
@@ -680,9 +717,11 @@ print("   %.0f req/s  p50 %.1f us  p99 %.1f us  errors %d  CPU us/req %s%s"
 PY
 }
 
-scenario_params() { # sets SIZE NEWCONN LB TLS RESUME AUTH OBS, and from LB: BACKEND_PORTS SG_LB NGINX_LB HAPROXY_LB
-    LB="" TLS=0 RESUME=0 AUTH="" OBS=""
+scenario_params() { # sets SIZE NEWCONN LB TLS RESUME AUTH OBS PARTIAL, and from LB: BACKEND_PORTS SG_LB NGINX_LB HAPROXY_LB
+    LB="" TLS=0 RESUME=0 AUTH="" OBS="" PARTIAL=0
     case $1 in
+        partial-ka) SIZE=64 NEWCONN=0 PARTIAL=1 ;;
+        partial-newconn) SIZE=64 NEWCONN=1 PARTIAL=1 ;;
         prometheus) SIZE=64 NEWCONN=0 OBS=prometheus ;;
         auth-limit) SIZE=64 NEWCONN=0 AUTH=local ;;
         auth-limit-redis) SIZE=64 NEWCONN=0 AUTH=redis ;;
@@ -865,6 +904,10 @@ for scen in $SCENARIOS; do
             fi
         fi
         for ((round = 1; round <= ROUNDS; round++)); do
+            if ((PARTIAL)); then
+                measure_partial "$scen" "$w" "$round" || true
+                continue
+            fi
             for target in $TARGETS; do
                 ((TLS)) && [[ $target == direct ]] && continue
                 measure "$scen" "$w" "$round" "$target" || true

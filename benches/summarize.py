@@ -254,7 +254,7 @@ def main():
         scen, workers = key
         g = groups[key]
         first = g[0]
-        title = SCENARIO_TEXT.get(scen, scen)
+        title = SCENARIO_TEXT.get(scen) or partial_title(scen)
         md.append(f"## {scen}: {title} ({size_text(first['size'])}), workers = {workers}")
         md.append("")
         md.append(
@@ -289,6 +289,20 @@ def main():
         f.write(text)
     print(text)
     return 0
+
+
+def partial_title(scen):
+    """Titles of the partial-* scenarios' runs (compare.sh measure_partial)."""
+    base, _, pct = scen.partition("@")
+    sat = base.endswith("-sat")
+    base = base.removesuffix("-sat")
+    closed = {"partial-ka": "small-ka", "partial-newconn": "newconn"}.get(base)
+    if closed is None:
+        return scen
+    kind = SCENARIO_TEXT[closed]
+    if sat:
+        return f"nginx at saturation (closed loop), {kind}: the rate the open-loop runs scale"
+    return f"open loop at {pct} of nginx's saturated rate, {kind}"
 
 
 if __name__ == "__main__":
