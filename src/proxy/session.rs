@@ -34,12 +34,12 @@ pub struct Entrance {
 /// plain connection starts with the h2c preface.
 ///
 /// A plain connection is busy or parked. Busy, the request path runs in a boxed future with
-/// a scratch set (buffers, parsed heads) from the core's pool, reading the next request with
+/// a scratch set (buffers, parsed heads) from the core's spares, reading the next request with
 /// the buffer as soon as a response is done: one read per request on the hot path. When that
 /// read gets no byte for a tick or two (25-50 ms, see `net::watchdog`), the watchdog cancels
 /// it and the connection parks: the boxed future and the scratch set go back, and this small
 /// future waits for readability (`wait_readable`, an io_uring poll that holds no buffer)
-/// with nothing but the bytes of a partly received head, about 2 KiB in all. TLS
+/// with nothing but the bytes of a partly received head: 1.2-1.9 KiB in all. TLS
 /// connections stay busy for their whole life (rustls keeps its own buffers anyway).
 pub fn serve(
     worker: Rc<Worker>,
