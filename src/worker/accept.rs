@@ -281,8 +281,9 @@ async fn room_to_accept(worker: &Worker) -> usize {
         0 => usize::MAX,
         n => n as usize,
     };
-    if open() < limit(worker) {
-        return limit(worker) - open();
+    let (now, max) = (open(), limit(worker));
+    if now < max {
+        return max - now;
     }
     crate::metrics::bump(&worker.metrics.shard().accept_paused, 1);
     crate::warn!(
