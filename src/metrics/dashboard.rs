@@ -1,7 +1,7 @@
 //! The status dashboard on the control listener: `GET /dashboard` (one self-contained
 //! page) and `GET /v1/dashboard.json` (what the page polls each second): the cores' counters
-//! added up, latency buckets, per-route traffic (routes recorded by the `prometheus`
-//! plugin), node health, per-worker load and config version, TLS certificates and their
+//! added up, latency buckets, per-route and per-upstream traffic (routes recorded by the
+//! `prometheus` plugin), node health, per-worker load and config version, TLS certificates and their
 //! expiry.
 
 use super::exposition::Context;
@@ -43,24 +43,32 @@ pub fn json(m: &Metrics, cx: &Context<'_>) -> Value {
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let mut latency = vec![0u64; bounds.len() + 1];
     let mut status: BTreeMap<u16, u64> = BTreeMap::new();
-    // Per route: requests, 5xx, latency buckets.
-    let mut routes: BTreeMap<String, (u64, u64, Vec<u64>)> = BTreeMap::new();
+    // Per route: requests, 5xx, latency buckets. Per upstream the same (upstream latency)
+    // and requests per node.
+    let mut routes: BTreeMap<String, Traffic> = BTreeMap::new();
+    let mut upstream_traffic: BTreeMap<&str, Traffic> = BTreeMap::new();
+    let upstream_of = upstream_of_routes(cx);
+    debug_assert_eq!(LATENCY_TYPES[..2], ["request", "upstream"]);
     for core in &m.cores {
         for (k, cells) in core.series.pin().iter() {
             let n = load(&cells.requests);
             *status.entry(k.code).or_default() += n;
-            let r = routes
-                .entry(k.route.to_string())
-                .or_insert_with(|| (0, 0, vec![0; bounds.len() + 1]));
-            r.0 += n;
-            if k.code >= 500 {
-                r.1 += n;
-            }
             let request = &cells.latency[0];
-            debug_assert_eq!(LATENCY_TYPES[0], "request");
             for (i, b) in request.buckets.iter().enumerate() {
                 latency[i] += load(b);
-                r.2[i] += load(b);
+            }
+            let r = routes
+                .entry(k.route.to_string())
+                .or_insert_with(|| Traffic::new(bounds.len()));
+            r.add(k.code, n, request);
+            if let Some(&up) = upstream_of.get(&*k.route) {
+                let u = upstream_traffic
+                    .entry(up)
+                    .or_insert_with(|| Traffic::new(bounds.len()));
+                u.add(k.code, n, &cells.latency[1]);
+                if let Some(ip) = k.node {
+                    *u.nodes.entry(ip.to_string()).or_default() += n;
+                }
             }
         }
     }
@@ -79,15 +87,11 @@ pub fn json(m: &Metrics, cx: &Context<'_>) -> Value {
         .collect();
     let routes: Vec<Value> = routes
         .into_iter()
-        .map(|(route, (n, errors, counts))| {
-            json!({
-                "route": route,
-                "requests": n,
-                "errors": errors,
-                "p50_ms": quantile(bounds, &counts, 0.5),
-                "p99_ms": quantile(bounds, &counts, 0.99),
-            })
-        })
+        .map(|(route, t)| t.json(bounds, "route", &route, false))
+        .collect();
+    let traffic: Vec<Value> = upstream_traffic
+        .into_iter()
+        .map(|(upstream, t)| t.json(bounds, "upstream", upstream, true))
         .collect();
     let mut upstreams = Vec::new();
     for u in cx.snapshot.upstreams.iter().filter(|u| u.checks.is_some()) {
@@ -131,10 +135,76 @@ pub fn json(m: &Metrics, cx: &Context<'_>) -> Value {
         "latency": { "bounds": &bounds[..], "counts": latency },
         "status": status.into_iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "routes": routes,
+        "traffic": traffic,
         "upstreams": upstreams,
         "workers": workers,
         "certificates": certificates,
     })
+}
+
+/// One route's or upstream's requests, 5xx answers and latency buckets, added up over the
+/// cores' series.
+struct Traffic {
+    requests: u64,
+    errors: u64,
+    buckets: Vec<u64>,
+    /// Requests per node address (upstreams only).
+    nodes: BTreeMap<String, u64>,
+}
+
+impl Traffic {
+    fn new(bounds: usize) -> Traffic {
+        Traffic {
+            requests: 0,
+            errors: 0,
+            buckets: vec![0; bounds + 1],
+            nodes: BTreeMap::new(),
+        }
+    }
+
+    /// As the page shows it: `{<label>: name, requests, errors, p50_ms, p99_ms[, nodes]}`.
+    fn json(&self, bounds: &[f64], label: &str, name: &str, nodes: bool) -> Value {
+        let mut v = json!({
+            label: name,
+            "requests": self.requests,
+            "errors": self.errors,
+            "p50_ms": quantile(bounds, &self.buckets, 0.5),
+            "p99_ms": quantile(bounds, &self.buckets, 0.99),
+        });
+        if nodes {
+            v["nodes"] = json!(self.nodes);
+        }
+        v
+    }
+
+    fn add(&mut self, code: u16, n: u64, latency: &super::series::Histogram) {
+        self.requests += n;
+        if code >= 500 {
+            self.errors += n;
+        }
+        for (sum, b) in self.buckets.iter_mut().zip(latency.buckets.iter()) {
+            *sum += b.load(Ordering::Relaxed);
+        }
+    }
+}
+
+/// Which upstream each route of the running config uses, by the route's metrics label (its
+/// id, or its name under `prefer_name`): upstream traffic is the traffic of the routes that
+/// use it now. An upstream chosen per request by a plugin (`traffic-split`) is counted under
+/// the route's own.
+fn upstream_of_routes<'a>(cx: &'a Context<'_>) -> std::collections::HashMap<&'a str, &'a str> {
+    let router = &cx.snapshot.router;
+    let mut of = std::collections::HashMap::new();
+    for r in (0..router.len()).map(|i| router.route(i)) {
+        let Some(up) = r.upstream.and_then(|u| cx.snapshot.upstreams.get(u)) else {
+            continue;
+        };
+        of.insert(&*r.id, &*up.key);
+        if let Some(name) = &r.labels.name {
+            of.entry(&**name).or_insert(&*up.key);
+        }
+    }
+    of
 }
 
 #[cfg(test)]

@@ -122,6 +122,10 @@ plugins.prometheus = {{}}
     assert!(points.split(' ').count() >= 2, "{points}");
     // Tables: the route, both workers, each node's health.
     assert!(table(&dom, "routes").contains("<td>api</td>"), "{dom}");
+    // The upstream's traffic, by the route that uses it, with the node that served it.
+    let upstreams = table(&dom, "traffic");
+    assert!(upstreams.contains("<td>u</td>"), "{upstreams}");
+    assert!(upstreams.contains("<td>127.0.0.1: "), "{upstreams}");
     assert_eq!(table(&dom, "workers").matches("<tr>").count(), 3);
     let nodes = table(&dom, "nodes");
     assert!(
