@@ -99,6 +99,11 @@ Usage: benches/compare.sh [options]
                                                     rate (PARTIAL_RATES), 64 B keep-alive or a
                                                     new connection per request: CPU per
                                                     request and latency below saturation
+                        wrk-ka wrk-newconn          as a new user tries it: wrk (closed loop)
+                                                    as the load generator and nginx (one
+                                                    worker, a 64 B body from memory) as the
+                                                    backend, keep-alive or a new connection
+                                                    per request (Connection: close)
                         auth-limit auth-limit-redis
                                                     64 B keep-alive through an API key check
                                                     and a rate limit never reached: Shardgate's
@@ -165,7 +170,7 @@ for s in $SCENARIOS; do
         small-ka | newconn | 16k | 1m | lb-rr | lb-leastconn | lb-chash | lb-ewma) ;;
         tls-ka | tls-newconn | tls-resume | tls-1m) ;;
         auth-limit | auth-limit-redis | prometheus) ;;
-        partial-ka | partial-newconn) ;;
+        partial-ka | partial-newconn | wrk-ka | wrk-newconn) ;;
         *) die "unknown scenario: $s" ;;
     esac
 done
@@ -608,6 +613,10 @@ load_cmd() { # load_cmd TARGET SECONDS [extra sg-load args...] -> LOAD (array)
     threads=$(cpu_list_count "$LOAD_CPUS")
     local scheme=http
     ((TLS)) && scheme=https
+    if ((WRK)); then
+        wrk_cmd "$target" "$secs" "$threads" "$@"
+        return
+    fi
     LOAD=(timeout --foreground --signal=TERM --kill-after=5 $((secs + 30))
         taskset -c "$LOAD_CPUS" "$BIN_DIR/sg-load"
         --url "$scheme://127.0.0.1:$(target_port "$target")$URL_PATH"
@@ -617,6 +626,23 @@ load_cmd() { # load_cmd TARGET SECONDS [extra sg-load args...] -> LOAD (array)
     [[ -z $AUTH ]] || LOAD+=(-H "apikey: bench-key")
     [[ -z $RATE ]] || LOAD+=(--rate "$RATE")
     LOAD+=("$@")
+}
+
+# The wrk-* scenarios' load generator: wrk, closed loop, the same connections and threads as
+# sg-load would use; benches/wrk-report.lua writes the result as sg-load's JSON (to
+# /dev/null in warm-ups). Of sg-load's extra arguments only --json matters here.
+wrk_cmd() { # wrk_cmd TARGET SECONDS THREADS [sg-load args...] -> LOAD (array)
+    local target=$1 secs=$2 threads=$3 json=/dev/null
+    shift 3
+    while (($#)); do
+        [[ $1 == --json ]] && json=$2
+        shift
+    done
+    LOAD=(env WRK_JSON="$json" timeout --foreground --signal=TERM --kill-after=5 $((secs + 30))
+        taskset -c "$LOAD_CPUS" "$WRK_BIN" -t "$threads" -c "$CONNS" -d "${secs}s" --timeout 10s
+        -s "$BENCH_DIR/wrk-report.lua")
+    ((NEWCONN)) && LOAD+=(-H "Connection: close")
+    LOAD+=("http://127.0.0.1:$(target_port "$target")$URL_PATH")
 }
 
 # Open-loop rates of the partial-* scenarios, in percent of nginx's saturated rate.
@@ -717,9 +743,11 @@ print("   %.0f req/s  p50 %.1f us  p99 %.1f us  errors %d  CPU us/req %s%s"
 PY
 }
 
-scenario_params() { # sets SIZE NEWCONN LB TLS RESUME AUTH OBS PARTIAL, and from LB: BACKEND_PORTS SG_LB NGINX_LB HAPROXY_LB
-    LB="" TLS=0 RESUME=0 AUTH="" OBS="" PARTIAL=0
+scenario_params() { # sets SIZE NEWCONN LB TLS RESUME AUTH OBS PARTIAL WRK, and from LB: BACKEND_PORTS SG_LB NGINX_LB HAPROXY_LB
+    LB="" TLS=0 RESUME=0 AUTH="" OBS="" PARTIAL=0 WRK=0
     case $1 in
+        wrk-ka) SIZE=64 NEWCONN=0 WRK=1 ;;
+        wrk-newconn) SIZE=64 NEWCONN=1 WRK=1 ;;
         partial-ka) SIZE=64 NEWCONN=0 PARTIAL=1 ;;
         partial-newconn) SIZE=64 NEWCONN=1 PARTIAL=1 ;;
         prometheus) SIZE=64 NEWCONN=0 OBS=prometheus ;;
@@ -786,7 +814,10 @@ find_bin() { # find_bin NAME -> path or empty
 }
 [[ -n $NGINX_BIN ]] || NGINX_BIN=$(find_bin nginx)
 [[ -n $HAPROXY_BIN ]] || HAPROXY_BIN=$(find_bin haproxy)
+WRK_BIN=$(find_bin wrk)
 missing=()
+[[ " $SCENARIOS " == *" wrk-"* && -z $WRK_BIN ]] && missing+=(wrk)
+[[ " $SCENARIOS " == *" wrk-"* && -z $NGINX_BIN ]] && missing+=(nginx) # the wrk-* backend
 has_target nginx && [[ -z $NGINX_BIN ]] && missing+=(nginx)
 has_target haproxy && [[ -z $HAPROXY_BIN ]] && missing+=(haproxy)
 if ((${#missing[@]})); then
@@ -798,8 +829,9 @@ if ((${#missing[@]})); then
     run "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
     [[ -n $NGINX_BIN ]] || NGINX_BIN=$(find_bin nginx)
     [[ -n $HAPROXY_BIN ]] || HAPROXY_BIN=$(find_bin haproxy)
+    [[ -n $WRK_BIN ]] || WRK_BIN=$(find_bin wrk)
 fi
-((DRY_RUN)) && { NGINX_BIN=${NGINX_BIN:-/usr/sbin/nginx}; HAPROXY_BIN=${HAPROXY_BIN:-/usr/sbin/haproxy}; }
+((DRY_RUN)) && { NGINX_BIN=${NGINX_BIN:-/usr/sbin/nginx}; HAPROXY_BIN=${HAPROXY_BIN:-/usr/sbin/haproxy}; WRK_BIN=${WRK_BIN:-/usr/bin/wrk}; }
 
 # ---------------------------------------------------------------- 3. preflight
 if ((!DRY_RUN)); then
@@ -873,7 +905,18 @@ for scen in $SCENARIOS; do
                 "the figure to compare"
         fi
         BACKEND_PIDS=()
-        if [[ -z $LB ]]; then
+        if ((WRK)); then # nginx as the backend, one worker on the backend core
+            conf="$TMP/nginx-backend.conf"
+            render "$BENCH_DIR/nginx-backend.conf.template" "$conf" \
+                LISTEN_PORT="$BACKEND_PORT" PIDFILE="$TMP/nginx-backend.pid" TMPDIR="$TMP" \
+                ERROR_LOG="$TMP/nginx-backend.error.log" BODY="$(printf '%*s' "$SIZE" '' | tr ' ' x)"
+            check_conf "$conf" "$NGINX_BIN" -t -q -p "$TMP/" -e "$TMP/nginx-check.log" -c "$conf"
+            start_bg "$OUT/logs/backend-$scen-w$w.log" taskset -c "$BACKEND_CPUS" "$NGINX_BIN" \
+                -p "$TMP/" -e "$TMP/nginx-backend.error.log" -c "$conf"
+            BACKEND_PIDS+=("$STARTED_PID")
+            wait_ready "$BACKEND_PORT" "$STARTED_PID" "nginx (backend)" "$OUT/logs/backend-$scen-w$w.log" ||
+                die "the nginx backend did not start"
+        elif [[ -z $LB ]]; then
             start_bg "$OUT/logs/backend-$scen-w$w.log" taskset -c "$BACKEND_CPUS" "$BIN_DIR/sg-backend" \
                 --listen "127.0.0.1:$BACKEND_PORT" --size "$SIZE" --threads "$(cpu_list_count "$BACKEND_CPUS")"
             BACKEND_PIDS+=("$STARTED_PID")

@@ -31,6 +31,9 @@ SCENARIO_TEXT = {
     "lb-leastconn": "least connections over 3 backends, keep-alive",
     "lb-chash": "consistent hash over 3 backends, keep-alive",
     "lb-ewma": "EWMA over 3 backends, keep-alive",
+    "wrk-ka": "small response, keep-alive; wrk as load generator, nginx as backend",
+    "wrk-newconn": "small response, new connection per request; wrk as load generator, "
+    "nginx as backend",
 }
 # What each proxy runs in the lb-* scenarios, printed under the table.
 LB_DIRECT = (

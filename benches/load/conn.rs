@@ -148,6 +148,8 @@ async fn connection(
     // Completed requests not yet added to the shared progress counter (batched: one atomic
     // add per 64 requests instead of one per request).
     let mut unreported = 0u64;
+    // Open loop: a precise timer per connection (millisecond sleeps when none can be had).
+    let pacer = due.and_then(|_| crate::pacer::Pacer::new().ok());
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -158,7 +160,10 @@ async fn connection(
                 break;
             }
             if d > now {
-                monoio::time::sleep(d - now).await;
+                match &pacer {
+                    Some(p) if p.until(d).await.is_ok() => {}
+                    _ => monoio::time::sleep(d - now).await,
+                }
             }
         }
         if !shared.admit() {

@@ -11,6 +11,7 @@
 //! bounded by `--duration` and `--max-requests`, whichever comes first.
 
 mod conn;
+mod pacer;
 mod report;
 
 use clap::Parser;
