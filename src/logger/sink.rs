@@ -1,8 +1,10 @@
 //! Where a logger's batches go, sent from the shipper thread with blocking sockets and
 //! timeouts (never from a worker).
 
+use rustls::{ClientConnection, StreamOwned};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How an HTTP batch is joined (APISIX's `concat_method`).
@@ -14,9 +16,20 @@ pub enum Concat {
     NewLine,
 }
 
+/// TLS to a log server (http-logger's `https://`, tcp-logger's `tls`).
+#[derive(Debug, Clone)]
+pub struct LogTls {
+    /// Verify the server's certificate against `gateway.ssl_trusted_certificate` (or the
+    /// system's CAs): http-logger's `ssl_verify`; tcp-logger never verifies, as APISIX.
+    pub verify: bool,
+    /// The name sent as SNI (and verified); `None`: no SNI (tcp-logger without
+    /// `tls_options`).
+    pub sni: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub enum Sink {
-    /// `POST` to an `http://` URI.
+    /// `POST` to an `http://` or `https://` URI.
     Http {
         uri: String,
         host: String,
@@ -25,11 +38,13 @@ pub enum Sink {
         auth_header: Option<String>,
         timeout: Duration,
         concat: Concat,
+        tls: Option<LogTls>,
     },
     Tcp {
         host: String,
         port: u16,
         timeout: Duration,
+        tls: Option<LogTls>,
     },
     Udp {
         host: String,
@@ -46,7 +61,13 @@ impl Sink {
     pub fn target(&self) -> String {
         match self {
             Sink::Http { uri, .. } => uri.clone(),
-            Sink::Tcp { host, port, .. } => format!("tcp://{host}:{port}"),
+            Sink::Tcp {
+                host,
+                port,
+                tls: None,
+                ..
+            } => format!("tcp://{host}:{port}"),
+            Sink::Tcp { host, port, .. } => format!("tcp+tls://{host}:{port}"),
             Sink::Udp { host, port } => format!("udp://{host}:{port}"),
             Sink::File { path } => path.clone(),
         }
@@ -71,13 +92,16 @@ impl Sink {
                 auth_header,
                 timeout,
                 concat,
+                tls,
                 ..
             } => {
                 let (body, kind) = match concat {
                     Concat::Json => (json(), "application/json"),
                     Concat::NewLine => (batch.join("\n"), "text/plain"),
                 };
-                let mut s = connect(host, *port, *timeout)?;
+                let mut s = connect(host, *port, *timeout)?.secure(tls.as_ref(), |e| {
+                    format!("failed to perform SSL with host[{host}] port[{port}] {e}")
+                })?;
                 let auth = auth_header
                     .as_deref()
                     .map(|a| format!("Authorization: {a}\r\n"))
@@ -110,11 +134,18 @@ impl Sink {
                 host,
                 port,
                 timeout,
+                tls,
             } => {
-                let mut s = connect(host, *port, *timeout)?;
-                s.write_all(json().as_bytes()).map_err(|e| {
-                    format!("failed to send data to TCP server: host[{host}] port[{port}] {e}")
-                })
+                let mut s = connect(host, *port, *timeout)?.secure(tls.as_ref(), |e| {
+                    format!(
+                        "failed to perform TLS handshake to TCP server: host[{host}] port[{port}] err: {e}"
+                    )
+                })?;
+                s.write_all(json().as_bytes())
+                    .and_then(|()| s.finish())
+                    .map_err(|e| {
+                        format!("failed to send data to TCP server: host[{host}] port[{port}] {e}")
+                    })
             }
             Sink::Udp { host, port } => {
                 let addr = resolve(host, *port)?;
@@ -151,11 +182,91 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("cannot resolve host[{host}]"))
 }
 
-fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, String> {
+fn connect(host: &str, port: u16, timeout: Duration) -> Result<Conn, String> {
     let addr = resolve(host, port)?;
     let s = TcpStream::connect_timeout(&addr, timeout)
         .map_err(|e| format!("failed to connect to host[{host}] port[{port}] {e}"))?;
     let _ = s.set_read_timeout(Some(timeout));
     let _ = s.set_write_timeout(Some(timeout));
-    Ok(s)
+    Ok(Conn::Plain(s))
+}
+
+/// A connection to a log server, plain or TLS (the socket's timeouts bound the handshake).
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Conn {
+    /// Completes a TLS handshake on the connection when `tls` says so; a failure is
+    /// reported by `fail`.
+    fn secure(self, tls: Option<&LogTls>, fail: impl Fn(String) -> String) -> Result<Conn, String> {
+        let (Conn::Plain(_), Some(tls)) = (&self, tls) else {
+            return Ok(self);
+        };
+        let roots = tls.verify.then(crate::upstream::tls::current_roots);
+        let mut config = crate::tls::client::builder(roots)
+            .map_err(|e| fail(e.to_string()))?
+            .with_no_client_auth();
+        config.enable_sni = tls.sni.is_some();
+        // Without SNI the name only matters to verification, which is off then (tcp-logger).
+        let name = tls.sni.as_deref().unwrap_or("localhost");
+        let name = crate::tls::client::server_name(name.as_bytes())
+            .ok_or_else(|| fail(format!("\"{name}\" is not a server name")))?;
+        let conn =
+            ClientConnection::new(Arc::new(config), name).map_err(|e| fail(e.to_string()))?;
+        let Conn::Plain(tcp) = self else {
+            unreachable!("matched above")
+        };
+        let mut s = StreamOwned::new(conn, tcp);
+        while s.conn.is_handshaking() {
+            s.conn
+                .complete_io(&mut s.sock)
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        Ok(Conn::Tls(Box::new(s)))
+    }
+
+    /// Ends what was sent: on TLS, a close_notify, then what the server still sends (its
+    /// session tickets) is read until it closes too (within the socket's timeout): a socket
+    /// closed with unread bytes is reset, and a reset can reach the server before it has
+    /// read the batch.
+    fn finish(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(_) => Ok(()),
+            Conn::Tls(s) => {
+                s.conn.send_close_notify();
+                s.flush()?;
+                let _ = s.sock.shutdown(std::net::Shutdown::Write);
+                let mut sink = [0u8; 4096];
+                while matches!(s.sock.read(&mut sink), Ok(n) if n > 0) {}
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
 }

@@ -5,7 +5,7 @@
 
 use super::{BuildCtx, CoreState, LogCtx, PhaseSet, Phases};
 use crate::logger::entry::Format;
-use crate::logger::sink::{Concat, Sink};
+use crate::logger::sink::{Concat, LogTls, Sink};
 use crate::logger::{Batching, Channel};
 use serde::Deserialize;
 use std::cell::RefCell;
@@ -111,9 +111,11 @@ logger!(
         let uri = field(conf, "uri")
             .and_then(|u| u.as_str())
             .ok_or("property \"uri\" is required")?;
-        let rest = uri
-            .strip_prefix("http://")
-            .ok_or("uri: only http:// is supported yet (https:// is not)")?;
+        let (rest, https) = match (uri.strip_prefix("http://"), uri.strip_prefix("https://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => return Err(format!("uri: {uri} is not an http:// or https:// URI")),
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -124,8 +126,9 @@ logger!(
                 p.parse::<u16>()
                     .map_err(|_| format!("uri: bad port in {uri}"))?,
             ),
-            None => (authority, 80),
+            None => (authority, if https { 443 } else { 80 }),
         };
+        let host = host.trim_matches(|c| c == '[' || c == ']');
         if host.is_empty() {
             return Err(format!("uri: no host in {uri}"));
         }
@@ -139,9 +142,14 @@ logger!(
             }
         };
         let timeout = field(conf, "timeout").and_then(|t| t.as_u64()).unwrap_or(3);
+        // As APISIX: the host is the SNI, verified only with `ssl_verify`.
+        let tls = https.then(|| LogTls {
+            verify: field(conf, "ssl_verify").and_then(|v| v.as_bool()) == Some(true),
+            sni: Some(host.to_string()),
+        });
         Ok(Sink::Http {
             uri: uri.to_string(),
-            host: host.trim_matches(|c| c == '[' || c == ']').to_string(),
+            host: host.to_string(),
             port,
             path: path.to_string(),
             auth_header: field(conf, "auth_header")
@@ -151,15 +159,20 @@ logger!(
                 .map_err(|e| e.to_string())?,
             timeout: Duration::from_secs(timeout.max(1)),
             concat,
+            tls,
         })
     }
 );
 
 logger!(TcpLogger, "tcp-logger", 405, |conf: &serde_json::Value| {
-    if field(conf, "tls").and_then(|t| t.as_bool()) == Some(true) {
-        return Err("tls: TLS to the log server is not supported yet".to_string());
-    }
     let (host, port) = host_port(conf)?;
+    // As APISIX: `tls_options` is the SNI (none without it), the certificate not verified.
+    let tls = (field(conf, "tls").and_then(|t| t.as_bool()) == Some(true)).then(|| LogTls {
+        verify: false,
+        sni: field(conf, "tls_options")
+            .and_then(|o| o.as_str())
+            .map(str::to_string),
+    });
     // APISIX's tcp-logger timeout is in milliseconds.
     let timeout = field(conf, "timeout")
         .and_then(|t| t.as_u64())
@@ -168,6 +181,7 @@ logger!(TcpLogger, "tcp-logger", 405, |conf: &serde_json::Value| {
         host,
         port,
         timeout: Duration::from_millis(timeout.max(1)),
+        tls,
     })
 });
 

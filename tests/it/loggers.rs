@@ -2,6 +2,7 @@
 //! entry to real sinks on 127.0.0.1, in APISIX's shapes; a sink that is down costs the
 //! requests nothing, and what is lost is counted in the metrics.
 
+use crate::harness::tls::{issue, server_config};
 use crate::harness::*;
 use serde_json::Value;
 use std::io::Read;
@@ -285,7 +286,11 @@ upstream = {{ nodes = {{ "{}" = 1 }} }}
 #[test]
 fn logger_configs_are_checked_with_the_field_named() {
     for (plugin, want) in [
-        ("http-logger = { uri = \"https://x/\" }", "https"),
+        ("http-logger = { uri = \"ftp://x/\" }", "uri"),
+        (
+            "http-logger = { uri = \"https://x/\", ssl_verify = \"yes\" }",
+            "ssl_verify",
+        ),
         (
             "http-logger = { uri = \"http://x/\", include_req_body = true }",
             "include_req_body",
@@ -300,7 +305,7 @@ fn logger_configs_are_checked_with_the_field_named() {
         ),
         ("tcp-logger = { host = \"127.0.0.1\" }", "port"),
         (
-            "tcp-logger = { host = \"127.0.0.1\", port = 9, tls = true }",
+            "tcp-logger = { host = \"127.0.0.1\", port = 9, tls = 1 }",
             "tls",
         ),
         ("file-logger = { }", "path"),
@@ -312,4 +317,127 @@ fn logger_configs_are_checked_with_the_field_named() {
         assert!(!ok, "{plugin}");
         assert!(err.contains(want), "{plugin}: {err}");
     }
+}
+
+/// What a TLS log server got on one connection: the SNI it was sent, the entries.
+type SniAndEntries = (Option<String>, Vec<Value>);
+
+#[test]
+fn loggers_ship_over_tls_verified_or_not_with_their_sni() {
+    let be = Backend::named("app");
+    let dir = temp_dir("logger-tls");
+    certificates(&dir);
+    let san = Some("DNS:localhost,IP:127.0.0.1");
+    issue(&dir, "wrong", "/CN=wrong", san, "other", false);
+    // HTTPS sinks: one with a certificate from the trusted CA, one from a CA nobody trusts.
+    let good = Backend::start_tls(server_config(&dir, "server", false), |_| Reply::ok("ok"));
+    let wrong = Backend::start_tls(server_config(&dir, "wrong", false), |_| Reply::ok("ok"));
+    // A TLS TCP sink: each connection's SNI and the entries it carried.
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_port = tcp.local_addr().unwrap().port();
+    let tcp_got: Arc<Mutex<Vec<SniAndEntries>>> = Arc::default();
+    let (into, config) = (tcp_got.clone(), server_config(&dir, "server", false));
+    std::thread::spawn(move || {
+        for s in tcp.incoming() {
+            let Ok(s) = s else { continue };
+            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, s);
+            let mut buf = Vec::new();
+            // Ends with the logger's close_notify: read_to_end sees a clean end.
+            if tls.read_to_end(&mut buf).is_ok() {
+                let sni = tls.conn.server_name().map(str::to_string);
+                into.lock().unwrap().push((sni, entries(&buf)));
+            }
+        }
+    });
+    let mport = free_port();
+    let port = |b: &Backend| b.addr().rsplit_once(':').unwrap().1.to_string();
+    let (gp, wp) = (port(&good), port(&wrong));
+    let gw = Gateway::start_with(
+        &format!(
+            r#"[plugin_attr.prometheus]
+export_addr = "127.0.0.1:{mport}"
+[[routes]]
+uri = "/verified"
+plugins.http-logger = {{ uri = "https://localhost:{gp}/v", ssl_verify = true, batch_max_size = 1 }}
+upstream_id = "app"
+[[routes]]
+uri = "/unverified"
+plugins.http-logger = {{ uri = "https://127.0.0.1:{wp}/u", batch_max_size = 1 }}
+upstream_id = "app"
+[[routes]]
+uri = "/refused"
+plugins.http-logger = {{ uri = "https://localhost:{wp}/r", ssl_verify = true, batch_max_size = 1, max_retry_count = 0 }}
+upstream_id = "app"
+[[routes]]
+uri = "/tcp"
+plugins.tcp-logger = {{ host = "127.0.0.1", port = {tcp_port}, tls = true, tls_options = "logs.test", batch_max_size = 1 }}
+upstream_id = "app"
+[[upstreams]]
+id = "app"
+nodes = {{ "{}" = 1 }}
+"#,
+            be.addr()
+        ),
+        &format!(
+            "ssl_trusted_certificate = \"{}\"",
+            dir.join("ca.pem").display()
+        ),
+    );
+    for path in ["/verified", "/unverified", "/refused", "/tcp"] {
+        for _ in 0..3 {
+            assert_eq!(gw.get(path).status, 200, "{path}");
+        }
+    }
+    let from = |be: &Backend, target: &str| {
+        be.seen()
+            .iter()
+            .filter(|s| s.target == target)
+            .flat_map(|s| entries(&s.body))
+            .collect::<Vec<_>>()
+    };
+    let verified = wait_entries(3, || from(&good, "/v"));
+    assert_eq!(verified[0]["request"]["uri"], "/verified");
+    assert!(good
+        .handshakes()
+        .iter()
+        .all(|h| h.sni.as_deref() == Some("localhost")));
+    // Not verified: the untrusted certificate is taken (an IP: no SNI).
+    let unverified = wait_entries(3, || from(&wrong, "/u"));
+    assert_eq!(unverified[0]["request"]["uri"], "/unverified");
+    let tcp_entries = wait_entries(3, || {
+        tcp_got
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(_, e)| e.clone())
+            .collect()
+    });
+    assert_eq!(tcp_entries[0]["request"]["uri"], "/tcp");
+    assert!(tcp_got
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|(sni, _)| sni.as_deref() == Some("logs.test")));
+    // Verified against a certificate the trusted CA did not sign: nothing delivered, the
+    // entries dropped and counted.
+    let dropped = || {
+        Client::connect(([127, 0, 0, 1], mport).into())
+            .get("/apisix/prometheus/metrics")
+            .text()
+            .lines()
+            .filter(|l| {
+                l.starts_with("shardgate_logger_entries_total{logger=\"http-logger\"")
+                    && l.contains("result=\"dropped\"")
+                    && l.contains(&format!(":{wp}/r"))
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while dropped() < 3.0 {
+        assert!(Instant::now() < deadline, "{} dropped", dropped());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(from(&wrong, "/r").is_empty());
 }
