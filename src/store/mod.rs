@@ -368,8 +368,8 @@ impl Objects {
     }
 
     /// Objects from resources written as JSON values (the file provider's, or an import),
-    /// each kind in its order. Routes without an id get APISIX's `arr_N`; other objects need
-    /// one.
+    /// each kind in its order. Routes and global rules without an id get APISIX's `arr_N`;
+    /// other objects need one.
     pub fn from_values(
         values: &BTreeMap<Kind, Vec<Value>>,
         now: i64,
@@ -388,7 +388,9 @@ impl Objects {
                     }
                     (_, Some(Value::String(s))) => s.clone(),
                     (_, Some(Value::Number(n))) => n.to_string(),
-                    (Kind::Routes, _) => format!("arr_{}", i + 1),
+                    // As APISIX's standalone config (`arr_N`); the compiler takes these two
+                    // without an id, so an import must too.
+                    (Kind::Routes | Kind::GlobalRules, _) => format!("arr_{}", i + 1),
                     _ => {
                         return Err(ConfigError::invalid(
                             format!("{}[{i}]", kind.name()),

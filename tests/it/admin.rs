@@ -448,14 +448,19 @@ fn the_store_survives_a_kill_and_imports_the_file_once() {
     let a = Backend::named("a");
     let b = Backend::named("b");
     let dir = temp_dir("store");
+    // A global rule without an id is imported as APISIX's standalone mode names it (`arr_1`).
     let file_route = format!(
-        "[[routes]]\nid = \"from-file\"\nuri = \"/file\"\nupstream = {{ nodes = {{ \"{}\" = 1 }} }}\n",
+        "[[routes]]\nid = \"from-file\"\nuri = \"/file\"\nupstream = {{ nodes = {{ \"{}\" = 1 }} }}\n[[global_rules]]\nplugins.response-rewrite = {{ headers = {{ set = {{ \"X-Global\" = \"on\" }} }} }}\n",
         a.addr()
     );
     {
         let (gw, admin) = gateway(&dir, &file_route);
-        assert_eq!(gw.get("/file").text(), "a", "imported on first start");
+        let r = gw.get("/file");
+        assert_eq!(r.text(), "a", "imported on first start");
+        assert_eq!(r.header("x-global"), Some("on"));
         assert!(gw.events().contains("imported the resources"));
+        let rules = admin.send("GET", "/apisix/admin/global_rules/arr_1", "");
+        assert_eq!(rules.status, 200, "{}", rules.text());
         for i in 0..20 {
             let r = admin.send(
                 "PUT",
