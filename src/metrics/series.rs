@@ -101,6 +101,18 @@ impl View<'_> {
             && *self.consumer == *k.consumer
     }
 
+    /// Where its strings live (address and length of each).
+    fn sources(&self) -> Sources {
+        let at = |s: &str| (s.as_ptr() as usize, s.len());
+        Sources([
+            at(self.route),
+            at(self.matched_uri),
+            at(self.matched_host),
+            at(self.service),
+            at(self.consumer),
+        ])
+    }
+
     fn key(&self) -> SeriesKey {
         SeriesKey {
             code: self.code,
@@ -161,8 +173,22 @@ impl Cells {
     }
 }
 
+/// Where a label set's strings were last seen, so the next request with the same labels is
+/// recognised without reading them: a route's labels are the same strings (the route's own)
+/// request after request. Equal addresses and lengths with other contents would take one of
+/// them freed and its address reused, and the new labels hashing to the same 64 bits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Sources([(usize, usize); 5]);
+
+/// One series a core has seen: its key, its values, where its strings were last seen.
+struct SeenSeries {
+    key: SeriesKey,
+    cells: Arc<Cells>,
+    sources: Sources,
+}
+
 /// Series by their labels' hash (colliding label sets share the vector).
-type Seen = HashMap<u64, Vec<(SeriesKey, Arc<Cells>)>, FoldHash>;
+type Seen = HashMap<u64, Vec<SeenSeries>, FoldHash>;
 
 /// A core's way into its shard: its own index of the series it has seen.
 pub struct Recorder {
@@ -224,21 +250,39 @@ impl Recorder {
         let hash = FoldHash.hash_one(&view);
         let mut seen = self.seen.borrow_mut();
         let bucket = seen.entry(hash).or_default();
-        let cells = match bucket.iter().find(|(k, _)| view.is(k)) {
-            Some((_, c)) => c,
-            None => {
-                if self.len.get() >= self.max_series {
-                    bump(&self.shard.dropped, 1);
-                    return;
-                }
-                let key = view.key();
-                let cells = Arc::new(Cells::new(self.bounds.len()));
-                self.shard.series.pin().insert(key.clone(), cells.clone());
-                self.len.set(self.len.get() + 1);
-                bucket.push((key, cells));
-                &bucket.last().expect("just pushed").1
-            }
+        let sources = view.sources();
+        let same = |e: &SeenSeries| {
+            e.sources == sources
+                && e.key.code == view.code
+                && e.key.node == view.node
+                && e.key.source == view.source
         };
+        let i = match bucket.iter().position(same) {
+            Some(i) => i,
+            None => match bucket.iter().position(|e| view.is(&e.key)) {
+                Some(i) => {
+                    bucket[i].sources = sources;
+                    i
+                }
+                None => {
+                    if self.len.get() >= self.max_series {
+                        bump(&self.shard.dropped, 1);
+                        return;
+                    }
+                    let key = view.key();
+                    let cells = Arc::new(Cells::new(self.bounds.len()));
+                    self.shard.series.pin().insert(key.clone(), cells.clone());
+                    self.len.set(self.len.get() + 1);
+                    bucket.push(SeenSeries {
+                        key,
+                        cells,
+                        sources,
+                    });
+                    bucket.len() - 1
+                }
+            },
+        };
+        let cells = &bucket[i].cells;
         bump(&cells.requests, 1);
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let total = ms(s.latency);

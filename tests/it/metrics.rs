@@ -247,6 +247,40 @@ plugins.prometheus = {{}}
 }
 
 #[test]
+fn series_keep_counting_across_reloads_and_follow_renamed_labels() {
+    // A core recognises a request's series by where its label strings live (the route's
+    // own); a reload compiles new routes with new strings: the same labels must still count
+    // into the same series, and changed ones into their own.
+    let be = Backend::named("m");
+    let mport = free_port();
+    // `priority` changes each time, so the route is compiled anew (new strings).
+    let body = |name: &str, priority: usize| {
+        format!(
+            "{}[[routes]]\nid = \"r1\"\nname = \"{name}\"\npriority = {priority}\nuri = \"/orders\"\nplugins.prometheus = {{ prefer_name = true }}\nupstream = {{ nodes = {{ \"{}\" = 1 }} }}\n",
+            exporter(mport, ""),
+            be.addr()
+        )
+    };
+    let gw = Gateway::start(&body("orders", 0));
+    let count = |t: &str, name: &str| sample(t, "apisix_http_status", &[("route", name)]);
+    for _ in 0..3 {
+        assert_eq!(gw.get("/orders").status, 200);
+    }
+    scrape_until(mport, |t| count(t, "orders") == 3.0);
+    for (name, reloads) in [("orders", 1), ("orders", 2), ("shop", 3)] {
+        gw.write_config(&body(name, reloads));
+        gw.signal(libc::SIGHUP);
+        assert!(gw.wait_for_event(|e| e.matches("config reloaded").count() >= reloads));
+        for _ in 0..3 {
+            assert_eq!(gw.get("/orders").status, 200);
+        }
+    }
+    let text = scrape_until(mport, |t| count(t, "orders") + count(t, "shop") == 12.0);
+    assert_eq!(count(&text, "orders"), 9.0, "{text}");
+    assert_eq!(count(&text, "shop"), 3.0, "{text}");
+}
+
+#[test]
 fn upstream_health_connections_and_the_series_bound_are_reported() {
     let be = Backend::named("up");
     let dead = free_port();
