@@ -3,6 +3,7 @@
 //! APISIX's full entry, or `log_format`) on its core and hands it to the log shipper
 //! (`crate::logger`), which batches and sends it off the request path.
 
+use super::conf::AnyOf;
 use super::{BuildCtx, CoreState, LogCtx, PhaseSet, Phases};
 use crate::logger::entry::Format;
 use crate::logger::sink::{Concat, LogTls, Sink};
@@ -12,8 +13,12 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What every logger shares: how it writes entries, and where they go.
+/// What every logger shares: which requests it logs, how it writes entries, and where they
+/// go.
 pub struct Logger {
+    /// `match` (file-logger's): log only requests for which one of these condition lists
+    /// holds, as APISIX's lua-resty-expr list; empty: every request.
+    only: AnyOf,
     format: Format,
     channel: Arc<Channel>,
 }
@@ -44,13 +49,16 @@ impl Logger {
         }
         let format = Format::parse(c.log_format.as_ref(), "log_format")?;
         Ok(Logger {
+            only: AnyOf::parse("match", conf.get("match"), true)?,
             format,
             channel: crate::logger::channel(name, sink, c.batching),
         })
     }
 
     fn log(&self, ctx: &LogCtx<'_>) {
-        self.channel.push(self.format.render(ctx));
+        if self.only.holds(ctx.vars) {
+            self.channel.push(self.format.render(ctx));
+        }
     }
 }
 
@@ -195,9 +203,6 @@ logger!(
     "file-logger",
     399,
     |conf: &serde_json::Value| {
-        if field(conf, "match").is_some() {
-            return Err("match: not supported yet".to_string());
-        }
         let path = field(conf, "path")
             .and_then(|p| p.as_str())
             .ok_or("property \"path\" is required")?;

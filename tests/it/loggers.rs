@@ -309,6 +309,11 @@ fn logger_configs_are_checked_with_the_field_named() {
             "tls",
         ),
         ("file-logger = { }", "path"),
+        (
+            "file-logger = { path = \"/tmp/x\", match = [[[\"arg_a\", \"~~\", \"(\"]]] }",
+            "match[0][0]",
+        ),
+        ("http-logger = { uri = \"http://x/\", match = [] }", "match"),
         ("udp-logger = { host = \"h\", port = 1, nope = 1 }", "nope"),
     ] {
         let (ok, err) = check_config(&format!(
@@ -440,4 +445,48 @@ nodes = {{ "{}" = 1 }}
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(from(&wrong, "/r").is_empty());
+}
+
+#[test]
+fn file_logger_match_logs_only_the_requests_it_names() {
+    // APISIX's `match`: one of the lists must hold, every condition of it; the response's
+    // status is a variable too.
+    let be = Backend::named("app");
+    let dir = temp_dir("file-logger-match");
+    let file = dir.join("matched.json");
+    let gw = Gateway::start(&format!(
+        r#"[[routes]]
+id = "m"
+uri = "/m/*"
+plugins.file-logger = {{ path = "{}", match = [[["arg_name", "==", "jack"], ["request_method", "==", "GET"]], [["status", "==", 404]]] }}
+plugins.response-rewrite = {{ status_code = 404, vars = [["uri", "==", "/m/gone"]] }}
+upstream = {{ nodes = {{ "{}" = 1 }} }}
+"#,
+        file.display(),
+        be.addr()
+    ));
+    let mut c = gw.client();
+    // Logged: the first (jack, GET) and the fourth (404); not: a POST by jack, rose, no name.
+    for (method, path) in [
+        ("GET", "/m/a?name=jack"),
+        ("POST", "/m/b?name=jack"),
+        ("GET", "/m/c?name=rose"),
+        ("GET", "/m/gone"),
+        ("GET", "/m/d"),
+    ] {
+        let r = c.request(method, path, &[], b"");
+        assert!(r.status == 200 || r.status == 404, "{path}: {}", r.status);
+    }
+    let got = wait_entries(2, || {
+        std::fs::read(&file)
+            .map(|b| entries(&b))
+            .unwrap_or_default()
+    });
+    // The last request is logged after the others (one shipper, in order): nothing more.
+    std::thread::sleep(Duration::from_millis(300));
+    let all = entries(&std::fs::read(&file).unwrap());
+    assert_eq!(all.len(), 2, "{all:?}");
+    let uris: Vec<_> = got.iter().map(|e| e["request"]["uri"].clone()).collect();
+    assert_eq!(uris, ["/m/a?name=jack", "/m/gone"], "{all:?}");
+    assert_eq!(got[1]["response"]["status"], 404);
 }
