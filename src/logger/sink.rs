@@ -201,8 +201,9 @@ impl Conn {
     /// Completes a TLS handshake on the connection when `tls` says so; a failure is
     /// reported by `fail`.
     fn secure(self, tls: Option<&LogTls>, fail: impl Fn(String) -> String) -> Result<Conn, String> {
-        let (Conn::Plain(_), Some(tls)) = (&self, tls) else {
-            return Ok(self);
+        let (tcp, tls) = match (self, tls) {
+            (Conn::Plain(tcp), Some(tls)) => (tcp, tls),
+            (conn, _) => return Ok(conn),
         };
         let roots = tls.verify.then(crate::upstream::tls::current_roots);
         let mut config = crate::tls::client::builder(roots)
@@ -215,9 +216,6 @@ impl Conn {
             .ok_or_else(|| fail(format!("\"{name}\" is not a server name")))?;
         let conn =
             ClientConnection::new(Arc::new(config), name).map_err(|e| fail(e.to_string()))?;
-        let Conn::Plain(tcp) = self else {
-            unreachable!("matched above")
-        };
         let mut s = StreamOwned::new(conn, tcp);
         while s.conn.is_handshaking() {
             s.conn
