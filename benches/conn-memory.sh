@@ -20,6 +20,10 @@
 # What the kernel keeps per socket (its buffers) is not in a process's RSS and is the same
 # for every proxy; the table counts what the proxy itself keeps.
 #
+# tls-fresh, tls-idle, tls-half: the same over TLS (the proxy terminates it with an ECDSA
+# P-256 certificate made for the run; TLS 1.3; `tls-fresh` is a completed handshake and no
+# request yet). Not in the default set: ask for them with --modes.
+#
 # Limits: the script raises its soft descriptor limit to the hard one (which every process it
 # starts inherits) and uses N = hard limit - 2000 by default, at most 15000 per run (every
 # proxy holds N client sockets and, in mode active, N upstream ones). tuning/limits.sh raises
@@ -91,13 +95,30 @@ wait_port() {
     return 1
 }
 
-start_proxy() { # target conns -> pid on stdout
-    local n=$2
+# The certificate of the tls-* modes, made once when one is asked for.
+cert=$tmp/tls.pem key=$tmp/tls.key
+case " $MODES " in
+    *" tls-"*)
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 \
+            -keyout "$key" -out "$cert" -subj /CN=localhost \
+            -addext subjectAltName=DNS:localhost 2>/dev/null
+        cat "$cert" "$key" >"$tmp/tls-combined.pem"
+        ;;
+esac
+
+start_proxy() { # target conns tls(0/1) -> pid on stdout
+    local n=$2 tls=$3 sg_listen="listen = [\"127.0.0.1:$PROXY_PORT\"]" sg_ssl="" ngx_ssl="" hap_ssl=""
+    if ((tls)); then
+        sg_listen="listen = [\"127.0.0.1:$((PROXY_PORT + 2))\"]"$'\n'"listen_tls = [\"127.0.0.1:$PROXY_PORT\"]"
+        sg_ssl=$'[[ssls]]\nid = "bench"\nsnis = ["localhost"]\n'"cert = '''$(cat "$cert")'''"$'\n'"key = '''$(cat "$key")'''"
+        ngx_ssl="ssl; ssl_certificate $cert; ssl_certificate_key $key"
+        hap_ssl="ssl crt $tmp/tls-combined.pem"
+    fi
     case $1 in
         shardgate)
             cat >"$tmp/sg.toml" <<EOT
 [gateway]
-listen = ["127.0.0.1:$PROXY_PORT"]
+$sg_listen
 workers = $WORKERS
 access_log = "off"
 watch_config = false
@@ -114,6 +135,7 @@ timeout = { connect = 5, send = 600, read = 600 }
 uri = "/*"
 upstream_id = "b"
 enable_websocket = true
+$sg_ssl
 
 # Resources from this file, not from a store an earlier run left under ./data.
 [deployment]
@@ -142,7 +164,7 @@ http {
     map \$http_upgrade \$upgrade_or_keepalive { default upgrade; "" ""; }
     upstream b { server 127.0.0.1:$BACKEND_PORT; keepalive 320; }
     server {
-        listen 127.0.0.1:$PROXY_PORT reuseport;
+        listen 127.0.0.1:$PROXY_PORT reuseport $ngx_ssl;
         location / {
             proxy_pass http://b;
             proxy_http_version 1.1;
@@ -173,7 +195,7 @@ defaults
     timeout http-request 600s
     timeout http-keep-alive 600s
 frontend fe
-    bind 127.0.0.1:$PROXY_PORT
+    bind 127.0.0.1:$PROXY_PORT $hap_ssl
     default_backend be
 backend be
     server s1 127.0.0.1:$BACKEND_PORT
@@ -193,7 +215,11 @@ stop() {
 results=()
 for mode in $MODES; do
     n=$CONNS
-    case $mode in active | ws) n=$((CONNS / 2)) ;; esac
+    tls=0 scheme=http client_mode=$mode tls_arg=()
+    case $mode in
+        active | ws) n=$((CONNS / 2)) ;;
+        tls-fresh | tls-idle | tls-half) tls=1 scheme=https client_mode=${mode#tls-} tls_arg=(--tls) ;;
+    esac
     hold=()
     [ "$mode" = active ] && hold=(--hold)
     "$PY" "$ROOT/benches/conn_hold.py" backend --addr "127.0.0.1:$BACKEND_PORT" "${hold[@]}" &
@@ -209,21 +235,22 @@ for mode in $MODES; do
         if [ "$target" = haproxy ] && ((nt > (hard - 200) / 2)); then
             nt=$(((hard - 200) / 2))
         fi
-        proxy=$(start_proxy "$target" "$nt")
+        proxy=$(start_proxy "$target" "$nt" "$tls")
         pids+=("$proxy")
         wait_port "$PROXY_PORT"
         # Warm: requests through every worker (new connections land on both), when the backend
         # answers at all.
         if [ "$mode" != active ]; then
             for _ in $(seq 1 50); do
-                curl -s -o /dev/null "http://127.0.0.1:$PROXY_PORT/warm" || true
+                curl -sk -o /dev/null --resolve "localhost:$PROXY_PORT:127.0.0.1" \
+                    "$scheme://localhost:$PROXY_PORT/warm" || true
             done
         fi
         sleep 1
         before=$(rss_tree "$proxy")
         rm -f "$tmp/ready"
         "$PY" "$ROOT/benches/conn_hold.py" client --addr "127.0.0.1:$PROXY_PORT" \
-            --conns "$nt" --mode "$mode" --ready "$tmp/ready" &
+            --conns "$nt" --mode "$client_mode" "${tls_arg[@]}" --ready "$tmp/ready" &
         client=$!
         pids+=("$client")
         for _ in $(seq 1 600); do

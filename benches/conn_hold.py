@@ -12,6 +12,8 @@ client: opens N connections and brings each into MODE, then writes "ready N" to 
   active  a whole request sent, its response not yet come (the backend holds it: run the
           backend with --hold);
   ws      a WebSocket upgrade answered (101), then nothing either way (a quiet WebSocket).
+With --tls every connection first completes a TLS handshake (no certificate verification,
+SNI "localhost"), so `fresh` is then an established TLS connection that has sent nothing.
 backend: a keep-alive HTTP/1.1 server answering every request with 200 and a 2-byte body
 (101 to an `Upgrade: websocket` request, then silence on that connection), or, with
 --hold, reading requests and never answering (it keeps the connections open).
@@ -22,6 +24,7 @@ import argparse
 import resource
 import selectors
 import socket
+import ssl
 import sys
 import time
 
@@ -43,6 +46,11 @@ def client(args):
     port = int(port)
     socks = []
     status = "ready"
+    tls = None
+    if args.tls:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
     try:
         # Connect in batches of 100 (then bring them to the mode) so the accept queues never
         # overflow and the proxy sees a steady ramp, not one burst of N busy connections.
@@ -51,6 +59,8 @@ def client(args):
             for _ in range(min(100, args.conns - start)):
                 s = socket.create_connection((host, port), timeout=30)
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if tls:
+                    s = tls.wrap_socket(s, server_hostname="localhost")
                 batch.append(s)
             bring(batch, args.mode)
             socks.extend(batch)
@@ -155,6 +165,7 @@ def main():
     c.add_argument("--conns", type=int, required=True)
     c.add_argument("--mode", choices=["fresh", "idle", "half", "active", "ws"], required=True)
     c.add_argument("--ready", required=True)
+    c.add_argument("--tls", action="store_true")
     b = sub.add_parser("backend")
     b.add_argument("--addr", required=True)
     b.add_argument("--hold", action="store_true")

@@ -40,12 +40,12 @@ measure_variant() {
     "${GW_BIN:-$BIN/shardgate}" run -c "$config" 2>/dev/null &
     local gw=$!
     sleep 0.3
-    taskset -c 1 "$BIN/sg-load" --url "http://127.0.0.1:$port/" -c 64 -d 1 --quiet "$@" > /dev/null
+    taskset -c 1 "$BIN/sg-load" --url "${SCHEME:-http}://127.0.0.1:$port/" -c 64 -d 1 --quiet "$@" > /dev/null
     local t0 t1 b0=0 b1=0
     t0=$(awk '{print $14+$15}' "/proc/$gw/stat")
     [ -n "${BACKEND_PID:-}" ] && b0=$(awk '{print $14+$15}' "/proc/$BACKEND_PID/stat")
     (
-        taskset -c 1 "$BIN/sg-load" --url "http://127.0.0.1:$port/" -c 64 -d "$DURATION" \
+        taskset -c 1 "$BIN/sg-load" --url "${SCHEME:-http}://127.0.0.1:$port/" -c 64 -d "$DURATION" \
             --quiet --json "$TMP/run.json" "$@" > /dev/null
         times > "$TMP/load.times"
     )
@@ -101,7 +101,8 @@ PY
 # each of VARIANTS (lines added to [gateway]) in turn (run by VARIANT_BINS[i] when set, else
 # $BIN/shardgate), interleaved over ROUNDS rounds, load
 # with optional NEWCONN and LOAD_EXTRA (more sg-load arguments); prints the table (NAMES label the rows). Needs GW_PORT and BE_PORT,
-# and PIDS (an array `bench_tmp` kills on exit).
+# and PIDS (an array `bench_tmp` kills on exit). With TLS_CERT and TLS_KEY (PEM files) set,
+# GW_PORT terminates TLS with them (the load then needs SCHEME=https).
 run_one_backend_variants() {
     taskset -c 1 "$BIN/sg-backend" --listen "127.0.0.1:$BE_PORT" --size "${BACKEND_SIZE:-$SIZE}" \
         2>/dev/null &
@@ -112,9 +113,14 @@ run_one_backend_variants() {
     local round i
     for round in $(seq 1 "$ROUNDS"); do
         for i in "${!VARIANTS[@]}"; do
+            local listen="listen = [\"127.0.0.1:$GW_PORT\"]" ssl=""
+            if [ -n "${TLS_CERT:-}" ]; then
+                listen="listen = [\"127.0.0.1:$((GW_PORT + 100))\"]"$'\n'"listen_tls = [\"127.0.0.1:$GW_PORT\"]"
+                ssl=$'[[ssls]]\nid = "bench"\nsnis = ["localhost"]\n'"cert = '''$(cat "$TLS_CERT")'''"$'\n'"key = '''$(cat "$TLS_KEY")'''"
+            fi
             cat > "$TMP/gw.toml" <<EOT
 [gateway]
-listen = ["127.0.0.1:$GW_PORT"]
+$listen
 workers = ${WORKERS:-1}
 cpus = [${CPUS:-0}]
 access_log = "off"
@@ -127,6 +133,7 @@ keepalive_pool = { size = 320, idle_timeout = 60, requests = 100000 }
 [[routes]]
 uri = "/*"
 upstream_id = "b"
+$ssl
 EOT
             GW_BIN=${VARIANT_BINS[$i]:-$BIN/shardgate}
             # shellcheck disable=SC2086 # LOAD_EXTRA is a list of sg-load arguments

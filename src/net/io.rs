@@ -102,6 +102,20 @@ pub async fn read_parkable(
     }
 }
 
+/// Waits, until `deadline`, for `tcp` to have bytes to read (or to close) with a readiness
+/// poll, which holds no buffer: how a parked connection, or a new TLS one before its
+/// ClientHello, waits. False when the deadline passed (or the poll failed): an idle
+/// connection then closes quietly, as nginx closes idle ones. (On the epoll driver a
+/// readiness report may be early; the read that follows then waits.)
+pub async fn wait_readable(tcp: &TcpStream, deadline: Instant, watch: &Watch) -> bool {
+    if watch.passed(deadline) {
+        return false;
+    }
+    watch.arm_until(tcp.as_raw_fd(), Dir::Read, deadline);
+    let ready = tcp.readable(true).await;
+    !watch.disarm() && ready.is_ok()
+}
+
 /// Writes `buf[start..end]` completely; `limit` bounds each write's progress (as nginx's
 /// `send_timeout`: the time between two successful writes), not the whole transfer, so a
 /// slow but steady reader is not cut off.

@@ -4,7 +4,7 @@
 use crate::http::error_page::write_error;
 use crate::http::request::{Parsed, RequestError};
 use crate::log::access::Entry;
-use crate::net::io::{read_more_timeout, read_parkable, write_all, Got, IoFail};
+use crate::net::io::{read_more_timeout, read_parkable, wait_readable, write_all, Got, IoFail};
 use crate::net::sockopt;
 use crate::net::stream::Stream;
 use crate::net::watchdog::{later, Watch};
@@ -13,7 +13,6 @@ use crate::worker::state::Worker;
 use monoio::net::TcpStream;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -33,14 +32,15 @@ pub struct Entrance {
 /// requests on it until it closes: HTTP/1.1 here, HTTP/2 (`http2`) when ALPN chose `h2` or a
 /// plain connection starts with the h2c preface.
 ///
-/// A plain connection is busy or parked. Busy, the request path runs in a boxed future with
-/// a scratch set (buffers, parsed heads) from the core's spares, reading the next request with
-/// the buffer as soon as a response is done: one read per request on the hot path. When that
-/// read gets no byte for a tick or two (25-50 ms, see `net::watchdog`), the watchdog cancels
-/// it and the connection parks: the boxed future and the scratch set go back, and this small
-/// future waits for readability (`wait_readable`, an io_uring poll that holds no buffer)
-/// with nothing but the bytes of a partly received head: 1.2-1.9 KiB in all. TLS
-/// connections stay busy for their whole life (rustls keeps its own buffers anyway).
+/// An HTTP/1.1 connection is busy or parked. Busy, the request path runs in a boxed future
+/// with a scratch set (buffers, parsed heads) from the core's spares, reading the next request
+/// with the buffer as soon as a response is done: one read per request on the hot path. When
+/// that read gets no byte for a tick or two (25-50 ms, see `net::watchdog`), the watchdog
+/// cancels it and the connection parks: the boxed future and the scratch set go back, and
+/// this small future waits for readability (`wait_readable`, an io_uring poll that holds no
+/// buffer) with nothing but the bytes of a partly received head: 1.2-1.9 KiB in all for a
+/// plain connection. A TLS connection parks the same way and also lets go of its ciphertext
+/// buffers; it keeps rustls's session state (`TlsConn::release_buffers`).
 pub fn serve(
     worker: Rc<Worker>,
     tcp: TcpStream,
@@ -67,16 +67,26 @@ async fn connection(
     let watch = worker.watchdog.watch();
     if entrance.tls {
         let Stream::Plain(tcp) = stream else { return };
+        // A new connection that has sent nothing holds no memory for its handshake yet: its
+        // ClientHello is waited for with a poll (one operation more per handshake, nothing
+        // beside its crypto).
+        let limit = worker.current().shared.settings.ssl_handshake_timeout;
+        let deadline = watch.deadline_in(limit);
+        if !wait_readable(&tcp, deadline, &watch).await {
+            crate::info!("TLS handshake with {peer} failed: timed out");
+            return;
+        }
         // Boxed: the handshake's state (and the TLS connection it returns, several KiB)
         // stays out of every plain connection's task.
-        stream = match Box::pin(accept_tls(&worker, tcp, peer, &watch, &entrance)).await {
+        let accept = accept_tls(&worker, tcp, peer, deadline, &watch, &entrance);
+        stream = match Box::pin(accept).await {
             Some(tls) => tls,
             None => return,
         };
     }
     let mut parked: Option<Parked> = None;
     loop {
-        if let (Some(p), Stream::Plain(tcp)) = (&parked, &stream) {
+        if let (Some(p), Some(tcp)) = (&parked, stream.tcp()) {
             // Past the deadline, a partial head goes on to the busy part: it answers 408.
             if !wait_readable(tcp, p.deadline, &watch).await && p.head.is_empty() {
                 return;
@@ -108,19 +118,6 @@ async fn connection(
         }
         return;
     }
-}
-
-/// Waits, until `deadline`, for a parked plain connection to have bytes to read (or to
-/// close). False when the deadline passed: an idle connection then closes quietly, as nginx
-/// closes idle ones. A readiness poll holds no buffer. (On the epoll driver a readiness
-/// report may be early; the read that follows then waits.)
-async fn wait_readable(tcp: &TcpStream, deadline: Instant, watch: &Watch) -> bool {
-    if watch.passed(deadline) {
-        return false;
-    }
-    watch.arm_until(tcp.as_raw_fd(), crate::net::watchdog::Dir::Read, deadline);
-    let ready = tcp.readable(true).await;
-    !watch.disarm() && ready.is_ok()
 }
 
 /// A parked connection's state: what it keeps while it holds no scratch set.
@@ -158,7 +155,7 @@ pub async fn serve_stream(
 }
 
 /// Runs the keep-alive loop on `stream` with recycled memory from the core's pool until
-/// the connection closes or parks (plain connections only), then gives the memory back.
+/// the connection closes or parks, then gives the memory back.
 /// `partial`: the bytes of a head received before parking and the deadline of the wait.
 async fn exchanges(
     worker: Rc<Worker>,
@@ -262,10 +259,11 @@ async fn accept_tls(
     worker: &Rc<Worker>,
     tcp: TcpStream,
     peer: SocketAddr,
+    deadline: Instant,
     watch: &Watch,
     entrance: &Rc<Entrance>,
 ) -> Option<Stream> {
-    let tls = handshake(worker, tcp, peer, watch).await?;
+    let tls = handshake(worker, tcp, peer, deadline, watch).await?;
     if tls.facts.alpn.as_deref() != Some(b"h2") {
         return Some(Stream::Tls(Box::new(tls)));
     }
@@ -278,20 +276,19 @@ async fn accept_tls(
     None
 }
 
-/// Completes a client's TLS handshake with the current snapshot's certificates, within
-/// `ssl_handshake_timeout`. A failure is logged (as nginx logs them, at info) and the
-/// connection closed.
+/// Completes a client's TLS handshake with the current snapshot's certificates, by
+/// `deadline` (`ssl_handshake_timeout` after the accept). A failure is logged (as nginx logs
+/// them, at info) and the connection closed.
 async fn handshake(
     worker: &Rc<Worker>,
     tcp: TcpStream,
     peer: SocketAddr,
+    deadline: Instant,
     watch: &Watch,
 ) -> Option<TlsConn> {
-    let local = worker.current();
-    let limit = local.shared.settings.ssl_handshake_timeout;
-    let tls = local.shared.tls.clone();
-    drop(local);
-    let accepted = TlsConn::accept(tcp, limit, watch, |hello| tls.as_ref()?.choose(hello)).await;
+    let tls = worker.current().shared.tls.clone();
+    let choose = |hello: &rustls::server::ClientHello<'_>| tls.as_ref()?.choose(hello);
+    let accepted = TlsConn::accept(tcp, deadline, watch, choose).await;
     match accepted {
         Ok(t) => Some(t),
         Err(e) => {
@@ -304,7 +301,7 @@ async fn handshake(
 /// Where [`Conn::run`] stopped.
 pub(super) enum RunEnd {
     Closed,
-    /// The read for the next head was parked (plain connections): the buffer holds what
+    /// The read for the next head was parked: the buffer holds what
     /// arrived of it (maybe nothing); the wait ends at `deadline`. `first`: no request has
     /// been served yet.
     Parked {
@@ -488,6 +485,10 @@ impl Conn {
             let got = match &mut self.stream {
                 Stream::Plain(tcp) => {
                     read_parkable(tcp, &mut self.buf, 4096, deadline, &self.watch).await
+                }
+                Stream::Tls(t) => {
+                    let limit = deadline.saturating_duration_since(self.watch.now());
+                    Box::pin(t.read_parkable(&mut self.buf, 4096, limit, &self.watch)).await
                 }
                 other => {
                     let limit = deadline.saturating_duration_since(self.watch.now());

@@ -17,7 +17,7 @@
 //! certificate authentication and protocol versions are per `ssls` object), and buffers
 //! follow the gateway's rules (a large write buffer is not kept between writes).
 
-use crate::net::io::{read_plain, IoFail};
+use crate::net::io::{read_parkable, read_plain, Got, IoFail};
 use crate::net::watchdog::{Dir, Watch};
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
@@ -135,15 +135,14 @@ impl TlsConn {
         &self.tcp
     }
 
-    /// Accepts a client's handshake within `limit`, choosing the configuration from its
+    /// Accepts a client's handshake by `deadline`, choosing the configuration from its
     /// ClientHello with `choose` (None: refuse, as for a name with no certificate).
     pub async fn accept(
         tcp: TcpStream,
-        limit: Duration,
+        deadline: Instant,
         watch: &Watch,
         choose: impl FnOnce(&rustls::server::ClientHello<'_>) -> Option<Choice>,
     ) -> Result<TlsConn, HandshakeError> {
-        let deadline = watch.deadline_in(limit);
         let mut tcp = tcp;
         let mut rbuf = Vec::with_capacity(READ_SIZE);
         let mut acceptor = Acceptor::default();
@@ -297,6 +296,35 @@ impl TlsConn {
         limit: Duration,
         watch: &Watch,
     ) -> Result<usize, IoFail> {
+        match self.read_some(buf, min_spare, limit, watch, false).await? {
+            Got::Bytes(n) => Ok(n),
+            // Only parkable reads park.
+            Got::Parked => Ok(0),
+        }
+    }
+
+    /// [`TlsConn::read_more`] for a client's next request head: when the wait for the
+    /// peer's ciphertext gets nothing for a tick or two, the watchdog parks it (as
+    /// `net::io::read_parkable` does for plain sockets) and the connection lets go of its
+    /// buffers ([`TlsConn::release_buffers`]). `Got::Parked`: nothing was added to `buf`.
+    pub async fn read_parkable(
+        &mut self,
+        buf: &mut Vec<u8>,
+        min_spare: usize,
+        limit: Duration,
+        watch: &Watch,
+    ) -> Result<Got, IoFail> {
+        self.read_some(buf, min_spare, limit, watch, true).await
+    }
+
+    async fn read_some(
+        &mut self,
+        buf: &mut Vec<u8>,
+        min_spare: usize,
+        limit: Duration,
+        watch: &Watch,
+        parkable: bool,
+    ) -> Result<Got, IoFail> {
         if buf.capacity() - buf.len() < min_spare {
             buf.reserve(min_spare);
         }
@@ -306,7 +334,7 @@ impl TlsConn {
         loop {
             // Plaintext rustls already holds.
             match self.drain(buf, max, &mut got).map_err(IoFail::Io)? {
-                Drained::Full | Drained::Ended => return Ok(got),
+                Drained::Full | Drained::Ended => return Ok(Got::Bytes(got)),
                 Drained::Empty => {}
             }
             // Ciphertext already received.
@@ -324,17 +352,46 @@ impl TlsConn {
                 continue;
             }
             if got > 0 {
-                return Ok(got);
+                return Ok(Got::Bytes(got));
             }
             // Wait for the peer.
             self.rbuf.clear();
             self.rpos = 0;
             let deadline = watch.deadline_in(limit);
-            if read_plain(&mut self.tcp, &mut self.rbuf, READ_SIZE, deadline, watch).await? == 0 {
+            let n = match parkable {
+                true => {
+                    match read_parkable(&mut self.tcp, &mut self.rbuf, READ_SIZE, deadline, watch)
+                        .await?
+                    {
+                        Got::Bytes(n) => n,
+                        Got::Parked => {
+                            self.release_buffers();
+                            return Ok(Got::Parked);
+                        }
+                    }
+                }
+                false => {
+                    read_plain(&mut self.tcp, &mut self.rbuf, READ_SIZE, deadline, watch).await?
+                }
+            };
+            if n == 0 {
                 // Tell rustls the stream ended; the reader then reports it.
                 let _ = self.conn.read_tls(&mut &[][..]);
             }
         }
+    }
+
+    /// Lets go of the buffers an idle connection does not need: ours for ciphertext both
+    /// ways (the next read takes a new one), and rustls's receive buffer down to the one
+    /// 4 KiB read it keeps when it holds no partial record (it shrinks at a read; this
+    /// one finds nothing yet). What stays is rustls's session state: keys, sequence
+    /// numbers, and those 4 KiB.
+    fn release_buffers(&mut self) {
+        debug_assert!(self.rpos >= self.rbuf.len());
+        self.rbuf = Vec::new();
+        self.rpos = 0;
+        self.wbuf = Vec::new();
+        let _ = self.conn.read_tls(&mut NothingYet);
     }
 
     /// Writes `data` completely; `limit` bounds each write's progress. On failure, how many
@@ -498,6 +555,15 @@ enum Drained {
     Ended,
     /// Nothing more until more ciphertext arrives.
     Empty,
+}
+
+/// A reader with nothing yet: lets rustls resize its receive buffer without reading.
+struct NothingYet;
+
+impl io::Read for NothingYet {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
 }
 
 /// `writev(2)` on a socket, for rustls to write its queued records to directly.

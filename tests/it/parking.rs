@@ -1,12 +1,15 @@
-//! A plain connection that waits more than a tick or two for its next bytes parks: it gives
-//! its buffers back and waits for readability (`proxy::session`). Parking must be invisible
-//! to clients (a next request, a head arriving in pieces, the timeouts) and must make idle
-//! connections cheap.
+//! A connection that waits more than a tick or two for its next bytes parks: it gives its
+//! buffers back and waits for readability (`proxy::session`); a TLS connection also lets go
+//! of its ciphertext buffers (`tls::stream`). Parking must be invisible to clients (a next
+//! request, a head arriving in pieces, a TLS record arriving in pieces, the timeouts) and
+//! must make idle connections cheap, plain or TLS.
 
+use crate::harness::tls::{client_config, pair};
 use crate::harness::*;
 use crate::memory::rss_kib;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Longer than two watchdog ticks (25 ms each): the wait is parked.
@@ -157,11 +160,23 @@ fn requests_sent_as_their_connection_parks_are_never_lost() {
     // its bytes or have consumed none (a dropped read buffer would lose the request).
     let be = Backend::named("b");
     let gw = Gateway::start(&upstream_config(&nodes_map(&[(&be.addr(), 1)]), ""));
-    let threads: Vec<_> = (0..40u64)
+    let addr = gw.addr();
+    requests_across_the_park_delay(40, move || Client::connect(addr));
+    assert_eq!(be.requests(), 40 * 30);
+}
+
+/// 30 requests on each of `conns` connections made by `connect`, each after a gap around
+/// the park delay (one to two ticks), so that many arrive just as the watchdog cancels the
+/// read that waits for them; every one must be answered.
+fn requests_across_the_park_delay(
+    conns: u64,
+    connect: impl Fn() -> Client + Clone + Send + 'static,
+) {
+    let threads: Vec<_> = (0..conns)
         .map(|t| {
-            let addr = gw.addr();
+            let connect = connect.clone();
             std::thread::spawn(move || {
-                let mut c = Client::connect(addr);
+                let mut c = connect();
                 for i in 0..30u64 {
                     let gap = 15 + (t * 7 + i * 13) % 40;
                     std::thread::sleep(Duration::from_millis(gap));
@@ -173,5 +188,150 @@ fn requests_sent_as_their_connection_parks_are_never_lost() {
     for t in threads {
         t.join().expect("every request answered");
     }
-    assert_eq!(be.requests(), 40 * 30);
+}
+
+/// A gateway (`extra` in its `[gateway]`) whose TLS listener serves the test CA's server
+/// certificate for `localhost`; the listener's address and a client configuration that
+/// trusts the certificate.
+fn tls_gateway(
+    tag: &str,
+    be: &Backend,
+    extra: &str,
+) -> (Gateway, SocketAddr, Arc<rustls::ClientConfig>) {
+    let dir = temp_dir(tag);
+    certificates(&dir);
+    let (cert, key) = pair(&dir, "server");
+    let port = free_port();
+    let gw = Gateway::start_with(
+        &format!(
+            "[[ssls]]\nid = \"s\"\nsnis = [\"localhost\"]\ncert = '''{cert}'''\nkey = '''{key}'''\n{}",
+            upstream_config(&nodes_map(&[(&be.addr(), 1)]), "")
+        ),
+        &format!("listen_tls = [\"127.0.0.1:{port}\"]\n{extra}"),
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    (gw, addr, client_config(&dir, None))
+}
+
+#[test]
+fn a_parked_tls_connection_serves_heads_and_records_that_arrive_in_pieces() {
+    let be = Backend::named("b");
+    let (_gw, addr, config) = tls_gateway("park-tls", &be, "");
+    let mut c = Client::connect_tls(addr, config, Some("localhost")).unwrap();
+    for i in 0..3 {
+        assert_eq!(c.get(&format!("/r{i}")).status, 200);
+        std::thread::sleep(PARK);
+    }
+    // A head in pieces, one TLS record each, with a park after each.
+    for piece in [
+        &b"GET /pie"[..],
+        b"ces?q=1 HTTP/1.1\r\nHo",
+        b"st: t\r\nX-Last: end\r\n",
+        b"\r\n",
+    ] {
+        c.send_raw(piece);
+        std::thread::sleep(PARK);
+    }
+    assert_eq!(c.read_response(false).unwrap().status, 200);
+    assert_eq!(be.last().target, "/pieces?q=1");
+    assert_eq!(be.last().header("x-last"), Some("end"));
+    // One record cut in two TCP writes: the connection parks holding half a record.
+    let mut record = Vec::new();
+    {
+        let tls = c.tls.as_mut().unwrap();
+        tls.writer()
+            .write_all(b"GET /halves HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        while tls.wants_write() {
+            tls.write_tls(&mut record).unwrap();
+        }
+    }
+    let half = record.len() / 2;
+    c.stream.write_all(&record[..half]).unwrap();
+    std::thread::sleep(PARK);
+    c.stream.write_all(&record[half..]).unwrap();
+    assert_eq!(c.read_response(false).unwrap().status, 200);
+    assert_eq!(be.last().target, "/halves");
+    assert_eq!(be.requests(), 5);
+}
+
+#[test]
+fn a_parked_tls_connection_keeps_its_timeouts() {
+    let be = Backend::named("b");
+    let (_gw, addr, config) = tls_gateway(
+        "park-tls-timeouts",
+        &be,
+        "keepalive_timeout = 0.5\nclient_header_timeout = 0.5\nssl_handshake_timeout = 0.5",
+    );
+    let mut idle = Client::connect_tls(addr, config.clone(), Some("localhost")).unwrap();
+    assert_eq!(idle.get("/a").status, 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        idle.is_closed(),
+        "an idle connection outlived keepalive_timeout"
+    );
+    // Half a head past client_header_timeout: 408.
+    let mut half = Client::connect_tls(addr, config, Some("localhost")).unwrap();
+    half.send_raw(b"GET /slow HTTP/1.1\r\nHost: t\r\n");
+    assert_eq!(half.read_response(false).unwrap().status, 408);
+    // No ClientHello past ssl_handshake_timeout: closed.
+    let mut silent = TcpStream::connect(addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(silent.read(&mut byte).unwrap_or(0), 0, "closed");
+    assert_eq!(be.requests(), 1);
+}
+
+#[test]
+fn idle_tls_connections_keep_only_their_session_state() {
+    let n = 1000.min(raise_nofile().saturating_sub(500) as usize);
+    let be = Backend::named("b");
+    let (gw, addr, config) = tls_gateway("park-tls-memory", &be, "workers = 1");
+    let pid = gw.child.id();
+    for _ in 0..20 {
+        let mut c = Client::connect_tls(addr, config.clone(), Some("localhost")).unwrap();
+        assert_eq!(c.get("/warm").status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let start = rss_kib(pid);
+    // Connected, no ClientHello yet: a poll waits for it, no buffer.
+    let silent: Vec<_> = (0..n).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(2500));
+    let fresh = rss_kib(pid);
+    drop(silent);
+    std::thread::sleep(Duration::from_millis(2500));
+    let before = rss_kib(pid);
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut c = Client::connect_tls(addr, config.clone(), Some("localhost")).unwrap();
+        assert_eq!(c.get(&format!("/idle{i}")).status, 200);
+        conns.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = rss_kib(pid);
+    let per_fresh = fresh.saturating_sub(start) as f64 / n as f64;
+    let per_idle = after.saturating_sub(before) as f64 / n as f64;
+    eprintln!(
+        "{n} TLS connections: silent {start} -> {fresh} KiB ({per_fresh:.2} each), \
+         idle {before} -> {after} KiB ({per_idle:.2} each)"
+    );
+    // Before parking: a 16.5 KiB read buffer per silent connection, 57 KiB per idle one
+    // (both ciphertext buffers, the scratch set, rustls's buffers).
+    assert!(per_fresh < 6.0, "{per_fresh:.2} KiB per silent connection");
+    assert!(per_idle < 20.0, "{per_idle:.2} KiB per idle connection");
+    assert_eq!(conns[0].get("/still").status, 200);
+}
+
+#[test]
+fn tls_requests_sent_as_their_connection_parks_are_never_lost() {
+    // As for plain connections: a cancelled read of ciphertext either has its bytes or
+    // consumed none.
+    let be = Backend::named("b");
+    let (_gw, addr, config) = tls_gateway("park-tls-race", &be, "");
+    requests_across_the_park_delay(20, move || {
+        Client::connect_tls(addr, config.clone(), Some("localhost")).unwrap()
+    });
+    assert_eq!(be.requests(), 20 * 30);
 }
