@@ -22,7 +22,8 @@
 #
 # tls-fresh, tls-idle, tls-half: the same over TLS (the proxy terminates it with an ECDSA
 # P-256 certificate made for the run; TLS 1.3; `tls-fresh` is a completed handshake and no
-# request yet). Not in the default set: ask for them with --modes.
+# request yet); tls-h2: an idle HTTP/2 connection over TLS (h2 by ALPN, one GET answered).
+# Not in the default set: ask for them with --modes.
 #
 # Limits: the script raises its soft descriptor limit to the hard one (which every process it
 # starts inherits) and uses N = hard limit - 2000 by default, at most 15000 per run (every
@@ -106,13 +107,17 @@ case " $MODES " in
         ;;
 esac
 
-start_proxy() { # target conns tls(0/1) -> pid on stdout
+start_proxy() { # target conns tls (0, 1, or 2: TLS with h2 offered) -> pid on stdout
     local n=$2 tls=$3 sg_listen="listen = [\"127.0.0.1:$PROXY_PORT\"]" sg_ssl="" ngx_ssl="" hap_ssl=""
     if ((tls)); then
         sg_listen="listen = [\"127.0.0.1:$((PROXY_PORT + 2))\"]"$'\n'"listen_tls = [\"127.0.0.1:$PROXY_PORT\"]"
         sg_ssl=$'[[ssls]]\nid = "bench"\nsnis = ["localhost"]\n'"cert = '''$(cat "$cert")'''"$'\n'"key = '''$(cat "$key")'''"
         ngx_ssl="ssl; ssl_certificate $cert; ssl_certificate_key $key"
         hap_ssl="ssl crt $tmp/tls-combined.pem"
+        if ((tls == 2)); then # Shardgate offers h2 by ALPN whenever it terminates TLS
+            ngx_ssl="ssl http2; ssl_certificate $cert; ssl_certificate_key $key"
+            hap_ssl+=" alpn h2,http/1.1"
+        fi
     fi
     case $1 in
         shardgate)
@@ -219,6 +224,7 @@ for mode in $MODES; do
     case $mode in
         active | ws) n=$((CONNS / 2)) ;;
         tls-fresh | tls-idle | tls-half) tls=1 scheme=https client_mode=${mode#tls-} tls_arg=(--tls) ;;
+        tls-h2) tls=2 scheme=https client_mode=h2 tls_arg=(--tls) ;;
     esac
     hold=()
     [ "$mode" = active ] && hold=(--hold)

@@ -12,6 +12,8 @@ client: opens N connections and brings each into MODE, then writes "ready N" to 
   active  a whole request sent, its response not yet come (the backend holds it: run the
           backend with --hold);
   ws      a WebSocket upgrade answered (101), then nothing either way (a quiet WebSocket).
+  h2      over TLS only: HTTP/2 chosen by ALPN, one GET answered on stream 1 (the
+          server's SETTINGS acknowledged), then nothing (an idle HTTP/2 connection).
 With --tls every connection first completes a TLS handshake (no certificate verification,
 SNI "localhost"), so `fresh` is then an established TLS connection that has sent nothing.
 backend: a keep-alive HTTP/1.1 server answering every request with 200 and a 2-byte body
@@ -51,6 +53,8 @@ def client(args):
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         tls.check_hostname = False
         tls.verify_mode = ssl.CERT_NONE
+        if args.mode == "h2":
+            tls.set_alpn_protocols(["h2"])
     try:
         # Connect in batches of 100 (then bring them to the mode) so the accept queues never
         # overflow and the proxy sees a steady ramp, not one burst of N busy connections.
@@ -79,6 +83,10 @@ def bring(batch, mode):
         for s in batch:
             s.sendall(HEAD[:len(HEAD) // 2])
         return
+    if mode == "h2":
+        for s in batch:
+            h2_get(s)
+        return
     if mode == "ws":
         for s in batch:
             s.sendall(HEAD + UPGRADE + b"\r\n")
@@ -92,6 +100,36 @@ def bring(batch, mode):
     # idle: read each whole response (Content-Length: 2 from the backend).
     for s in batch:
         expect(s, b"HTTP/1.1 200", 2)
+
+
+def h2_frame(kind, flags, stream, payload=b""):
+    return (len(payload).to_bytes(3, "big") + bytes([kind, flags])
+            + stream.to_bytes(4, "big") + payload)
+
+
+# GET / on stream 1, HPACK-coded from the static table (:method GET, :scheme https, :path /)
+# and a literal :authority.
+H2_GET = bytes([0x82, 0x87, 0x84, 0x41, 9]) + b"localhost"
+
+
+def h2_get(s):
+    """Sends the HTTP/2 preface, an empty SETTINGS and one GET (HEADERS with END_STREAM);
+    reads frames, acknowledging the server's SETTINGS, until stream 1's response ends."""
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0) + h2_frame(1, 5, 1, H2_GET))
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise RuntimeError("the proxy closed a connection")
+        data += chunk
+        while len(data) >= 9 and len(data) >= 9 + int.from_bytes(data[:3], "big"):
+            n, kind, flags = int.from_bytes(data[:3], "big"), data[3], data[4]
+            stream = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
+            data = data[9 + n:]
+            if kind == 4 and not flags & 1:
+                s.sendall(h2_frame(4, 1, 0))
+            if stream == 1 and kind in (0, 1) and flags & 1:
+                return
 
 
 def expect(s, status_line, body_len):
@@ -163,7 +201,7 @@ def main():
     c = sub.add_parser("client")
     c.add_argument("--addr", required=True)
     c.add_argument("--conns", type=int, required=True)
-    c.add_argument("--mode", choices=["fresh", "idle", "half", "active", "ws"], required=True)
+    c.add_argument("--mode", choices=["fresh", "idle", "half", "active", "ws", "h2"], required=True)
     c.add_argument("--ready", required=True)
     c.add_argument("--tls", action="store_true")
     b = sub.add_parser("backend")
