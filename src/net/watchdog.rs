@@ -15,13 +15,13 @@
 //! (25 ms) late or one clock refresh early, plenty for limits measured in seconds.
 //!
 //! The same sweep lets an idle connection give its memory back. A read armed with
-//! [`Watch::arm_parkable`] (a client's next request head) that is still pending at the second
-//! tick after it was armed, so 25 to 50 ms without a byte, is parked: cancelled in the
-//! kernel (io_uring `ASYNC_CANCEL`), it ends with `ECANCELED` and its buffer comes back
-//! untouched, and the connection waits for readability without a buffer
-//! (`proxy::session`). Cancelling rather than dropping the read matters: a read that
-//! completed in the kernel just before would lose its bytes with a dropped buffer; a failed
-//! cancel leaves its result intact. Reads that complete sooner, which is every read of a
+//! [`Watch::arm_parkable`] (a client's next request head, an upstream's response head) that
+//! is still pending at the second tick after it was armed, so 25 to 50 ms without a byte, is
+//! parked: cancelled in the kernel (io_uring `ASYNC_CANCEL`), it ends with `ECANCELED` and
+//! its buffer comes back untouched, and the connection waits for readability without a
+//! buffer (`proxy::session`, `proxy::upstream`). Cancelling rather than dropping the read
+//! matters: a read that completed in the kernel just before would lose its bytes with a
+//! dropped buffer; a failed cancel leaves its result intact. Reads that complete sooner, which is every read of a
 //! busy keep-alive connection, never see the sweep: the hot path keeps one read per request.
 
 use monoio::io::{CancelHandle, Canceller};

@@ -5,7 +5,7 @@
 use super::vars::RequestVars;
 use crate::http::request::BodyFraming;
 use crate::http::response::{self};
-use crate::net::io::{read_more_timeout, IoFail};
+use crate::net::io::{read_more_timeout, read_parkable, wait_readable, Got, IoFail};
 use crate::net::sockopt;
 use crate::net::stream::Stream;
 use crate::route::Route;
@@ -537,15 +537,58 @@ impl Conn {
                     Err(why) => return Err(ProxyError::Invalid(why)),
                 }
             }
-            match read_more_timeout(&mut upc.stream, &mut upc.buf, 4096, read, &self.watch).await {
-                Ok(0) => return Err(ProxyError::Closed),
-                Ok(_) => {}
+            // Parkable, as a client's next head is: an upstream that takes a tick or two (a
+            // long poll, slow work) is waited for without the connection's buffer.
+            let deadline = self.watch.deadline_in(read);
+            let got = match &mut upc.stream {
+                Stream::Plain(tcp) => {
+                    read_parkable(tcp, &mut upc.buf, 4096, deadline, &self.watch).await
+                }
+                Stream::Tls(t) => {
+                    Box::pin(t.read_parkable(&mut upc.buf, 4096, read, &self.watch)).await
+                }
+                other => read_more_timeout(other, &mut upc.buf, 4096, read, &self.watch)
+                    .await
+                    .map(Got::Bytes),
+            };
+            match got {
+                Ok(Got::Bytes(0)) => return Err(ProxyError::Closed),
+                Ok(Got::Bytes(_)) => {}
+                Ok(Got::Parked) => self.wait_parked(upc, deadline).await?,
                 Err(IoFail::Timeout) if self.watch.client_gone() => {
                     return Err(ProxyError::ClientGone)
                 }
                 Err(IoFail::Timeout) => return Err(ProxyError::ReadTimeout),
                 Err(IoFail::Io(e)) => return Err(ProxyError::Read(e)),
             }
+        }
+    }
+
+    /// The upstream's read for its response head was parked: its 32 KiB buffer goes back to
+    /// the core's pool (unless it holds part of the head) while a readiness poll, which holds
+    /// none, waits until `deadline`; then the connection takes a buffer again. The client is
+    /// still watched meanwhile (499 when it leaves).
+    async fn wait_parked(
+        &mut self,
+        upc: &mut UpstreamConn,
+        deadline: Instant,
+    ) -> Result<(), ProxyError> {
+        if upc.buf.is_empty() {
+            self.worker.pool.recycle(std::mem::take(&mut upc.buf));
+        }
+        let ready = match upc.stream.tcp() {
+            Some(tcp) => wait_readable(tcp, deadline, &self.watch).await,
+            None => true,
+        };
+        if upc.buf.capacity() == 0 {
+            upc.buf = self.worker.pool.buffer();
+        }
+        match ready {
+            true => Ok(()),
+            false if self.watch.client_gone() => Err(ProxyError::ClientGone),
+            false if self.watch.passed(deadline) => Err(ProxyError::ReadTimeout),
+            // The poll failed: the read that follows says how.
+            false => Ok(()),
         }
     }
 }

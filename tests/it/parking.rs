@@ -335,3 +335,48 @@ fn tls_requests_sent_as_their_connection_parks_are_never_lost() {
     });
     assert_eq!(be.requests(), 20 * 30);
 }
+
+#[test]
+fn a_slow_upstream_is_awaited_without_the_connections_buffer() {
+    let n = 300;
+    let be = Backend::start(|seen| match seen.target.as_str() {
+        // The head in two pieces, a park apart: the parked read keeps the first piece.
+        "/pieces" => Reply::RawThen(
+            b"HTTP/1.1 200 OK\r\nContent-Le".to_vec(),
+            PARK,
+            b"ngth: 6\r\n\r\npieces".to_vec(),
+        ),
+        _ => Reply::After(Duration::from_secs(4), Box::new(Reply::ok("late"))),
+    });
+    let gw = Gateway::start_with(
+        &upstream_config(
+            &nodes_map(&[(&be.addr(), 1)]),
+            "timeout = { connect = 5, send = 5, read = 30 }",
+        ),
+        "workers = 1",
+    );
+    assert_eq!(gw.get("/pieces").text(), "pieces");
+    let pid = gw.child.id();
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = rss_kib(pid);
+    let mut clients: Vec<_> = (0..n)
+        .map(|i| {
+            let mut c = gw.client();
+            c.send_raw(format!("GET /poll{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+            c
+        })
+        .collect();
+    // Parked after two ticks; the buffers given back trimmed from the spares after a second.
+    std::thread::sleep(Duration::from_millis(2500));
+    let during = rss_kib(pid);
+    let per = during.saturating_sub(before) as f64 / n as f64;
+    eprintln!(
+        "{n} requests awaiting the upstream: RSS {before} -> {during} KiB, {per:.2} KiB each"
+    );
+    for c in &mut clients {
+        let r = c.read_response(false).unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "late"));
+    }
+    // Holding the upstream connection's 32 KiB buffer through the wait, it was 61 KiB.
+    assert!(per < 45.0, "{per:.2} KiB per request awaiting its upstream");
+}
