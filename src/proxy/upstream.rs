@@ -566,8 +566,10 @@ impl Conn {
 
     /// The upstream's read for its response head was parked: its 32 KiB buffer goes back to
     /// the core's pool (unless it holds part of the head) while a readiness poll, which holds
-    /// none, waits until `deadline`; then the connection takes a buffer again. The client is
-    /// still watched meanwhile (499 when it leaves).
+    /// none, waits until `deadline`; then the connection takes a buffer again. The client's
+    /// read buffer keeps only what it holds (the request's head, which later phases read, and
+    /// anything pipelined behind it) and gets its room back after. The client is still
+    /// watched meanwhile (499 when it leaves).
     async fn wait_parked(
         &mut self,
         upc: &mut UpstreamConn,
@@ -576,10 +578,13 @@ impl Conn {
         if upc.buf.is_empty() {
             self.worker.pool.recycle(std::mem::take(&mut upc.buf));
         }
+        let client_room = self.buf.capacity();
+        self.buf.shrink_to_fit();
         let ready = match upc.stream.tcp() {
             Some(tcp) => wait_readable(tcp, deadline, &self.watch).await,
             None => true,
         };
+        self.buf.reserve(client_room - self.buf.len());
         if upc.buf.capacity() == 0 {
             upc.buf = self.worker.pool.buffer();
         }
