@@ -108,7 +108,7 @@ impl FileContents {
                 let checked = if unknown {
                     Err("invalid plugin name".to_string())
                 } else {
-                    crate::admin::api::check_object(kind, &v)
+                    crate::admin::schemas::check_object(kind, &v)
                 };
                 if let Err(e) = checked {
                     let id = match v.get("id").or_else(|| v.get("username")) {

@@ -1,11 +1,13 @@
 //! What each Admin API request means, as APISIX v3 answers it: list and fetch, PUT (201 when
 //! created, 200 when replaced, `create_time` kept), POST (a generated id), PATCH (a merge
 //! patch, or a replacement of the sub-tree a longer path names), DELETE (refused while
-//! another object refers to it, unless `?force=true`), and the plugin list and schemas.
+//! another object refers to it, unless `?force=true`); the plugin list and the schemas are
+//! served from `schemas.rs`.
 //!
 //! A request that changes something yields the objects as they would be ([`Decision::Write`]);
 //! the control plane compiles them, and only if they compile stores, publishes and answers.
 
+use super::schemas::{check, plugins, schema_text};
 use super::{AdminRequest, AdminResponse};
 pub(super) use crate::config::valid_id;
 use crate::http::decode_form_component;
@@ -505,97 +507,6 @@ fn used_by(objects: &Objects, kind: Kind, id: &str) -> Option<String> {
     None
 }
 
-/// `GET /apisix/admin/plugins/list` and `/apisix/admin/plugins/{name}` (its schema).
-fn plugins(req: &AdminRequest, rest: &[&str]) -> AdminResponse {
-    if req.method != "GET" {
-        return AdminResponse::error(404, "not found");
-    }
-    match rest {
-        ["list"] => AdminResponse::json(200, json!(crate::plugin::NAMES)),
-        [name] => match crate::plugin::schema_text(name)
-            .and_then(|t| serde_json::from_str::<Value>(t).ok())
-        {
-            Some(schema) => AdminResponse::json(200, schema),
-            None => AdminResponse::error(404, &format!("plugin not found: {name}")),
-        },
-        _ => AdminResponse::error(404, "not found"),
-    }
-}
-
-/// The schema text of a resource by APISIX's singular name (`route`, `global_rule`).
-fn schema_text(resource: &str) -> Option<&'static str> {
-    Some(match resource {
-        "route" => include_str!("schemas/route.json"),
-        "service" => include_str!("schemas/service.json"),
-        "upstream" => include_str!("schemas/upstream.json"),
-        "global_rule" => include_str!("schemas/global_rule.json"),
-        "plugin_config" => include_str!("schemas/plugin_config.json"),
-        "consumer" => include_str!("schemas/consumer.json"),
-        "consumer_group" => include_str!("schemas/consumer_group.json"),
-        "credential" => include_str!("schemas/credential.json"),
-        "plugin_metadata" => include_str!("schemas/plugin_metadata.json"),
-        "ssl" => include_str!("schemas/ssl.json"),
-        _ => return None,
-    })
-}
-
-/// The JSON Schema of each kind (`schemas/KIND.json`: APISIX's `schema_def`, for what
-/// Shardgate implements), compiled once.
-fn schema(kind: Kind) -> Option<&'static crate::schema::Schema> {
-    static SCHEMAS: std::sync::OnceLock<Vec<(Kind, crate::schema::Schema)>> =
-        std::sync::OnceLock::new();
-    SCHEMAS
-        .get_or_init(|| {
-            let names = [
-                (Kind::Routes, "route"),
-                (Kind::Services, "service"),
-                (Kind::Upstreams, "upstream"),
-                (Kind::GlobalRules, "global_rule"),
-                (Kind::PluginConfigs, "plugin_config"),
-                (Kind::Consumers, "consumer"),
-                (Kind::ConsumerGroups, "consumer_group"),
-                (Kind::Credentials, "credential"),
-                (Kind::PluginMetadata, "plugin_metadata"),
-                (Kind::Ssls, "ssl"),
-            ];
-            names
-                .into_iter()
-                .filter_map(|(k, name)| {
-                    let v = serde_json::from_str(schema_text(name)?).ok()?;
-                    // Every schema compiles (a unit test checks).
-                    Some((k, crate::schema::Schema::compile(&v).ok()?))
-                })
-                .collect()
-        })
-        .iter()
-        .find(|(k, _)| *k == kind)
-        .map(|(_, s)| s)
-}
-
-/// Checks an object that arrived other than through the API (from etcd) against its kind's
-/// schema; the message names the field.
-pub fn check_object(kind: Kind, value: &Value) -> Result<(), String> {
-    if let Some(s) = schema(kind) {
-        s.check(value).map_err(|e| e.to_string())?;
-    }
-    if kind == Kind::Ssls {
-        super::ssls::check(value)?;
-    }
-    Ok(())
-}
-
-/// Checks an object against its kind's schema: APISIX's `invalid configuration: ...`.
-pub(super) fn check(kind: Kind, value: &Value) -> Result<(), AdminResponse> {
-    if let Some(s) = schema(kind) {
-        s.check(value)
-            .map_err(|e| AdminResponse::error(400, &format!("invalid configuration: {e}")))?;
-    }
-    if kind == Kind::Ssls {
-        super::ssls::check_new(value).map_err(|e| AdminResponse::error(400, &e))?;
-    }
-    Ok(())
-}
-
 /// What a kind changes in an object before it is stored: an SSL object's keys are
 /// encrypted, and so are plugins' secrets (APISIX's `encrypt_fields`).
 pub(super) fn at_rest(kind: Kind, mut value: Value) -> Value {
@@ -604,14 +515,4 @@ pub(super) fn at_rest(kind: Kind, mut value: Value) -> Value {
     }
     super::consumers::encrypt_plugin_secrets(&mut value);
     value
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn every_resource_schema_compiles() {
-        for kind in crate::store::Kind::ALL {
-            assert!(super::schema(kind).is_some(), "{kind:?}");
-        }
-    }
 }

@@ -2,7 +2,8 @@
 //! credentials under `/consumers/{username}/credentials/{id}`, and deleting a consumer
 //! deletes its credentials.
 
-use super::api::{body, check, item, key, stored, valid_id, Decision};
+use super::api::{body, item, key, stored, valid_id, Decision};
+use super::schemas::check;
 use super::{AdminRequest, AdminResponse};
 use crate::store::{Kind, Objects};
 use serde_json::{json, Value};

@@ -1,10 +1,12 @@
 //! The Admin API (APISIX v3 paths and JSON): `server.rs` listens and checks access on its own
 //! threads; `api.rs` gives each request APISIX's meaning against the store's objects
-//! (`consumers.rs` for what consumers do differently), on the control thread, which compiles
-//! and publishes every accepted change before it is answered.
+//! (`consumers.rs` for what consumers do differently, `schemas.rs` for what objects are
+//! checked against), on the control thread, which compiles and publishes every accepted
+//! change before it is answered.
 
 pub mod api;
 mod consumers;
+pub mod schemas;
 pub mod server;
 mod ssls;
 

@@ -177,7 +177,7 @@ fn apply_kv(prefix: &str, objects: &mut Objects, kv: &Kv, delete: bool) -> bool 
         return objects.remove(kind, &id).is_some();
     }
     let checked = layout::decode(kind, &id, kv).and_then(|o| {
-        crate::admin::api::check_object(kind, &o.value)?;
+        crate::admin::schemas::check_object(kind, &o.value)?;
         Ok(o)
     });
     match checked {

@@ -65,7 +65,7 @@ pub fn resource_json(data: &[u8]) {
         return;
     };
     let kind = Kind::ALL[pick as usize % Kind::ALL.len()];
-    if let Err(e) = crate::admin::api::check_object(kind, &value) {
+    if let Err(e) = crate::admin::schemas::check_object(kind, &value) {
         assert!(!e.is_empty());
     }
     let id = if pick & 0x80 == 0 { "1" } else { "fz" };
