@@ -22,7 +22,8 @@
 #
 # tls-fresh, tls-idle, tls-half: the same over TLS (the proxy terminates it with an ECDSA
 # P-256 certificate made for the run; TLS 1.3; `tls-fresh` is a completed handshake and no
-# request yet); tls-h2: an idle HTTP/2 connection over TLS (h2 by ALPN, one GET answered).
+# request yet), tls-active (N halved as for active); tls-h2: an idle HTTP/2 connection over
+# TLS (h2 by ALPN, one GET answered).
 # Not in the default set: ask for them with --modes.
 #
 # Limits: the script raises its soft descriptor limit to the hard one (which every process it
@@ -224,10 +225,11 @@ for mode in $MODES; do
     case $mode in
         active | ws) n=$((CONNS / 2)) ;;
         tls-fresh | tls-idle | tls-half) tls=1 scheme=https client_mode=${mode#tls-} tls_arg=(--tls) ;;
+        tls-active) n=$((CONNS / 2)) tls=1 scheme=https client_mode=active tls_arg=(--tls) ;;
         tls-h2) tls=2 scheme=https client_mode=h2 tls_arg=(--tls) ;;
     esac
     hold=()
-    [ "$mode" = active ] && hold=(--hold)
+    [ "$client_mode" = active ] && hold=(--hold)
     "$PY" "$ROOT/benches/conn_hold.py" backend --addr "127.0.0.1:$BACKEND_PORT" "${hold[@]}" &
     backend=$!
     pids+=("$backend")
@@ -246,7 +248,7 @@ for mode in $MODES; do
         wait_port "$PROXY_PORT"
         # Warm: requests through every worker (new connections land on both), when the backend
         # answers at all.
-        if [ "$mode" != active ]; then
+        if [ "$client_mode" != active ]; then
             for _ in $(seq 1 50); do
                 curl -sk -o /dev/null --resolve "localhost:$PROXY_PORT:127.0.0.1" \
                     "$scheme://localhost:$PROXY_PORT/warm" || true

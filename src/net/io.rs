@@ -116,6 +116,28 @@ pub async fn wait_readable(tcp: &TcpStream, deadline: Instant, watch: &Watch) ->
     !watch.disarm() && ready.is_ok()
 }
 
+/// [`read_more_timeout`] for a read that may wait long (a client's next request head, an
+/// upstream's response head), until `deadline`: plain and TLS reads may be parked
+/// ([`read_parkable`], `TlsConn::read_parkable`); an HTTP/2 stream's are not (its
+/// connection's task does the socket's reads).
+pub async fn read_more_parkable(
+    stream: &mut Stream,
+    buf: &mut Vec<u8>,
+    min_spare: usize,
+    deadline: Instant,
+    watch: &Watch,
+) -> Result<Got, IoFail> {
+    let limit = deadline.saturating_duration_since(watch.now());
+    match stream {
+        Stream::Plain(tcp) => read_parkable(tcp, buf, min_spare, deadline, watch).await,
+        // Boxed as in `read_more_timeout`.
+        Stream::Tls(t) => Box::pin(t.read_parkable(buf, min_spare, limit, watch)).await,
+        other => read_more_timeout(other, buf, min_spare, limit, watch)
+            .await
+            .map(Got::Bytes),
+    }
+}
+
 /// Writes `buf[start..end]` completely; `limit` bounds each write's progress (as nginx's
 /// `send_timeout`: the time between two successful writes), not the whole transfer, so a
 /// slow but steady reader is not cut off.

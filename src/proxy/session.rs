@@ -4,7 +4,9 @@
 use crate::http::error_page::write_error;
 use crate::http::request::{Parsed, RequestError};
 use crate::log::access::Entry;
-use crate::net::io::{read_more_timeout, read_parkable, wait_readable, write_all, Got, IoFail};
+use crate::net::io::{
+    read_more_parkable, read_more_timeout, wait_readable, write_all, Got, IoFail,
+};
 use crate::net::sockopt;
 use crate::net::stream::Stream;
 use crate::net::watchdog::{later, Watch};
@@ -482,22 +484,9 @@ impl Conn {
                 })
             });
             let had_bytes = !self.buf.is_empty();
-            let got = match &mut self.stream {
-                Stream::Plain(tcp) => {
-                    read_parkable(tcp, &mut self.buf, 4096, deadline, &self.watch).await
-                }
-                Stream::Tls(t) => {
-                    let limit = deadline.saturating_duration_since(self.watch.now());
-                    Box::pin(t.read_parkable(&mut self.buf, 4096, limit, &self.watch)).await
-                }
-                other => {
-                    let limit = deadline.saturating_duration_since(self.watch.now());
-                    read_more_timeout(other, &mut self.buf, 4096, limit, &self.watch)
-                        .await
-                        .map(Got::Bytes)
-                }
-            };
-            match got {
+            let got =
+                read_more_parkable(&mut self.stream, &mut self.buf, 4096, deadline, &self.watch);
+            match got.await {
                 Ok(Got::Bytes(0)) | Err(IoFail::Io(_)) => return Ok(HeadRead::Closed),
                 Ok(Got::Bytes(_)) => {}
                 Ok(Got::Parked) => return Ok(HeadRead::Parked(deadline)),

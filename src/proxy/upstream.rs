@@ -5,7 +5,7 @@
 use super::vars::RequestVars;
 use crate::http::request::BodyFraming;
 use crate::http::response::{self};
-use crate::net::io::{read_more_timeout, read_parkable, wait_readable, Got, IoFail};
+use crate::net::io::{read_more_parkable, wait_readable, Got, IoFail};
 use crate::net::sockopt;
 use crate::net::stream::Stream;
 use crate::route::Route;
@@ -540,18 +540,9 @@ impl Conn {
             // Parkable, as a client's next head is: an upstream that takes a tick or two (a
             // long poll, slow work) is waited for without the connection's buffer.
             let deadline = self.watch.deadline_in(read);
-            let got = match &mut upc.stream {
-                Stream::Plain(tcp) => {
-                    read_parkable(tcp, &mut upc.buf, 4096, deadline, &self.watch).await
-                }
-                Stream::Tls(t) => {
-                    Box::pin(t.read_parkable(&mut upc.buf, 4096, read, &self.watch)).await
-                }
-                other => read_more_timeout(other, &mut upc.buf, 4096, read, &self.watch)
-                    .await
-                    .map(Got::Bytes),
-            };
-            match got {
+            let got =
+                read_more_parkable(&mut upc.stream, &mut upc.buf, 4096, deadline, &self.watch);
+            match got.await {
                 Ok(Got::Bytes(0)) => return Err(ProxyError::Closed),
                 Ok(Got::Bytes(_)) => {}
                 Ok(Got::Parked) => self.wait_parked(upc, deadline).await?,
@@ -568,8 +559,8 @@ impl Conn {
     /// the core's pool (unless it holds part of the head) while a readiness poll, which holds
     /// none, waits until `deadline`; then the connection takes a buffer again. The client's
     /// read buffer keeps only what it holds (the request's head, which later phases read, and
-    /// anything pipelined behind it) and gets its room back after. The client is still
-    /// watched meanwhile (499 when it leaves).
+    /// anything pipelined behind it) and gets its room back after; a TLS client lets go of
+    /// its ciphertext buffers. The client is still watched meanwhile (499 when it leaves).
     async fn wait_parked(
         &mut self,
         upc: &mut UpstreamConn,
@@ -580,6 +571,9 @@ impl Conn {
         }
         let client_room = self.buf.capacity();
         self.buf.shrink_to_fit();
+        if let Stream::Tls(t) = &mut self.stream {
+            t.release_buffers();
+        }
         let ready = match upc.stream.tcp() {
             Some(tcp) => wait_readable(tcp, deadline, &self.watch).await,
             None => true,

@@ -381,15 +381,16 @@ impl TlsConn {
         }
     }
 
-    /// Lets go of the buffers an idle connection does not need: ours for ciphertext both
-    /// ways (the next read takes a new one), and rustls's receive buffer down to the one
-    /// 4 KiB read it keeps when it holds no partial record (it shrinks at a read; this
-    /// one finds nothing yet). What stays is rustls's session state: keys, sequence
-    /// numbers, and those 4 KiB.
-    fn release_buffers(&mut self) {
-        debug_assert!(self.rpos >= self.rbuf.len());
-        self.rbuf = Vec::new();
-        self.rpos = 0;
+    /// Lets go of the buffers a connection that waits does not need: ours for ciphertext
+    /// both ways (the read buffer only when all it holds went to rustls; the next read takes
+    /// a new one), and rustls's receive buffer down to the one 4 KiB read it keeps when it
+    /// holds no partial record (it shrinks at a read; this one finds nothing yet). What
+    /// stays is rustls's session state: keys, sequence numbers, and those 4 KiB.
+    pub fn release_buffers(&mut self) {
+        if self.rpos >= self.rbuf.len() {
+            self.rbuf = Vec::new();
+            self.rpos = 0;
+        }
         self.wbuf = Vec::new();
         let _ = self.conn.read_tls(&mut NothingYet);
     }
