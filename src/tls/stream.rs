@@ -358,21 +358,14 @@ impl TlsConn {
             self.rbuf.clear();
             self.rpos = 0;
             let deadline = watch.deadline_in(limit);
-            let n = match parkable {
-                true => {
-                    match read_parkable(&mut self.tcp, &mut self.rbuf, READ_SIZE, deadline, watch)
-                        .await?
-                    {
-                        Got::Bytes(n) => n,
-                        Got::Parked => {
-                            self.release_buffers();
-                            return Ok(Got::Parked);
-                        }
-                    }
-                }
-                false => {
-                    read_plain(&mut self.tcp, &mut self.rbuf, READ_SIZE, deadline, watch).await?
-                }
+            let (tcp, rbuf) = (&mut self.tcp, &mut self.rbuf);
+            let got = match parkable {
+                true => read_parkable(tcp, rbuf, READ_SIZE, deadline, watch).await?,
+                false => Got::Bytes(read_plain(tcp, rbuf, READ_SIZE, deadline, watch).await?),
+            };
+            let Got::Bytes(n) = got else {
+                self.release_buffers();
+                return Ok(Got::Parked);
             };
             if n == 0 {
                 // Tell rustls the stream ended; the reader then reports it.
