@@ -9,6 +9,8 @@
 #   otel-1      opentelemetry as a global rule, always_on (every request a span)
 #   otel-0.01   opentelemetry as a global rule, trace_id_ratio 0.01
 #   http-logger http-logger as a global rule, every request an entry (batches of 1000)
+#   auth-limit  key-auth (one consumer) + limit-count (local, never reached) on the route,
+#               issue #12's pair; both variants' requests carry the API key
 # The collector and the log sink are a second sg-backend (on CPU 1), answering 200.
 #
 #   benches/plugin-cost.sh [--set NAME] [--rounds 5] [--duration 4]
@@ -72,9 +74,17 @@ collector = { address = \"127.0.0.1:$((BE_PORT + 1))\" }"
 id = \"logs\"
 plugins.http-logger = { uri = \"http://127.0.0.1:$((BE_PORT + 1))/logs\", batch_max_size = 1000, inactive_timeout = 1 }"
         NAMES=("no plugins" "http-logger as a global rule") ;;
-    *) echo "unknown set $SET (typical, prometheus, otel-1, otel-0.01, http-logger)" >&2; exit 2 ;;
+    auth-limit)
+        PLUGINS='plugins.key-auth = {}
+plugins.limit-count = { count = 1000000000, time_window = 60 }
+[[consumers]]
+username = "bench"
+plugins.key-auth = { key = "bench-key" }'
+        LOAD_EXTRA="-H apikey:bench-key"
+        NAMES=("route without plugins" "key-auth + limit-count (local)") ;;
+    *) echo "unknown set $SET (typical, prometheus, otel-1, otel-0.01, http-logger, auth-limit)" >&2; exit 2 ;;
 esac
-if [ "$SET" != typical ] && [ "$SET" != prometheus ]; then
+if [ "$SET" != typical ] && [ "$SET" != prometheus ] && [ "$SET" != auth-limit ]; then
     taskset -c 1 "$BIN/sg-backend" --listen "127.0.0.1:$((BE_PORT + 1))" --size 0 2>/dev/null &
     PIDS+=("$!")
 fi

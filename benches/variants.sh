@@ -146,7 +146,8 @@ EOT
 # run_with_and_without LABEL NODES UPSTREAM_EXTRA ROUTE_EXTRA: the common two-way experiment.
 # The gateway (1 worker on CPU 0, access log off) proxies "/*" to upstream NODES, once as is
 # and once with UPSTREAM_EXTRA added to the upstream and ROUTE_EXTRA to the route,
-# interleaved over ROUNDS rounds; prints the table (NAMES label the two rows). Needs GW_PORT.
+# interleaved over ROUNDS rounds, the load with optional LOAD_EXTRA (more sg-load arguments);
+# prints the table (NAMES label the two rows). Needs GW_PORT.
 run_with_and_without() {
     local label=$1 nodes=$2 upstream_extra=$3 route_extra=$4 round i
     : > "$TMP/results.tsv"
@@ -172,7 +173,8 @@ uri = "/*"
 upstream_id = "b"
 $re
 EOT
-            measure_variant "$i" "$TMP/gw.toml" "$GW_PORT"
+            # shellcheck disable=SC2086 # LOAD_EXTRA is a list of sg-load arguments
+            measure_variant "$i" "$TMP/gw.toml" "$GW_PORT" ${LOAD_EXTRA:-}
         done
     done
     print_variants "$label" "${NAMES[@]}"

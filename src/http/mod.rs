@@ -187,18 +187,40 @@ pub fn reason_phrase(status: u16) -> &'static str {
 
 /// Appends `n` in decimal: what `write!(out, "{n}")` does, without the formatting machinery
 /// (twice per proxied response, where it was a visible share of the CPU).
-pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(Decimal::new(n).as_bytes());
+}
+
+/// `n` in decimal, written without `core::fmt` (whose machinery cost a header value tens of
+/// nanoseconds on the request path).
+pub struct Decimal {
+    digits: [u8; 20],
+    start: usize,
+}
+
+impl Decimal {
+    pub fn new(mut n: u64) -> Decimal {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
         }
+        Decimal { digits, start }
     }
-    out.extend_from_slice(&digits[i..]);
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.digits[self.start..]
+    }
+
+    /// Appends the digits to `out`.
+    pub fn push_to(&self, out: &mut String) {
+        out.extend(self.as_bytes().iter().map(|&d| char::from(d)));
+    }
 }
 
 #[cfg(test)]

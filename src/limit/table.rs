@@ -20,6 +20,7 @@
 //! key up again and counts on a fresh cell: no count is ever lost to the sweeper.
 
 use super::Retired;
+use crate::fold_hash::FoldHash;
 use std::any::Any;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher, RandomState};
@@ -44,9 +45,10 @@ pub trait Cell: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Full;
 
-/// The cells of one limit, by key digest.
+/// The cells of one limit, by key digest. (The map hashes a digest with one multiply: the
+/// digest is already keyed, so a client cannot aim at its buckets.)
 pub struct Table<C: Cell> {
-    cells: papaya::HashMap<u64, C>,
+    cells: papaya::HashMap<u64, C, FoldHash>,
     hasher: RandomState,
     pub params: C::Params,
 }
@@ -54,7 +56,7 @@ pub struct Table<C: Cell> {
 impl<C: Cell> Table<C> {
     pub fn new(params: C::Params) -> Table<C> {
         Table {
-            cells: papaya::HashMap::new(),
+            cells: papaya::HashMap::with_hasher(FoldHash),
             hasher: RandomState::new(),
             params,
         }

@@ -75,6 +75,16 @@ pub struct HeaderEdits {
     remove: Vec<Range<usize>>,
     set: Vec<(Range<usize>, Range<usize>)>,
     add: Vec<(Range<usize>, Range<usize>)>,
+    /// The lengths (mod 64, one bit each) of the names in `set` and `add`, and of those in
+    /// `remove` and `set`: a name whose bit is clear is in none of them, which is the answer
+    /// for nearly every header of a request (each original field asks [`HeaderEdits::drops`]).
+    written_lens: u64,
+    dropped_lens: u64,
+}
+
+/// A name's bit in [`HeaderEdits`]'s length masks.
+fn len_bit(name: &[u8]) -> u64 {
+    1 << (name.len() % 64)
 }
 
 impl HeaderEdits {
@@ -87,6 +97,8 @@ impl HeaderEdits {
         self.remove.clear();
         self.set.clear();
         self.add.clear();
+        self.written_lens = 0;
+        self.dropped_lens = 0;
     }
 
     fn push(&mut self, s: &str) -> Range<usize> {
@@ -95,12 +107,20 @@ impl HeaderEdits {
         start..self.text.len()
     }
 
+    /// Drops earlier sets and adds of `name` (most calls find none: nothing is moved then).
     fn forget(&mut self, name: &str) {
+        if self.written_lens & len_bit(name.as_bytes()) == 0 {
+            return;
+        }
         let text = &self.text;
-        self.set
-            .retain(|(n, _)| !text[n.clone()].eq_ignore_ascii_case(name));
-        self.add
-            .retain(|(n, _)| !text[n.clone()].eq_ignore_ascii_case(name));
+        let named =
+            |(n, _): &(Range<usize>, Range<usize>)| text[n.clone()].eq_ignore_ascii_case(name);
+        if self.set.iter().any(named) {
+            self.set.retain(|e| !named(e));
+        }
+        if self.add.iter().any(named) {
+            self.add.retain(|e| !named(e));
+        }
     }
 
     /// Sets `name` to `value`, replacing the original fields and earlier changes of that name.
@@ -115,6 +135,8 @@ impl HeaderEdits {
         let start = self.text.len();
         value(&mut self.text);
         self.set.push((n, start..self.text.len()));
+        self.written_lens |= len_bit(name.as_bytes());
+        self.dropped_lens |= len_bit(name.as_bytes());
     }
 
     pub fn add(&mut self, name: &str, value: &str) {
@@ -127,16 +149,21 @@ impl HeaderEdits {
         let start = self.text.len();
         value(&mut self.text);
         self.add.push((n, start..self.text.len()));
+        self.written_lens |= len_bit(name.as_bytes());
     }
 
     pub fn remove(&mut self, name: &str) {
         self.forget(name);
         let n = self.push(name);
         self.remove.push(n);
+        self.dropped_lens |= len_bit(name.as_bytes());
     }
 
     /// Whether an original field called `name` is dropped (removed or replaced by a set).
     pub fn drops(&self, name: &[u8]) -> bool {
+        if self.dropped_lens & len_bit(name) == 0 {
+            return false;
+        }
         self.remove
             .iter()
             .chain(self.set.iter().map(|(n, _)| n))

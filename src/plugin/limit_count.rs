@@ -14,6 +14,7 @@
 use super::limiting::Common;
 use super::limiting::{RedisConfig, Store};
 use super::{Answer, BuildCtx, CoreState, Flow, Phase, PhaseSet, Phases, RequestCtx};
+use crate::http::Decimal;
 use crate::limit::amount::Amount;
 use crate::limit::key::LimitKey;
 use crate::limit::table;
@@ -21,7 +22,6 @@ use crate::limit::window::{Verdict, Window};
 use crate::redis::{Reply, Script};
 use serde::Deserialize;
 use std::cell::RefCell;
-use std::fmt::Write;
 
 fn yes() -> bool {
     true
@@ -115,16 +115,19 @@ impl LimitCount {
 /// left floored to hundredths of a second, printed as APISIX (Lua) prints numbers.
 fn write_reset(out: &mut String, reset_ms: u64, opened: Option<u64>) {
     if let Some(window) = opened {
-        let _ = write!(out, "{window}");
+        Decimal::new(window).push_to(out);
         return;
     }
     let centis = reset_ms / 10;
     let (whole, frac) = (centis / 100, centis % 100);
-    let _ = match frac {
-        0 => write!(out, "{whole}"),
-        f if f % 10 == 0 => write!(out, "{whole}.{}", f / 10),
-        f => write!(out, "{whole}.{f:02}"),
-    };
+    Decimal::new(whole).push_to(out);
+    if frac != 0 {
+        out.push('.');
+        out.push(char::from(b'0' + (frac / 10) as u8));
+        if frac % 10 != 0 {
+            out.push(char::from(b'0' + (frac % 10) as u8));
+        }
+    }
 }
 
 impl Phases for LimitCount {
@@ -227,12 +230,11 @@ impl LimitCount {
             } => {
                 if self.show_headers {
                     let headers = &mut ctx.response.headers;
-                    headers.set_with("X-RateLimit-Limit", |o| {
-                        let _ = write!(o, "{limit}");
-                    });
-                    headers.set_with("X-RateLimit-Remaining", |o| {
-                        let _ = write!(o, "{remaining}");
-                    });
+                    // Without `core::fmt`: these run on every request the plugin passes.
+                    let limit = Decimal::new(limit);
+                    headers.set_with("X-RateLimit-Limit", |o| limit.push_to(o));
+                    let remaining = Decimal::new(remaining);
+                    headers.set_with("X-RateLimit-Remaining", |o| remaining.push_to(o));
                     headers.set_with("X-RateLimit-Reset", |o| {
                         write_reset(o, reset_ms, first.then_some(window))
                     });
@@ -258,5 +260,7 @@ mod tests {
         assert_eq!(show(1_500, None), "1.5");
         assert_eq!(show(2_000, None), "2");
         assert_eq!(show(5, None), "0");
+        assert_eq!(show(59_050, None), "59.05");
+        assert_eq!(show(100, None), "0.1");
     }
 }

@@ -50,7 +50,6 @@ impl Conn {
         // without plugins and run at the end.
         let uses = local.shared.global.uses.with(route_chain.uses);
         self.req.plugins = uses.has(PhaseSet::REQUEST_AND_RESPONSE);
-        let logs = uses.has(PhaseSet::LOG);
         let outcome = 'serve: {
             let reads_body = local.shared.global.reads_body.max(route_chain.reads_body);
             if let Some(limit) = reads_body {
@@ -87,10 +86,16 @@ impl Conn {
         // 6. The log phase of the plugins, then the access log. (After plugins that saw the
         //    request, their per-request values are dropped here: limit-conn's count is
         //    released when its slot is.)
-        if self.req.plugins || logs {
+        let merged = self.req.merged.clone();
+        let route_chain = request_chain(&merged, self.req.route, &local);
+        if local
+            .shared
+            .global
+            .uses
+            .with(route_chain.uses)
+            .has(PhaseSet::LOG)
+        {
             let worker = self.worker.clone();
-            let merged = self.req.merged.clone();
-            let route_chain = request_chain(&merged, self.req.route, &local);
             let (request, edits, _) = self.request_parts();
             let served = crate::metrics::Served {
                 route,
@@ -122,7 +127,9 @@ impl Conn {
             local
                 .plugin_states
                 .log([&local.shared.global, route_chain], &mut ctx);
-            edits.slots.clear();
+        }
+        if self.req.plugins {
+            self.req.edits.slots.clear();
         }
         self.finish(outcome, route.map(|r| &*r.id), start)
     }
