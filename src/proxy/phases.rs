@@ -50,6 +50,7 @@ impl Conn {
         // without plugins and run at the end.
         let uses = local.shared.global.uses.with(route_chain.uses);
         self.req.plugins = uses.has(PhaseSet::REQUEST_AND_RESPONSE);
+        let logs = uses.has(PhaseSet::LOG);
         let outcome = 'serve: {
             let reads_body = local.shared.global.reads_body.max(route_chain.reads_body);
             if let Some(limit) = reads_body {
@@ -86,52 +87,62 @@ impl Conn {
         // 6. The log phase of the plugins, then the access log. (After plugins that saw the
         //    request, their per-request values are dropped here: limit-conn's count is
         //    released when its slot is.)
-        let merged = self.req.merged.clone();
-        let route_chain = request_chain(&merged, self.req.route, &local);
-        if local
-            .shared
-            .global
-            .uses
-            .with(route_chain.uses)
-            .has(PhaseSet::LOG)
-        {
-            let worker = self.worker.clone();
-            let (request, edits, _) = self.request_parts();
-            let served = crate::metrics::Served {
-                route,
-                path: request.path,
-                host: request.host,
-                consumer: request.consumer.get().map(|c| &**c),
-                status: outcome.status,
-                node: outcome.upstream,
-                upstream_status: outcome.upstream_status,
-                latency: start.map_or(Duration::ZERO, |t| t.elapsed()),
-                upstream_latency: outcome.upstream_latency,
-                request_bytes: outcome.consumed.max(request.head.len) as u64,
-                bytes_sent: outcome.bytes,
-            };
-            let headers = RequestHeaders {
-                buf: request.buf,
-                fields: &request.head.headers,
-            };
-            let vars = ResponseVars::new(request, outcome.status, ResponseHeaders::Gateway(&[]));
-            let mut ctx = LogCtx {
-                status: outcome.status,
-                slots: &mut edits.slots,
-                served: &served,
-                vars: &vars,
-                headers,
-                metrics: &worker.metrics,
-                metrics_recorded: false,
-            };
-            local
-                .plugin_states
-                .log([&local.shared.global, route_chain], &mut ctx);
-        }
-        if self.req.plugins {
-            self.req.edits.slots.clear();
+        if self.req.plugins || logs {
+            // The consumer's own plugins may log too.
+            let merged = self.req.merged.clone();
+            let route_chain = request_chain(&merged, self.req.route, &local);
+            let global = &local.shared.global;
+            if global.uses.with(route_chain.uses).has(PhaseSet::LOG) {
+                self.log_phase(&local, route_chain, route, &outcome, start);
+            }
+            if self.req.plugins {
+                self.req.edits.slots.clear();
+            }
         }
         self.finish(outcome, route.map(|r| &*r.id), start)
+    }
+
+    /// The log phase of the plugins of `route_chain` and the global rules.
+    fn log_phase(
+        &mut self,
+        local: &Local,
+        route_chain: &Chain,
+        route: Option<&Route>,
+        outcome: &Outcome,
+        start: Option<Instant>,
+    ) {
+        let worker = self.worker.clone();
+        let (request, edits, _) = self.request_parts();
+        let served = crate::metrics::Served {
+            route,
+            path: request.path,
+            host: request.host,
+            consumer: request.consumer.get().map(|c| &**c),
+            status: outcome.status,
+            node: outcome.upstream,
+            upstream_status: outcome.upstream_status,
+            latency: start.map_or(Duration::ZERO, |t| t.elapsed()),
+            upstream_latency: outcome.upstream_latency,
+            request_bytes: outcome.consumed.max(request.head.len) as u64,
+            bytes_sent: outcome.bytes,
+        };
+        let headers = RequestHeaders {
+            buf: request.buf,
+            fields: &request.head.headers,
+        };
+        let vars = ResponseVars::new(request, outcome.status, ResponseHeaders::Gateway(&[]));
+        let mut ctx = LogCtx {
+            status: outcome.status,
+            slots: &mut edits.slots,
+            served: &served,
+            vars: &vars,
+            headers,
+            metrics: &worker.metrics,
+            metrics_recorded: false,
+        };
+        local
+            .plugin_states
+            .log([&local.shared.global, route_chain], &mut ctx);
     }
 
     /// Logs the request and drops its bytes from the buffer when the connection goes on.
