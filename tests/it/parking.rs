@@ -355,8 +355,10 @@ fn a_slow_upstream_is_awaited_without_the_connections_buffers() {
     let addr = gw.addr();
     let per = long_poll_memory(gw.child.id(), move || Client::connect(addr));
     // Holding the upstream connection's 32 KiB buffer and the client's 16 KiB one through
-    // the wait, it was 61 KiB.
-    assert!(per < 20.0, "{per:.2} KiB per request awaiting its upstream");
+    // the wait, it was 61 KiB. Measured 6.6-11.5 KiB on a quiet machine, up to 20.5 while the
+    // other test groups run (the allocator's pages, not the buffers): the bound is below the
+    // buffers alone.
+    assert!(per < 30.0, "{per:.2} KiB per request awaiting its upstream");
     let (tls_gw, tls_addr, config) = tls_gateway("park-long-poll", &be, "workers = 1");
     let per = long_poll_memory(tls_gw.child.id(), move || {
         Client::connect_tls(tls_addr, config.clone(), Some("localhost")).unwrap()
@@ -382,9 +384,18 @@ fn long_poll_memory(pid: u32, connect: impl Fn() -> Client) -> f64 {
             c
         })
         .collect();
-    // Parked after two ticks; the buffers given back trimmed from the spares after a second.
-    std::thread::sleep(Duration::from_millis(2500));
-    let during = rss_kib(pid);
+    // Parked after two ticks; the buffers given back trimmed from the spares after a second,
+    // and returned to the system by the allocator a little later: the lowest of a few
+    // samples before the answers come (at 5 s), since on a busy machine (the test groups run
+    // in parallel) the settling takes longer.
+    std::thread::sleep(Duration::from_millis(2000));
+    let during = (0..4)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(400));
+            rss_kib(pid)
+        })
+        .min()
+        .unwrap_or(u64::MAX);
     let per = during.saturating_sub(before) as f64 / n as f64;
     eprintln!(
         "{n} requests awaiting the upstream: RSS {before} -> {during} KiB, {per:.2} KiB each"
