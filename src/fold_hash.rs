@@ -1,15 +1,17 @@
-//! A fast hash for per-core maps whose keys come from the config (node addresses, route
-//! paths), looked up on every request.
+//! A fast hash for maps looked up on every request whose keys a client cannot choose: keys
+//! from the config (node addresses, route paths), or keyed digests (credentials, limit keys:
+//! a client's input already hashed under a secret random key).
 //!
 //! std's default SipHash resists hash flooding: an attacker who chooses the *inserted* keys
-//! cannot make them collide. These maps are filled from the config only; client input is
-//! only looked up, which cannot degrade a map whatever it hashes to. So a multiplicative hash
+//! cannot make them collide. Config maps are filled from the config only (client input is
+//! only looked up, which cannot degrade a map whatever it hashes to); a keyed digest is
+//! random to a client even when the client's input inserts it. So a multiplicative hash
 //! (FxHash's step: rotate, xor, multiply per word) serves, at a fraction of SipHash's cost,
 //! which was a visible share of a small request's CPU.
 
 use std::hash::{BuildHasher, Hasher};
 
-/// Builds [`FoldHasher`]s. Use only for maps whose keys are not chosen by clients.
+/// Builds [`FoldHasher`]s. Use only for maps whose keys clients cannot choose (see above).
 #[derive(Default, Clone, Copy, Debug)]
 pub struct FoldHash;
 
