@@ -127,12 +127,13 @@ pub async fn read_more_parkable(
     deadline: Instant,
     watch: &Watch,
 ) -> Result<Got, IoFail> {
-    let limit = deadline.saturating_duration_since(watch.now());
+    // The TLS and HTTP/2 reads take a limit; the plain read (the hot path) the deadline.
+    let limit = || deadline.saturating_duration_since(watch.now());
     match stream {
         Stream::Plain(tcp) => read_parkable(tcp, buf, min_spare, deadline, watch).await,
         // Boxed as in `read_more_timeout`.
-        Stream::Tls(t) => Box::pin(t.read_parkable(buf, min_spare, limit, watch)).await,
-        other => read_more_timeout(other, buf, min_spare, limit, watch)
+        Stream::Tls(t) => Box::pin(t.read_parkable(buf, min_spare, limit(), watch)).await,
+        other => read_more_timeout(other, buf, min_spare, limit(), watch)
             .await
             .map(Got::Bytes),
     }

@@ -21,8 +21,9 @@
 //! its buffer comes back untouched, and the connection waits for readability without a
 //! buffer (`proxy::session`, `proxy::upstream`). Cancelling rather than dropping the read
 //! matters: a read that completed in the kernel just before would lose its bytes with a
-//! dropped buffer; a failed cancel leaves its result intact. Reads that complete sooner, which is every read of a
-//! busy keep-alive connection, never see the sweep: the hot path keeps one read per request.
+//! dropped buffer; a failed cancel leaves its result intact. Reads that complete sooner,
+//! which is every read of a busy keep-alive connection, never see the sweep: the hot path
+//! keeps one read per request.
 
 use monoio::io::{CancelHandle, Canceller};
 use std::cell::{Cell, RefCell};
